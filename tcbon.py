@@ -1,0 +1,1455 @@
+"""tcbon: There can be only one!
+
+Keep a single instance of a Python application alive per user, and let later
+launches and local tools talk to it over an authenticated loopback HTTP API.
+
+    import tcbon
+
+    app = tcbon.Process('my_app')
+
+    @app.on('ack')
+    def on_ack(event):
+        return {'message': 'Hello there!'}
+
+    try:
+        app.run_forever()
+    except tcbon.ProcessExists:
+        print(app.send('event', {'name': 'ack'}))
+
+One file, standard library only: copy it into your project if you like.
+"""
+from __future__ import annotations
+
+__version__ = "0.2.0"
+__all__ = [
+    "App",
+    "Error",
+    "HTTPError",
+    "Process",
+    "ProcessDoesNotExist",
+    "ProcessExists",
+    "RequestError",
+    "Response",
+    "StateError",
+    "Timeout",
+    "abort",
+    "jsonify",
+    "main",
+    "request",
+]
+
+# Modules ---------------------------------------------------------------------
+# Only what a second instance needs at once: http.server, urllib.request,
+# logging, json and friends load where first used (`import tcbon` stays cheap).
+import os
+import sys
+import threading
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+# Constants -------------------------------------------------------------------
+PROTOCOL = 1  #: Version of the state file and HTTP protocol spoken here.
+DEFAULT_TIMEOUT = 5.0  #: Seconds a client call may take unless told otherwise.
+TOKEN_HEADER = "X-Tcbon-Token"
+MAX_BODY = 1 << 20  #: Largest request body the server reads, in bytes.
+MAX_HEAD = 1 << 16  #: Largest request line plus headers, in bytes.
+MAX_WORKERS = 64  #: Requests handled at once; more get 503 at once.
+MAX_PENDING = 256  #: Connections still sending their request.
+REQUEST_DEADLINE = 5.0  #: Seconds a client has to send its whole request.
+_MAX_NAME_BYTES = 200
+_BAD_NAME_CHARS = '/\\<>:"|?*'
+_DEFAULT = object()  # "use the Process' timeout"
+
+
+# Exceptions ------------------------------------------------------------------
+class Error(Exception):
+    """Root of every exception tcbon raises on purpose."""
+
+
+class ProcessExists(Error):
+    """Another instance holds the lock: this one must not become primary.
+
+    Attributes:
+        name (str): the application name.
+        pid (int): the primary's process id, as it published it.
+        address (str): the primary's ``host:port``.
+    """
+
+    def __init__(self, message: str, name: str, pid: int, address: str) -> None:
+        super().__init__(message)
+        self.name, self.pid, self.address = name, pid, address
+
+
+class ProcessDoesNotExist(Error):
+    """No primary runs for this name (raised by get, send, stop, ...).
+
+    Attributes:
+        name (str): the application name.
+        app_dir (str): the directory that was looked in.
+    """
+
+    def __init__(self, message: str, name: str, app_dir: str) -> None:
+        super().__init__(message)
+        self.name, self.app_dir = name, app_dir
+
+
+class Timeout(Error, TimeoutError):
+    """A bounded wait ran out: the primary is busy, hung, starting or stopping.
+
+    Attributes:
+        name (str): the application name.
+        timeout (float): the limit that ran out, in seconds.
+    """
+
+    def __new__(cls, message: str, name: str, timeout: float) -> Timeout:
+        # OSError.__new__ would read three arguments as errno, strerror, filename.
+        return super().__new__(cls, message)  # type: ignore[call-arg]
+
+    def __init__(self, message: str, name: str, timeout: float) -> None:
+        super().__init__(message)
+        self.name, self.timeout = name, timeout
+
+
+class StateError(Error):
+    """The state directory or a file in it cannot be used safely.
+
+    Attributes:
+        path (str): the offending path.
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class RequestError(Error):
+    """The primary answered, but refused or failed the request.
+
+    Attributes:
+        status (int): the HTTP status (4xx or 5xx).
+        reply: the decoded reply body (usually a dict with ``error``).
+    """
+
+    def __init__(self, message: str, status: int, reply: Any) -> None:
+        super().__init__(message)
+        self.status, self.reply = status, reply
+
+
+# Platform --------------------------------------------------------------------
+# The only sys.platform branch in this file. A lock is held by an open file
+# description and dies with its process (no stale state after kill -9,
+# FIELD-NOTES 2). flock, not lockf: closing any other descriptor of the file
+# must not release it (FIELD-NOTES 8).
+WINDOWS = sys.platform == "win32"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
+    import msvcrt
+
+    def _lock(fd: int, shared: bool = False) -> bool:
+        # msvcrt has no shared locks: a probe briefly takes the same byte.
+        # The lock file is never read, so the mandatory byte lock is harmless.
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+    def _data_home() -> str:
+        return os.environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local")
+
+    def _owner_problem(st: os.stat_result) -> Optional[str]:
+        return None  # NTFS ACLs of the profile directory do this job
+
+    _REUSE_ADDRESS = False  # on Windows it lets others bind our port: cpython#85307
+    _WAIT_SLICE = 0.25  # Event.wait() without timeout ignores Ctrl-C on Windows
+else:
+    import fcntl
+
+    def _lock(fd: int, shared: bool = False) -> bool:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _data_home() -> str:
+        # As platformdirs.user_data_dir: an absolute $XDG_DATA_HOME wins (on
+        # macOS too, since platformdirs 4.x), else the platform's own place.
+        xdg = os.environ.get("XDG_DATA_HOME", "")
+        if xdg.startswith("/"):
+            return xdg
+        if sys.platform == "darwin":
+            return os.path.expanduser("~/Library/Application Support")
+        return os.path.expanduser("~/.local/share")
+
+    def _owner_problem(st: os.stat_result) -> Optional[str]:
+        if st.st_uid != os.geteuid():
+            return "is owned by uid %d, not by you (uid %d)" % (st.st_uid, os.geteuid())
+        if st.st_mode & 0o022:
+            return "is writable by other users (mode %o); run chmod go-w on it" % (st.st_mode & 0o777)
+        return None
+
+    _REUSE_ADDRESS = True  # restart on a fixed port despite TIME_WAIT
+    _WAIT_SLICE = None
+
+
+def default_app_dir(name: str) -> str:
+    """Return where ``Process(name)`` keeps its files by default.
+
+    The same path as ``platformdirs.user_data_dir(name, appauthor=False)``:
+    a place no logout or tmp cleaner wipes (FIELD-NOTES 9).
+    """
+    return os.path.join(_data_home(), name)
+
+
+# State file ------------------------------------------------------------------
+# Two files per name in app_dir: NAME.lock (held, never written, truncated or
+# unlinked) and NAME.pid (JSON: pid, address, token, ...), trusted only while
+# the lock is held.
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("a tcbon name must be a non-empty string, got %r" % (name,))
+    bad = sorted({c for c in name if c in _BAD_NAME_CHARS or ord(c) < 32})
+    if bad or name in (".", "..") or ".." in name:
+        raise ValueError(
+            "tcbon name %r cannot be used as a file name: it must not contain "
+            "'..', control characters or any of %s" % (name, _BAD_NAME_CHARS))
+    if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+        raise ValueError("tcbon name is too long: %d bytes of UTF-8, at most %d"
+                         % (len(name.encode("utf-8")), _MAX_NAME_BYTES))
+    return name
+
+
+def _ensure_private_dir(path: str) -> None:
+    """Create path 0700 if missing; refuse one that others could tamper with."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
+                         "you can write to" % (path, exc.strerror or exc), path) from exc
+    import stat
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise StateError("refusing to use %s: it is a symbolic link or not a "
+                         "directory; pass the real directory as app_dir" % path, path)
+    problem = _owner_problem(st)
+    if problem:
+        raise StateError("refusing to use %s: it %s" % (path, problem), path)
+
+
+def _open_lock(path: str) -> int:
+    """Open (creating 0600) the lock file without truncating it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY, 0o600)
+    except OSError as exc:
+        raise StateError("cannot open the lock file %s: %s; if it is a symbolic link "
+                         "or belongs to someone else, remove it" % (path, exc.strerror or exc),
+                         path) from exc
+    import stat
+    st = os.fstat(fd)
+    problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
+    problem = problem or _owner_problem(st)
+    if problem:
+        os.close(fd)
+        raise StateError("refusing to use the lock file %s: it %s" % (path, problem), path)
+    return fd
+
+
+def _primary_holds(lock_path: str) -> bool:
+    """True while a primary holds the lock. Probes take a shared lock, so a
+    probe can never make a launch believe a primary exists."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StateError("cannot open the lock file %s: %s" % (lock_path, exc.strerror or exc),
+                         lock_path) from exc
+    try:
+        if _lock(fd, shared=True):
+            _unlock(fd)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _write_state(path: str, state: dict) -> None:
+    """Write state atomically (temp file + os.replace), readable by us only."""
+    import json
+    directory, base = os.path.split(path)
+    tmp = os.path.join(directory, ".%s.%s.tmp" % (base, os.urandom(6).hex()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY,
+                 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(state).encode("utf-8"))
+        os.replace(tmp, path)  # replaces a planted symlink itself, never its target
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _read_state(path: str) -> Optional[dict]:
+    """Return the published state, or None if missing, partial or foreign."""
+    import json
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            state = json.loads(f.read(MAX_HEAD))
+    except (OSError, ValueError, RecursionError):
+        return None
+    ok = (isinstance(state, dict)
+          and isinstance(state.get("pid"), int)
+          and isinstance(state.get("address"), str)
+          and isinstance(state.get("token"), str)
+          and isinstance(state.get("tcbon"), int))
+    return state if ok else None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _parse_address(address: str) -> Tuple[str, int]:
+    """Split 'host:port' (optionally http://...), refusing non-loopback hosts."""
+    import ipaddress
+    text = address[len("http://"):] if address.startswith("http://") else address
+    host, sep, port = text.rstrip("/").rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+        number = int(port)
+    except ValueError:
+        loopback, number = False, -1
+    if not sep or not loopback or not 0 <= number <= 65535:
+        raise ValueError("address must be a loopback 'host:port' such as '127.0.0.1:9876', "
+                         "got %r: tcbon never listens beyond this machine" % (address,))
+    return host, number
+
+
+def _format_address(host: str, port: int) -> str:
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+# WSGI ------------------------------------------------------------------------
+# A tiny Flask-like router: App.route(), tcbon.request, tcbon.jsonify(). Pure
+# WSGI, so it can be driven without sockets (and through wsgiref.validate).
+_local = threading.local()
+
+
+def _status_line(status: int) -> str:
+    from http import HTTPStatus
+    try:
+        return "%d %s" % (status, HTTPStatus(status).phrase)
+    except ValueError:
+        return "%d Unknown" % status
+
+
+class Response(object):
+    """An HTTP response a route may return.
+
+    Args:
+        body (bytes or str): the body.
+        status (int): the HTTP status code.
+        headers (list): extra ``(name, value)`` pairs.
+        content_type (str): the Content-Type header.
+    """
+
+    def __init__(self, body: Any = b"", status: int = 200, headers: Optional[list] = None,
+                 content_type: str = "application/json") -> None:
+        self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        self.status = status
+        self.headers = [("Content-Type", content_type)] + list(headers or [])
+
+    def json(self) -> Any:
+        """Decode the body as JSON (handy in tests)."""
+        import json
+        return json.loads(self.body)
+
+
+class HTTPError(Response, Error):
+    """Both an exception and a JSON error response (raise it from a route).
+
+    Args:
+        status (int): the HTTP status, e.g. 400.
+        message (str): what went wrong and what to do, sent as ``error``.
+        headers (list): extra ``(name, value)`` pairs, e.g. ``Allow``.
+    """
+
+    def __init__(self, status: int, message: str, headers: Optional[list] = None) -> None:
+        import json
+        body = json.dumps({"success": False, "error": message, "status": status})
+        Response.__init__(self, body, status, headers)
+        Error.__init__(self, message)
+        self.message = message
+
+
+def abort(status: int, message: str) -> None:
+    """Stop handling the current request with a JSON error reply.
+
+    Raises:
+        HTTPError: always.
+    """
+    raise HTTPError(status, message)
+
+
+def jsonify(*args: Any, **kwargs: Any) -> Response:
+    """Return a JSON Response of a dict (or of keyword arguments), as Flask's."""
+    import json
+    if args and kwargs:
+        raise TypeError("jsonify() takes either a value or keyword arguments, not both")
+    value = args[0] if len(args) == 1 else (list(args) if args else kwargs)
+    return Response(json.dumps(value))
+
+
+class _Headers(object):
+    """Case-insensitive read-only view of the request headers in an environ."""
+
+    def __init__(self, environ: dict) -> None:
+        self._environ = environ
+
+    def _key(self, name: str) -> str:
+        key = name.upper().replace("-", "_")
+        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._environ.get(self._key(name), default)
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._key(name) in self._environ
+
+
+class Request(object):
+    """The request being handled, seen through ``tcbon.request`` in a route.
+
+    Attributes:
+        environ (dict): the WSGI environ.
+        method (str), path (str), args (dict), headers: as in Flask.
+    """
+
+    def __init__(self, environ: dict) -> None:
+        from urllib.parse import parse_qsl
+        self.environ = environ
+        self.method = environ["REQUEST_METHOD"].upper()
+        raw = environ.get("PATH_INFO", "") or "/"
+        self.path = raw.encode("latin-1").decode("utf-8", "replace")
+        self.args = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        self.headers = _Headers(environ)
+        self._data: Optional[bytes] = None
+
+    @property
+    def data(self) -> bytes:
+        """The raw request body."""
+        if self._data is None:
+            try:
+                length = int(self.environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            self._data = self.environ["wsgi.input"].read(length) if length > 0 else b""
+        return self._data
+
+    def get_json(self, force: bool = False, silent: bool = False) -> Any:
+        """Decode the JSON body.
+
+        Raises:
+            HTTPError: 400 if the body is missing or not JSON (unless silent).
+        """
+        import json
+        try:
+            if not self.data:
+                raise ValueError("the request has no body")
+            return json.loads(self.data)
+        except (ValueError, RecursionError) as exc:
+            if silent:
+                return None
+            raise HTTPError(400, "expected a JSON body: %s" % exc) from None
+
+    @property
+    def json(self) -> Any:
+        """The JSON body, or None when there is none."""
+        return self.get_json(silent=True)
+
+
+class _RequestProxy(object):
+    """``tcbon.request``: the Request of the route running in this thread."""
+
+    def __getattr__(self, name: str) -> Any:
+        current = getattr(_local, "request", None)
+        if current is None:
+            raise RuntimeError("tcbon.request is only available while a route handles a request")
+        return getattr(current, name)
+
+
+request = _RequestProxy()
+
+_PARAM_TYPES = {"str": (r"[^/]+", str), "int": (r"-?\d+", int),
+                "float": (r"-?\d+(?:\.\d+)?", float), "path": (r".+", str)}
+
+
+class App(object):
+    """A tiny Flask-like WSGI application: a registry of routes.
+
+    ``Process.wsgi`` is one. Rules look like ``/count`` or ``/files/<path:p>``
+    (converters: str, int, float, path); a route returns a dict, a list, a
+    str, a Response (see jsonify) or a ``(body, status)`` tuple.
+
+    Args:
+        log (logging.Logger): where failing routes are logged.
+    """
+
+    def __init__(self, log: Any = None) -> None:
+        self.log = log
+        self.routes: List[tuple] = []  # (rule, regex, converters, methods, callback)
+
+    def route(self, rule: str, methods: Optional[Iterable[str]] = None) -> Callable:
+        """Decorate a callback to handle ``rule``; returns it unchanged."""
+        def decorator(callback: Callable) -> Callable:
+            self.add_route(rule, callback, methods)
+            return callback
+        return decorator
+
+    def add_route(self, rule: str, callback: Callable,
+                  methods: Optional[Iterable[str]] = None) -> None:
+        """Register callback for rule and methods (default GET)."""
+        import re
+        if not rule.startswith("/"):
+            raise ValueError("a route rule starts with '/', got %r" % (rule,))
+        pattern, converters, pos = [], {}, 0
+        for m in re.finditer(r"<(?:(\w+):)?(\w+)>", rule):
+            kind = m.group(1) or "str"
+            if kind not in _PARAM_TYPES:
+                raise ValueError("unknown converter %r in rule %r" % (kind, rule))
+            pattern.append(re.escape(rule[pos:m.start()]))
+            pattern.append("(?P<%s>%s)" % (m.group(2), _PARAM_TYPES[kind][0]))
+            converters[m.group(2)] = _PARAM_TYPES[kind][1]
+            pos = m.end()
+        pattern.append(re.escape(rule[pos:]))
+        verbs = {v.upper() for v in (methods or ["GET"])}
+        if "GET" in verbs:
+            verbs.add("HEAD")
+        regex = re.compile("".join(pattern) + r"\Z")
+        self.routes.append((rule, regex, converters, frozenset(verbs), callback))
+
+    def match(self, method: str, path: str) -> Tuple[Callable, Dict[str, Any]]:
+        """Find the callback and its keyword arguments.
+
+        Raises:
+            HTTPError: 404 if no rule matches the path, 405 (with Allow) if
+                rules match but not for this method.
+        """
+        allowed = set()
+        for rule, regex, converters, verbs, callback in self.routes:
+            m = regex.match(path)
+            if m is None:
+                continue
+            if method not in verbs:
+                allowed |= verbs
+                continue
+            try:
+                return callback, {k: converters[k](v) for k, v in m.groupdict().items()}
+            except ValueError:
+                continue
+        if allowed:
+            allow = ", ".join(sorted(allowed))
+            raise HTTPError(405, "%s is not allowed here; use %s" % (method, allow),
+                            [("Allow", allow)])
+        raise HTTPError(404, "no route matches %s" % path)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        req = Request(environ)
+        _local.request = req
+        try:
+            callback, kwargs = self.match(req.method, req.path)
+            response = _make_response(callback(**kwargs))
+        except HTTPError as exc:
+            response = exc
+        except Exception as exc:
+            if self.log is not None:
+                self.log.exception("route %s %s failed", req.method, req.path)
+            response = HTTPError(500, "%s %s failed: %s: %s"
+                                 % (req.method, req.path, type(exc).__name__, exc))
+        finally:
+            _local.request = None
+        start_response(_status_line(response.status), response.headers)
+        return [response.body]
+
+
+def _make_response(value: Any) -> Response:
+    import json
+    if isinstance(value, Response):
+        return value
+    status, headers = 200, None
+    if isinstance(value, tuple):
+        value, status, headers = (tuple(value) + (None,))[:3]
+        if isinstance(value, Response):
+            value.status = status
+            return value
+    if isinstance(value, (bytes, str)):
+        return Response(value, status, headers, "text/plain; charset=utf-8")
+    try:
+        return Response(json.dumps(value), status, headers)
+    except (TypeError, ValueError) as exc:
+        raise HTTPError(500, "the route returned a value that is not JSON: %s" % exc) from None
+
+
+# Server ----------------------------------------------------------------------
+# ThreadingHTTPServer bridged to WSGI. Its accept loop is a selector that
+# reads each request whole (bounded in size and time) before a worker thread
+# sees it: idle or slow connections cost a socket, not a thread (slowloris),
+# a 413 comes before the body is read, and an idle server never wakes up
+# (serve_forever polls twice a second).
+_server_class = None
+
+
+_INCOMPLETE = (0, "")
+
+
+def _request_complete(buf: bytearray) -> Optional[Tuple[int, str]]:
+    """_INCOMPLETE while more bytes are needed; else None, or the (status,
+    message) to refuse the request with before reading any more of it."""
+    import re
+    end, sep = buf.find(b"\r\n\r\n"), 4
+    if end < 0:
+        end, sep = buf.find(b"\n\n"), 2
+    if end < 0:
+        if len(buf) > MAX_HEAD:
+            return 431, "the request head is larger than %d bytes" % MAX_HEAD
+        return _INCOMPLETE
+    head = bytes(buf[:end]).lower()
+    if b"\ntransfer-encoding:" in head:
+        return None  # the guards refuse it; its body is never read
+    m = re.search(rb"\ncontent-length:[ \t]*(\d{1,12})[ \t]*(?:\r|$)", head, re.M)
+    length = int(m.group(1)) if m else 0
+    if length > MAX_BODY or len(buf) - end - sep >= length:
+        return None
+    return _INCOMPLETE
+
+
+def _refusal(headers: Any, server: Any) -> Optional[Tuple[int, str]]:
+    """The guards every request passes, in order. Messages never echo input."""
+    import hmac
+    hosts = headers.get_all("Host") or []
+    # DNS rebinding (CVE-2018-5702): only our own loopback name is accepted.
+    if len(hosts) != 1 or hosts[0].strip().lower() not in server.hosts:
+        return 403, "the Host header must name this loopback server"
+    # Browsers send these; local tools do not (Zoom CVE-2019-13450).
+    for key in headers.keys():
+        key = key.lower()
+        if key == "origin" or key.startswith("sec-fetch-"):
+            return 403, "requests from web pages are refused"
+    tokens = headers.get_all(TOKEN_HEADER) or []
+    if len(tokens) != 1 or not hmac.compare_digest(
+            tokens[0].encode("latin-1"), server.token.encode("ascii")):
+        return 401, "missing or wrong %s header; tcbon clients read it from the state file" \
+            % TOKEN_HEADER
+    if headers.get("Transfer-Encoding") is not None:
+        return 411, "chunked bodies are refused; send Content-Length"
+    lengths = headers.get_all("Content-Length") or ["0"]
+    if len(lengths) != 1 or not lengths[0].strip().isdigit():
+        return 400, "the Content-Length header is invalid"
+    length = int(lengths[0])
+    if length > MAX_BODY:
+        return 413, "the body is larger than %d bytes" % MAX_BODY
+    media = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if length and media != "application/json":
+        return 415, "a request body must be JSON, sent as Content-Type: application/json"
+    return None
+
+
+def _get_server_class() -> type:
+    global _server_class
+    if _server_class is not None:
+        return _server_class
+    import http.server
+    import io
+    import selectors
+    import socket
+    import socketserver
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "tcbon/" + __version__
+        sys_version = ""
+        protocol_version = "HTTP/1.0"  # one request per connection
+
+        def setup(self) -> None:
+            self.connection, data, self.problem = self.request
+            self.rfile = io.BytesIO(data)
+            self.request_version, self.requestline, self.command = "HTTP/1.0", "", None
+
+        def finish(self) -> None:
+            pass
+
+        def handle(self) -> None:
+            self.close_connection = True
+            if self.problem:
+                return self.send_error(*self.problem)
+            self.raw_requestline = self.rfile.readline(MAX_HEAD + 1)
+            if len(self.raw_requestline) > MAX_HEAD:
+                return self.send_error(414)
+            if not self.raw_requestline or not self.parse_request():
+                return
+            refusal = _refusal(self.headers, self.server)
+            if refusal:
+                return self.send_error(*refusal)
+            if self.server.stopping:
+                return self.send_error(503, "stopping")
+            self.run_wsgi()
+
+        def run_wsgi(self) -> None:
+            from urllib.parse import unquote_to_bytes
+            path, _, query = self.path.partition("?")
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            if len(body) != length:
+                return self.send_error(400, "the body is shorter than Content-Length")
+            environ = {
+                "REQUEST_METHOD": self.command, "SCRIPT_NAME": "",
+                "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+                "QUERY_STRING": query, "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(length), "SERVER_NAME": self.server.server_name,
+                "SERVER_PORT": str(self.server.server_port), "SERVER_PROTOCOL": "HTTP/1.0",
+                "REMOTE_ADDR": self.client_address[0], "wsgi.version": (1, 0),
+                "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+                "wsgi.errors": sys.stderr or io.StringIO(), "wsgi.multithread": True,
+                "wsgi.multiprocess": False, "wsgi.run_once": False,
+            }
+            for key, value in self.headers.items():
+                key = key.upper().replace("-", "_")
+                if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                    environ["HTTP_" + key] = value
+            started = []
+
+            def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
+                started[:] = [status, headers]
+                return lambda data: None
+
+            try:
+                result = self.server.app(environ, start_response)
+                try:
+                    data = b"".join(result)
+                finally:
+                    getattr(result, "close", lambda: None)()
+                self.respond(started[0], started[1], data)
+            except Exception:
+                self.server.log.exception("the WSGI application failed on %s", path)
+                self.send_error(500, "the application failed")
+
+        def send_error(self, code: int, message: Optional[str] = None,
+                       explain: Optional[str] = None) -> None:
+            import json
+            phrase = _status_line(code)
+            body = json.dumps({"success": False, "error": message or phrase[4:],
+                               "status": code}).encode()
+            self.respond(phrase, [("Content-Type", "application/json")], body)
+
+        def respond(self, status: str, headers: list, body: bytes) -> None:
+            lines = ["HTTP/1.0 " + status]
+            for key, value in headers:
+                # send_header() passes CR/LF through (gh-142533): never split a reply.
+                if "\r" in key + value or "\n" in key + value:
+                    raise ValueError("a response header contains CR or LF")
+                lines.append("%s: %s" % (key, value))
+            lines += ["Content-Length: %d" % len(body), "Connection: close",
+                      "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
+                      "Server: " + self.server_version, "", ""]
+            if self.command == "HEAD":
+                body = b""
+            self.log_request(status.split(" ", 1)[0])
+            # One write: headers and body in two segments stall on Nagle +
+            # delayed ACK (FIELD-NOTES 13).
+            try:
+                self.connection.sendall("\r\n".join(lines).encode("latin-1") + body)
+            except OSError:
+                pass  # the client went away
+
+        def log_message(self, format: str, *args: Any) -> None:
+            self.server.log.debug("%s " + format, self.client_address[0], *args)
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = _REUSE_ADDRESS
+        request_queue_size = 128
+
+        def __init__(self, address: tuple, app: Callable, token: str, log: Any) -> None:
+            self.app, self.token, self.log = app, token, log
+            self.stopping = False
+            self.busy = 0
+            self.idle = threading.Condition()
+            self.workers = threading.local()
+            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+            self.address_family = family
+            self.wake_r, self.wake_w = socket.socketpair()  # close() wakes serve()
+            super().__init__(address, Handler)
+            host, port = self.server_address[:2]
+            names = {_format_address(host, port), "localhost:%d" % port}
+            if port == 80:
+                names |= {host, "localhost"}
+            self.hosts = frozenset(names)
+
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind calls socket.getfqdn(), which can stall
+            # start-up for ~30 s on a broken resolver (pip PR #13742).
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = self.server_address[:2]
+
+        def serve(self) -> None:
+            """Accept and buffer requests until close(); no timeouts while idle."""
+            pending: Dict[Any, list] = {}  # socket -> [buffer, deadline, address]
+            sel = selectors.DefaultSelector()
+            self.socket.setblocking(False)
+            sel.register(self.socket, selectors.EVENT_READ)
+            sel.register(self.wake_r, selectors.EVENT_READ)
+            try:
+                while True:
+                    timeout = None
+                    if pending:
+                        timeout = max(0.0, min(p[1] for p in pending.values()) - time.monotonic())
+                    for key, _ in sel.select(timeout):
+                        sock = key.fileobj
+                        if sock is self.wake_r:
+                            return
+                        if sock is self.socket:
+                            self.accept(sel, pending)
+                        else:
+                            self.receive(sel, pending, sock)
+                    now = time.monotonic()
+                    for sock in [s for s, p in pending.items() if p[1] <= now]:
+                        self.drop(sel, pending, sock)  # too slow: slowloris
+            finally:
+                for sock in list(pending):
+                    self.drop(sel, pending, sock)
+                sel.close()
+
+        def accept(self, sel: Any, pending: dict) -> None:
+            while True:
+                try:
+                    sock, address = self.socket.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # e.g. out of file descriptors
+                    self.log.warning("accept failed: %s", exc)
+                    return
+                sock.setblocking(False)
+                if len(pending) >= MAX_PENDING:
+                    oldest = min(pending, key=lambda s: pending[s][1])
+                    self.drop(sel, pending, oldest)
+                pending[sock] = [bytearray(), time.monotonic() + REQUEST_DEADLINE, address]
+                sel.register(sock, selectors.EVENT_READ)
+
+        def receive(self, sel: Any, pending: dict, sock: Any) -> None:
+            try:
+                chunk = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return self.drop(sel, pending, sock)
+            buf = pending[sock][0]
+            buf += chunk
+            problem = _request_complete(buf)
+            if problem is _INCOMPLETE:
+                return
+            address = pending.pop(sock)[2]
+            sel.unregister(sock)
+            sock.setblocking(True)
+            sock.settimeout(REQUEST_DEADLINE)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            with self.idle:
+                full = self.busy >= MAX_WORKERS
+                self.busy += 0 if full else 1
+            if full:  # answered right here: a tiny reply, no thread
+                request = (sock, b"", (503, "too many requests at once; retry"))
+                self.finish_request(request, address)
+                return self.shutdown_request(request)
+            self.process_request((sock, bytes(buf), problem), address)
+
+        def drop(self, sel: Any, pending: dict, sock: Any) -> None:
+            pending.pop(sock, None)
+            sel.unregister(sock)
+            sock.close()
+
+        def process_request_thread(self, request: tuple, client_address: Any) -> None:
+            self.workers.active = True
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                with self.idle:
+                    self.busy -= 1
+                    self.idle.notify_all()
+
+        def shutdown_request(self, request: Any) -> None:
+            super().shutdown_request(request[0])
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            self.log.exception("error while handling a request from %s", client_address[0])
+
+        def close(self, drain: float) -> None:
+            """Stop accepting, wait up to drain seconds for requests in progress."""
+            self.wake_w.send(b"x")
+            mine = 1 if getattr(self.workers, "active", False) else 0
+            deadline = time.monotonic() + drain
+            with self.idle:
+                while self.busy > mine and time.monotonic() < deadline:
+                    self.idle.wait(deadline - time.monotonic())
+
+        def server_close(self) -> None:
+            super().server_close()
+            self.wake_r.close()
+            self.wake_w.close()
+
+    _server_class = Server
+    return Server
+
+
+# Client ----------------------------------------------------------------------
+_opener = None
+
+
+def _open(url: str, method: str, body: Optional[bytes], token: str,
+          timeout: Optional[float]) -> Tuple[int, str, bytes]:
+    """One HTTP exchange through urllib.request; returns status, type, body."""
+    global _opener
+    import urllib.request
+    if _opener is None:
+        # No ProxyHandler({}) means urllib sends loopback requests (and the
+        # token) through $http_proxy. No redirect handler: nothing to follow.
+        _opener = urllib.request.OpenerDirector()
+        for handler in (urllib.request.ProxyHandler({}), urllib.request.HTTPHandler()):
+            _opener.add_handler(handler)
+    headers = {TOKEN_HEADER: token}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)
+    with _opener.open(req, timeout=timeout) as reply:
+        return reply.status, reply.headers.get("Content-Type", ""), reply.read()
+
+
+def _decode(content_type: str, data: bytes) -> Any:
+    import json
+    if not data:
+        return None
+    if content_type.startswith("application/json"):
+        try:
+            return json.loads(data)
+        except ValueError:
+            pass
+    return data.decode("utf-8", "replace")
+
+
+def _pause(delay: float, deadline: Optional[float]) -> float:
+    """Sleep a little (never past deadline); return the next, longer delay."""
+    if deadline is not None:
+        delay = min(delay, max(0.0, deadline - time.monotonic()))
+    time.sleep(delay)
+    return min(delay * 2, 0.05) or 0.001
+
+
+# Process ---------------------------------------------------------------------
+class Process(object):
+    """Allows only one instance of an application to run at a time.
+
+    The first ``start()`` for a name takes an OS lock and serves a small WSGI
+    app on loopback; it publishes its pid, address and a secret token in
+    ``pid_file``. Other Process objects with the same name (in any process of
+    the same user) get ProcessExists from start() and can talk to the primary
+    with get(), send() and stop(). Events are dicts with at least a "name".
+
+    Attributes:
+        log (logging.Logger): the Process' logger.
+        wsgi (App): the Flask-like WSGI app; add routes with ``wsgi.route``.
+        wsgi_thread (threading.Thread): the thread serving wsgi, once started.
+        event_handlers (dict): event name -> handler(event) -> dict or None.
+        name, app_dir, address, pid, timeout: as given or as found.
+
+    Args:
+        name (str): name of the application (a file name: no '/', '..', NUL).
+        address (str): loopback 'host:port' to serve on; default: any free
+            port of 127.0.0.1.
+        app_dir (str): directory for the lock and state files; default:
+            the per-user data directory (see default_app_dir).
+        debug (bool): log at DEBUG level (to stderr if logging is not set up).
+        timeout (float): default limit, in seconds, for client calls and
+            waits; None waits without limit.
+
+    Raises:
+        ValueError: for a name that cannot be a file name or a non-loopback
+            address.
+    """
+
+    def __init__(self, name: str, address: Optional[str] = None, app_dir: Optional[str] = None,
+                 debug: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
+        import logging
+        self.name = _check_name(name)
+        self._bind = _parse_address(address) if address else ("127.0.0.1", 0)
+        self.address = _format_address(*self._bind) if address else None
+        self.app_dir = os.path.abspath(app_dir) if app_dir else default_app_dir(name)
+        self.timeout = timeout
+        self.pid: Optional[int] = None
+        self.started: Optional[float] = None
+        self.event_handlers: Dict[str, Callable] = {}
+        self.wsgi_thread: Optional[threading.Thread] = None
+        self._server: Any = None
+        self._lock_fd: Optional[int] = None
+        self._token: Optional[str] = None
+        self._state_lock = threading.RLock()
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self.log = logging.getLogger("tcbon." + name)
+        if debug:
+            self.log.setLevel(logging.DEBUG)
+            if not self.log.handlers and not logging.getLogger().handlers:
+                handler = logging.StreamHandler()
+                handler.setFormatter(logging.Formatter("%(levelname).1s:%(name)s> %(message)s"))
+                self.log.addHandler(handler)
+        self.wsgi = App(self.log)
+        self.wsgi.add_route("/", self._route_index)
+        self.wsgi.add_route("/event", self._route_event, ["POST"])
+        self.wsgi.add_route("/stop", self._route_stop, ["POST"])
+        self.setup_logger(self.log)
+        self.setup_wsgi(self.wsgi)
+
+    def __repr__(self) -> str:
+        return "<%s %r app_dir=%r address=%r primary=%s>" % (
+            type(self).__name__, self.name, self.app_dir, self.address, self.is_primary)
+
+    def __enter__(self) -> Process:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.is_primary:
+            self.stop()
+
+    # Where things are ---------------------------------------------------------
+    @property
+    def pid_file(self) -> str:
+        """Full path of the state file holding the primary's pid and address."""
+        return os.path.join(self.app_dir, self.name + ".pid")
+
+    @property
+    def lock_file(self) -> str:
+        """Full path of the lock file (kept forever; never delete it by hand)."""
+        return os.path.join(self.app_dir, self.name + ".lock")
+
+    @property
+    def is_primary(self) -> bool:
+        """True while this object is the running primary."""
+        return self._lock_fd is not None
+
+    @property
+    def wsgi_running(self) -> bool:
+        """True while this object's wsgi_thread serves requests."""
+        return self.wsgi_thread is not None and self.wsgi_thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """True while a primary of this name runs, from any Process object."""
+        return self.is_primary or _primary_holds(self.lock_file)
+
+    # Lifecycle ---------------------------------------------------------------
+    def start(self, timeout: Any = _DEFAULT) -> None:
+        """Become the primary: take the lock, serve wsgi, publish the address.
+
+        If the lock is held but the holder has not published its address yet
+        (starting up) or has withdrawn it (stopping), waits for one or the
+        other, at most ``timeout`` seconds.
+
+        Raises:
+            ProcessExists: another instance is the primary (it has the pid
+                and address; this object's address and pid are set too).
+            Timeout: the lock stayed held with no address for too long.
+            StateError: app_dir or its files cannot be used safely.
+            Error: the server cannot listen on the address given.
+        """
+        with self._state_lock:
+            if self.is_primary:
+                return
+            _ensure_private_dir(self.app_dir)
+            fd = _open_lock(self.lock_file)
+            try:
+                self._acquire(fd, self._limit(timeout))
+            except BaseException:
+                os.close(fd)
+                raise
+            self._lock_fd = fd
+            try:
+                self._serve()
+            except BaseException:
+                self._release()
+                raise
+
+    def _acquire(self, fd: int, timeout: Optional[float]) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while not _lock(fd):
+            # A shared lock we can take means only probes hold it: retry.
+            if _lock(fd, shared=True):
+                _unlock(fd)
+            else:
+                state = _read_state(self.pid_file)
+                if state is not None:
+                    self.pid, self.address = state["pid"], state["address"]
+                    raise ProcessExists("%r is already running (pid %d at %s)"
+                                        % (self.name, self.pid, self.address),
+                                        self.name, self.pid, self.address)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._no_address(timeout)
+            delay = _pause(delay, deadline)
+
+    def _serve(self) -> None:
+        import atexit
+        import secrets
+        # A crashed primary's address must never be contacted again.
+        _remove(self.pid_file)
+        try:
+            server = _get_server_class()(self._bind, self.wsgi, secrets.token_urlsafe(24),
+                                         self.log)
+        except OSError as exc:
+            raise Error("%r cannot listen on %s: %s; pass another address, or none to "
+                        "let the system pick a free port" % (
+                            self.name, _format_address(*self._bind), exc.strerror or exc)
+                        ) from exc
+        try:
+            self.on_start()
+            self._server, self._token = server, server.token
+            self.address = _format_address(*server.server_address[:2])
+            self.pid, self.started = os.getpid(), time.time()
+            self._stop_requested.clear()
+            self._stopped.clear()
+            self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
+                                                name="tcbon-%s" % self.name)
+            self.wsgi_thread.start()
+            _write_state(self.pid_file, {
+                "tcbon": PROTOCOL, "version": __version__, "name": self.name,
+                "pid": self.pid, "address": self.address, "token": server.token,
+                "started": self.started})
+        except BaseException:
+            self._shutdown_server(server)
+            self._server = None
+            self._stopped.set()
+            raise
+        atexit.register(self._at_exit)
+        self.log.info("%s serving at %s (pid %d)", self.name, self.address, self.pid)
+
+    def stop(self, timeout: Any = _DEFAULT) -> None:
+        """Stop the primary.
+
+        On the primary: runs on_stop once, stops the server, withdraws the
+        state file and releases the lock (again: nothing happens). Elsewhere:
+        asks the primary to stop and waits until it has released its lock.
+
+        Raises:
+            ProcessDoesNotExist: nothing runs under this name.
+            Timeout: the primary did not stop in time.
+        """
+        if self.wsgi_thread is not None:  # this object is or was the primary
+            return self._stop_here()
+        limit = self._limit(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        self._call("POST", "stop", {}, limit)
+        delay = 0.001
+        while _primary_holds(self.lock_file):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout("asked %r to stop, but it still runs after %.1f s; it may be "
+                              "stuck in on_stop; end pid %s if it never stops"
+                              % (self.name, limit, self.pid), self.name, limit or 0.0)
+            delay = _pause(delay, deadline)
+
+    def _stop_here(self) -> None:
+        with self._state_lock:
+            server = self._server
+            if server is None:
+                return
+            self._server = None
+            server.stopping = True
+            # Withdraw the address first: a launch from now on waits for the
+            # lock and becomes the next primary (never forwards to us and is
+            # lost: tauri#1692).
+            _remove(self.pid_file)
+            try:
+                self.on_stop()
+            finally:
+                self._shutdown_server(server)
+                self._release()
+                self._stop_requested.set()
+                self._stopped.set()
+                self.log.info("%s stopped", self.name)
+
+    def _shutdown_server(self, server: Any) -> None:
+        server.close(drain=self.timeout if self.timeout is not None else DEFAULT_TIMEOUT)
+        thread = self.wsgi_thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join()
+        server.server_close()
+
+    def _release(self) -> None:
+        import atexit
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                _unlock(fd)
+            finally:
+                os.close(fd)
+        atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if self.is_primary:
+            self._stop_here()
+
+    def _request_stop(self) -> None:
+        """Stop soon, on the run_forever thread if there is one."""
+        if self._stop_requested.is_set():
+            return
+        self._stop_requested.set()
+        if not getattr(self, "_forever", False):
+            threading.Thread(target=self._stop_here, name="tcbon-stop", daemon=True).start()
+
+    def run_forever(self) -> None:
+        """Start, then serve until stopped: by stop() (from here or another
+        process), Ctrl-C or SIGTERM. Returns once stopped.
+
+        Raises:
+            ProcessExists: another instance is the primary.
+        """
+        self.start()
+        import signal
+        previous = None
+        self._forever = True
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+            previous = signal.signal(signal.SIGTERM, lambda *_: self._stop_requested.set())
+        try:
+            while not self._stop_requested.wait(_WAIT_SLICE):
+                pass
+        except KeyboardInterrupt:
+            self.log.info("%s interrupted", self.name)
+        finally:
+            self._forever = False
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self._stop_here()
+
+    # Client --------------------------------------------------------------------
+    def get(self, route: str = "/", timeout: Any = _DEFAULT) -> Any:
+        """Send a GET request to the primary's wsgi server.
+
+        Returns:
+            The decoded JSON reply (usually a dict).
+
+        Raises:
+            ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
+        """
+        return self._call("GET", route, None, self._limit(timeout))
+
+    def send(self, route: str, payload: Any = None, timeout: Any = _DEFAULT) -> Any:
+        """Send a POST request with a JSON payload to the specified route.
+
+        Examples:
+            >>> import tcbon
+            >>> p = tcbon.Process('test')
+            >>> p.send('event', {'name': 'ack'})  # doctest: +SKIP
+
+        Returns:
+            The decoded JSON reply, e.g. ``{'success': True, ...}``.
+
+        Raises:
+            ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
+        """
+        return self._call("POST", route, {} if payload is None else payload, self._limit(timeout))
+
+    def info(self, timeout: Any = _DEFAULT) -> dict:
+        """Ask the primary about itself: name, pid, address, version, start time."""
+        return self.get("/", timeout)
+
+    def _limit(self, timeout: Any) -> Optional[float]:
+        return self.timeout if timeout is _DEFAULT else timeout
+
+    def _locate(self, deadline: Optional[float], limit: Optional[float]) -> dict:
+        """The primary's published state, waiting through its start-up."""
+        if self.is_primary:
+            return {"address": self.address, "token": self._token, "pid": self.pid}
+        delay = 0.001
+        while True:
+            if not _primary_holds(self.lock_file):
+                raise ProcessDoesNotExist("no %r process is running (looked in %s); start "
+                                          "one first" % (self.name, self.app_dir),
+                                          self.name, self.app_dir)
+            state = _read_state(self.pid_file)
+            if state is not None:
+                self.pid, self.address = state["pid"], state["address"]
+                return state
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._no_address(limit)
+            delay = _pause(delay, deadline)
+
+    def _no_address(self, limit: Optional[float]) -> Timeout:
+        return Timeout("%r holds its lock (%s) but published no address within %.1f s: it "
+                       "is starting up or shutting down slowly, or is hung; retry with a "
+                       "longer timeout, or end that process" % (
+                           self.name, self.lock_file, limit or 0.0), self.name, limit or 0.0)
+
+    def _call(self, method: str, route: str, payload: Any, limit: Optional[float]) -> Any:
+        import http.client
+        import json
+        import socket
+        deadline = None if limit is None else time.monotonic() + limit
+        # Even an unbounded call gives up reconnecting after a while.
+        reconnect_deadline = deadline or time.monotonic() + DEFAULT_TIMEOUT
+        try:
+            body = None if payload is None else json.dumps(payload).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise Error("cannot send %r to %s: the payload is not JSON-serializable (%s)"
+                        % (payload, self.name, exc)) from None
+        path = "/" + route.lstrip("/")
+        delay = 0.001
+        while True:
+            state = self._locate(deadline, limit)
+            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+            try:
+                status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
+                                            body, state["token"], remaining)
+            except http.client.HTTPException as exc:
+                raise Error("%r at %s sent a reply that is not HTTP (%s): is another program "
+                            "using its port?" % (self.name, state["address"], exc)) from None
+            except OSError as exc:  # URLError, timeouts, refused and reset connections
+                reason = getattr(exc, "reason", exc)
+                if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
+                    raise Timeout(
+                        "%r (pid %s at %s) did not answer %s %s within %.1f s: it is busy or "
+                        "hung; retry with a longer timeout, or stop it (python -m tcbon %s "
+                        "stop)" % (self.name, state.get("pid"), state["address"], method,
+                                   path, limit or 0.0, self.name), self.name, limit or 0.0
+                    ) from None
+                if time.monotonic() >= reconnect_deadline:
+                    raise Error("cannot reach %r at %s: %s; it may have just exited, retry"
+                                % (self.name, state["address"], reason)) from None
+                # The primary may have exited or be replacing its address: look again.
+                delay = _pause(delay, reconnect_deadline)
+                continue
+            reply = _decode(ctype, data)
+            if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
+                delay = _pause(delay, deadline)
+                continue  # withdrawn address: _locate() waits, then reports what runs
+            if status >= 400:
+                error = reply.get("error") if isinstance(reply, dict) else reply
+                raise RequestError("%r answered %s %s with %d: %s" % (
+                    self.name, method, path, status, error), status, reply)
+            return reply
+
+    # Routes and events -------------------------------------------------------
+    def _route_index(self) -> dict:
+        return {"success": True, "name": self.name, "pid": self.pid, "address": self.address,
+                "version": __version__, "protocol": PROTOCOL, "started": self.started,
+                "argv": list(getattr(sys, "argv", None) or [])}
+
+    def _route_event(self) -> dict:
+        event = request.get_json()
+        if not isinstance(event, dict) or not isinstance(event.get("name"), str):
+            raise HTTPError(400, "an event is a JSON object with a string 'name'")
+        name = event["name"]
+        handler = self.event_handlers.get(name)
+        if handler is None:
+            raise HTTPError(404, "no handler for event %r; registered: %s"
+                            % (name, ", ".join(sorted(self.event_handlers)) or "none"))
+        try:
+            result = handler(event)
+        except Exception as exc:
+            self.log.exception("the handler for event %r failed", name)
+            raise HTTPError(500, "the handler for event %r failed: %s: %s"
+                            % (name, type(exc).__name__, exc)) from None
+        reply = {"success": True}
+        if isinstance(result, dict):
+            reply.update(result)
+        elif result is not None:
+            reply["result"] = result
+        return reply
+
+    def _route_stop(self) -> dict:
+        self._request_stop()
+        return {"success": True, "message": "%s is stopping" % self.name}
+
+    def register_event_handler(self, event: str, handler: Callable) -> None:
+        """Call handler(event_dict) for events named ``event``; its dict
+        return value is merged into the reply."""
+        self.event_handlers[event] = handler
+
+    def unregister_event_handler(self, event: str) -> None:
+        """Remove the handler of an event (no error if there is none)."""
+        self.event_handlers.pop(event, None)
+
+    def on(self, event: str) -> Callable:
+        """Decorator form of register_event_handler."""
+        def decorator(handler: Callable) -> Callable:
+            self.register_event_handler(event, handler)
+            return handler
+        return decorator
+
+    # Hooks -------------------------------------------------------------------
+    def setup_logger(self, log: Any) -> None:
+        """Override to add handlers to the Process' logger."""
+
+    def setup_wsgi(self, wsgi: App) -> None:
+        """Override to add routes: ``@wsgi.route('/count')``."""
+
+    def on_start(self) -> None:
+        """Override to prepare the application; runs before the server serves."""
+
+    def on_stop(self) -> None:
+        """Override to tear down the application; runs before the server stops."""
+
+
+# Command line ----------------------------------------------------------------
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m tcbon NAME``: say whether NAME runs. Returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        sys.stderr.write("usage: python -m tcbon NAME\n")
+        return 2
+    try:
+        info = Process(args[0]).info()
+    except ProcessDoesNotExist as exc:
+        print(exc)
+        return 1
+    except Error as exc:
+        sys.stderr.write("tcbon: %s\n" % exc)
+        return 3
+    print("%(name)s is running: pid %(pid)s at %(address)s, tcbon %(version)s" % info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,817 @@
+"""Tests for tcbon: real interpreters, real sockets, real files, real locks."""
+import contextlib
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import wsgiref.util
+import wsgiref.validate
+
+import pytest
+
+import tcbon
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+POSIX = os.name == "posix"
+
+# A launch as an app would do it, parameterised by argv and environment.
+LAUNCH = r"""
+import json, os, sys, time
+import tcbon
+
+name, app_dir = sys.argv[1], sys.argv[2]
+go = os.environ.get("GO_FILE")
+if go:  # a barrier: every launch starts at the same moment
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+class App(tcbon.Process):
+    def on_start(self):
+        print("PRIMARY", os.getpid(), flush=True)
+        time.sleep(float(os.environ.get("ON_START_DELAY", 0)))
+
+    def on_stop(self):
+        print("ON_STOP", flush=True)
+        time.sleep(float(os.environ.get("ON_STOP_DELAY", 0)))
+
+app = App(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)))
+
+@app.on("ping")
+def ping(event):
+    time.sleep(float(os.environ.get("HANDLER_DELAY", 0)))
+    return {"pid": os.getpid(), "echo": event.get("data")}
+
+try:
+    app.run_forever()
+    print("RETURNED", flush=True)
+except tcbon.ProcessExists as exc:
+    print("EXISTS", exc.pid, flush=True)
+    print("REPLY", json.dumps(app.send("event", {"name": "ping", "data": os.getpid()})),
+          flush=True)
+"""
+
+
+# Fixtures and helpers ----------------------------------------------------------
+@pytest.fixture
+def app_dir(tmp_path):
+    return str(tmp_path / "state")
+
+
+@pytest.fixture
+def name():
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch):
+    """Default app dirs go under tmp_path, never into the real home."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def primary(name, app_dir):
+    proc = tcbon.Process(name, app_dir=app_dir)
+    proc.register_event_handler("echo", lambda event: {"got": event.get("data")})
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    """Poll predicate until true; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(0.005)
+
+
+def child_env(tmp_path, **extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@contextlib.contextmanager
+def launched(args, env, cwd=None):
+    """A child interpreter, always ended and reaped."""
+    proc = subprocess.Popen([sys.executable] + list(args), env=env, cwd=cwd, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        end(proc)
+
+
+def end(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+
+
+def finish(proc, timeout=30):
+    """Wait for a child to exit by itself; return (code, stdout, stderr)."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def launch(name, app_dir, tmp_path, **env):
+    return launched(["-c", LAUNCH, name, app_dir], child_env(tmp_path, **env))
+
+
+def wait_primary(name, app_dir, timeout=20.0):
+    """Wait until a primary answers; return its info()."""
+    client = tcbon.Process(name, app_dir=app_dir)
+
+    def answered():
+        try:
+            return client.info(timeout=2)
+        except tcbon.Error:
+            return None
+    return wait_for(answered, timeout, "a primary of %s" % name)
+
+
+def raw_request(address, method="GET", path="/", body=None, headers=None):
+    """One HTTP exchange without tcbon's client: returns (status, json)."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for key, value in (headers or {}).items():
+            conn.putheader(key, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        reply = conn.getresponse()
+        data = reply.read()
+        return reply.status, (json.loads(data) if data else None), reply
+    finally:
+        conn.close()
+
+
+def good_headers(proc, **extra):
+    headers = {"Host": proc.address, tcbon.TOKEN_HEADER: proc._token}
+    headers.update(extra)
+    return headers
+
+
+# Exceptions ----------------------------------------------------------------------
+def test_exceptions_have_one_root_and_carry_details():
+    exc = tcbon.Timeout("it took too long", "app", 1.5)
+    assert isinstance(exc, tcbon.Error) and isinstance(exc, TimeoutError)
+    assert str(exc) == "it took too long" and exc.errno is None
+    assert (exc.name, exc.timeout) == ("app", 1.5)
+    exists = tcbon.ProcessExists("running", "app", 42, "127.0.0.1:1")
+    assert (exists.pid, exists.address, exists.name) == (42, "127.0.0.1:1", "app")
+    for cls in (tcbon.ProcessExists, tcbon.ProcessDoesNotExist, tcbon.StateError,
+                tcbon.RequestError, tcbon.HTTPError):
+        assert issubclass(cls, tcbon.Error)
+
+
+# Platform ------------------------------------------------------------------------
+def test_default_app_dir_is_the_per_user_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert tcbon.default_app_dir("my app") == os.path.join(str(tmp_path / "data"), "my app")
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    expected = os.path.join(str(tmp_path / "home"), ".local", "share", "x")
+    if sys.platform == "darwin":
+        expected = os.path.join(str(tmp_path / "home"), "Library", "Application Support", "x")
+    assert tcbon.default_app_dir("x") == expected
+    assert tcbon.Process("x").app_dir == expected
+
+
+@pytest.mark.parametrize("xdg", [None, "", "relative", "/abs/data"])
+def test_default_app_dir_equals_platformdirs(monkeypatch, tmp_path, xdg):
+    platformdirs = pytest.importorskip("platformdirs")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    assert tcbon.default_app_dir("some app") == \
+        platformdirs.user_data_dir("some app", appauthor=False, ensure_exists=False)
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "a/b", "..", "a..b", "nul\0", "a\\b", "x" * 201,
+                                 "é" * 101, None, 3])
+def test_names_that_cannot_be_file_names_are_refused(bad):
+    with pytest.raises(ValueError):
+        tcbon.Process(bad)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1:80", "0.0.0.0:9000", "example.com:80",
+                                     "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:x"])
+def test_non_loopback_or_malformed_addresses_are_refused(address):
+    with pytest.raises(ValueError, match="loopback"):
+        tcbon.Process("x", address=address)
+
+
+# State file ----------------------------------------------------------------------
+def test_state_is_published_privately_once_listening(primary, app_dir):
+    with open(primary.pid_file) as f:
+        state = json.load(f)
+    assert state["pid"] == os.getpid() and state["address"] == primary.address
+    assert state["tcbon"] == tcbon.PROTOCOL and state["version"] == tcbon.__version__
+    assert len(state["token"]) >= 32 and state["started"] <= time.time()
+    if POSIX:
+        assert stat.S_IMODE(os.stat(app_dir).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(primary.pid_file).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(primary.lock_file).st_mode) == 0o600
+    # Only the two files: no temporary file left behind.
+    assert sorted(os.listdir(app_dir)) == sorted([primary.name + ".lock", primary.name + ".pid"])
+
+
+def test_lock_file_is_never_truncated_or_removed(name, app_dir):
+    os.makedirs(app_dir, mode=0o700)
+    lock = os.path.join(app_dir, name + ".lock")
+    with open(lock, "w") as f:
+        f.write("kept")
+    proc = tcbon.Process(name, app_dir=app_dir)
+    proc.start()
+    proc.stop()
+    with open(lock) as f:
+        assert f.read() == "kept"
+    assert not os.path.exists(proc.pid_file)
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"\x00\xff\xfe", b"[1, 2]", b"null",
+                                     b'{"pid": "12\\n", "address": "x", "token": "t"}',
+                                     b'{"pid": 1, "address": "a"}', b"pid=1\naddress=x\n",
+                                     b"{" * 100000])
+def test_reading_state_tolerates_partial_and_foreign_content(tmp_path, content):
+    path = tmp_path / "x.pid"
+    path.write_bytes(content)
+    assert tcbon._read_state(str(path)) is None
+
+
+def test_foreign_state_file_does_not_block_a_start(name, app_dir):
+    os.makedirs(app_dir, mode=0o700)
+    with open(os.path.join(app_dir, name + ".pid"), "wb") as f:
+        f.write(b"1234\nhttp://127.0.0.1:1\n")  # the 0.1 format, for instance
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        assert tcbon._read_state(proc.pid_file)["pid"] == os.getpid()
+
+
+def test_two_names_in_one_app_dir_do_not_collide(app_dir):
+    names = ["a", "a.pid", "a.lock", ".a", "a b", "ü"]
+    procs = [tcbon.Process(n, app_dir=app_dir) for n in names]
+    try:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            assert tcbon.Process(proc.name, app_dir=app_dir).info()["name"] == proc.name
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX permission bits")
+def test_app_dir_writable_by_others_is_refused(name, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(tcbon.StateError, match="writable by other users") as info:
+        tcbon.Process(name, app_dir=str(shared)).start()
+    assert info.value.path == str(shared)
+
+
+@pytest.mark.skipif(not POSIX, reason="symbolic links need privileges on Windows")
+def test_symlinks_planted_at_the_lock_path_or_app_dir_are_refused(name, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(tcbon.StateError, match="symbolic link"):
+        tcbon.Process(name, app_dir=str(link)).start()
+    target = tmp_path / "victim"
+    target.write_text("precious")
+    (real / (name + ".lock")).symlink_to(target)
+    with pytest.raises(tcbon.StateError, match="symbolic link"):
+        tcbon.Process(name, app_dir=str(real)).start()
+    assert target.read_text() == "precious"
+
+
+# WSGI ------------------------------------------------------------------------------
+def call(app, method="GET", path="/", body=None, query="", content_type="application/json"):
+    """Drive a WSGI app in-process through wsgiref.validate."""
+    environ = {"REQUEST_METHOD": method, "SCRIPT_NAME": "", "PATH_INFO": path,
+               "QUERY_STRING": query}
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        environ.update(CONTENT_LENGTH=str(len(data)), CONTENT_TYPE=content_type,
+                       **{"wsgi.input": io.BytesIO(data)})
+    wsgiref.util.setup_testing_defaults(environ)
+    seen = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = status, dict(headers)
+        return lambda data: None
+    result = wsgiref.validate.validator(app)(environ, start_response)
+    try:
+        data = b"".join(result)
+    finally:
+        result.close()
+    ctype = seen["headers"]["Content-Type"]
+    return (int(seen["status"].split()[0]),
+            json.loads(data) if ctype.startswith("application/json") else data.decode(),
+            seen["headers"])
+
+
+@pytest.fixture
+def router():
+    app = tcbon.App()
+
+    @app.route("/items/<int:item>")
+    def item(item):
+        return {"item": item, "q": tcbon.request.args.get("q"),
+                "agent": tcbon.request.headers.get("User-Agent")}
+
+    @app.route("/files/<path:rest>", methods=["GET", "PUT"])
+    def files(rest):
+        return tcbon.jsonify(rest=rest, method=tcbon.request.method)
+
+    @app.route("/add", methods=["POST"])
+    def add():
+        body = tcbon.request.get_json()
+        return tcbon.jsonify({"sum": body["a"] + body["b"]})
+
+    @app.route("/created", methods=["POST"])
+    def created():
+        return {"ok": True}, 201
+
+    @app.route("/text")
+    def text():
+        return "plain"
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("kaput")
+
+    @app.route("/teapot")
+    def teapot():
+        tcbon.abort(418, "short and stout")
+    return app
+
+
+def test_router_matches_rules_with_converters(router):
+    status, body, _ = call(router, path="/items/42", query="q=x%20y")
+    assert status == 200 and body == {"item": 42, "q": "x y", "agent": None}
+    assert call(router, path="/files/a/b c.txt")[1] == {"rest": "a/b c.txt", "method": "GET"}
+    assert call(router, "PUT", "/files/x")[1]["method"] == "PUT"
+    assert call(router, "POST", "/add", {"a": 2, "b": 3})[1] == {"sum": 5}
+    assert call(router, "POST", "/created", {})[:2] == (201, {"ok": True})
+    assert call(router, path="/text")[1] == "plain"
+    assert call(router, "HEAD", "/text")[0] == 200
+
+
+def test_router_answers_404_and_405_with_allow_as_json(router):
+    status, body, _ = call(router, path="/nowhere")
+    assert status == 404 and body["success"] is False and "/nowhere" in body["error"]
+    assert call(router, path="/items/notanint")[0] == 404
+    status, body, headers = call(router, "DELETE", "/files/x")
+    assert status == 405 and headers["Allow"] == "GET, HEAD, PUT"
+    assert call(router, "GET", "/add")[2]["Allow"] == "POST"
+
+
+def test_router_turns_failures_into_json_errors(router):
+    status, body, _ = call(router, path="/boom")
+    assert status == 500 and "RuntimeError: kaput" in body["error"]
+    assert call(router, path="/teapot")[:2] == (418, {"success": False, "status": 418,
+                                                     "error": "short and stout"})
+    status, body, _ = call(router, "POST", "/add", b"{not json")
+    assert status == 400 and "JSON" in body["error"]
+    assert call(router, "POST", "/add", b"")[0] == 400
+    assert call(router, "POST", "/add", b"\xff\xfe\xfa")[0] == 400
+    assert call(router, "POST", "/add", b"[" * 100000)[0] == 400
+
+
+def test_request_outside_a_route_says_so():
+    with pytest.raises(RuntimeError, match="only available while a route"):
+        tcbon.request.method
+
+
+def test_process_wsgi_is_a_valid_wsgi_app_with_builtin_routes(name, app_dir):
+    proc = tcbon.Process(name, app_dir=app_dir)
+    proc.register_event_handler("ack", lambda event: {"message": "Hello there!"})
+    assert call(proc.wsgi, "POST", "/event", {"name": "ack"})[1] == {
+        "success": True, "message": "Hello there!"}
+    assert call(proc.wsgi, path="/")[1]["name"] == name
+
+
+# Server --------------------------------------------------------------------------
+def test_event_round_trip_and_handler_errors_keep_serving(primary, name, app_dir):
+    client = tcbon.Process(name, app_dir=app_dir)
+    assert client.send("event", {"name": "echo", "data": [1, "ü"]}) == {
+        "success": True, "got": [1, "ü"]}
+
+    def broken(event):
+        raise KeyError("missing")
+    primary.register_event_handler("broken", broken)
+    with pytest.raises(tcbon.RequestError, match="failed: KeyError") as info:
+        client.send("event", {"name": "broken"})
+    assert info.value.status == 500
+    with pytest.raises(tcbon.RequestError, match="no handler for event 'nope'") as info:
+        client.send("event", {"name": "nope"})
+    assert info.value.status == 404
+    for bad in ({}, {"name": 3}, [1], "x"):
+        with pytest.raises(tcbon.RequestError) as info:
+            client.send("event", bad)
+        assert info.value.status == 400
+    primary.unregister_event_handler("echo")
+    with pytest.raises(tcbon.RequestError):
+        client.send("event", {"name": "echo"})
+    assert client.info()["pid"] == os.getpid()
+
+
+def test_index_describes_the_primary_without_its_token(primary, name, app_dir):
+    info = tcbon.Process(name, app_dir=app_dir).get()
+    assert info["name"] == name and info["pid"] == os.getpid()
+    assert info["address"] == primary.address and info["version"] == tcbon.__version__
+    assert primary._token not in json.dumps(info)
+
+
+def test_custom_routes_flask_style(name, app_dir):
+    class Counter(tcbon.Process):
+        count = 0
+
+        def setup_wsgi(self, wsgi):
+            @wsgi.route("/count")
+            def count():
+                return tcbon.jsonify({"success": True, "value": self.count})
+
+            @wsgi.route("/increment", methods=["POST"])
+            def increment():
+                self.count += tcbon.request.get_json().get("value", 1)
+                return tcbon.jsonify({"success": True, "value": self.count})
+
+    with Counter(name, app_dir=app_dir):
+        client = Counter(name, app_dir=app_dir)
+        assert client.get("count") == {"success": True, "value": 0}
+        assert client.send("increment") == {"success": True, "value": 1}
+        assert client.send("/increment", {"value": 2})["value"] == 3
+        with pytest.raises(tcbon.RequestError) as info:
+            client.get("increment")
+        assert info.value.status == 405
+
+
+def test_requests_need_the_token(primary):
+    ok = good_headers(primary)
+    assert raw_request(primary.address, headers=ok)[0] == 200
+    no_token = {"Host": primary.address}
+    assert raw_request(primary.address, headers=no_token)[0] == 401
+    wrong = dict(ok, **{tcbon.TOKEN_HEADER: "x" * len(primary._token)})
+    status, body, _ = raw_request(primary.address, headers=wrong)
+    assert status == 401 and primary._token not in json.dumps(body)
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "", "localhost6",
+                                  "127.0.0.1.nip.io", "2130706433", "0x7f.1", "127.1"])
+def test_foreign_host_headers_are_refused(primary, host):
+    port = primary.address.rsplit(":", 1)[1]
+    for value in (host, host + ":" + port if host else host):
+        status, body, _ = raw_request(primary.address, headers=good_headers(primary, Host=value))
+        assert status == 403 and "Host" in body["error"]
+    assert raw_request(primary.address,
+                       headers=good_headers(primary, Host="localhost:" + port))[0] == 200
+
+
+@pytest.mark.parametrize("header", [("Origin", "http://evil.example"), ("Origin", "null"),
+                                    ("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "cors")])
+def test_browser_requests_are_refused(primary, header):
+    status, _, reply = raw_request(primary.address, "POST", "/event", b'{"name": "echo"}',
+                                   good_headers(primary, **{header[0]: header[1],
+                                                            "Content-Type": "application/json"}))
+    assert status == 403
+    assert not any(k.lower().startswith("access-control") for k in reply.headers.keys())
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded",
+                                   "multipart/form-data; boundary=x", ""])
+def test_bodies_must_be_json(primary, ctype):
+    headers = good_headers(primary)
+    if ctype:
+        headers["Content-Type"] = ctype
+    status, body, _ = raw_request(primary.address, "POST", "/event", b'{"name": "echo"}',
+                                  headers)
+    assert status == 415 and "application/json" in body["error"]
+
+
+def test_oversized_bodies_are_refused_before_reading(primary):
+    host, port = primary.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = ("POST /event HTTP/1.1\r\nHost: %s\r\n%s: %s\r\nContent-Type: application/json"
+                "\r\nContent-Length: %d\r\n\r\n" % (primary.address, tcbon.TOKEN_HEADER,
+                                                    primary._token, tcbon.MAX_BODY + 1))
+        sock.sendall(head.encode())  # and never the body
+        reply = sock.recv(65536).decode()
+    assert reply.startswith("HTTP/1.0 413")
+
+
+def test_proxy_variables_are_ignored(primary, name, app_dir, monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("no_proxy", "")
+    assert tcbon.Process(name, app_dir=app_dir).send("event", {"name": "echo"})["success"]
+
+
+def test_idle_connections_do_not_block_a_legitimate_event(primary, name, app_dir):
+    host, port = primary.address.rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(100)]
+    try:
+        for sock in idle[::2]:
+            sock.sendall(b"POST /event HTTP/1.1\r\nHost: x")  # and stall
+        reply = tcbon.Process(name, app_dir=app_dir).send("event", {"name": "echo"}, timeout=3)
+        assert reply["success"]
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+# Client --------------------------------------------------------------------------
+def test_calls_with_nothing_running_raise_process_does_not_exist(name, app_dir):
+    proc = tcbon.Process(name, app_dir=app_dir)
+    assert proc.running is False
+    for call_ in (proc.get, lambda: proc.send("event", {"name": "x"}), proc.stop, proc.info):
+        with pytest.raises(tcbon.ProcessDoesNotExist, match="no %r process is running" % name):
+            call_()
+
+
+def test_a_slow_handler_gives_timeout_and_the_server_keeps_serving(primary, name, app_dir):
+    release = threading.Event()
+    primary.register_event_handler("slow", lambda event: release.wait(10) and None)
+    client = tcbon.Process(name, app_dir=app_dir, timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(tcbon.Timeout, match="did not answer POST /event within 0.3 s"):
+            client.send("event", {"name": "slow"})
+        assert time.monotonic() - started < 5
+        with pytest.raises(TimeoutError):
+            client.send("event", {"name": "slow"}, timeout=0.2)
+        assert client.send("event", {"name": "echo"}, timeout=5)["success"]
+    finally:
+        release.set()
+
+
+def test_payloads_that_are_not_json_raise_before_sending(primary, name, app_dir):
+    with pytest.raises(tcbon.Error, match="not JSON-serializable"):
+        tcbon.Process(name, app_dir=app_dir).send("event", {"name": object()})
+
+
+def test_a_client_waits_through_the_start_up_gap(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path, ON_START_DELAY=1.0) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        # The lock is held, the address not yet published: send() waits.
+        reply = tcbon.Process(name, app_dir=app_dir, timeout=15).send(
+            "event", {"name": "ping", "data": 1})
+        assert reply["pid"] == child.pid
+
+
+def test_a_wedged_start_up_gives_timeout_not_a_second_primary(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path, ON_START_DELAY=30) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        other = tcbon.Process(name, app_dir=app_dir, timeout=0.5)
+        with pytest.raises(tcbon.Timeout, match="published no address"):
+            other.start()
+        assert not other.is_primary
+        with pytest.raises(tcbon.Timeout):
+            other.send("event", {"name": "ping"})
+
+
+# Process -------------------------------------------------------------------------
+def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
+    other = tcbon.Process(name, app_dir=app_dir)
+    with pytest.raises(tcbon.ProcessExists) as info:
+        other.start()
+    assert info.value.pid == os.getpid() and info.value.address == primary.address
+    assert other.address == primary.address and other.running and not other.is_primary
+    # Probing opened and closed the lock file; the primary still holds the lock.
+    with pytest.raises(tcbon.ProcessExists):
+        other.start()
+    assert primary.wsgi_running and primary.running
+
+
+def test_stop_releases_everything_and_can_restart(name, app_dir):
+    proc = tcbon.Process(name, app_dir=app_dir)
+    proc.start()
+    proc.start()  # already the primary: nothing happens
+    thread = proc.wsgi_thread
+    proc.stop()
+    proc.stop()  # idempotent
+    assert not thread.is_alive() and not proc.wsgi_running and not proc.running
+    assert not os.path.exists(proc.pid_file) and os.path.exists(proc.lock_file)
+    with tcbon.Process(name, app_dir=app_dir) as again:
+        assert again.running
+    assert not again.running
+
+
+def test_hooks_run_once_in_order(name, app_dir):
+    calls = []
+
+    class Hooked(tcbon.Process):
+        def setup_logger(self, log):
+            calls.append("setup_logger")
+
+        def setup_wsgi(self, wsgi):
+            calls.append("setup_wsgi")
+
+        def on_start(self):
+            calls.append(("on_start", self.wsgi_running))
+
+        def on_stop(self):
+            calls.append(("on_stop", self.wsgi_running))
+
+    proc = Hooked(name, app_dir=app_dir)
+    proc.start()
+    proc.stop()
+    proc.stop()
+    assert calls == ["setup_logger", "setup_wsgi", ("on_start", False), ("on_stop", True)]
+
+
+def test_a_failing_on_start_releases_the_lock(name, app_dir):
+    class Broken(tcbon.Process):
+        def on_start(self):
+            raise RuntimeError("no config")
+
+    with pytest.raises(RuntimeError, match="no config"):
+        Broken(name, app_dir=app_dir).start()
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        assert proc.is_primary
+
+
+def test_fixed_address_and_a_busy_port(name, app_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = tcbon.Process(name, address="127.0.0.1:%d" % port, app_dir=app_dir)
+        with pytest.raises(tcbon.Error, match="cannot listen on 127.0.0.1:%d" % port):
+            proc.start()
+        assert not proc.running
+    with tcbon.Process(name, address="http://localhost:%d" % port, app_dir=app_dir) as proc:
+        assert proc.address == "127.0.0.1:%d" % port
+        assert tcbon.Process(name, app_dir=app_dir).info()["address"] == proc.address
+
+
+def test_stop_from_another_process_object_waits_until_gone(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path, ON_STOP_DELAY=0.5) as child:
+        wait_primary(name, app_dir)
+        tcbon.Process(name, app_dir=app_dir).stop()
+        assert not tcbon.Process(name, app_dir=app_dir).running
+        code, out, err = finish(child)
+        assert code == 0, err
+        assert out.splitlines()[-2:] == ["ON_STOP", "RETURNED"]
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_make_run_forever_return_cleanly(name, app_dir, tmp_path, signum):
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        child.send_signal(signum)
+        code, out, err = finish(child)
+        assert code == 0, err
+        assert out.splitlines()[-2:] == ["ON_STOP", "RETURNED"]
+        assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+
+
+def test_exit_without_stop_cleans_up(name, app_dir, tmp_path):
+    code = ("import sys, tcbon\n"
+            "p = tcbon.Process(sys.argv[1], app_dir=sys.argv[2])\n"
+            "p.on_stop = lambda: print('ON_STOP', flush=True)\n"
+            "p.start()\n")
+    with launched(["-c", code, name, app_dir], child_env(tmp_path)) as child:
+        assert finish(child)[:2] == (0, "ON_STOP\n")
+    assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+
+
+# Multi-process -----------------------------------------------------------------
+def test_second_instance_gets_process_exists_and_a_reply(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path) as first:
+        info = wait_primary(name, app_dir)
+        assert info["pid"] == first.pid
+        with launch(name, app_dir, tmp_path) as second:
+            code, out, err = finish(second)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "EXISTS %d" % first.pid
+        assert json.loads(lines[1][len("REPLY "):]) == {
+            "success": True, "pid": first.pid, "echo": second.pid}
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_simultaneous_launches_give_exactly_one_primary(name, app_dir, tmp_path, round_):
+    go = tmp_path / "go"
+    with contextlib.ExitStack() as stack:
+        children = [stack.enter_context(launch(name, app_dir, tmp_path, GO_FILE=go))
+                    for _ in range(8)]
+        go.touch()
+        primary_pid = wait_primary(name, app_dir)["pid"]
+        others = [c for c in children if c.pid != primary_pid]
+        assert len(others) == 7
+        for child in others:
+            code, out, err = finish(child)
+            assert code == 0, err
+            assert out.splitlines()[0] == "EXISTS %d" % primary_pid
+            assert json.loads(out.splitlines()[1][6:])["pid"] == primary_pid
+        tcbon.Process(name, app_dir=app_dir).stop()
+        first = [c for c in children if c.pid == primary_pid][0]
+        code, out, err = finish(first)
+        assert code == 0 and out.startswith("PRIMARY"), err
+
+
+@pytest.mark.skipif(not POSIX, reason="SIGKILL")
+def test_kill_9_then_the_next_launch_takes_over_at_once(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path) as child:
+        dead_address = wait_primary(name, app_dir)["address"]
+        child.kill()
+        child.wait()
+    # The stale state file is still there; the lock died with its process.
+    assert tcbon._read_state(os.path.join(app_dir, name + ".pid"))["pid"] == child.pid
+    client = tcbon.Process(name, app_dir=app_dir)
+    assert not client.running
+    with pytest.raises(tcbon.ProcessDoesNotExist):
+        client.send("event", {"name": "ping"})
+    started = time.monotonic()
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        assert time.monotonic() - started < 2
+        assert proc.address != dead_address or proc.pid == os.getpid()
+        assert client.info()["pid"] == os.getpid()
+
+
+def test_a_launch_during_shutdown_becomes_the_next_primary(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path, ON_STOP_DELAY=1.0) as first:
+        wait_primary(name, app_dir)
+        tcbon.Process(name, app_dir=app_dir).send("stop")
+        assert first.stdout.readline().startswith("PRIMARY")
+        assert first.stdout.readline() == "ON_STOP\n"
+        # The first still holds the lock for a second: this launch must wait and win.
+        with launch(name, app_dir, tmp_path) as second:
+            assert second.stdout.readline().startswith("PRIMARY")
+            assert wait_primary(name, app_dir)["pid"] == second.pid
+        assert finish(first)[0] == 0
+
+
+# Examples ------------------------------------------------------------------------
+def example(script):
+    return os.path.join(HERE, "examples", script)
+
+
+def test_example_simple(tmp_path):
+    env = child_env(tmp_path)
+    with launched([example("simple.py")], env, cwd=str(tmp_path)) as first:
+        wait_primary("simple", os.path.join(str(tmp_path / "xdg"), "simple"))
+        with launched([example("simple.py")], env, cwd=str(tmp_path)) as second:
+            code, out, err = finish(second)
+        assert code == 0, err
+        assert out.strip() == str({"success": True, "message": "Hello there!"})
+        tcbon.Process("simple").stop()
+        assert finish(first)[0] == 0
+
+
+def test_example_advanced(tmp_path):
+    env = child_env(tmp_path)
+    app_dir = str(tmp_path / "examples" / "advanced")
+    with launched([example("advanced.py")], env, cwd=str(tmp_path)) as first:
+        wait_primary("advanced", app_dir)
+        with launched([example("advanced.py")], env, cwd=str(tmp_path)) as second:
+            code, out, err = finish(second)
+        assert code == 0, err
+        assert out.splitlines() == [
+            "Advanced running at 127.0.0.1:9876.",
+            "advanced.get('count') -> {'success': True, 'value': 0}",
+            "advanced.send('increment') -> {'success': True, 'value': 1}",
+            "advanced.send('increment', {'value': 2}) -> {'success': True, 'value': 3}",
+            "advanced.send('decrement', {'value': 1}) -> {'success': True, 'value': 2}",
+        ]
+        tcbon.Process("advanced", app_dir=app_dir).stop()
+        code, out, err = finish(first)
+        assert code == 0, err
+        assert "Persisting count" in err
+    with open(os.path.join(app_dir, "count")) as f:
+        assert f.read() == "2"
