@@ -1,0 +1,37 @@
+"""One-command demo: a primary, a second launch that hands over, then a stop.
+
+    python examples/demo.py
+
+It runs examples/simple.py twice, as you would from two terminals, with its
+state kept in a temporary directory.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import tcbon  # noqa: E402
+
+with tempfile.TemporaryDirectory() as home:
+    env = dict(os.environ, XDG_DATA_HOME=home, LOCALAPPDATA=home,
+               PYTHONPATH=os.path.dirname(HERE))
+    simple = [sys.executable, os.path.join(HERE, 'simple.py')]
+    app = tcbon.Process('simple', app_dir=os.path.join(home, 'simple'))
+    print('$ python examples/simple.py &     # the first launch becomes the primary')
+    first = subprocess.Popen(simple, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not app.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print('$ python examples/simple.py       # a second launch hands over and exits')
+        subprocess.run(simple, env=env, check=True)
+        print('$ python -m tcbon simple stop')
+        app.stop()
+        print('the primary exited with code %s' % first.wait(10))
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
