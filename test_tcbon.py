@@ -664,6 +664,14 @@ def test_a_failing_on_start_releases_the_lock(name, app_dir):
         assert proc.is_primary
 
 
+def test_start_never_asks_the_resolver(name, app_dir, monkeypatch):
+    def stalled(*args):
+        raise AssertionError("getfqdn() can stall ~30 s on a broken resolver")
+    monkeypatch.setattr(socket, "getfqdn", stalled)
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == proc.pid
+
+
 def test_fixed_address_and_a_busy_port(name, app_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -762,6 +770,56 @@ def test_kill_9_then_the_next_launch_takes_over_at_once(name, app_dir, tmp_path)
         assert time.monotonic() - started < 2
         assert proc.address != dead_address or proc.pid == os.getpid()
         assert client.info()["pid"] == os.getpid()
+
+
+@pytest.mark.skipif(not POSIX, reason="SIGKILL")
+def test_a_stale_address_on_a_reused_port_is_never_contacted(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path) as child:
+        host, port = wait_primary(name, app_dir)["address"].rsplit(":", 1)
+        child.kill()
+        child.wait()
+    # Another program takes the dead primary's port (FIELD-NOTES: port reuse).
+    foreign = socket.socket()
+    foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    foreign.bind((host, int(port)))
+    foreign.listen(16)
+    foreign.settimeout(0)
+    try:
+        # The next primary holds the lock for a while before it publishes.
+        with launch(name, app_dir, tmp_path, ON_START_DELAY=1.0) as second:
+            assert second.stdout.readline().startswith("PRIMARY")
+            reply = tcbon.Process(name, app_dir=app_dir, timeout=15).send(
+                "event", {"name": "ping"})
+            assert reply["pid"] == second.pid
+        with pytest.raises(BlockingIOError):
+            foreign.accept()  # nobody knocked, so no token was sent there
+    finally:
+        foreign.close()
+
+
+def test_a_stopping_primary_refuses_new_requests(name, app_dir):
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(tcbon.Process):
+        def on_stop(self):
+            entered.set()
+            release.wait(10)
+
+    proc = Slow(name, app_dir=app_dir)
+    proc.register_event_handler("echo", lambda event: {})
+    proc.start()
+    address, token = proc.address, proc._token  # as read by a client just before
+    stopper = threading.Thread(target=proc.stop)
+    stopper.start()
+    try:
+        assert entered.wait(10)
+        headers = {"Host": address, tcbon.TOKEN_HEADER: token,
+                   "Content-Type": "application/json"}
+        status, body, _ = raw_request(address, "POST", "/event", b'{"name": "echo"}', headers)
+        assert (status, body["error"]) == (503, "stopping")
+    finally:
+        release.set()
+        stopper.join()
 
 
 def test_a_launch_during_shutdown_becomes_the_next_primary(name, app_dir, tmp_path):
