@@ -235,11 +235,22 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _ensure_private_dir(path: str) -> None:
-    """Create path 0700 if missing; refuse one that others could tamper with."""
+def _ensure_private_dir(path: str, create: bool = True) -> None:
+    """Create path 0700 if missing; refuse one that others could tamper with:
+    they could plant a lock and an address there and receive our events.
+
+    Raises:
+        FileNotFoundError: path is missing and create is false.
+        StateError: path cannot be created or is not safe.
+    """
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        if create:
+            os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
+    except FileNotFoundError:
+        if create:
+            raise StateError("cannot create the tcbon directory %s" % path, path) from None
+        raise
     except OSError as exc:
         raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
                          "you can write to" % (path, exc.strerror or exc), path) from exc
@@ -1304,6 +1315,10 @@ class Process(object):
             return {"address": self.address, "token": self._token, "pid": self.pid}
         delay = 0.001
         while True:
+            try:
+                _ensure_private_dir(self.app_dir, create=False)
+            except FileNotFoundError:
+                pass  # then there is no lock file either
             if not _primary_holds(self.lock_file):
                 raise ProcessDoesNotExist("no %r process is running (looked in %s); start "
                                           "one first" % (self.name, self.app_dir),
@@ -1433,22 +1448,157 @@ class Process(object):
 
 
 # Command line ----------------------------------------------------------------
+EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE, EXIT_ERROR = \
+    range(7)
+
+_CLI_HELP = """\
+actions:
+  (none), probe         say whether NAME runs: one line, exit 0 if it does, 1 if not
+  send EVENT [JSON]     send an event named EVENT (JSON: an object merged into it)
+  get [ROUTE]           GET a route of the primary (default /) and print the reply
+  stop                  ask the primary to stop; return once it has
+  wait                  block until a primary of NAME runs (default: no time limit)
+
+exit codes:
+  0 done / running        1 not running            2 usage error or bad input
+  3 refused by primary    4 timed out              5 state directory unusable
+  6 other failure
+
+examples:
+  python -m tcbon my_app && echo running
+  python -m tcbon my_app send open '{"path": "/tmp/a.txt"}'
+  python -m tcbon my_app get /count --json
+  python -m tcbon my_app stop --timeout 30
+"""
+
+
+def _uptime(seconds: float) -> str:
+    if seconds < 60:
+        return "%.1fs" % seconds
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return "%dh%02dm" % (hours, minutes) if hours else "%dm%02ds" % (minutes, secs)
+
+
+def _cli_parser() -> Any:
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="python -m tcbon", description="Probe and talk to the primary instance of NAME.",
+        epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="the application name, as given to tcbon.Process")
+    parser.add_argument("action", nargs="?", default="probe",
+                        help="probe (default), send, get, stop or wait")
+    parser.add_argument("args", nargs="*", help="the action's arguments")
+    parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait at most (default: %s; wait: no limit)"
+                        % DEFAULT_TIMEOUT)
+    parser.add_argument("--version", action="version", version="tcbon " + __version__)
+    return parser
+
+
+def _cli_action(proc: Process, action: str, args: List[str], timeout: Optional[float]) -> Any:
+    """Run one action; return what to print, or raise."""
+    import json
+    arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0)}
+    if action not in arity:
+        raise ValueError("unknown action %r; use one of: %s" % (action, ", ".join(arity)))
+    low, high = arity[action]
+    if not low <= len(args) <= high:
+        raise ValueError("%s takes %s argument(s), got %d" % (
+            action, low if low == high else "%d to %d" % (low, high), len(args)))
+    limit = DEFAULT_TIMEOUT if timeout is None and action != "wait" else timeout
+    if action == "send":
+        event = {}
+        if len(args) == 2:
+            try:
+                event = json.loads(args[1])
+            except ValueError as exc:
+                raise ValueError("the JSON argument is not valid JSON: %s" % exc) from None
+            if not isinstance(event, dict):
+                raise ValueError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
+        return proc.send("event", dict(event, name=args[0]), timeout=limit)
+    if action == "get":
+        return proc.get(args[0] if args else "/", timeout=limit)
+    if action == "stop":
+        proc.stop(timeout=limit)
+        return {"name": proc.name, "stopped": True}
+    if action == "wait":
+        deadline = None if limit is None else time.monotonic() + limit
+        delay = 0.001
+        while True:
+            try:
+                return proc.info(timeout=DEFAULT_TIMEOUT)
+            except ProcessDoesNotExist:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise Timeout("no %r process started within %.1f s" % (proc.name, limit),
+                                  proc.name, limit or 0.0) from None
+                delay = min(_pause(delay, deadline), 0.05)
+    return proc.info(timeout=limit)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m tcbon NAME``: say whether NAME runs. Returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0].startswith("-"):
-        sys.stderr.write("usage: python -m tcbon NAME\n")
-        return 2
+    """The command line: ``python -m tcbon NAME [ACTION ...]``.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (see ``python -m tcbon --help``); never exits itself.
+    """
+    import json
+    parser = _cli_parser()
     try:
-        info = Process(args[0]).info()
-    except ProcessDoesNotExist as exc:
-        print(exc)
-        return 1
+        opts = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help, --version or a usage error
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    def fail(code: int, message: str) -> int:
+        if opts.json:
+            sys.stderr.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+        else:
+            sys.stderr.write("tcbon: %s\n" % message)
+        return code
+
+    try:
+        proc = Process(opts.name, app_dir=opts.app_dir)
+        result = _cli_action(proc, opts.action, opts.args, opts.timeout)
+    except ValueError as exc:
+        return fail(EXIT_USAGE, str(exc))
+    except ProcessDoesNotExist:
+        where = "" if opts.app_dir is None else " in %s" % proc.app_dir
+        if opts.json:
+            print(json.dumps({"name": opts.name, "running": False}))
+        else:
+            print("%s is not running%s" % (opts.name, where))
+        return EXIT_NOT_RUNNING
+    except RequestError as exc:
+        return fail(EXIT_REFUSED, str(exc))
+    except Timeout as exc:
+        return fail(EXIT_TIMEOUT, str(exc))
+    except StateError as exc:
+        return fail(EXIT_STATE, str(exc))
     except Error as exc:
-        sys.stderr.write("tcbon: %s\n" % exc)
-        return 3
-    print("%(name)s is running: pid %(pid)s at %(address)s, tcbon %(version)s" % info)
-    return 0
+        return fail(EXIT_ERROR, str(exc))
+    if opts.action in ("probe", "wait"):
+        started = result.get("started") or time.time()
+        result = {"name": result.get("name"), "running": True, "pid": result.get("pid"),
+                  "address": result.get("address"), "version": result.get("version"),
+                  "started": started, "uptime": round(max(0.0, time.time() - started), 3)}
+        if not opts.json:
+            result = "%s is running: pid %s at %s, tcbon %s, up %s" % (
+                result["name"], result["pid"], result["address"], result["version"],
+                _uptime(result["uptime"]))
+    elif opts.action == "stop" and not opts.json:
+        result = "%s stopped" % opts.name
+    if opts.json:
+        print(json.dumps(result))
+    elif isinstance(result, str):
+        print(result)
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

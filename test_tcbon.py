@@ -873,3 +873,127 @@ def test_example_advanced(tmp_path):
         assert "Persisting count" in err
     with open(os.path.join(app_dir, "count")) as f:
         assert f.read() == "2"
+
+
+# Command line ----------------------------------------------------------------------
+def cli(tmp_path, *args, timeout=60):
+    """Run the real ``python -m tcbon``; return (code, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "tcbon"] + [str(a) for a in args],
+                          env=child_env(tmp_path), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_cli_probe_send_get_stop_against_a_real_primary(name, app_dir, tmp_path):
+    code, out, err = cli(tmp_path, name, "--app-dir", app_dir)
+    assert (code, out.strip()) == (1, "%s is not running in %s" % (name, app_dir))
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        code, out, err = cli(tmp_path, name, "--app-dir", app_dir)
+        assert code == 0, err
+        assert out.startswith("%s is running: pid %d at 127.0.0.1:" % (name, child.pid))
+        assert "tcbon %s, up " % tcbon.__version__ in out and out.count("\n") == 1
+        code, out, err = cli(tmp_path, "--json", name, "probe", "--app-dir", app_dir)
+        probe = json.loads(out)
+        assert code == 0 and probe["pid"] == child.pid and probe["running"] is True
+        assert probe["uptime"] >= 0 and probe["version"] == tcbon.__version__
+        code, out, err = cli(tmp_path, name, "send", "ping", '{"data": "ü |x"}',
+                             "--app-dir", app_dir, "--json")
+        assert code == 0, err
+        assert json.loads(out) == {"success": True, "pid": child.pid, "echo": "ü |x"}
+        code, out, err = cli(tmp_path, name, "get", "/", "--app-dir", app_dir, "--json")
+        assert code == 0 and json.loads(out)["name"] == name
+        code, out, err = cli(tmp_path, name, "send", "nope", "--app-dir", app_dir)
+        assert code == 3 and "no handler for event 'nope'" in err and out == ""
+        code, out, err = cli(tmp_path, name, "stop", "--timeout", "20", "--app-dir", app_dir)
+        assert (code, out.strip()) == (0, "%s stopped" % name), err
+        assert not tcbon.Process(name, app_dir=app_dir).running  # gone when stop returns
+        assert finish(child)[0] == 0
+    assert cli(tmp_path, name, "--app-dir", app_dir, "--json")[:2] == (
+        1, json.dumps({"name": name, "running": False}) + "\n")
+
+
+def test_cli_shell_scripts_can_rely_on_the_exit_code(name, app_dir, tmp_path):
+    script = '"$0" -m tcbon "$1" --app-dir "$2" >/dev/null && echo running || echo absent'
+    run = lambda: subprocess.run(["sh", "-c", script, sys.executable, name, app_dir],
+                                 env=child_env(tmp_path), capture_output=True, text=True,
+                                 timeout=60).stdout.strip()
+    assert run() == "absent"
+    with tcbon.Process(name, app_dir=app_dir):
+        assert run() == "running"
+
+
+def test_cli_wait_blocks_until_a_primary_runs(name, app_dir, tmp_path):
+    waiter = subprocess.Popen([sys.executable, "-m", "tcbon", name, "wait", "--app-dir",
+                               app_dir, "--json"], env=child_env(tmp_path), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            waiter.wait(0.5)  # nothing runs yet: still waiting
+        with tcbon.Process(name, app_dir=app_dir) as proc:
+            code, out, err = finish(waiter)
+            assert code == 0, err
+            assert json.loads(out)["pid"] == proc.pid
+    finally:
+        end(waiter)
+    code, out, err = cli(tmp_path, name, "wait", "--timeout", "0.2", "--app-dir", app_dir)
+    assert code == 4 and "no %r process started within 0.2 s" % name in err
+
+
+def test_cli_console_script_is_declared():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(HERE, "setup.cfg"))
+    assert cfg["options.entry_points"]["console_scripts"].strip() == "tcbon = tcbon:main"
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    ([], 2, "required"),
+    (["x", "frob"], 2, "unknown action 'frob'"),
+    (["x", "send"], 2, "send takes 1 to 2 argument(s), got 0"),
+    (["x", "send", "ev", "{bad"], 2, "not valid JSON"),
+    (["x", "send", "ev", "[1]"], 2, "must be an object"),
+    (["x", "stop", "extra"], 2, "stop takes 0 argument(s)"),
+    (["a/b"], 2, "cannot be used as a file name"),
+    (["x", "--timeout", "soon"], 2, "invalid float"),
+])
+def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
+    assert tcbon.main(argv) == code
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+def test_cli_main_version_help_and_json_errors(capsys, name, app_dir):
+    assert tcbon.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == "tcbon " + tcbon.__version__
+    assert tcbon.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "python -m tcbon my_app send open" in out
+    with tcbon.Process(name, app_dir=app_dir):
+        assert tcbon.main([name, "send", "nope", "--json", "--app-dir", app_dir]) == 3
+        error = json.loads(capsys.readouterr().err)
+        assert error["exit_code"] == 3 and "nope" in error["error"]
+
+
+def test_cli_unresponsive_primary_times_out_with_code_4(name, app_dir, capsys):
+    release = threading.Event()
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        proc.register_event_handler("hang", lambda event: release.wait(10) and None)
+        try:
+            assert tcbon.main([name, "send", "hang", "--timeout", "0.3",
+                               "--app-dir", app_dir]) == 4
+            assert "did not answer" in capsys.readouterr().err
+        finally:
+            release.set()
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX permission bits")
+def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsys):
+    # Another user could plant a lock and an address there and receive our events.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(tcbon.StateError, match="writable by other users"):
+        tcbon.Process(name, app_dir=str(shared)).send("event", {"name": "x"})
+    assert tcbon.main([name, "--app-dir", str(shared)]) == 5
+    assert "writable by other users" in capsys.readouterr().err

@@ -28,8 +28,10 @@ with tempfile.TemporaryDirectory() as home:
             time.sleep(0.01)
         print('$ python examples/simple.py       # a second launch hands over and exits')
         subprocess.run(simple, env=env, check=True)
+        print('$ python -m tcbon simple')
+        subprocess.run([sys.executable, '-m', 'tcbon', 'simple'], env=env, check=True)
         print('$ python -m tcbon simple stop')
-        app.stop()
+        subprocess.run([sys.executable, '-m', 'tcbon', 'simple', 'stop'], env=env, check=True)
         print('the primary exited with code %s' % first.wait(10))
     finally:
         if first.poll() is None:
