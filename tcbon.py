@@ -23,8 +23,10 @@ from __future__ import annotations
 __version__ = "0.2.0"
 __all__ = [
     "App",
+    "AsyncioExecutor",
     "Error",
     "HTTPError",
+    "MainThreadExecutor",
     "Process",
     "ProcessDoesNotExist",
     "ProcessExists",
@@ -33,6 +35,7 @@ __all__ = [
     "StateError",
     "Timeout",
     "abort",
+    "default_app_dir",
     "jsonify",
     "main",
     "request",
@@ -62,6 +65,7 @@ REQUEST_DEADLINE = 5.0  #: Seconds a client has to send its whole request.
 _MAX_NAME_BYTES = 200
 _BAD_NAME_CHARS = '/\\<>:"|?*'
 _DEFAULT = object()  # "use the Process' timeout"
+SECOND_INSTANCE = "second-instance"  #: The event a later launch hands over with.
 
 
 # Exceptions ------------------------------------------------------------------
@@ -981,12 +985,86 @@ def _decode(content_type: str, data: bytes) -> Any:
     return data.decode("utf-8", "replace")
 
 
+def _this_argv() -> List[str]:
+    """sys.argv, which embedded interpreters may lack or leave empty."""
+    return list(getattr(sys, "argv", None) or [])
+
+
 def _pause(delay: float, deadline: Optional[float]) -> float:
     """Sleep a little (never past deadline); return the next, longer delay."""
     if deadline is not None:
         delay = min(delay, max(0.0, deadline - time.monotonic()))
     time.sleep(delay)
     return min(delay * 2, 0.05) or 0.001
+
+
+# Executors -------------------------------------------------------------------
+# Where event handlers run. Anything with a concurrent.futures-style submit()
+# will do; these two cover UI main loops and asyncio.
+def _is_future(value: Any) -> bool:
+    return callable(getattr(value, "result", None)) and \
+        callable(getattr(value, "add_done_callback", None))
+
+
+class MainThreadExecutor(object):
+    """Run submitted calls on the thread that calls run_pending() (a UI's).
+
+    Args:
+        wake (callable): called from the submitting thread after each
+            submit, to make the UI thread call run_pending() soon; e.g. emit
+            a queued Qt signal, or ``root.event_generate('<<Wake>>',
+            when='tail')`` in Tk.
+    """
+
+    def __init__(self, wake: Optional[Callable[[], Any]] = None) -> None:
+        import collections
+        self.wake = wake
+        self._queue: Any = collections.deque()
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Queue fn(*args, **kwargs); return a concurrent.futures.Future."""
+        from concurrent.futures import Future
+        future: Any = Future()
+        self._queue.append((future, fn, args, kwargs))
+        if self.wake is not None:
+            self.wake()
+        return future
+
+    def run_pending(self) -> int:
+        """Run what was submitted so far, here; return how many ran."""
+        done = 0
+        while self._queue:
+            future, fn, args, kwargs = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+            done += 1
+        return done
+
+
+class AsyncioExecutor(object):
+    """Run submitted calls, and ``async def`` handlers, on an asyncio loop.
+
+    Args:
+        loop (asyncio.AbstractEventLoop): the application's running loop.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Schedule fn on the loop (awaiting it if it is a coroutine);
+        return a concurrent.futures.Future."""
+        import asyncio
+        import inspect
+
+        async def call() -> Any:
+            result = fn(*args, **kwargs)
+            return (await result) if inspect.isawaitable(result) else result
+        return asyncio.run_coroutine_threadsafe(call(), self.loop)
 
 
 # Process ---------------------------------------------------------------------
@@ -1015,6 +1093,10 @@ class Process(object):
         debug (bool): log at DEBUG level (to stderr if logging is not set up).
         timeout (float): default limit, in seconds, for client calls and
             waits; None waits without limit.
+        executor: where event handlers run: any object with a
+            concurrent.futures-style ``submit(fn, *args)``, e.g. a
+            MainThreadExecutor for a Tk or Qt app or an AsyncioExecutor.
+            Default: the server's worker thread.
 
     Raises:
         ValueError: for a name that cannot be a file name or a non-loopback
@@ -1022,16 +1104,18 @@ class Process(object):
     """
 
     def __init__(self, name: str, address: Optional[str] = None, app_dir: Optional[str] = None,
-                 debug: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
+                 debug: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT,
+                 executor: Any = None) -> None:
         import logging
         self.name = _check_name(name)
         self._bind = _parse_address(address) if address else ("127.0.0.1", 0)
         self.address = _format_address(*self._bind) if address else None
         self.app_dir = os.path.abspath(app_dir) if app_dir else default_app_dir(name)
         self.timeout = timeout
+        self.executor = executor
         self.pid: Optional[int] = None
         self.started: Optional[float] = None
-        self.event_handlers: Dict[str, Callable] = {}
+        self.event_handlers: Dict[str, Callable] = {SECOND_INSTANCE: self.on_second_instance}
         self.wsgi_thread: Optional[threading.Thread] = None
         self._server: Any = None
         self._lock_fd: Optional[int] = None
@@ -1040,6 +1124,7 @@ class Process(object):
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
+        self._waiting = False
         self.log = logging.getLogger("tcbon." + name)
         if debug:
             self.log.setLevel(logging.DEBUG)
@@ -1093,12 +1178,13 @@ class Process(object):
         return self.is_primary or _primary_holds(self.lock_file)
 
     # Lifecycle ---------------------------------------------------------------
-    def start(self, timeout: Any = _DEFAULT) -> None:
+    def start(self, timeout: Any = _DEFAULT, replace: bool = False) -> None:
         """Become the primary: take the lock, serve wsgi, publish the address.
 
         If the lock is held but the holder has not published its address yet
         (starting up) or has withdrawn it (stopping), waits for one or the
-        other, at most ``timeout`` seconds.
+        other, at most ``timeout`` seconds. With ``replace``, asks a running
+        primary to stop and takes its place (like GApplication's --replace).
 
         Raises:
             ProcessExists: another instance is the primary (it has the pid
@@ -1107,6 +1193,19 @@ class Process(object):
             StateError: app_dir or its files cannot be used safely.
             Error: the server cannot listen on the address given.
         """
+        if replace:
+            limit = self._limit(timeout)
+            deadline = None if limit is None else time.monotonic() + limit
+            while True:
+                try:
+                    return self.start(timeout)
+                except ProcessExists:
+                    try:
+                        self.stop(timeout)
+                    except ProcessDoesNotExist:
+                        pass  # it stopped by itself meanwhile
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._no_address(limit)
         with self._state_lock:
             if self.is_primary:
                 return
@@ -1243,11 +1342,17 @@ class Process(object):
             self._stop_here()
 
     def _request_stop(self) -> None:
-        """Stop soon, on the run_forever thread if there is one."""
+        """Stop soon: on the thread waiting in run_forever() if there is one,
+        else through the executor (on_stop then runs on the UI thread), else
+        on a thread of its own."""
         if self._stop_requested.is_set():
             return
         self._stop_requested.set()
-        if not getattr(self, "_forever", False):
+        if self._waiting:
+            return
+        if self.executor is not None:
+            self.executor.submit(self._stop_here)
+        else:
             threading.Thread(target=self._stop_here, name="tcbon-stop", daemon=True).start()
 
     def run_forever(self) -> None:
@@ -1258,21 +1363,102 @@ class Process(object):
             ProcessExists: another instance is the primary.
         """
         self.start()
+        self._serve_until_stopped(None)
+
+    def _serve_until_stopped(self, run: Optional[Callable[[], Any]]) -> None:
+        """Wait for a stop request (or run the app's own main loop), then stop.
+        SIGTERM is handled only when called from the main thread."""
         import signal
         previous = None
-        self._forever = True
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
-            previous = signal.signal(signal.SIGTERM, lambda *_: self._stop_requested.set())
+            previous = signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
+        self._waiting = run is None
         try:
-            while not self._stop_requested.wait(_WAIT_SLICE):
-                pass
+            if run is not None:
+                run()
+            else:
+                while not self._stop_requested.wait(_WAIT_SLICE):
+                    pass
         except KeyboardInterrupt:
             self.log.info("%s interrupted", self.name)
         finally:
-            self._forever = False
+            self._waiting = False
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             self._stop_here()
+
+    def main(self, argv: Optional[List[str]] = None, run: Optional[Callable[[], Any]] = None,
+             timeout: Any = _DEFAULT) -> int:
+        """The one call a single-instance app needs: ``sys.exit(app.main())``.
+
+        The first launch becomes the primary: it calls ``run()`` (your main
+        loop, e.g. ``root.mainloop``) or, without one, serves until stopped,
+        then stops and returns 0. A later launch hands ``argv`` over to the
+        primary (see handoff), writes the reply's ``stdout`` and ``stderr`` to
+        its own streams and returns the reply's ``exit_code`` (0 if absent).
+        A launch while the primary shuts down waits and becomes the next one.
+
+        Args:
+            argv (list): what to hand over; default ``sys.argv``.
+            run (callable): the primary's main loop; stop() follows its return.
+            timeout (float): limit for the hand-off; None waits until handled.
+
+        Returns:
+            The exit code for this launch. Errors are reported on stderr:
+            4 if the primary did not answer in time, 1 for other failures.
+        """
+        argv = _this_argv() if argv is None else list(argv)
+        while True:
+            try:
+                self.start(timeout)
+            except ProcessExists:
+                try:
+                    reply = self.handoff(argv, timeout=timeout)
+                except ProcessDoesNotExist:
+                    continue  # it went away meanwhile: take its place
+                except Error as exc:
+                    return self._report(exc)
+                return self._relay(reply)
+            except Error as exc:
+                return self._report(exc)
+            self._serve_until_stopped(run)
+            return 0
+
+    def _report(self, exc: Error) -> int:
+        if sys.stderr is not None:
+            sys.stderr.write("%s: %s\n" % (self.name, exc))
+        return 4 if isinstance(exc, Timeout) else 1
+
+    def _relay(self, reply: Any) -> int:
+        reply = reply if isinstance(reply, dict) else {}
+        for key, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+            if isinstance(reply.get(key), str) and reply[key] and stream is not None:
+                stream.write(reply[key])
+                stream.flush()
+        code = reply.get("exit_code")
+        return code if isinstance(code, int) else 0
+
+    def handoff(self, argv: Optional[List[str]] = None, cwd: Optional[str] = None,
+                data: Any = None, timeout: Any = _DEFAULT) -> dict:
+        """Send the ``second-instance`` event to the primary; return its reply.
+
+        The event is ``{'name': 'second-instance', 'argv': argv, 'cwd': cwd,
+        'data': data}``: argv is passed as a JSON list, exactly (spaces, '|',
+        empty strings and unicode survive), with this launch's working dir.
+
+        Args:
+            argv (list): default ``sys.argv``.
+            cwd (str): default ``os.getcwd()``.
+            data: anything JSON-serializable.
+            timeout (float): None waits until the primary has handled it.
+
+        Raises:
+            ProcessDoesNotExist, Timeout, RequestError, Error: as send().
+        """
+        argv = _this_argv() if argv is None else list(argv)
+        event = {"name": SECOND_INSTANCE, "argv": argv,
+                 "cwd": os.getcwd() if cwd is None else cwd, "data": data}
+        return self.send("event", event, timeout=timeout)
 
     # Client --------------------------------------------------------------------
     def get(self, route: str = "/", timeout: Any = _DEFAULT) -> Any:
@@ -1389,7 +1575,7 @@ class Process(object):
     def _route_index(self) -> dict:
         return {"success": True, "name": self.name, "pid": self.pid, "address": self.address,
                 "version": __version__, "protocol": PROTOCOL, "started": self.started,
-                "argv": list(getattr(sys, "argv", None) or [])}
+                "argv": _this_argv()}
 
     def _route_event(self) -> dict:
         event = request.get_json()
@@ -1401,7 +1587,18 @@ class Process(object):
             raise HTTPError(404, "no handler for event %r; registered: %s"
                             % (name, ", ".join(sorted(self.event_handlers)) or "none"))
         try:
-            result = handler(event)
+            if self.executor is not None:
+                result = self.executor.submit(handler, event)
+            else:
+                result = handler(event)
+            # A Future (or a handler that takes long) holds the reply until
+            # it is handled: the sender chooses how long to wait.
+            while _is_future(result):
+                result = result.result()
+            if hasattr(result, "__await__"):
+                getattr(result, "close", lambda: None)()
+                raise TypeError("async def handlers need Process(executor="
+                                "tcbon.AsyncioExecutor(loop))")
         except Exception as exc:
             self.log.exception("the handler for event %r failed", name)
             raise HTTPError(500, "the handler for event %r failed: %s: %s"
@@ -1445,6 +1642,14 @@ class Process(object):
 
     def on_stop(self) -> None:
         """Override to tear down the application; runs before the server stops."""
+
+    def on_second_instance(self, event: dict) -> Any:
+        """Override (or use ``@app.on('second-instance')``) to handle a later
+        launch: event has ``argv``, ``cwd`` and ``data``. Return a dict, which
+        may hold ``exit_code``, ``stdout`` and ``stderr`` for that launch."""
+        self.log.info("a second instance started with %r in %s", event.get("argv"),
+                      event.get("cwd"))
+        return None
 
 
 # Command line ----------------------------------------------------------------

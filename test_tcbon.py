@@ -835,6 +835,231 @@ def test_a_launch_during_shutdown_becomes_the_next_primary(name, app_dir, tmp_pa
         assert finish(first)[0] == 0
 
 
+# Hand-off ------------------------------------------------------------------------
+MAIN = r"""
+import os, sys, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+go = os.environ.get("GO_FILE")
+if go:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.001)
+app = tcbon.Process(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)))
+app.on_start = lambda: print("PRIMARY", os.getpid(), flush=True)
+sys.exit(app.main())
+"""
+
+TRICKY = ["with space", "ü ñ 日本 🎉", "a|b", "", "--flag", "--x=1", "-", "'q'", '"dq"',
+          "back\\slash", "new\nline", "$HOME", "*", "-- not a flag"]
+
+
+@pytest.mark.skipif(not POSIX, reason="raw bytes in argv")
+def test_handoff_forwards_argv_and_cwd_exactly_and_relays_the_reply(name, app_dir, tmp_path):
+    seen = []
+
+    def handler(event):
+        seen.append(event)
+        return {"exit_code": 7, "stdout": "out ü\n", "stderr": "err\n", "extra": 1}
+
+    cwd = tmp_path / "dir with space ü"
+    cwd.mkdir()
+    with tcbon.Process(name, app_dir=app_dir) as primary:
+        primary.on(tcbon.SECOND_INSTANCE)(handler)
+        args = [sys.executable, "-c", MAIN, name, app_dir] + TRICKY + [b"raw-\xff"]
+        done = subprocess.run(args, env=child_env(tmp_path), cwd=str(cwd), timeout=60,
+                              capture_output=True)
+    assert done.returncode == 7, done.stderr
+    assert (done.stdout, done.stderr) == ("out ü\n".encode(), b"err\n")
+    assert len(seen) == 1
+    event = seen[0]
+    assert event["argv"] == ["-c", name, app_dir] + TRICKY + ["raw-\udcff"]
+    assert event["cwd"] == str(cwd) and event["data"] is None
+    assert event["name"] == tcbon.SECOND_INSTANCE
+
+
+def test_handoff_without_a_handler_succeeds_and_main_returns_0(name, app_dir, tmp_path):
+    with tcbon.Process(name, app_dir=app_dir):
+        done = subprocess.run([sys.executable, "-c", MAIN, name, app_dir, "file.txt"],
+                              env=child_env(tmp_path), capture_output=True, text=True,
+                              timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_handoff_api_and_info_report_argv(name, app_dir, tmp_path):
+    with launched(["-c", MAIN, name, app_dir, "--first", "x y"], child_env(tmp_path)) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        client = tcbon.Process(name, app_dir=app_dir)
+        info = client.info()
+        assert info["argv"] == ["-c", name, app_dir, "--first", "x y"]
+        assert info["pid"] == child.pid and info["version"] == tcbon.__version__
+        assert client.handoff(["a"], cwd="/", data={"k": [1]}) == {"success": True}
+        client.stop()
+        assert finish(child)[0] == 0
+
+
+def test_a_future_holds_the_reply_until_handled(primary, name, app_dir):
+    from concurrent.futures import Future
+    pending = []
+
+    def later(event):
+        future = Future()
+        pending.append(future)
+        return future
+    primary.on("later")(later)
+    client = tcbon.Process(name, app_dir=app_dir, timeout=0.3)
+    with pytest.raises(tcbon.Timeout):
+        client.send("event", {"name": "later"})  # bounded: gives up
+    pending.pop().set_result(None)
+    threading.Timer(1.0, lambda: pending[-1].set_result({"answer": 42})).start()
+    started = time.monotonic()
+    reply = client.send("event", {"name": "later"}, timeout=None)  # --wait: unbounded
+    assert reply == {"success": True, "answer": 42}
+    assert time.monotonic() - started >= 0.9
+
+
+def test_handoff_with_timeout_none_waits_until_handled(primary, name, app_dir):
+    from concurrent.futures import Future
+    future = Future()
+    primary.on(tcbon.SECOND_INSTANCE)(lambda event: future)
+    threading.Timer(1.0, lambda: future.set_result({"exit_code": 3})).start()
+    client = tcbon.Process(name, app_dir=app_dir, timeout=0.2)
+    assert client.handoff(["f"], timeout=None)["exit_code"] == 3
+
+
+def test_main_thread_executor_runs_handlers_and_on_stop_on_the_ui_thread(name, app_dir):
+    wake = threading.Event()
+    executor = tcbon.MainThreadExecutor(wake=wake.set)
+    threads = []
+
+    class UI(tcbon.Process):
+        def on_stop(self):
+            threads.append(("on_stop", threading.current_thread()))
+
+    proc = UI(name, app_dir=app_dir, executor=executor)
+    proc.on("where")(lambda event: threads.append(("handler", threading.current_thread())))
+    proc.start()
+    results = []
+
+    def client():
+        other = tcbon.Process(name, app_dir=app_dir)
+        results.append(other.send("event", {"name": "where"}))
+        other.stop()  # remote stop: on_stop must run on the UI thread too
+        results.append("stopped")
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(results) < 2 and time.monotonic() < deadline:  # the UI's main loop
+            wake.wait(0.05)
+            wake.clear()
+            executor.run_pending()
+    finally:
+        worker.join(20)
+        proc.stop()
+    assert results == [{"success": True}, "stopped"]
+    assert threads == [("handler", threading.main_thread()),
+                       ("on_stop", threading.main_thread())]
+
+
+def test_asyncio_executor_accepts_async_def_handlers(name, app_dir):
+    import asyncio
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        proc = tcbon.Process(name, app_dir=app_dir, executor=tcbon.AsyncioExecutor(loop))
+
+        @proc.on("async")
+        async def handler(event):
+            await asyncio.sleep(0.01)
+            return {"same_loop": asyncio.get_running_loop() is loop, "n": event["n"] + 1}
+
+        @proc.on("sync")
+        def plain(event):
+            return {"on_loop_thread": threading.current_thread() is threading.main_thread()}
+
+        proc.start()
+        try:
+            client = tcbon.Process(name, app_dir=app_dir)
+            first = await loop.run_in_executor(None, client.send, "event",
+                                               {"name": "async", "n": 1})
+            second = await loop.run_in_executor(None, client.send, "event", {"name": "sync"})
+        finally:
+            await loop.run_in_executor(None, proc.stop)
+        return first, second
+    first, second = asyncio.run(scenario())
+    assert first == {"success": True, "same_loop": True, "n": 2}
+    assert second == {"success": True, "on_loop_thread": True}
+
+
+def test_async_handlers_without_an_asyncio_executor_say_what_to_do(primary, name, app_dir):
+    async def handler(event):
+        return {}
+    primary.on("async")(handler)
+    with pytest.raises(tcbon.RequestError, match="AsyncioExecutor"):
+        tcbon.Process(name, app_dir=app_dir).send("event", {"name": "async"})
+
+
+def test_start_replace_takes_over_from_a_running_primary(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        successor = tcbon.Process(name, app_dir=app_dir, timeout=20)
+        successor.start(replace=True)
+        try:
+            assert successor.is_primary
+            assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == os.getpid()
+            code, out, err = finish(child)
+            assert code == 0 and out.splitlines()[-2:] == ["ON_STOP", "RETURNED"], err
+        finally:
+            successor.stop()
+
+
+@pytest.mark.skipif(not POSIX, reason="SIGSTOP")
+def test_a_stopped_primary_gives_a_timeout_never_a_second_primary(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        child.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "-c", MAIN, name, app_dir],
+                                  env=child_env(tmp_path, TIMEOUT=1), capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 4 and "did not answer" in done.stderr
+            assert "PRIMARY" not in done.stdout
+            assert time.monotonic() - started < 20
+            with pytest.raises(tcbon.ProcessExists):
+                tcbon.Process(name, app_dir=app_dir).start()
+        finally:
+            child.send_signal(signal.SIGCONT)
+
+
+def test_a_launch_during_shutdown_becomes_primary_50_of_50(name, app_dir, tmp_path):
+    for attempt in range(50):
+        entered = threading.Event()
+
+        class Stopping(tcbon.Process):
+            def on_stop(self):
+                entered.set()
+                time.sleep(0.002 * (attempt % 10))
+
+        first = Stopping(name, app_dir=app_dir)
+        first.start()
+        go = tmp_path / ("go%d" % attempt)
+        with launched(["-c", MAIN, name, app_dir], child_env(tmp_path, GO_FILE=go)) as child:
+            stopper = threading.Thread(target=first.stop)
+            if attempt % 2:
+                go.touch()  # the launch races the whole shutdown
+                stopper.start()
+            else:
+                stopper.start()
+                assert entered.wait(10)
+                go.touch()  # the launch arrives in the middle of on_stop
+            stopper.join(20)
+            line = child.stdout.readline()
+            assert line == "PRIMARY %d\n" % child.pid, (attempt, line, child.stderr.read())
+            tcbon.Process(name, app_dir=app_dir, timeout=20).stop()
+            assert finish(child)[0] == 0
+
+
 # Examples ------------------------------------------------------------------------
 def example(script):
     return os.path.join(HERE, "examples", script)
