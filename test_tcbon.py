@@ -1222,3 +1222,73 @@ def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsy
         tcbon.Process(name, app_dir=str(shared)).send("event", {"name": "x"})
     assert tcbon.main([name, "--app-dir", str(shared)]) == 5
     assert "writable by other users" in capsys.readouterr().err
+
+
+# Example apps: Tk under Xvfb, Qt offscreen ------------------------------------------
+def require_ui(what):
+    """Skip with the reason, unless CI demands the UI tests (TCBON_REQUIRE_UI=1)."""
+    if os.environ.get("TCBON_REQUIRE_UI"):
+        pytest.fail("%s is required here (TCBON_REQUIRE_UI is set)" % what)
+    pytest.skip("%s is not installed; .ci/run installs it" % what)
+
+
+@pytest.fixture(scope="session")
+def display():
+    import shutil
+    xvfb = shutil.which("Xvfb")
+    if not xvfb:
+        require_ui("Xvfb")
+    read, write = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-nolisten", "tcp",
+                               "-screen", "0", "1024x768x24"], pass_fds=[write],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    try:
+        with os.fdopen(read) as pipe:
+            number = pipe.readline().strip()  # Xvfb writes it once it is ready
+        assert number, "Xvfb did not start"
+        yield ":" + number
+    finally:
+        end(server)
+
+
+def listed_files(client):
+    try:
+        return client.get("files", timeout=5)["files"]
+    except tcbon.Error:
+        return None
+
+
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_path, request):
+    env = child_env(tmp_path)
+    if toolkit == "tk":
+        env["DISPLAY"] = request.getfixturevalue("display")
+    else:
+        try:
+            import PySide6  # noqa: F401
+        except ImportError:
+            require_ui("PySide6")
+        env["QT_QPA_PLATFORM"] = "offscreen"
+    name = toolkit + "_app"
+    script = example(name + ".py")
+    work = tmp_path / "work dir"
+    work.mkdir()
+    for file_name in ("notes.txt", "todo ü.txt"):
+        (work / file_name).write_text("x")
+    notes, todo, missing = (str(work / n) for n in ("notes.txt", "todo ü.txt", "gone.txt"))
+    client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
+    with launched([script, "notes.txt"], env, cwd=str(work)) as first:
+        wait_for(lambda: listed_files(client) == [notes], 60, "the first window")
+        second = subprocess.run([sys.executable, script, "todo ü.txt"], cwd=str(work), env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout == "opened 1 file(s) in the running window\n"
+        assert listed_files(client) == [notes, todo]
+        third = subprocess.run([sys.executable, script, "gone.txt"], cwd=str(work), env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert (third.returncode, third.stderr) == (2, "no such file: %s\n" % missing)
+        assert client.get("files")["title"] == "tcbon: one window for every launch"
+        client.stop(timeout=30)
+        code, out, err = finish(first)
+        assert code == 0, err

@@ -1,0 +1,79 @@
+"""A Qt (PySide6) app with one window: later launches open their files in it.
+
+    pip install PySide6-Essentials
+    python examples/qt_app.py notes.txt     # a window listing notes.txt
+    python examples/qt_app.py todo.txt      # todo.txt shows up in that window,
+                                            # which comes to the front; this
+                                            # launch exits with its exit code
+
+A launch naming a missing file exits with code 2 and says so on stderr.
+Stop it by closing the window or with ``python -m tcbon qt_app stop``.
+"""
+import os
+import sys
+
+import tcbon
+
+
+class FileList(tcbon.Process):
+    """The primary owns a Qt window; handlers run on Qt's main thread."""
+
+    def __init__(self, **kwargs):
+        executor = tcbon.MainThreadExecutor(wake=self.wake)
+        super(FileList, self).__init__('qt_app', executor=executor, **kwargs)
+        self.qapp = None
+
+    def wake(self):
+        # Emitted from a server thread: a queued connection runs the slot on
+        # Qt's main thread, even if the event loop has not started yet.
+        self.bridge.wake.emit()
+
+    def setup_wsgi(self, wsgi):
+        @wsgi.route('/files')
+        def files():
+            # Read the widget itself, on its own thread.
+            read = self.executor.submit(
+                lambda: [self.list.item(i).text() for i in range(self.list.count())])
+            return {'files': read.result(10), 'title': self.window.windowTitle()}
+
+    def on_start(self):
+        from PySide6 import QtCore, QtWidgets
+
+        class Bridge(QtCore.QObject):
+            wake = QtCore.Signal()
+
+        self.qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+        self.bridge = Bridge()
+        self.bridge.wake.connect(self.executor.run_pending, QtCore.Qt.QueuedConnection)
+        self.window = QtWidgets.QMainWindow()
+        self.window.setWindowTitle('tcbon: one window for every launch')
+        self.list = QtWidgets.QListWidget()
+        self.window.setCentralWidget(self.list)
+        self.window.resize(640, 360)
+        self.window.show()
+        self.open_files(os.getcwd(), sys.argv[1:])
+
+    def on_stop(self):
+        if self.qapp is not None:  # a remote stop: end the event loop
+            self.qapp.quit()
+
+    def on_second_instance(self, event):
+        paths = self.open_files(event['cwd'], event['argv'][1:])
+        self.window.showNormal()
+        self.window.raise_()
+        self.window.activateWindow()
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            return {'exit_code': 2, 'stderr': 'no such file: %s\n' % ', '.join(missing)}
+        return {'exit_code': 0,
+                'stdout': 'opened %d file(s) in the running window\n' % len(paths)}
+
+    def open_files(self, cwd, names):
+        paths = [os.path.join(cwd, name) for name in names]
+        self.list.addItems(paths)
+        return paths
+
+
+if __name__ == '__main__':
+    app = FileList()
+    sys.exit(app.main(run=lambda: app.qapp.exec()))

@@ -1,0 +1,75 @@
+"""A Tk app with one window: later launches open their files in it.
+
+    python examples/tk_app.py notes.txt     # a window listing notes.txt
+    python examples/tk_app.py todo.txt      # todo.txt shows up in that window,
+                                            # which comes to the front; this
+                                            # launch exits with its exit code
+
+A launch naming a missing file exits with code 2 and says so on stderr, as
+the running window decided. Stop it by closing the window or with
+``python -m tcbon tk_app stop``.
+"""
+import os
+import sys
+import tkinter as tk
+
+import tcbon
+
+
+class FileList(tcbon.Process):
+    """The primary owns a Tk window; handlers run on Tk's thread."""
+
+    def __init__(self, **kwargs):
+        executor = tcbon.MainThreadExecutor(wake=self.wake)
+        super(FileList, self).__init__('tk_app', executor=executor, **kwargs)
+        self.root = None
+
+    def wake(self):
+        # Called from a server thread: Tk queues the event for its own thread.
+        try:
+            self.root.event_generate('<<tcbon-wake>>', when='tail')
+        except (RuntimeError, tk.TclError):
+            pass  # the main loop is not running yet; on_start drains the queue
+
+    def setup_wsgi(self, wsgi):
+        @wsgi.route('/files')
+        def files():
+            # Read the widget itself, on its own thread.
+            read = self.executor.submit(lambda: list(self.listbox.get(0, 'end')))
+            return {'files': read.result(10), 'title': self.root.title()}
+
+    def on_start(self):
+        self.root = tk.Tk()
+        self.root.title('tcbon: one window for every launch')
+        self.listbox = tk.Listbox(self.root, width=80, height=15)
+        self.listbox.pack(fill='both', expand=True)
+        self.root.bind('<<tcbon-wake>>', lambda _: self.executor.run_pending())
+        self.root.after_idle(self.executor.run_pending)
+        self.open_files(os.getcwd(), sys.argv[1:])
+
+    def on_stop(self):
+        if self.root is not None:  # a remote stop: close the window
+            self.root.destroy()
+            self.root = None
+
+    def on_second_instance(self, event):
+        paths = self.open_files(event['cwd'], event['argv'][1:])
+        self.root.deiconify()
+        self.root.lift()
+        self.root.focus_force()
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            return {'exit_code': 2, 'stderr': 'no such file: %s\n' % ', '.join(missing)}
+        return {'exit_code': 0,
+                'stdout': 'opened %d file(s) in the running window\n' % len(paths)}
+
+    def open_files(self, cwd, names):
+        paths = [os.path.join(cwd, name) for name in names]
+        for path in paths:
+            self.listbox.insert('end', path)
+        return paths
+
+
+if __name__ == '__main__':
+    app = FileList()
+    sys.exit(app.main(run=lambda: app.root.mainloop()))
