@@ -48,10 +48,11 @@ import os
 import sys
 import threading
 import time
+from typing_extensions import Self
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+    from typing import Any, Callable, Iterable
 
 # Constants -------------------------------------------------------------------
 PROTOCOL = 1  #: Version of the state file and HTTP protocol spoken here.
@@ -108,7 +109,7 @@ class Timeout(Error, TimeoutError):
         timeout (float): the limit that ran out, in seconds.
     """
 
-    def __new__(cls, message: str, name: str, timeout: float) -> Timeout:
+    def __new__(cls, message: str, name: str, timeout: float) -> Self:
         # OSError.__new__ would read three arguments as errno, strerror, filename.
         return super().__new__(cls, message)  # type: ignore[call-arg]
 
@@ -169,14 +170,11 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
 
-    def _data_home() -> str:
-        return os.environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local")
-
-    def _owner_problem(st: os.stat_result) -> Optional[str]:
+    def _owner_problem(st: os.stat_result) -> str | None:
         return None  # NTFS ACLs of the profile directory do this job
 
     _REUSE_ADDRESS = False  # on Windows it lets others bind our port: cpython#85307
-    _WAIT_SLICE = 0.25  # Event.wait() without timeout ignores Ctrl-C on Windows
+    _WAIT_SLICE: float | None = 0.25  # Event.wait() without timeout ignores Ctrl-C on Windows
 else:
     import fcntl
 
@@ -191,25 +189,31 @@ else:
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _data_home() -> str:
-        # As platformdirs.user_data_dir: an absolute $XDG_DATA_HOME wins (on
-        # macOS too, since platformdirs 4.x), else the platform's own place.
-        xdg = os.environ.get("XDG_DATA_HOME", "")
-        if xdg.startswith("/"):
-            return xdg
-        if sys.platform == "darwin":
-            return os.path.expanduser("~/Library/Application Support")
-        return os.path.expanduser("~/.local/share")
-
-    def _owner_problem(st: os.stat_result) -> Optional[str]:
+    def _owner_problem(st: os.stat_result) -> str | None:
         if st.st_uid != os.geteuid():
             return "is owned by uid %d, not by you (uid %d)" % (st.st_uid, os.geteuid())
         if st.st_mode & 0o022:
-            return "is writable by other users (mode %o); run chmod go-w on it" % (st.st_mode & 0o777)
+            mode = st.st_mode & 0o777
+            return "is writable by other users (mode %o); run chmod go-w on it" % mode
         return None
 
     _REUSE_ADDRESS = True  # restart on a fixed port despite TIME_WAIT
     _WAIT_SLICE = None
+
+
+def _data_home(platform: str = sys.platform) -> str:
+    """The per-user data directory, as platformdirs computes it. A pure
+    function of the platform, so every branch can be tested anywhere."""
+    home = os.path.expanduser("~")
+    if platform == "win32":
+        return os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+    # An absolute $XDG_DATA_HOME wins, on macOS too (platformdirs 4).
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if xdg.startswith("/"):
+        return xdg
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Application Support")
+    return os.path.join(home, ".local", "share")
 
 
 def default_app_dir(name: str) -> str:
@@ -320,7 +324,7 @@ def _write_state(path: str, state: dict) -> None:
         raise
 
 
-def _read_state(path: str) -> Optional[dict]:
+def _read_state(path: str) -> dict | None:
     """Return the published state, or None if missing, partial or foreign."""
     import json
     try:
@@ -347,7 +351,7 @@ def _remove(path: str) -> None:
         pass
 
 
-def _parse_address(address: str) -> Tuple[str, int]:
+def _parse_address(address: str) -> tuple[str, int]:
     """Split 'host:port' (optionally http://...), refusing non-loopback hosts."""
     import ipaddress
     text = address[len("http://"):] if address.startswith("http://") else address
@@ -384,7 +388,7 @@ def _status_line(status: int) -> str:
         return "%d Unknown" % status
 
 
-class Response(object):
+class Response:
     """An HTTP response a route may return.
 
     Args:
@@ -394,7 +398,7 @@ class Response(object):
         content_type (str): the Content-Type header.
     """
 
-    def __init__(self, body: Any = b"", status: int = 200, headers: Optional[list] = None,
+    def __init__(self, body: Any = b"", status: int = 200, headers: list | None = None,
                  content_type: str = "application/json") -> None:
         self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         self.status = status
@@ -415,7 +419,7 @@ class HTTPError(Response, Error):
         headers (list): extra ``(name, value)`` pairs, e.g. ``Allow``.
     """
 
-    def __init__(self, status: int, message: str, headers: Optional[list] = None) -> None:
+    def __init__(self, status: int, message: str, headers: list | None = None) -> None:
         import json
         body = json.dumps({"success": False, "error": message, "status": status})
         Response.__init__(self, body, status, headers)
@@ -441,7 +445,7 @@ def jsonify(*args: Any, **kwargs: Any) -> Response:
     return Response(json.dumps(value))
 
 
-class _Headers(object):
+class _Headers:
     """Case-insensitive read-only view of the request headers in an environ."""
 
     def __init__(self, environ: dict) -> None:
@@ -464,7 +468,7 @@ class _Headers(object):
         return isinstance(name, str) and self._key(name) in self._environ
 
 
-class Request(object):
+class Request:
     """The request being handled, seen through ``tcbon.request`` in a route.
 
     Attributes:
@@ -480,7 +484,7 @@ class Request(object):
         self.path = raw.encode("latin-1").decode("utf-8", "replace")
         self.args = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
         self.headers = _Headers(environ)
-        self._data: Optional[bytes] = None
+        self._data: bytes | None = None
 
     @property
     def data(self) -> bytes:
@@ -515,7 +519,7 @@ class Request(object):
         return self.get_json(silent=True)
 
 
-class _RequestProxy(object):
+class _RequestProxy:
     """``tcbon.request``: the Request of the route running in this thread."""
 
     def __getattr__(self, name: str) -> Any:
@@ -531,7 +535,7 @@ _PARAM_TYPES = {"str": (r"[^/]+", str), "int": (r"-?\d+", int),
                 "float": (r"-?\d+(?:\.\d+)?", float), "path": (r".+", str)}
 
 
-class App(object):
+class App:
     """A tiny Flask-like WSGI application: a registry of routes.
 
     ``Process.wsgi`` is one. Rules look like ``/count`` or ``/files/<path:p>``
@@ -544,9 +548,9 @@ class App(object):
 
     def __init__(self, log: Any = None) -> None:
         self.log = log
-        self.routes: List[tuple] = []  # (rule, regex, converters, methods, callback)
+        self.routes: list[tuple] = []  # (rule, regex, converters, methods, callback)
 
-    def route(self, rule: str, methods: Optional[Iterable[str]] = None) -> Callable:
+    def route(self, rule: str, methods: Iterable[str] | None = None) -> Callable:
         """Decorate a callback to handle ``rule``; returns it unchanged."""
         def decorator(callback: Callable) -> Callable:
             self.add_route(rule, callback, methods)
@@ -554,7 +558,7 @@ class App(object):
         return decorator
 
     def add_route(self, rule: str, callback: Callable,
-                  methods: Optional[Iterable[str]] = None) -> None:
+                  methods: Iterable[str] | None = None) -> None:
         """Register callback for rule and methods (default GET)."""
         import re
         if not rule.startswith("/"):
@@ -575,7 +579,7 @@ class App(object):
         regex = re.compile("".join(pattern) + r"\Z")
         self.routes.append((rule, regex, converters, frozenset(verbs), callback))
 
-    def match(self, method: str, path: str) -> Tuple[Callable, Dict[str, Any]]:
+    def match(self, method: str, path: str) -> tuple[Callable, dict[str, Any]]:
         """Find the callback and its keyword arguments.
 
         Raises:
@@ -583,7 +587,7 @@ class App(object):
                 rules match but not for this method.
         """
         allowed = set()
-        for rule, regex, converters, verbs, callback in self.routes:
+        for _rule, regex, converters, verbs, callback in self.routes:
             m = regex.match(path)
             if m is None:
                 continue
@@ -649,7 +653,7 @@ _server_class = None
 _INCOMPLETE = (0, "")
 
 
-def _request_complete(buf: bytearray) -> Optional[Tuple[int, str]]:
+def _request_complete(buf: bytearray) -> tuple[int, str] | None:
     """_INCOMPLETE while more bytes are needed; else None, or the (status,
     message) to refuse the request with before reading any more of it."""
     import re
@@ -670,7 +674,7 @@ def _request_complete(buf: bytearray) -> Optional[Tuple[int, str]]:
     return _INCOMPLETE
 
 
-def _refusal(headers: Any, server: Any) -> Optional[Tuple[int, str]]:
+def _refusal(headers: Any, server: Any) -> tuple[int, str] | None:
     """The guards every request passes, in order. Messages never echo input."""
     import hmac
     hosts = headers.get_all("Host") or []
@@ -678,7 +682,7 @@ def _refusal(headers: Any, server: Any) -> Optional[Tuple[int, str]]:
     if len(hosts) != 1 or hosts[0].strip().lower() not in server.hosts:
         return 403, "the Host header must name this loopback server"
     # Browsers send these; local tools do not (Zoom CVE-2019-13450).
-    for key in headers.keys():
+    for key in headers:
         key = key.lower()
         if key == "origin" or key.startswith("sec-fetch-"):
             return 403, "requests from web pages are refused"
@@ -715,11 +719,12 @@ def _get_server_class() -> type:
         server_version = "tcbon/" + __version__
         sys_version = ""
         protocol_version = "HTTP/1.0"  # one request per connection
+        server: Any  # the Server below
 
         def setup(self) -> None:
             self.connection, data, self.problem = self.request
             self.rfile = io.BytesIO(data)
-            self.request_version, self.requestline, self.command = "HTTP/1.0", "", None
+            self.request_version, self.requestline, self.command = "HTTP/1.0", "", ""
 
         def finish(self) -> None:
             pass
@@ -762,7 +767,7 @@ def _get_server_class() -> type:
                 key = key.upper().replace("-", "_")
                 if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                     environ["HTTP_" + key] = value
-            started = []
+            started: list = []
 
             def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
                 started[:] = [status, headers]
@@ -779,8 +784,8 @@ def _get_server_class() -> type:
                 self.server.log.exception("the WSGI application failed on %s", path)
                 self.send_error(500, "the application failed")
 
-        def send_error(self, code: int, message: Optional[str] = None,
-                       explain: Optional[str] = None) -> None:
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
             import json
             phrase = _status_line(code)
             body = json.dumps({"success": False, "error": message or phrase[4:],
@@ -825,7 +830,7 @@ def _get_server_class() -> type:
             self.address_family = family
             self.wake_r, self.wake_w = socket.socketpair()  # close() wakes serve()
             super().__init__(address, Handler)
-            host, port = self.server_address[:2]
+            host, port = self.socket.getsockname()[:2]
             names = {_format_address(host, port), "localhost:%d" % port}
             if port == 80:
                 names |= {host, "localhost"}
@@ -835,11 +840,11 @@ def _get_server_class() -> type:
             # HTTPServer.server_bind calls socket.getfqdn(), which can stall
             # start-up for ~30 s on a broken resolver (pip PR #13742).
             socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = self.server_address[:2]
+            self.server_name, self.server_port = self.socket.getsockname()[:2]
 
         def serve(self) -> None:
             """Accept and buffer requests until close(); no timeouts while idle."""
-            pending: Dict[Any, list] = {}  # socket -> [buffer, deadline, address]
+            pending: dict[Any, list] = {}  # socket -> [buffer, deadline, address]
             sel = selectors.DefaultSelector()
             self.socket.setblocking(False)
             sel.register(self.socket, selectors.EVENT_READ)
@@ -906,18 +911,20 @@ def _get_server_class() -> type:
             with self.idle:
                 full = self.busy >= MAX_WORKERS
                 self.busy += 0 if full else 1
+            request: Any
             if full:  # answered right here: a tiny reply, no thread
                 request = (sock, b"", (503, "too many requests at once; retry"))
                 self.finish_request(request, address)
                 return self.shutdown_request(request)
-            self.process_request((sock, bytes(buf), problem), address)
+            request = (sock, bytes(buf), problem)
+            self.process_request(request, address)
 
         def drop(self, sel: Any, pending: dict, sock: Any) -> None:
             pending.pop(sock, None)
             sel.unregister(sock)
             sock.close()
 
-        def process_request_thread(self, request: tuple, client_address: Any) -> None:
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
             self.workers.active = True
             try:
                 super().process_request_thread(request, client_address)
@@ -954,8 +961,8 @@ def _get_server_class() -> type:
 _opener = None
 
 
-def _open(url: str, method: str, body: Optional[bytes], token: str,
-          timeout: Optional[float]) -> Tuple[int, str, bytes]:
+def _open(url: str, method: str, body: bytes | None, token: str,
+          timeout: float | None) -> tuple[int, str, bytes]:
     """One HTTP exchange through urllib.request; returns status, type, body."""
     global _opener
     import urllib.request
@@ -985,12 +992,12 @@ def _decode(content_type: str, data: bytes) -> Any:
     return data.decode("utf-8", "replace")
 
 
-def _this_argv() -> List[str]:
+def _this_argv() -> list[str]:
     """sys.argv, which embedded interpreters may lack or leave empty."""
     return list(getattr(sys, "argv", None) or [])
 
 
-def _pause(delay: float, deadline: Optional[float]) -> float:
+def _pause(delay: float, deadline: float | None) -> float:
     """Sleep a little (never past deadline); return the next, longer delay."""
     if deadline is not None:
         delay = min(delay, max(0.0, deadline - time.monotonic()))
@@ -1006,7 +1013,7 @@ def _is_future(value: Any) -> bool:
         callable(getattr(value, "add_done_callback", None))
 
 
-class MainThreadExecutor(object):
+class MainThreadExecutor:
     """Run submitted calls on the thread that calls run_pending() (a UI's).
 
     Args:
@@ -1016,7 +1023,7 @@ class MainThreadExecutor(object):
             when='tail')`` in Tk.
     """
 
-    def __init__(self, wake: Optional[Callable[[], Any]] = None) -> None:
+    def __init__(self, wake: Callable[[], Any] | None = None) -> None:
         import collections
         self.wake = wake
         self._queue: Any = collections.deque()
@@ -1039,13 +1046,13 @@ class MainThreadExecutor(object):
                 continue
             try:
                 future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
                 future.set_exception(exc)
             done += 1
         return done
 
 
-class AsyncioExecutor(object):
+class AsyncioExecutor:
     """Run submitted calls, and ``async def`` handlers, on an asyncio loop.
 
     Args:
@@ -1068,7 +1075,7 @@ class AsyncioExecutor(object):
 
 
 # Process ---------------------------------------------------------------------
-class Process(object):
+class Process:
     """Allows only one instance of an application to run at a time.
 
     The first ``start()`` for a name takes an OS lock and serves a small WSGI
@@ -1103,8 +1110,8 @@ class Process(object):
             address.
     """
 
-    def __init__(self, name: str, address: Optional[str] = None, app_dir: Optional[str] = None,
-                 debug: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT,
+    def __init__(self, name: str, address: str | None = None, app_dir: str | None = None,
+                 debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
                  executor: Any = None) -> None:
         import logging
         self.name = _check_name(name)
@@ -1113,13 +1120,13 @@ class Process(object):
         self.app_dir = os.path.abspath(app_dir) if app_dir else default_app_dir(name)
         self.timeout = timeout
         self.executor = executor
-        self.pid: Optional[int] = None
-        self.started: Optional[float] = None
-        self.event_handlers: Dict[str, Callable] = {SECOND_INSTANCE: self.on_second_instance}
-        self.wsgi_thread: Optional[threading.Thread] = None
+        self.pid: int | None = None
+        self.started: float | None = None
+        self.event_handlers: dict[str, Callable] = {SECOND_INSTANCE: self.on_second_instance}
+        self.wsgi_thread: threading.Thread | None = None
         self._server: Any = None
-        self._lock_fd: Optional[int] = None
-        self._token: Optional[str] = None
+        self._lock_fd: int | None = None
+        self._token: str | None = None
         self._state_lock = threading.RLock()
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
@@ -1143,11 +1150,11 @@ class Process(object):
         return "<%s %r app_dir=%r address=%r primary=%s>" % (
             type(self).__name__, self.name, self.app_dir, self.address, self.is_primary)
 
-    def __enter__(self) -> Process:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self.is_primary:
             self.stop()
 
@@ -1223,7 +1230,7 @@ class Process(object):
                 self._release()
                 raise
 
-    def _acquire(self, fd: int, timeout: Optional[float]) -> None:
+    def _acquire(self, fd: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.001
         while not _lock(fd):
@@ -1297,7 +1304,7 @@ class Process(object):
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout("asked %r to stop, but it still runs after %.1f s; it may be "
                               "stuck in on_stop; end pid %s if it never stops"
-                              % (self.name, limit, self.pid), self.name, limit or 0.0)
+                              % (self.name, limit or 0.0, self.pid), self.name, limit or 0.0)
             delay = _pause(delay, deadline)
 
     def _stop_here(self) -> None:
@@ -1365,7 +1372,7 @@ class Process(object):
         self.start()
         self._serve_until_stopped(None)
 
-    def _serve_until_stopped(self, run: Optional[Callable[[], Any]]) -> None:
+    def _serve_until_stopped(self, run: Callable[[], Any] | None) -> None:
         """Wait for a stop request (or run the app's own main loop), then stop.
         SIGTERM is handled only when called from the main thread."""
         import signal
@@ -1387,7 +1394,7 @@ class Process(object):
                 signal.signal(signal.SIGTERM, previous)
             self._stop_here()
 
-    def main(self, argv: Optional[List[str]] = None, run: Optional[Callable[[], Any]] = None,
+    def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: Any = _DEFAULT) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
@@ -1438,7 +1445,7 @@ class Process(object):
         code = reply.get("exit_code")
         return code if isinstance(code, int) else 0
 
-    def handoff(self, argv: Optional[List[str]] = None, cwd: Optional[str] = None,
+    def handoff(self, argv: list[str] | None = None, cwd: str | None = None,
                 data: Any = None, timeout: Any = _DEFAULT) -> dict:
         """Send the ``second-instance`` event to the primary; return its reply.
 
@@ -1492,10 +1499,10 @@ class Process(object):
         """Ask the primary about itself: name, pid, address, version, start time."""
         return self.get("/", timeout)
 
-    def _limit(self, timeout: Any) -> Optional[float]:
+    def _limit(self, timeout: Any) -> float | None:
         return self.timeout if timeout is _DEFAULT else timeout
 
-    def _locate(self, deadline: Optional[float], limit: Optional[float]) -> dict:
+    def _locate(self, deadline: float | None, limit: float | None) -> dict:
         """The primary's published state, waiting through its start-up."""
         if self.is_primary:
             return {"address": self.address, "token": self._token, "pid": self.pid}
@@ -1517,13 +1524,13 @@ class Process(object):
                 raise self._no_address(limit)
             delay = _pause(delay, deadline)
 
-    def _no_address(self, limit: Optional[float]) -> Timeout:
+    def _no_address(self, limit: float | None) -> Timeout:
         return Timeout("%r holds its lock (%s) but published no address within %.1f s: it "
                        "is starting up or shutting down slowly, or is hung; retry with a "
                        "longer timeout, or end that process" % (
                            self.name, self.lock_file, limit or 0.0), self.name, limit or 0.0)
 
-    def _call(self, method: str, route: str, payload: Any, limit: Optional[float]) -> Any:
+    def _call(self, method: str, route: str, payload: Any, limit: float | None) -> Any:
         import http.client
         import json
         import socket
@@ -1703,7 +1710,7 @@ def _cli_parser() -> Any:
     return parser
 
 
-def _cli_action(proc: Process, action: str, args: List[str], timeout: Optional[float]) -> Any:
+def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None) -> Any:
     """Run one action; return what to print, or raise."""
     import json
     arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0)}
@@ -1737,13 +1744,13 @@ def _cli_action(proc: Process, action: str, args: List[str], timeout: Optional[f
                 return proc.info(timeout=DEFAULT_TIMEOUT)
             except ProcessDoesNotExist:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise Timeout("no %r process started within %.1f s" % (proc.name, limit),
+                    raise Timeout("no %r process started within %.1f s" % (proc.name, limit or 0.0),
                                   proc.name, limit or 0.0) from None
                 delay = min(_pause(delay, deadline), 0.05)
     return proc.info(timeout=limit)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """The command line: ``python -m tcbon NAME [ACTION ...]``.
 
     Args:

@@ -217,6 +217,32 @@ def test_default_app_dir_equals_platformdirs(monkeypatch, tmp_path, xdg):
         platformdirs.user_data_dir("some app", appauthor=False, ensure_exists=False)
 
 
+def test_default_app_dir_branches_for_every_platform(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LOCALAPPDATA", r"C:\Users\me\AppData\Local")
+    monkeypatch.setenv("XDG_DATA_HOME", "/xdg")
+    assert tcbon._data_home("win32") == r"C:\Users\me\AppData\Local"  # no XDG there
+    assert tcbon._data_home("darwin") == tcbon._data_home("linux") == "/xdg"
+    monkeypatch.delenv("LOCALAPPDATA")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert tcbon._data_home("win32") == os.path.join(str(tmp_path), "AppData", "Local")
+    assert tcbon._data_home("darwin") == os.path.join(str(tmp_path), "Library",
+                                                      "Application Support")
+    assert tcbon._data_home("linux") == os.path.join(str(tmp_path), ".local", "share")
+
+
+@pytest.mark.parametrize("xdg", [None, "relative", "/abs/data"])
+def test_default_app_dir_on_macos_equals_platformdirs(monkeypatch, tmp_path, xdg):
+    macos = pytest.importorskip("platformdirs.macos")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    expected = macos.MacOS("app", appauthor=False, ensure_exists=False).user_data_dir
+    assert os.path.join(tcbon._data_home("darwin"), "app") == expected
+
+
 @pytest.mark.parametrize("bad", ["", "  ", "a/b", "..", "a..b", "nul\0", "a\\b", "x" * 201,
                                  "é" * 101, None, 3])
 def test_names_that_cannot_be_file_names_are_refused(bad):
@@ -1138,6 +1164,7 @@ def test_cli_probe_send_get_stop_against_a_real_primary(name, app_dir, tmp_path)
         1, json.dumps({"name": name, "running": False}) + "\n")
 
 
+@pytest.mark.skipif(not POSIX, reason="needs sh")
 def test_cli_shell_scripts_can_rely_on_the_exit_code(name, app_dir, tmp_path):
     script = '"$0" -m tcbon "$1" --app-dir "$2" >/dev/null && echo running || echo absent'
     run = lambda: subprocess.run(["sh", "-c", script, sys.executable, name, app_dir],
@@ -1226,9 +1253,9 @@ def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsy
 
 # Example apps: Tk under Xvfb, Qt offscreen ------------------------------------------
 def require_ui(what):
-    """Skip with the reason, unless CI demands the UI tests (TCBON_REQUIRE_UI=1)."""
-    if os.environ.get("TCBON_REQUIRE_UI"):
-        pytest.fail("%s is required here (TCBON_REQUIRE_UI is set)" % what)
+    """Skip with the reason, unless CI demands it: TCBON_REQUIRE_UI=Xvfb,tkinter,PySide6."""
+    if what in os.environ.get("TCBON_REQUIRE_UI", "").split(","):
+        pytest.fail("%s is required here (TCBON_REQUIRE_UI)" % what)
     pytest.skip("%s is not installed; .ci/run installs it" % what)
 
 
@@ -1264,6 +1291,9 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
     env = child_env(tmp_path)
     if toolkit == "tk":
         env["DISPLAY"] = request.getfixturevalue("display")
+        probe = subprocess.run([sys.executable, "-c", "import tkinter"], capture_output=True)
+        if probe.returncode:
+            require_ui("tkinter")
     else:
         try:
             import PySide6  # noqa: F401
@@ -1292,3 +1322,78 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
         client.stop(timeout=30)
         code, out, err = finish(first)
         assert code == 0, err
+
+
+# Embedded hosts --------------------------------------------------------------------
+def run_python(code, tmp_path, *args):
+    done = subprocess.run([sys.executable, "-c", code] + [str(a) for a in args],
+                          env=child_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+IMPORT_ONLY = """
+import signal, sys
+catchable = [s for s in signal.Signals if s.name not in ("SIGKILL", "SIGSTOP")]
+before = {s: signal.getsignal(s) for s in catchable}
+import tcbon
+assert {s: signal.getsignal(s) for s in catchable} == before
+heavy = {"http.server", "urllib.request", "logging", "argparse", "json", "socket"}
+print(sorted(heavy & set(sys.modules)))
+"""
+
+
+def test_import_is_silent_cheap_and_touches_no_signal_handler(tmp_path):
+    assert run_python(IMPORT_ONLY, tmp_path) == "[]\n"
+
+
+EMBEDDED = """
+import sys
+name, app_dir = sys.argv[1], sys.argv[2]
+del sys.argv  # Maya, Blender: no argv; sys.executable is the host program
+sys.executable = "/opt/host/bin/maya"
+import tcbon
+seen = []
+p = tcbon.Process(name, app_dir=app_dir)
+p.on("second-instance")(lambda event: seen.append(event["argv"]))
+p.start()
+try:
+    client = tcbon.Process(name, app_dir=app_dir)
+    assert client.info()["argv"] == []
+    assert client.handoff() == {"success": True}
+    sys.argv = []
+    assert client.handoff() == {"success": True}
+    assert seen == [[], []], seen
+finally:
+    p.stop()
+print("ok")
+"""
+
+
+def test_an_embedded_host_without_argv_or_a_python_executable(name, app_dir, tmp_path):
+    assert run_python(EMBEDDED, tmp_path, name, app_dir) == "ok\n"
+
+
+OFF_MAIN_THREAD = """
+import signal, sys, threading, time
+import tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+handler = signal.getsignal(signal.SIGTERM)
+p = tcbon.Process(name, app_dir=app_dir)
+thread = threading.Thread(target=p.run_forever)
+thread.start()
+client = tcbon.Process(name, app_dir=app_dir, timeout=20)
+deadline = time.monotonic() + 20
+while not client.running and time.monotonic() < deadline:
+    time.sleep(0.005)
+assert client.info()["pid"] == p.pid
+assert signal.getsignal(signal.SIGTERM) is handler  # none installed off the main thread
+client.stop()
+thread.join(20)
+assert not thread.is_alive() and not client.running
+print("ok")
+"""
+
+
+def test_start_and_run_forever_work_from_a_non_main_thread(name, app_dir, tmp_path):
+    assert run_python(OFF_MAIN_THREAD, tmp_path, name, app_dir) == "ok\n"
