@@ -1316,8 +1316,11 @@ class Process:
             server.stopping = True
             # Withdraw the address first: a launch from now on waits for the
             # lock and becomes the next primary (never forwards to us and is
-            # lost: tauri#1692).
-            _remove(self.pid_file)
+            # lost: tauri#1692). Only our own: if app_dir was deleted under us,
+            # the file there now belongs to a newer primary.
+            state = _read_state(self.pid_file)
+            if state is not None and state.get("token") == server.token:
+                _remove(self.pid_file)
             try:
                 self.on_stop()
             finally:
@@ -1550,9 +1553,6 @@ class Process:
             try:
                 status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
                                             body, state["token"], remaining)
-            except http.client.HTTPException as exc:
-                raise Error("%r at %s sent a reply that is not HTTP (%s): is another program "
-                            "using its port?" % (self.name, state["address"], exc)) from None
             except OSError as exc:  # URLError, timeouts, refused and reset connections
                 reason = getattr(exc, "reason", exc)
                 if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
@@ -1562,12 +1562,22 @@ class Process:
                         "stop)" % (self.name, state.get("pid"), state["address"], method,
                                    path, limit or 0.0, self.name), self.name, limit or 0.0
                     ) from None
+                if not isinstance(reason, ConnectionRefusedError):
+                    # Sent, then cut off: it may have been handled; resending could
+                    # handle it twice, so the caller decides.
+                    raise Error("lost the connection to %r at %s during %s %s (%s): it may "
+                                "have exited; the request may or may not have been handled"
+                                % (self.name, state["address"], method, path, reason)) from None
                 if time.monotonic() >= reconnect_deadline:
                     raise Error("cannot reach %r at %s: %s; it may have just exited, retry"
                                 % (self.name, state["address"], reason)) from None
-                # The primary may have exited or be replacing its address: look again.
+                # Refused, so nothing was delivered: the primary may have exited or
+                # be replacing its address. Look again.
                 delay = _pause(delay, reconnect_deadline)
                 continue
+            except http.client.HTTPException as exc:  # after OSError: RemoteDisconnected is both
+                raise Error("%r at %s sent a reply that is not HTTP (%s): is another program "
+                            "using its port?" % (self.name, state["address"], exc)) from None
             reply = _decode(ctype, data)
             if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
                 delay = _pause(delay, deadline)

@@ -47,7 +47,9 @@ app = App(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)))
 
 @app.on("ping")
 def ping(event):
-    time.sleep(float(os.environ.get("HANDLER_DELAY", 0)))
+    if os.environ.get("HANDLER_DELAY"):
+        print("HANDLING", flush=True)
+        time.sleep(float(os.environ["HANDLER_DELAY"]))
     return {"pid": os.getpid(), "echo": event.get("data")}
 
 try:
@@ -1397,3 +1399,130 @@ print("ok")
 
 def test_start_and_run_forever_work_from_a_non_main_thread(name, app_dir, tmp_path):
     assert run_python(OFF_MAIN_THREAD, tmp_path, name, app_dir) == "ok\n"
+
+
+# Faults ------------------------------------------------------------------------------
+@pytest.mark.skipif(not POSIX, reason="SIGKILL")
+@pytest.mark.parametrize("phase", ["on_start", "serving", "handling", "on_stop"])
+def test_kill_9_at_any_point_lets_the_next_launch_take_over_at_once(name, app_dir, tmp_path,
+                                                                     phase):
+    env = {"on_start": {"ON_START_DELAY": 30}, "serving": {},
+           "handling": {"HANDLER_DELAY": 30}, "on_stop": {"ON_STOP_DELAY": 30}}[phase]
+    client = tcbon.Process(name, app_dir=app_dir, timeout=20)
+    sender = None
+    with launch(name, app_dir, tmp_path, **env) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        if phase != "on_start":
+            wait_primary(name, app_dir)
+        if phase == "handling":
+            failures = []
+
+            def send():
+                try:
+                    client.send("event", {"name": "ping"})
+                except tcbon.Error as exc:
+                    failures.append(exc)
+            sender = threading.Thread(target=send)
+            sender.start()
+            assert child.stdout.readline() == "HANDLING\n"
+        if phase == "on_stop":
+            threading.Thread(target=lambda: client.send("stop")).start()
+            assert child.stdout.readline() == "ON_STOP\n"
+        child.kill()
+        child.wait()
+    if sender is not None:  # the sender learns it, promptly, and is not lied to
+        sender.join(30)
+        assert len(failures) == 1 and "may or may not have been handled" in str(failures[0])
+    started = time.monotonic()
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        assert time.monotonic() - started < 2 and proc.is_primary
+        assert client.info()["pid"] == os.getpid()
+
+
+def test_a_state_file_naming_a_live_unrelated_pid_is_not_trusted(name, app_dir):
+    os.makedirs(app_dir, mode=0o700)
+    state = {"tcbon": 1, "pid": 1, "address": "127.0.0.1:9", "token": "x" * 32}
+    with open(os.path.join(app_dir, name + ".pid"), "w") as f:
+        json.dump(state, f)  # pid 1 is alive, and is certainly not us
+    client = tcbon.Process(name, app_dir=app_dir)
+    assert not client.running
+    with pytest.raises(tcbon.ProcessDoesNotExist):
+        client.send("event", {"name": "x"})
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        assert client.info()["pid"] == proc.pid == os.getpid()
+
+
+def test_an_app_dir_that_cannot_be_created_names_the_path(name, tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a directory")
+    target = str(blocker / "sub")
+    with pytest.raises(tcbon.StateError) as info:
+        tcbon.Process(name, app_dir=target).start()
+    assert info.value.path == target and target in str(info.value)
+
+
+def test_paths_with_spaces_and_non_ascii_and_long_names(tmp_path):
+    app_dir = str(tmp_path / "dir with space" / "ünïcødé ✓")
+    for name in ("my app ü", "é" * 100, "x" * 200):
+        with tcbon.Process(name, app_dir=app_dir) as proc:
+            client = tcbon.Process(name, app_dir=app_dir)
+            assert client.info()["name"] == name and proc.is_primary
+
+
+@pytest.mark.skipif(not POSIX, reason="deleting an open lock file")
+def test_deleting_the_state_directory_under_a_running_primary(name, app_dir, tmp_path):
+    """Documented: it is like deleting any lock. The next launch becomes the
+    primary; when the old one stops it leaves the new one's state alone."""
+    import shutil
+    with launch(name, app_dir, tmp_path) as old:
+        wait_primary(name, app_dir)
+        shutil.rmtree(app_dir)
+        assert not tcbon.Process(name, app_dir=app_dir).running
+        with tcbon.Process(name, app_dir=app_dir) as new:
+            old.terminate()  # SIGTERM: the old primary stops cleanly
+            assert finish(old)[0] == 0
+            assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == new.pid
+
+
+# Load ----------------------------------------------------------------------------------
+COUNT_CLIENT = """
+import sys, tcbon
+name, app_dir, cid, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+client = tcbon.Process(name, app_dir=app_dir, timeout=60)
+for seq in range(n):
+    reply = client.send("event", {"name": "count", "id": cid, "seq": seq})
+    assert reply == {"success": True, "id": cid, "seq": seq}, reply
+print("done", n)
+"""
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_16_clients_x_1000_events_each_handled_exactly_once(name, app_dir, tmp_path):
+    seen = {}
+    lock = threading.Lock()
+
+    def count(event):
+        key = (event["id"], event["seq"])
+        with lock:
+            seen[key] = seen.get(key, 0) + 1
+        return {"id": event["id"], "seq": event["seq"]}
+
+    clients, events = 16, 1000
+    with tcbon.Process(name, app_dir=app_dir, timeout=60) as primary:
+        primary.on("count")(count)
+        tcbon.Process(name, app_dir=app_dir).info()  # serving: its selector exists
+        threads, fds = threading.active_count(), open_fds()
+        with contextlib.ExitStack() as stack:
+            procs = [stack.enter_context(launched(
+                ["-c", COUNT_CLIENT, name, app_dir, "c%d" % i, str(events)], child_env(tmp_path)))
+                for i in range(clients)]
+            for proc in procs:
+                code, out, err = finish(proc, timeout=600)
+                assert (code, out) == (0, "done %d\n" % events), err
+        assert len(seen) == clients * events and set(seen.values()) == {1}
+        wait_for(lambda: threading.active_count() <= threads, 10, "worker threads to end")
+        wait_for(lambda: open_fds() <= fds, 10, "sockets to close")

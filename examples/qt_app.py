@@ -31,10 +31,11 @@ class FileList(tcbon.Process):
     def setup_wsgi(self, wsgi):
         @wsgi.route('/files')
         def files():
-            # Read the widget itself, on its own thread.
-            read = self.executor.submit(
-                lambda: [self.list.item(i).text() for i in range(self.list.count())])
-            return {'files': read.result(10), 'title': self.window.windowTitle()}
+            # Read the widgets themselves, on Qt's thread.
+            read = self.executor.submit(lambda: {
+                'files': [self.list.item(i).text() for i in range(self.list.count())],
+                'title': self.window.windowTitle()})
+            return read.result(10)
 
     def on_start(self):
         from PySide6 import QtCore, QtWidgets

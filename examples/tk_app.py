@@ -10,6 +10,7 @@ the running window decided. Stop it by closing the window or with
 ``python -m tcbon tk_app stop``.
 """
 import os
+import platform
 import sys
 import tkinter as tk
 
@@ -25,18 +26,25 @@ class FileList(tcbon.Process):
         self.root = None
 
     def wake(self):
-        # Called from a server thread: Tk queues the event for its own thread.
+        # Called from a server thread: CPython's tkinter hands the event to
+        # Tk's thread. PyPy's cannot be called from other threads at all;
+        # there on_start polls instead.
         try:
             self.root.event_generate('<<tcbon-wake>>', when='tail')
-        except (RuntimeError, tk.TclError):
-            pass  # the main loop is not running yet; on_start drains the queue
+        except (RuntimeError, NotImplementedError, tk.TclError):
+            pass  # the main loop is not running yet (on_start drains), or PyPy
+
+    def poll(self):
+        self.executor.run_pending()
+        self.root.after(50, self.poll)
 
     def setup_wsgi(self, wsgi):
         @wsgi.route('/files')
         def files():
-            # Read the widget itself, on its own thread.
-            read = self.executor.submit(lambda: list(self.listbox.get(0, 'end')))
-            return {'files': read.result(10), 'title': self.root.title()}
+            # Read the widgets themselves, on Tk's thread.
+            read = self.executor.submit(lambda: {'files': list(self.listbox.get(0, 'end')),
+                                                 'title': self.root.title()})
+            return read.result(10)
 
     def on_start(self):
         self.root = tk.Tk()
@@ -45,6 +53,8 @@ class FileList(tcbon.Process):
         self.listbox.pack(fill='both', expand=True)
         self.root.bind('<<tcbon-wake>>', lambda _: self.executor.run_pending())
         self.root.after_idle(self.executor.run_pending)
+        if platform.python_implementation() != 'CPython':
+            self.root.after(50, self.poll)
         self.open_files(os.getcwd(), sys.argv[1:])
 
     def on_stop(self):
