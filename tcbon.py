@@ -48,7 +48,6 @@ import os
 import sys
 import threading
 import time
-from typing_extensions import Self
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,7 +108,7 @@ class Timeout(Error, TimeoutError):
         timeout (float): the limit that ran out, in seconds.
     """
 
-    def __new__(cls, message: str, name: str, timeout: float) -> Self:
+    def __new__(cls, message: str, name: str, timeout: float) -> Timeout:
         # OSError.__new__ would read three arguments as errno, strerror, filename.
         return super().__new__(cls, message)  # type: ignore[call-arg]
 
@@ -1150,7 +1149,7 @@ class Process:
         return "<%s %r app_dir=%r address=%r primary=%s>" % (
             type(self).__name__, self.name, self.app_dir, self.address, self.is_primary)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Process:
         self.start()
         return self
 

@@ -570,7 +570,7 @@ def test_proxy_variables_are_ignored(primary, name, app_dir, monkeypatch):
 
 def test_idle_connections_do_not_block_a_legitimate_event(primary, name, app_dir):
     host, port = primary.address.rsplit(":", 1)
-    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(100)]
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(200)]
     try:
         for sock in idle[::2]:
             sock.sendall(b"POST /event HTTP/1.1\r\nHost: x")  # and stall
@@ -1346,7 +1346,25 @@ print(sorted(heavy & set(sys.modules)))
 
 
 def test_import_is_silent_cheap_and_touches_no_signal_handler(tmp_path):
-    assert run_python(IMPORT_ONLY, tmp_path) == "[]\n"
+    # -I -S: no site-packages, so a stray third-party import cannot hide.
+    code = "import sys; sys.path.insert(0, %r)\n" % HERE + IMPORT_ONLY
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
+
+
+@pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="Python 3.10+ lists it")
+def test_tcbon_imports_only_the_standard_library():
+    import ast
+    with open(os.path.join(HERE, "tcbon.py")) as f:
+        tree = ast.parse(f.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == set()
 
 
 EMBEDDED = """
@@ -1526,3 +1544,396 @@ def test_16_clients_x_1000_events_each_handled_exactly_once(name, app_dir, tmp_p
         assert len(seen) == clients * events and set(seen.values()) == {1}
         wait_for(lambda: threading.active_count() <= threads, 10, "worker threads to end")
         wait_for(lambda: open_fds() <= fds, 10, "sockets to close")
+
+
+# Bad input -----------------------------------------------------------------------------
+def exchange(address, data, timeout=10):
+    """Send raw bytes, read until the server closes; return what it sent."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server may refuse before reading everything
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def assert_well_formed(reply, allowed=range(200, 600), head=False):
+    """Either a closed connection or one complete HTTP reply with a JSON body
+    (for HEAD: the length of the body a GET would get, and no body)."""
+    if not reply:
+        return None
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    assert sep, reply[:200]
+    status = int(head.split(b" ", 2)[1])
+    assert status in allowed
+    lines = head.split(b"\r\n")
+    headers = dict(line.split(b": ", 1) for line in lines[1:])
+    assert not any(k.lower().startswith(b"access-control") for k in headers)
+    if head and body == b"":
+        return status  # a malformed HEAD request is answered with its error body
+    assert int(headers[b"Content-Length"]) == len(body)
+    if status >= 400:
+        assert json.loads(body)["success"] is False
+    return status
+
+
+class ErrorLog(object):
+    """Collects what tcbon logs at ERROR or above."""
+
+    def __init__(self):
+        import logging
+        self.records = []
+        self.handler = logging.Handler(logging.ERROR)
+        self.handler.emit = self.records.append
+        logging.getLogger("tcbon").addHandler(self.handler)
+
+    def close(self):
+        import logging
+        logging.getLogger("tcbon").removeHandler(self.handler)
+
+
+@pytest.fixture
+def error_log():
+    log = ErrorLog()
+    yield log.records
+    log.close()
+
+
+def fuzz_requests():
+    from hypothesis import strategies as st
+    token = st.sampled_from(["GOOD", "", "x" * 32, "GOOD\x00"])
+    header_name = st.sampled_from(["Host", "Content-Type", "Content-Length", "Origin",
+                                   "Transfer-Encoding", "Sec-Fetch-Mode", "X-Tcbon-Token",
+                                   "Expect", "Connection"]) | st.from_regex(r"[A-Za-z-]{1,20}",
+                                                                            fullmatch=True)
+    header_value = st.text(st.characters(min_codepoint=32, max_codepoint=255,
+                                         blacklist_characters="\r\n"), max_size=40)
+    body = st.one_of(
+        st.binary(max_size=300),
+        st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                     lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
+                     max_leaves=20).map(lambda v: json.dumps(v).encode()),
+        st.builds(lambda n: b"[" * n + b"]" * n, st.integers(1, 100000)),
+        st.builds(lambda n: b"1" * n, st.integers(1, 20000)),
+        st.just(b'{"name": "echo", "x": "\xff\xfe"}'),
+    )
+    return st.fixed_dictionaries({
+        "method": st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH",
+                                   "TRACE", "CONNECT", "BREW", "get", ""]),
+        "path": st.sampled_from(["/", "/event", "/nope", "/%ff%fe", "//", "/event?x=1",
+                                 "*", "http://evil/", "/" + "a" * 5000])
+        | st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=30),
+        "version": st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/0.9", "FOO", ""]),
+        "token": token,
+        "host": st.booleans(),
+        "json": st.booleans(),
+        "headers": st.lists(st.tuples(header_name, header_value), max_size=6),
+        "body": body,
+        "length": st.sampled_from(["exact", "none", "short", "huge", "negative"]),
+    })
+
+
+def build_request(spec, primary):
+    lines = ["%s %s %s" % (spec["method"], spec["path"], spec["version"])]
+    if spec["host"]:
+        lines.append("Host: " + primary.address)
+    if spec["token"]:
+        lines.append("%s: %s" % (tcbon.TOKEN_HEADER, spec["token"].replace("GOOD", primary._token)))
+    if spec["json"]:
+        lines.append("Content-Type: application/json")
+    lines += ["%s: %s" % pair for pair in spec["headers"]]
+    body = spec["body"]
+    length = {"exact": len(body), "short": max(0, len(body) - 1), "huge": 10 ** 12,
+              "negative": -1, "none": None}[spec["length"]]
+    if length is not None:
+        lines.append("Content-Length: %d" % length)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def test_fuzzed_requests_get_well_formed_errors_and_the_server_keeps_serving(
+        primary, name, app_dir, error_log):
+    from hypothesis import HealthCheck, given, settings
+    client = tcbon.Process(name, app_dir=app_dir)
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(fuzz_requests())
+    def check(spec):
+        if "stop" in spec["path"]:
+            spec["path"] = "/nope"
+        assert_well_formed(exchange(primary.address, build_request(spec, primary)),
+                           head=spec["method"] == "HEAD")
+    check()
+    assert client.send("event", {"name": "echo", "data": 1})["got"] == 1
+    assert not error_log, [r.getMessage() for r in error_log]
+
+
+def test_raw_garbage_bytes_get_an_error_or_a_closed_connection(primary, name, app_dir,
+                                                               error_log):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=100, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.binary(max_size=2000) | st.binary(max_size=100).map(lambda b: b + b"\r\n\r\n"))
+    def check(data):
+        status = assert_well_formed(exchange(primary.address, data))
+        assert status is None or status >= 400
+    check()
+    assert tcbon.Process(name, app_dir=app_dir).send("event", {"name": "echo"})["success"]
+    assert not error_log, [r.getMessage() for r in error_log]
+
+
+# Attacks ---------------------------------------------------------------------------------
+def head_for(primary, extra=""):
+    return ("POST /event HTTP/1.1\r\nHost: %s\r\n%s: %s\r\nContent-Type: application/json\r\n%s"
+            % (primary.address, tcbon.TOKEN_HEADER, primary._token, extra))
+
+
+def test_chunked_bodies_are_refused(primary):
+    data = head_for(primary, "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n0\r\n\r\n")
+    assert assert_well_formed(exchange(primary.address, data.encode())) == 411
+
+
+def test_too_many_or_too_long_headers_are_refused(primary):
+    many = "".join("X-H%d: v\r\n" % i for i in range(200))
+    assert assert_well_formed(exchange(primary.address, (head_for(primary, many) +
+                                                         "Content-Length: 2\r\n\r\n{}").encode())) == 431
+    long_line = "X-Long: %s\r\n" % ("v" * (tcbon.MAX_HEAD + 10))
+    assert assert_well_formed(exchange(primary.address, (head_for(primary, long_line) +
+                                                         "\r\n").encode())) == 431
+
+
+def test_a_connection_that_never_finishes_its_request_is_closed(primary, monkeypatch):
+    monkeypatch.setattr(tcbon, "REQUEST_DEADLINE", 0.5)
+    host, port = primary.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /event HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+        assert sock.recv(100) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - started < 10
+
+
+def test_concurrent_requests_are_capped_with_a_quick_503(primary, name, app_dir, monkeypatch):
+    monkeypatch.setattr(tcbon, "MAX_WORKERS", 2)
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def hold(event):
+        entered.release()
+        release.wait(20)
+    primary.on("hold")(hold)
+    client = tcbon.Process(name, app_dir=app_dir, timeout=20)
+    holders = [threading.Thread(target=client.send, args=("event", {"name": "hold"}))
+               for _ in range(2)]
+    for thread in holders:
+        thread.start()
+    try:
+        assert entered.acquire(timeout=10) and entered.acquire(timeout=10)
+        with pytest.raises(tcbon.RequestError, match="too many requests") as info:
+            client.send("event", {"name": "echo"})
+        assert info.value.status == 503
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(20)
+    assert client.send("event", {"name": "echo"})["success"]
+
+
+def test_the_token_never_appears_in_logs_errors_or_replies(primary, name, app_dir, caplog):
+    import logging
+    caplog.set_level(logging.DEBUG, logger="tcbon")
+    primary.on("boom")(lambda event: 1 / 0)
+    release = threading.Event()
+    primary.on("slow")(lambda event: release.wait(10) and None)
+    client = tcbon.Process(name, app_dir=app_dir, timeout=0.3, debug=True)
+    texts = [json.dumps(client.info())]
+    for event in ({"name": "boom"}, {"name": "nope"}, {}, {"name": "slow"}):
+        with pytest.raises(tcbon.Error) as info:
+            client.send("event", event)
+        texts.append(str(info.value))
+        texts.append(repr(info.value))
+    release.set()
+    for headers in ({"Host": primary.address}, {"Host": "evil", tcbon.TOKEN_HEADER: primary._token}):
+        texts.append(json.dumps(raw_request(primary.address, headers=headers)[1]))
+    texts += [r.getMessage() for r in caplog.records] + [caplog.text, repr(client), repr(primary)]
+    assert caplog.records and primary._token not in "\n".join(texts)
+
+
+# Other users -----------------------------------------------------------------------------
+class OtherUser(object):
+    """A second OS user and what it needs to run Python code with tcbon."""
+
+    def __init__(self, uid, gid, python, lib, home):
+        self.uid, self.gid, self.python, self.lib, self.home = uid, gid, python, lib, home
+
+    def run(self, code, *args):
+        def become():
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+        env = {"PATH": "/usr/bin:/bin", "HOME": self.home, "PYTHONPATH": self.lib,
+               "XDG_DATA_HOME": os.path.join(self.home, "data")}
+        done = subprocess.run([self.python, "-c", code] + [str(a) for a in args], env=env,
+                              cwd=self.home, preexec_fn=become, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+@pytest.fixture(scope="session")
+def other_user(tmp_path_factory):
+    import pwd
+    import shutil
+    import tempfile
+    if not POSIX or os.geteuid() != 0:
+        pytest.skip("needs root, to create and become a second user")
+    login = "tcbon-test-other"
+    created = False
+    try:
+        pwd.getpwnam(login)
+    except KeyError:
+        useradd = shutil.which("useradd")
+        if not useradd:
+            pytest.skip("useradd is not available")
+        subprocess.run([useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        login], check=True, capture_output=True)
+        created = True
+    user = pwd.getpwnam(login)
+    lib = tempfile.mkdtemp(prefix="tcbon-lib-")
+    home = tempfile.mkdtemp(prefix="tcbon-home-")
+    try:
+        shutil.copy(os.path.join(HERE, "tcbon.py"), lib)
+        os.chmod(lib, 0o755)
+        os.chmod(os.path.join(lib, "tcbon.py"), 0o644)
+        os.chown(home, user.pw_uid, user.pw_gid)
+        os.chmod(home, 0o700)
+        # This interpreter may live where the other user cannot go (/root).
+        candidates = [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]
+        python = None
+        for candidate in candidates:
+            probe = OtherUser(user.pw_uid, user.pw_gid, candidate, lib, home)
+            try:
+                if os.path.exists(candidate) and probe.run("import tcbon; print(1)") == "1\n":
+                    python = candidate
+                    break
+            except (AssertionError, OSError, subprocess.SubprocessError):
+                continue
+        if python is None:
+            pytest.skip("no Python interpreter that %s can run" % login)
+        yield OtherUser(user.pw_uid, user.pw_gid, python, lib, home)
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+        if created:
+            subprocess.run(["userdel", login], capture_output=True)
+
+
+@pytest.fixture
+def shared_parent(tmp_path):
+    """A directory every user may traverse, as /tmp or a shared volume is."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="tcbon-shared-")
+    os.chmod(path, 0o755)
+    yield path
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+PEEK = """
+import http.client, json, os, sys
+app_dir, state_file, address = sys.argv[1], sys.argv[2], sys.argv[3]
+for what, action in (("listdir", lambda: os.listdir(app_dir)),
+                     ("read", lambda: open(state_file).read())):
+    try:
+        action()
+        print(what, "allowed")
+    except PermissionError:
+        print(what, "denied")
+host, port = address.rsplit(":", 1)
+for token in ("", "guess"):
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/event", body=b'{"name": "echo"}',
+                 headers={"Content-Type": "application/json", "X-Tcbon-Token": token})
+    print(conn.getresponse().status)
+"""
+
+
+def test_another_user_cannot_read_the_token_or_talk_to_the_primary(other_user, shared_parent,
+                                                                   name):
+    app_dir = os.path.join(shared_parent, "app")
+    with tcbon.Process(name, app_dir=app_dir) as primary:
+        out = other_user.run(PEEK, app_dir, primary.pid_file, primary.address)
+        assert out.split("\n")[:4] == ["listdir denied", "read denied", "401", "401"]
+        os.chmod(app_dir, 0o755)  # even with the directory opened up, the file stays 0600
+        out = other_user.run(PEEK, app_dir, primary.pid_file, primary.address)
+        assert out.split("\n")[:2] == ["listdir allowed", "read denied"]
+
+
+THEIRS = """
+import os, sys, tcbon
+name = sys.argv[1]
+p = tcbon.Process(name)
+p.start()
+try:
+    print(p.is_primary, tcbon.Process(name).info()["pid"] == os.getpid())
+finally:
+    p.stop()
+try:
+    tcbon.Process(name, app_dir=sys.argv[2]).send("event", {"name": "echo"})
+except tcbon.StateError as exc:
+    print("StateError", exc.path == sys.argv[2], "owned by uid 0" in str(exc))
+"""
+
+
+def test_another_users_instance_of_the_same_name_does_not_interfere(other_user, name, app_dir,
+                                                                    shared_parent):
+    ours = os.path.join(shared_parent, "ours")
+    with tcbon.Process(name, app_dir=ours) as primary:
+        assert other_user.run(THEIRS, name, ours) == "True True\nStateError True True\n"
+        assert tcbon.Process(name, app_dir=ours).info()["pid"] == primary.pid
+
+
+def test_we_refuse_an_app_dir_another_user_owns(other_user, shared_parent, name):
+    theirs = os.path.join(shared_parent, "theirs")
+    os.mkdir(theirs, 0o700)
+    os.chown(theirs, other_user.uid, other_user.gid)
+    with pytest.raises(tcbon.StateError, match="owned by uid %d" % other_user.uid):
+        tcbon.Process(name, app_dir=theirs).start()
+    planted = os.path.join(shared_parent, "mine")
+    os.mkdir(planted, 0o700)
+    lock = os.path.join(planted, name + ".lock")
+    open(lock, "w").close()
+    os.chown(lock, other_user.uid, other_user.gid)  # a lock file planted by someone else
+    with pytest.raises(tcbon.StateError, match="owned by uid %d" % other_user.uid):
+        tcbon.Process(name, app_dir=planted).start()
+
+
+READ_ONLY = """
+import sys, tcbon
+for app_dir in sys.argv[1:]:
+    try:
+        tcbon.Process("x", app_dir=app_dir).start()
+        print("started")
+    except tcbon.StateError as exc:  # names the directory, or the file it could not create
+        print(exc.path.startswith(app_dir), exc.path in str(exc))
+"""
+
+
+def test_unwritable_directories_give_a_clear_error_naming_the_path(other_user, shared_parent):
+    read_only = os.path.join(shared_parent, "ro")
+    os.mkdir(read_only, 0o700)
+    os.chown(read_only, other_user.uid, other_user.gid)
+    os.chmod(read_only, 0o500)  # theirs, but read-only
+    missing = os.path.join(shared_parent, "sub")  # in a directory they cannot write
+    assert other_user.run(READ_ONLY, read_only, missing) == "True True\nTrue True\n"
