@@ -44,9 +44,9 @@ __all__ = [
 # Modules ---------------------------------------------------------------------
 # Only what a second instance needs at once: http.server, urllib.request,
 # logging, json and friends load where first used (`import tcbon` stays cheap).
+import _thread
 import os
 import sys
-import threading
 import time
 
 TYPE_CHECKING = False
@@ -376,7 +376,7 @@ def _format_address(host: str, port: int) -> str:
 # WSGI ------------------------------------------------------------------------
 # A tiny Flask-like router: App.route(), tcbon.request, tcbon.jsonify(). Pure
 # WSGI, so it can be driven without sockets (and through wsgiref.validate).
-_local = threading.local()
+_local = _thread._local()
 
 
 def _status_line(status: int) -> str:
@@ -673,9 +673,14 @@ def _request_complete(buf: bytearray) -> tuple[int, str] | None:
     return _INCOMPLETE
 
 
+try:  # hmac.compare_digest is this function; importing hmac would load hashlib
+    from _operator import _compare_digest
+except ImportError:  # pragma: no cover - other implementations
+    from hmac import compare_digest as _compare_digest  # type: ignore[no-redef]
+
+
 def _refusal(headers: Any, server: Any) -> tuple[int, str] | None:
     """The guards every request passes, in order. Messages never echo input."""
-    import hmac
     hosts = headers.get_all("Host") or []
     # DNS rebinding (CVE-2018-5702): only our own loopback name is accepted.
     if len(hosts) != 1 or hosts[0].strip().lower() not in server.hosts:
@@ -686,7 +691,7 @@ def _refusal(headers: Any, server: Any) -> tuple[int, str] | None:
         if key == "origin" or key.startswith("sec-fetch-"):
             return 403, "requests from web pages are refused"
     tokens = headers.get_all(TOKEN_HEADER) or []
-    if len(tokens) != 1 or not hmac.compare_digest(
+    if len(tokens) != 1 or not _compare_digest(
             tokens[0].encode("latin-1"), server.token.encode("ascii")):
         return 401, "missing or wrong %s header; tcbon clients read it from the state file" \
             % TOKEN_HEADER
@@ -779,8 +784,8 @@ def _get_server_class() -> type:
                 finally:
                     getattr(result, "close", lambda: None)()
                 self.respond(started[0], started[1], data)
-            except Exception:
-                self.server.log.exception("the WSGI application failed on %s", path)
+            except Exception:  # noqa: BLE001 - any failure of the app is a 500, logged
+                self.server.note(40, "the WSGI application failed on %s", path, exc_info=True)
                 self.send_error(500, "the application failed")
 
         def send_error(self, code: int, message: str | None = None,
@@ -812,15 +817,16 @@ def _get_server_class() -> type:
                 pass  # the client went away
 
         def log_message(self, format: str, *args: Any) -> None:
-            self.server.log.debug("%s " + format, self.client_address[0], *args)
+            self.server.note(10, "%s " + format, self.client_address[0], *args)
 
     class Server(http.server.ThreadingHTTPServer):
         daemon_threads = True
         allow_reuse_address = _REUSE_ADDRESS
         request_queue_size = 128
 
-        def __init__(self, address: tuple, app: Callable, token: str, log: Any) -> None:
-            self.app, self.token, self.log = app, token, log
+        def __init__(self, address: tuple, app: Callable, token: str, note: Callable) -> None:
+            import threading
+            self.app, self.token, self.note = app, token, note
             self.stopping = False
             self.busy = 0
             self.idle = threading.Condition()
@@ -876,7 +882,7 @@ def _get_server_class() -> type:
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:  # e.g. out of file descriptors
-                    self.log.warning("accept failed: %s", exc)
+                    self.note(30, "accept failed: %s", exc)
                     return
                 sock.setblocking(False)
                 if len(pending) >= MAX_PENDING:
@@ -936,7 +942,8 @@ def _get_server_class() -> type:
             super().shutdown_request(request[0])
 
         def handle_error(self, request: Any, client_address: Any) -> None:
-            self.log.exception("error while handling a request from %s", client_address[0])
+            self.note(40, "error while handling a request from %s", client_address[0],
+                      exc_info=True)
 
         def close(self, drain: float) -> None:
             """Stop accepting, wait up to drain seconds for requests in progress."""
@@ -1073,6 +1080,16 @@ class AsyncioExecutor:
         return asyncio.run_coroutine_threadsafe(call(), self.loop)
 
 
+class _LazyLog:
+    """Stands for a Process' logger until something really logs."""
+
+    def __init__(self, process: Process) -> None:
+        self._process = process
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._process.log, name)
+
+
 # Process ---------------------------------------------------------------------
 class Process:
     """Allows only one instance of an application to run at a time.
@@ -1112,7 +1129,6 @@ class Process:
     def __init__(self, name: str, address: str | None = None, app_dir: str | None = None,
                  debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
                  executor: Any = None) -> None:
-        import logging
         self.name = _check_name(name)
         self._bind = _parse_address(address) if address else ("127.0.0.1", 0)
         self.address = _format_address(*self._bind) if address else None
@@ -1122,27 +1138,21 @@ class Process:
         self.pid: int | None = None
         self.started: float | None = None
         self.event_handlers: dict[str, Callable] = {SECOND_INSTANCE: self.on_second_instance}
-        self.wsgi_thread: threading.Thread | None = None
+        self.wsgi_thread: Any = None
         self._server: Any = None
         self._lock_fd: int | None = None
         self._token: str | None = None
-        self._state_lock = threading.RLock()
-        self._stop_requested = threading.Event()
-        self._stopped = threading.Event()
-        self._stopped.set()
+        self._state_lock = _thread.RLock()
+        self._stop_requested: Any = None  # a threading.Event, once started
         self._waiting = False
-        self.log = logging.getLogger("tcbon." + name)
-        if debug:
-            self.log.setLevel(logging.DEBUG)
-            if not self.log.handlers and not logging.getLogger().handlers:
-                handler = logging.StreamHandler()
-                handler.setFormatter(logging.Formatter("%(levelname).1s:%(name)s> %(message)s"))
-                self.log.addHandler(handler)
-        self.wsgi = App(self.log)
+        self._debug = debug
+        self._log: Any = None
+        if debug or type(self).setup_logger is not Process.setup_logger:
+            self.log  # noqa: B018 - set up now: the app asked for logging
+        self.wsgi = App(_LazyLog(self))
         self.wsgi.add_route("/", self._route_index)
         self.wsgi.add_route("/event", self._route_event, ["POST"])
         self.wsgi.add_route("/stop", self._route_stop, ["POST"])
-        self.setup_logger(self.log)
         self.setup_wsgi(self.wsgi)
 
     def __repr__(self) -> str:
@@ -1156,6 +1166,34 @@ class Process:
     def __exit__(self, *exc_info: object) -> None:
         if self.is_primary:
             self.stop()
+
+    @property
+    def log(self) -> Any:
+        """The Process' logging.Logger ("tcbon.NAME"), set up on first use:
+        a second instance that never logs never imports logging."""
+        if self._log is None:
+            import logging
+            log = logging.getLogger("tcbon." + self.name)
+            if self._debug:
+                log.setLevel(logging.DEBUG)
+                if not log.handlers and not logging.getLogger().handlers:
+                    handler = logging.StreamHandler()
+                    handler.setFormatter(logging.Formatter("%(levelname).1s:%(name)s> %(message)s"))
+                    log.addHandler(handler)
+            self._log = log
+            self.setup_logger(log)
+        return self._log
+
+    @log.setter
+    def log(self, value: Any) -> None:
+        self._log = value
+
+    def _note(self, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+        """Log, but skip info and debug while nothing imported logging: then
+        nobody can have set up a handler that would show them."""
+        if level < 30 and self._log is None and "logging" not in sys.modules:
+            return
+        self.log.log(level, message, *args, exc_info=exc_info)
 
     # Where things are ---------------------------------------------------------
     @property
@@ -1249,12 +1287,12 @@ class Process:
 
     def _serve(self) -> None:
         import atexit
-        import secrets
+        import threading
         # A crashed primary's address must never be contacted again.
         _remove(self.pid_file)
-        try:
-            server = _get_server_class()(self._bind, self.wsgi, secrets.token_urlsafe(24),
-                                         self.log)
+        try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
+            server = _get_server_class()(self._bind, self.wsgi, os.urandom(24).hex(),
+                                         self._note)
         except OSError as exc:
             raise Error("%r cannot listen on %s: %s; pass another address, or none to "
                         "let the system pick a free port" % (
@@ -1265,8 +1303,7 @@ class Process:
             self._server, self._token = server, server.token
             self.address = _format_address(*server.server_address[:2])
             self.pid, self.started = os.getpid(), time.time()
-            self._stop_requested.clear()
-            self._stopped.clear()
+            self._stop_requested = threading.Event()
             self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
                                                 name="tcbon-%s" % self.name)
             self.wsgi_thread.start()
@@ -1277,10 +1314,9 @@ class Process:
         except BaseException:
             self._shutdown_server(server)
             self._server = None
-            self._stopped.set()
             raise
         atexit.register(self._at_exit)
-        self.log.info("%s serving at %s (pid %d)", self.name, self.address, self.pid)
+        self._note(20, "%s serving at %s (pid %d)", self.name, self.address, self.pid)
 
     def stop(self, timeout: Any = _DEFAULT) -> None:
         """Stop the primary.
@@ -1326,10 +1362,10 @@ class Process:
                 self._shutdown_server(server)
                 self._release()
                 self._stop_requested.set()
-                self._stopped.set()
-                self.log.info("%s stopped", self.name)
+                self._note(20, "%s stopped", self.name)
 
     def _shutdown_server(self, server: Any) -> None:
+        import threading
         server.close(drain=self.timeout if self.timeout is not None else DEFAULT_TIMEOUT)
         thread = self.wsgi_thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
@@ -1362,6 +1398,7 @@ class Process:
         if self.executor is not None:
             self.executor.submit(self._stop_here)
         else:
+            import threading
             threading.Thread(target=self._stop_here, name="tcbon-stop", daemon=True).start()
 
     def run_forever(self) -> None:
@@ -1378,6 +1415,7 @@ class Process:
         """Wait for a stop request (or run the app's own main loop), then stop.
         SIGTERM is handled only when called from the main thread."""
         import signal
+        import threading
         previous = None
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
             previous = signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
@@ -1389,7 +1427,7 @@ class Process:
                 while not self._stop_requested.wait(_WAIT_SLICE):
                     pass
         except KeyboardInterrupt:
-            self.log.info("%s interrupted", self.name)
+            self._note(20, "%s interrupted", self.name)
         finally:
             self._waiting = False
             if previous is not None:
@@ -1663,8 +1701,8 @@ class Process:
         """Override (or use ``@app.on('second-instance')``) to handle a later
         launch: event has ``argv``, ``cwd`` and ``data``. Return a dict, which
         may hold ``exit_code``, ``stdout`` and ``stderr`` for that launch."""
-        self.log.info("a second instance started with %r in %s", event.get("argv"),
-                      event.get("cwd"))
+        self._note(20, "a second instance started with %r in %s", event.get("argv"),
+                   event.get("cwd"))
         return None
 
 
