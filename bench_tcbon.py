@@ -48,6 +48,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+http.server.ThreadingHTTPServer.request_queue_size = 128  # as tcbon's: 5 drops SYNs
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 tmp = sys.argv[1] + ".tmp"
 with open(tmp, "w") as f:
@@ -141,9 +142,9 @@ class Bench(object):
                        stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         return time.perf_counter() - started
 
-    def spawn(self, args):
+    def spawn(self, args, stderr=None):
         proc = subprocess.Popen([self.python] + args, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=stderr)
         self.children.append(proc)
         return proc
 
@@ -322,11 +323,12 @@ def main(argv=None):
         # 5. 16 concurrent client processes, each sending per_client events.
         def load(script, arg):
             started = time.perf_counter()
-            procs = [bench.spawn(["-c", script, arg, bench.app_dir, str(per_client)])
-                     for _ in range(16)]
+            procs = [bench.spawn(["-c", script, arg, bench.app_dir, str(per_client)],
+                                 stderr=subprocess.PIPE) for _ in range(16)]
             for proc in procs:
-                if proc.wait(300):
-                    raise RuntimeError("a load client failed")
+                err = proc.communicate(timeout=300)[1]
+                if proc.returncode:
+                    raise RuntimeError("a load client failed: %s" % err.decode()[-500:])
                 bench.children.remove(proc)
             return 16 * per_client / (time.perf_counter() - started)
         ours, floor = interleave(3, lambda: load(TCBON_LOAD, "bench"),

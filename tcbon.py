@@ -379,12 +379,14 @@ def _format_address(host: str, port: int) -> str:
 _local = _thread._local()
 
 
+_phrases: dict[int, str] = {}
+
+
 def _status_line(status: int) -> str:
-    from http import HTTPStatus
-    try:
-        return "%d %s" % (status, HTTPStatus(status).phrase)
-    except ValueError:
-        return "%d Unknown" % status
+    if not _phrases:
+        from http import HTTPStatus
+        _phrases.update((s.value, "%d %s" % (s.value, s.phrase)) for s in HTTPStatus)
+    return _phrases.get(status) or "%d Unknown" % status
 
 
 class Response:
@@ -718,6 +720,7 @@ def _get_server_class() -> type:
     import selectors
     import socket
     import socketserver
+    import threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "tcbon/" + __version__
@@ -825,10 +828,11 @@ def _get_server_class() -> type:
         request_queue_size = 128
 
         def __init__(self, address: tuple, app: Callable, token: str, note: Callable) -> None:
-            import threading
             self.app, self.token, self.note = app, token, note
-            self.stopping = False
-            self.busy = 0
+            import queue
+            self.stopping = self.closing = False
+            self.busy = self.spare = 0  # requests in progress; idle workers
+            self.queue: Any = queue.SimpleQueue()
             self.idle = threading.Condition()
             self.workers = threading.local()
             family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -929,14 +933,34 @@ def _get_server_class() -> type:
             sel.unregister(sock)
             sock.close()
 
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
+        def process_request(self, request: Any, client_address: Any) -> None:
+            """Hand the request to the spare worker, or to a new thread."""
+            with self.idle:
+                if self.spare:
+                    self.spare -= 1
+                    return self.queue.put((request, client_address))
+            threading.Thread(target=self.work, args=(request, client_address),
+                             daemon=True).start()
+
+        def work(self, request: Any, client_address: Any) -> None:
+            """Handle requests; stay as the one spare worker (waiting without
+            a timeout: no wake-ups) or end. Starting a thread per request
+            costs more than the rest of a request."""
             self.workers.active = True
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
+            while request is not None:
+                try:
+                    self.finish_request(request, client_address)
+                except Exception:  # noqa: BLE001 - logged; the server goes on
+                    self.handle_error(request, client_address)
+                finally:
+                    self.shutdown_request(request)
                 with self.idle:
                     self.busy -= 1
                     self.idle.notify_all()
+                    if self.spare or self.closing:
+                        return
+                    self.spare += 1
+                request, client_address = self.queue.get()
 
         def shutdown_request(self, request: Any) -> None:
             super().shutdown_request(request[0])
@@ -948,6 +972,11 @@ def _get_server_class() -> type:
         def close(self, drain: float) -> None:
             """Stop accepting, wait up to drain seconds for requests in progress."""
             self.wake_w.send(b"x")
+            with self.idle:
+                self.closing = True
+                for _ in range(self.spare):
+                    self.queue.put((None, None))
+                self.spare = 0
             mine = 1 if getattr(self.workers, "active", False) else 0
             deadline = time.monotonic() + drain
             with self.idle:
