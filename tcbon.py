@@ -331,10 +331,11 @@ def _read_state(path: str) -> dict | None:
     except OSError:
         return None
     try:
-        with os.fdopen(fd, "rb") as f:
-            state = json.loads(f.read(MAX_HEAD))
+        state = json.loads(os.read(fd, MAX_HEAD))
     except (OSError, ValueError, RecursionError):
         return None
+    finally:
+        os.close(fd)
     ok = (isinstance(state, dict)
           and isinstance(state.get("pid"), int)
           and isinstance(state.get("address"), str)
@@ -849,6 +850,8 @@ def _get_server_class() -> type:
             # HTTPServer.server_bind calls socket.getfqdn(), which can stall
             # start-up for ~30 s on a broken resolver (pip PR #13742).
             socketserver.TCPServer.server_bind(self)
+            if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: accept once data has arrived
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
             self.server_name, self.server_port = self.socket.getsockname()[:2]
 
         def serve(self) -> None:
@@ -894,6 +897,7 @@ def _get_server_class() -> type:
                     self.drop(sel, pending, oldest)
                 pending[sock] = [bytearray(), time.monotonic() + REQUEST_DEADLINE, address]
                 sel.register(sock, selectors.EVENT_READ)
+                self.receive(sel, pending, sock)  # often there already: see server_bind
 
         def receive(self, sel: Any, pending: dict, sock: Any) -> None:
             try:
@@ -1174,6 +1178,7 @@ class Process:
         self._state_lock = _thread.RLock()
         self._stop_requested: Any = None  # a threading.Event, once started
         self._waiting = False
+        self._dir_checked = False
         self._debug = debug
         self._log: Any = None
         if debug or type(self).setup_logger is not Process.setup_logger:
@@ -1577,10 +1582,12 @@ class Process:
             return {"address": self.address, "token": self._token, "pid": self.pid}
         delay = 0.001
         while True:
-            try:
-                _ensure_private_dir(self.app_dir, create=False)
-            except FileNotFoundError:
-                pass  # then there is no lock file either
+            if not self._dir_checked:  # once per object: only its owner can loosen it
+                try:
+                    _ensure_private_dir(self.app_dir, create=False)
+                    self._dir_checked = True
+                except FileNotFoundError:
+                    pass  # then there is no lock file either
             if not _primary_holds(self.lock_file):
                 raise ProcessDoesNotExist("no %r process is running (looked in %s); start "
                                           "one first" % (self.name, self.app_dir),
