@@ -207,14 +207,19 @@ def test_default_app_dir_is_the_per_user_data_dir(monkeypatch, tmp_path):
     assert tcbon.Process("x").app_dir == expected
 
 
-@pytest.mark.parametrize("xdg", [None, "", "relative", "/abs/data"])
-def test_default_app_dir_equals_platformdirs(monkeypatch, tmp_path, xdg):
-    platformdirs = pytest.importorskip("platformdirs")
-    monkeypatch.setenv("HOME", str(tmp_path))
+def home_and_xdg(monkeypatch, home, xdg):
+    """Set HOME, and XDG_DATA_HOME to xdg (None: unset)."""
+    monkeypatch.setenv("HOME", str(home))
     if xdg is None:
         monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     else:
         monkeypatch.setenv("XDG_DATA_HOME", xdg)
+
+
+@pytest.mark.parametrize("xdg", [None, "", "relative", "/abs/data"])
+def test_default_app_dir_equals_platformdirs(monkeypatch, tmp_path, xdg):
+    platformdirs = pytest.importorskip("platformdirs")
+    home_and_xdg(monkeypatch, tmp_path, xdg)
     assert tcbon.default_app_dir("some app") == \
         platformdirs.user_data_dir("some app", appauthor=False, ensure_exists=False)
 
@@ -236,11 +241,7 @@ def test_default_app_dir_branches_for_every_platform(monkeypatch, tmp_path):
 @pytest.mark.parametrize("xdg", [None, "relative", "/abs/data"])
 def test_default_app_dir_on_macos_equals_platformdirs(monkeypatch, tmp_path, xdg):
     macos = pytest.importorskip("platformdirs.macos")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    if xdg is None:
-        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    else:
-        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    home_and_xdg(monkeypatch, tmp_path, xdg)
     expected = macos.MacOS("app", appauthor=False, ensure_exists=False).user_data_dir
     assert os.path.join(tcbon._data_home("darwin"), "app") == expected
 
