@@ -1208,6 +1208,19 @@ def test_cli_wait_blocks_until_a_primary_runs(name, app_dir, tmp_path):
     assert code == 4 and "no %r process started within 0.2 s" % name in err
 
 
+def test_cli_console_script_does_the_same(name, app_dir, tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "tcbon")
+    if not os.path.exists(script):
+        pytest.skip("tcbon is not installed next to this interpreter (pip install -e .)")
+    run = lambda *args: subprocess.run([script, name, "--app-dir", app_dir] + list(args),
+                                       env=child_env(tmp_path), capture_output=True,
+                                       text=True, timeout=60)
+    assert run().returncode == 1
+    with tcbon.Process(name, app_dir=app_dir) as proc:
+        done = run("--json")
+        assert done.returncode == 0 and json.loads(done.stdout)["pid"] == proc.pid
+
+
 def test_cli_console_script_is_declared():
     import configparser
     cfg = configparser.ConfigParser()
