@@ -1036,12 +1036,26 @@ def _this_argv() -> list[str]:
     return list(getattr(sys, "argv", None) or [])
 
 
-def _pause(delay: float, deadline: float | None) -> float:
-    """Sleep a little (never past deadline); return the next, longer delay."""
-    if deadline is not None:
-        delay = min(delay, max(0.0, deadline - time.monotonic()))
-    time.sleep(delay)
-    return min(delay * 2, 0.05) or 0.001
+class _Wait:
+    """A bounded wait: a deadline (none when limit is None) and a pause that
+    grows from 1 ms to 50 ms between looks."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.deadline = None if limit is None else time.monotonic() + limit
+        self._delay = 0.001
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+
+    def pause(self) -> None:
+        """Sleep a little, never past the deadline."""
+        left = self.remaining()
+        time.sleep(self._delay if left is None else min(self._delay, left))
+        self._delay = min(self._delay * 2, 0.05)
 
 
 # Executors -------------------------------------------------------------------
@@ -1272,8 +1286,7 @@ class Process:
             Error: the server cannot listen on the address given.
         """
         if replace:
-            limit = self._limit(timeout)
-            deadline = None if limit is None else time.monotonic() + limit
+            wait = _Wait(self._limit(timeout))
             while True:
                 try:
                     return self.start(timeout)
@@ -1282,8 +1295,8 @@ class Process:
                         self.stop(timeout)
                     except ProcessDoesNotExist:
                         pass  # it stopped by itself meanwhile
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise self._no_address(limit)
+                if wait.over():
+                    raise self._no_address(wait.limit)
         with self._state_lock:
             if self.is_primary:
                 return
@@ -1302,8 +1315,7 @@ class Process:
                 raise
 
     def _acquire(self, fd: int, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.001
+        wait = _Wait(timeout)
         while not _lock(fd):
             # A shared lock we can take means only probes hold it: retry.
             if _lock(fd, shared=True):
@@ -1315,9 +1327,9 @@ class Process:
                     raise ProcessExists("%r is already running (pid %d at %s)"
                                         % (self.name, self.pid, self.address),
                                         self.name, self.pid, self.address)
-            if deadline is not None and time.monotonic() >= deadline:
+            if wait.over():
                 raise self._no_address(timeout)
-            delay = _pause(delay, deadline)
+            wait.pause()
 
     def _serve(self) -> None:
         import atexit
@@ -1366,15 +1378,14 @@ class Process:
         if self.wsgi_thread is not None:  # this object is or was the primary
             return self._stop_here()
         limit = self._limit(timeout)
-        deadline = None if limit is None else time.monotonic() + limit
+        wait = _Wait(limit)
         self._call("POST", "stop", {}, limit)
-        delay = 0.001
         while _primary_holds(self.lock_file):
-            if deadline is not None and time.monotonic() >= deadline:
+            if wait.over():
                 raise Timeout("asked %r to stop, but it still runs after %.1f s; it may be "
                               "stuck in on_stop; end pid %s if it never stops"
                               % (self.name, limit or 0.0, self.pid), self.name, limit or 0.0)
-            delay = _pause(delay, deadline)
+            wait.pause()
 
     def _stop_here(self) -> None:
         with self._state_lock:
@@ -1576,11 +1587,10 @@ class Process:
     def _limit(self, timeout: Any) -> float | None:
         return self.timeout if timeout is _DEFAULT else timeout
 
-    def _locate(self, deadline: float | None, limit: float | None) -> dict:
+    def _locate(self, wait: _Wait) -> dict:
         """The primary's published state, waiting through its start-up."""
         if self.is_primary:
             return {"address": self.address, "token": self._token, "pid": self.pid}
-        delay = 0.001
         while True:
             if not self._dir_checked:  # once per object: only its owner can loosen it
                 try:
@@ -1596,9 +1606,9 @@ class Process:
             if state is not None:
                 self.pid, self.address = state["pid"], state["address"]
                 return state
-            if deadline is not None and time.monotonic() >= deadline:
-                raise self._no_address(limit)
-            delay = _pause(delay, deadline)
+            if wait.over():
+                raise self._no_address(wait.limit)
+            wait.pause()
 
     def _no_address(self, limit: float | None) -> Timeout:
         return Timeout("%r holds its lock (%s) but published no address within %.1f s: it "
@@ -1610,22 +1620,20 @@ class Process:
         import http.client
         import json
         import socket
-        deadline = None if limit is None else time.monotonic() + limit
+        wait = _Wait(limit)
         # Even an unbounded call gives up reconnecting after a while.
-        reconnect_deadline = deadline or time.monotonic() + DEFAULT_TIMEOUT
+        reconnect = wait if limit is not None else _Wait(DEFAULT_TIMEOUT)
         try:
             body = None if payload is None else json.dumps(payload).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise Error("cannot send %r to %s: the payload is not JSON-serializable (%s)"
                         % (payload, self.name, exc)) from None
         path = "/" + route.lstrip("/")
-        delay = 0.001
         while True:
-            state = self._locate(deadline, limit)
-            remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+            state = self._locate(wait)
             try:
                 status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
-                                            body, state["token"], remaining)
+                                            body, state["token"], wait.remaining())
             except OSError as exc:  # URLError, timeouts, refused and reset connections
                 reason = getattr(exc, "reason", exc)
                 if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
@@ -1641,19 +1649,19 @@ class Process:
                     raise Error("lost the connection to %r at %s during %s %s (%s): it may "
                                 "have exited; the request may or may not have been handled"
                                 % (self.name, state["address"], method, path, reason)) from None
-                if time.monotonic() >= reconnect_deadline:
+                if reconnect.over():
                     raise Error("cannot reach %r at %s: %s; it may have just exited, retry"
                                 % (self.name, state["address"], reason)) from None
                 # Refused, so nothing was delivered: the primary may have exited or
                 # be replacing its address. Look again.
-                delay = _pause(delay, reconnect_deadline)
+                reconnect.pause()
                 continue
             except http.client.HTTPException as exc:  # after OSError: RemoteDisconnected is both
                 raise Error("%r at %s sent a reply that is not HTTP (%s): is another program "
                             "using its port?" % (self.name, state["address"], exc)) from None
             reply = _decode(ctype, data)
             if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
-                delay = _pause(delay, deadline)
+                wait.pause()
                 continue  # withdrawn address: _locate() waits, then reports what runs
             if status >= 400:
                 error = reply.get("error") if isinstance(reply, dict) else reply
@@ -1820,16 +1828,15 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
         proc.stop(timeout=limit)
         return {"name": proc.name, "stopped": True}
     if action == "wait":
-        deadline = None if limit is None else time.monotonic() + limit
-        delay = 0.001
+        wait = _Wait(limit)
         while True:
             try:
                 return proc.info(timeout=DEFAULT_TIMEOUT)
             except ProcessDoesNotExist:
-                if deadline is not None and time.monotonic() >= deadline:
+                if wait.over():
                     raise Timeout("no %r process started within %.1f s" % (proc.name, limit or 0.0),
                                   proc.name, limit or 0.0) from None
-                delay = min(_pause(delay, deadline), 0.05)
+                wait.pause()
     return proc.info(timeout=limit)
 
 
