@@ -883,21 +883,24 @@ def _get_server_class() -> type:
                 sel.close()
 
         def accept(self, sel: Any, pending: dict) -> None:
-            while True:
-                try:
-                    sock, address = self.socket.accept()
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as exc:  # e.g. out of file descriptors
-                    self.note(30, "accept failed: %s", exc)
-                    return
-                sock.setblocking(False)
-                if len(pending) >= MAX_PENDING:
-                    oldest = min(pending, key=lambda s: pending[s][1])
-                    self.drop(sel, pending, oldest)
-                pending[sock] = [bytearray(), time.monotonic() + REQUEST_DEADLINE, address]
-                sel.register(sock, selectors.EVENT_READ)
-                self.receive(sel, pending, sock)  # often there already: see server_bind
+            # One per wake-up; select() reports the listening socket again at
+            # once if more wait. An accept-until-empty loop never gets back to
+            # select() while connections keep coming, and requests whose body
+            # follows their head (as urllib sends them) starve into the deadline.
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors
+                self.note(30, "accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            if len(pending) >= MAX_PENDING:
+                oldest = min(pending, key=lambda s: pending[s][1])
+                self.drop(sel, pending, oldest)
+            pending[sock] = [bytearray(), time.monotonic() + REQUEST_DEADLINE, address]
+            sel.register(sock, selectors.EVENT_READ)
+            self.receive(sel, pending, sock)  # often there already: see server_bind
 
         def receive(self, sel: Any, pending: dict, sock: Any) -> None:
             try:

@@ -1752,6 +1752,66 @@ def test_a_connection_that_never_finishes_its_request_is_closed(primary, monkeyp
         assert time.monotonic() - started < 10
 
 
+FLOOD = """
+import socket, struct, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+reset = struct.pack("ii", 1, 0)  # SO_LINGER 0: close with RST, leave no TIME_WAIT
+for i in range(count):
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+        sock.sendall(b"x")
+    if i == 40:  # well within the listen backlog: no waiting for a SYN retry
+        print("flooding", flush=True)
+"""
+
+
+def unread_by_server(server_port, client_port):
+    """Bytes the server side of a loopback connection has not read yet
+    (None while the kernel lists no such connection)."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote = (int(field.split(":")[1], 16) for field in fields[1:3])
+            if (local, remote) == (server_port, client_port):
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
+def test_a_queue_of_new_connections_does_not_starve_a_request_in_progress(
+        primary, tmp_path, monkeypatch):
+    # The app's own thread computes, so each accept waits for the GIL, and
+    # more connections queue up than can be accepted before the deadline. A
+    # request whose body comes after its head (urllib sends them apart) was
+    # accepted first: its body must be read, not dropped as too slow.
+    monkeypatch.setattr(tcbon, "REQUEST_DEADLINE", 2.0)
+    host, port = primary.address.rsplit(":", 1)
+    body = json.dumps({"name": "echo", "data": "patient"}).encode()
+    done = threading.Event()
+
+    def busy_app():
+        while not done.is_set():
+            sum(range(1000))
+    app = threading.Thread(target=busy_app, daemon=True)
+    with contextlib.ExitStack() as stack:
+        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
+        sys.setswitchinterval(0.02)
+        stack.callback(app.join, 20)
+        stack.callback(done.set)
+        app.start()
+        sock = stack.enter_context(socket.create_connection((host, int(port)), timeout=30))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head_for(primary, "Content-Length: %d\r\n\r\n" % len(body)).encode())
+        wait_for(lambda: unread_by_server(int(port), sock.getsockname()[1]) == 0,
+                 what="the server to read the request's head")
+        flood = stack.enter_context(launched(["-c", FLOOD, host, port, "300"],
+                                             child_env(tmp_path)))
+        assert flood.stdout.readline() == "flooding\n", flood.stderr.read()  # more follow
+        sock.sendall(body)
+        reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.0 200 ") and b'"got": "patient"' in reply, reply
+
+
 def test_concurrent_requests_are_capped_with_a_quick_503(primary, name, app_dir, monkeypatch):
     monkeypatch.setattr(tcbon, "MAX_WORKERS", 2)
     release, entered = threading.Event(), threading.Semaphore(0)
