@@ -111,11 +111,10 @@ def child_env(tmp_path, **extra):
 
 
 @contextlib.contextmanager
-def launched(args, env, cwd=None):
+def launched(args, env, cwd=None, stdin=subprocess.DEVNULL):
     """A child interpreter, always ended and reaped."""
     proc = subprocess.Popen([sys.executable] + list(args), env=env, cwd=cwd, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         yield proc
     finally:
@@ -130,7 +129,7 @@ def end(proc):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for stream in (proc.stdout, proc.stderr):
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
         if stream:
             stream.close()
 
@@ -1756,6 +1755,8 @@ FLOOD = """
 import socket, struct, sys
 host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 reset = struct.pack("ii", 1, 0)  # SO_LINGER 0: close with RST, leave no TIME_WAIT
+print("ready", flush=True)
+sys.stdin.readline()
 for i in range(count):
     with socket.create_connection((host, port), timeout=60) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
@@ -1784,7 +1785,7 @@ def test_a_queue_of_new_connections_does_not_starve_a_request_in_progress(
     # more connections queue up than can be accepted before the deadline. A
     # request whose body comes after its head (urllib sends them apart) was
     # accepted first: its body must be read, not dropped as too slow.
-    monkeypatch.setattr(tcbon, "REQUEST_DEADLINE", 2.0)
+    monkeypatch.setattr(tcbon, "REQUEST_DEADLINE", 3.0)
     host, port = primary.address.rsplit(":", 1)
     body = json.dumps({"name": "echo", "data": "patient"}).encode()
     done = threading.Event()
@@ -1794,22 +1795,29 @@ def test_a_queue_of_new_connections_does_not_starve_a_request_in_progress(
             sum(range(1000))
     app = threading.Thread(target=busy_app, daemon=True)
     with contextlib.ExitStack() as stack:
+        flood = stack.enter_context(launched(["-c", FLOOD, host, port, "300"],
+                                             child_env(tmp_path), stdin=subprocess.PIPE))
+        assert flood.stdout.readline() == "ready\n", flood.stderr.read()
+        sock = stack.enter_context(socket.create_connection((host, int(port)), timeout=30))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head_for(primary, "Content-Length: %d\r\n\r\n" % len(body)).encode())
+        head_sent = time.monotonic()
+        wait_for(lambda: unread_by_server(int(port), sock.getsockname()[1]) == 0,
+                 what="the server to read the request's head")
+        # Only now the app gets busy: reading /proc/net/tcp contends for the GIL too.
         stack.callback(sys.setswitchinterval, sys.getswitchinterval())
         sys.setswitchinterval(0.02)
         stack.callback(app.join, 20)
         stack.callback(done.set)
         app.start()
-        sock = stack.enter_context(socket.create_connection((host, int(port)), timeout=30))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(head_for(primary, "Content-Length: %d\r\n\r\n" % len(body)).encode())
-        wait_for(lambda: unread_by_server(int(port), sock.getsockname()[1]) == 0,
-                 what="the server to read the request's head")
-        flood = stack.enter_context(launched(["-c", FLOOD, host, port, "300"],
-                                             child_env(tmp_path)))
+        flood.stdin.write("go\n")
+        flood.stdin.flush()
         assert flood.stdout.readline() == "flooding\n", flood.stderr.read()  # more follow
         sock.sendall(body)
+        late = time.monotonic() - head_sent
         reply = sock.makefile("rb").read()
-    assert reply.startswith(b"HTTP/1.0 200 ") and b'"got": "patient"' in reply, reply
+    assert reply.startswith(b"HTTP/1.0 200 ") and b'"got": "patient"' in reply, (
+        "%r; the body followed the head after %.2f s" % (reply, late))
 
 
 def test_concurrent_requests_are_capped_with_a_quick_503(primary, name, app_dir, monkeypatch):
