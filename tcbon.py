@@ -1039,6 +1039,23 @@ def _this_argv() -> list[str]:
     return list(getattr(sys, "argv", None) or [])
 
 
+def _handle_sigterm(handler: Callable[[], Any]) -> Callable[[], Any] | None:
+    """Make SIGTERM call handler(); return what undoes that, or None if
+    SIGTERM was left alone: off the main thread (Python allows no handler
+    there), or if the host application installed its own from C (an
+    embedding DCC app), which Python could not put back."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() or \
+            not hasattr(signal, "SIGTERM"):
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None:
+        return None
+    signal.signal(signal.SIGTERM, lambda *_: handler())
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 class _Wait:
     """A bounded wait: a deadline (none when limit is None) and a pause that
     grows from 1 ms to 50 ms between looks."""
@@ -1195,6 +1212,7 @@ class Process:
         self._state_lock = _thread.RLock()
         self._stop_requested: Any = None  # a threading.Event, once started
         self._waiting = False
+        self._sigterm: Any = None  # puts back the SIGTERM handler we replaced
         self._dir_checked = False
         self._debug = debug
         self._log: Any = None
@@ -1288,11 +1306,16 @@ class Process:
             StateError: app_dir or its files cannot be used safely.
             Error: the server cannot listen on the address given.
         """
+        self._start(timeout, replace, None)
+
+    def _start(self, timeout: Any, replace: bool, wait_here: bool | None) -> None:
+        """start(); run_forever() and main() pass wait_here (True: they wait
+        for a stop request on this thread; False: they run the app's loop)."""
         if replace:
             wait = _Wait(self._limit(timeout))
             while True:
                 try:
-                    return self.start(timeout)
+                    return self._start(timeout, False, wait_here)
                 except ProcessExists:
                     try:
                         self.stop(timeout)
@@ -1312,7 +1335,7 @@ class Process:
                 raise
             self._lock_fd = fd
             try:
-                self._serve()
+                self._serve(wait_here)
             except BaseException:
                 self._release()
                 raise
@@ -1334,7 +1357,7 @@ class Process:
                 raise self._no_address(timeout)
             wait.pause()
 
-    def _serve(self) -> None:
+    def _serve(self, wait_here: bool | None) -> None:
         import atexit
         import threading
         # A crashed primary's address must never be contacted again.
@@ -1347,12 +1370,17 @@ class Process:
                         "let the system pick a free port" % (
                             self.name, _format_address(*self._bind), exc.strerror or exc)
                         ) from exc
+        self._stop_requested = threading.Event()
+        if wait_here is not None:
+            # From here on SIGTERM stops us cleanly, even before serving: a
+            # stop asked for during on_start() is carried out right after.
+            self._waiting = wait_here
+            self._sigterm = _handle_sigterm(self._request_stop)
         try:
             self.on_start()
             self._server, self._token = server, server.token
             self.address = _format_address(*server.server_address[:2])
             self.pid, self.started = os.getpid(), time.time()
-            self._stop_requested = threading.Event()
             self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
                                                 name="tcbon-%s" % self.name)
             self.wsgi_thread.start()
@@ -1360,11 +1388,13 @@ class Process:
                 "tcbon": PROTOCOL, "version": __version__, "name": self.name,
                 "pid": self.pid, "address": self.address, "token": server.token,
                 "started": self.started})
+            atexit.register(self._at_exit)
         except BaseException:
+            _remove(self.pid_file)  # ours, if written: we hold the lock
             self._shutdown_server(server)
             self._server = None
+            self._end_waiting()
             raise
-        atexit.register(self._at_exit)
         self._note(20, "%s serving at %s (pid %d)", self.name, self.address, self.pid)
 
     def stop(self, timeout: Any = _DEFAULT) -> None:
@@ -1456,31 +1486,40 @@ class Process:
         Raises:
             ProcessExists: another instance is the primary.
         """
-        self.start()
-        self._serve_until_stopped(None)
+        error = self._run_primary(_DEFAULT, None)
+        if error is not None:
+            raise error
 
-    def _serve_until_stopped(self, run: Callable[[], Any] | None) -> None:
-        """Wait for a stop request (or run the app's own main loop), then stop.
-        SIGTERM is handled only when called from the main thread."""
-        import signal
-        import threading
-        previous = None
-        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
-            previous = signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
-        self._waiting = run is None
+    def _run_primary(self, timeout: Any, run: Callable[[], Any] | None) -> Error | None:
+        """Start, then wait for a stop request (or run the app's own main
+        loop), then stop. SIGTERM stops cleanly from on_start() on (when
+        called from the main thread); so does Ctrl-C once start() is done,
+        while before that it cancels the start-up. Returns start()'s Error
+        rather than raising it, so callers can tell it from run()'s."""
         try:
+            try:
+                self._start(timeout, False, run is None)
+            except Error as exc:
+                return exc
             if run is not None:
                 run()
             else:
                 while not self._stop_requested.wait(_WAIT_SLICE):
                     pass
         except KeyboardInterrupt:
+            if not self.is_primary:  # start() was interrupted and undone
+                raise
             self._note(20, "%s interrupted", self.name)
         finally:
-            self._waiting = False
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            self._end_waiting()
             self._stop_here()
+        return None
+
+    def _end_waiting(self) -> None:
+        self._waiting = False
+        undo, self._sigterm = self._sigterm, None
+        if undo is not None:
+            undo()
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: Any = _DEFAULT) -> int:
@@ -1504,20 +1543,18 @@ class Process:
         """
         argv = _this_argv() if argv is None else list(argv)
         while True:
+            error = self._run_primary(timeout, run)
+            if error is None:
+                return 0
+            if not isinstance(error, ProcessExists):
+                return self._report(error)
             try:
-                self.start(timeout)
-            except ProcessExists:
-                try:
-                    reply = self.handoff(argv, timeout=timeout)
-                except ProcessDoesNotExist:
-                    continue  # it went away meanwhile: take its place
-                except Error as exc:
-                    return self._report(exc)
-                return self._relay(reply)
+                reply = self.handoff(argv, timeout=timeout)
+            except ProcessDoesNotExist:
+                continue  # it went away meanwhile: take its place
             except Error as exc:
                 return self._report(exc)
-            self._serve_until_stopped(run)
-            return 0
+            return self._relay(reply)
 
     def _report(self, exc: Error) -> int:
         if sys.stderr is not None:

@@ -749,6 +749,35 @@ def test_signals_make_run_forever_return_cleanly(name, app_dir, tmp_path, signum
         assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
 
 
+@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+def test_sigterm_during_start_up_stops_the_primary_once_it_has_started(name, app_dir,
+                                                                       tmp_path):
+    # A service manager or a logout may stop an app that is still starting;
+    # SIGTERM must not kill a primary between publishing and serving.
+    with launch(name, app_dir, tmp_path, ON_START_DELAY=1.0) as child:
+        assert child.stdout.readline().startswith("PRIMARY")  # inside on_start
+        child.send_signal(signal.SIGTERM)
+        code, out, err = finish(child)
+        assert code == 0, err
+        assert out.splitlines() == ["ON_STOP", "RETURNED"]
+    assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+    assert not tcbon.Process(name, app_dir=app_dir).running
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+def test_ctrl_c_during_start_up_cancels_it_and_leaves_nothing_behind(name, app_dir,
+                                                                    tmp_path):
+    with launch(name, app_dir, tmp_path, ON_START_DELAY=30) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        child.send_signal(signal.SIGINT)
+        code, out, err = finish(child)
+        assert code != 0 and "KeyboardInterrupt" in err, err
+        assert "ON_STOP" not in out
+    assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+    with tcbon.Process(name, app_dir=app_dir, timeout=5) as proc:
+        assert proc.is_primary
+
+
 def test_exit_without_stop_cleans_up(name, app_dir, tmp_path):
     code = ("import sys, tcbon\n"
             "p = tcbon.Process(sys.argv[1], app_dir=sys.argv[2])\n"
@@ -1443,6 +1472,45 @@ print("ok")
 
 def test_start_and_run_forever_work_from_a_non_main_thread(name, app_dir, tmp_path):
     assert run_python(OFF_MAIN_THREAD, tmp_path, name, app_dir) == "ok\n"
+
+
+SIGTERM_HANDLER_PUT_BACK = """
+import os, signal, sys, threading
+import tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+called = []
+mine = lambda *_: called.append(1)
+signal.signal(signal.SIGTERM, mine)
+p = tcbon.Process(name, app_dir=app_dir)
+
+def failing_start():
+    raise RuntimeError("no config")
+p.on_start = failing_start
+try:
+    p.run_forever()
+except RuntimeError:
+    pass
+assert signal.getsignal(signal.SIGTERM) is mine and not p.running
+
+p.on_start = lambda: os.kill(os.getpid(), signal.SIGTERM)  # stop at once
+p.run_forever()
+assert signal.getsignal(signal.SIGTERM) is mine and not p.running
+assert called == [], "the app's own handler ran while tcbon's was in place"
+
+stopped = threading.Event()  # main() with the app's own loop: the same
+p.on_stop = stopped.set
+assert p.main([], run=lambda: stopped.wait(20)) == 0
+assert stopped.is_set() and signal.getsignal(signal.SIGTERM) is mine and not p.running
+assert called == []
+os.kill(os.getpid(), signal.SIGTERM)
+assert called == [1]
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+def test_run_forever_and_main_put_the_apps_sigterm_handler_back(name, app_dir, tmp_path):
+    assert run_python(SIGTERM_HANDLER_PUT_BACK, tmp_path, name, app_dir) == "ok\n"
 
 
 # Faults ------------------------------------------------------------------------------
