@@ -718,6 +718,7 @@ def _get_server_class() -> type:
         return _server_class
     import http.server
     import io
+    import queue
     import selectors
     import socket
     import socketserver
@@ -830,7 +831,6 @@ def _get_server_class() -> type:
 
         def __init__(self, address: tuple, app: Callable, token: str, note: Callable) -> None:
             self.app, self.token, self.note = app, token, note
-            import queue
             self.stopping = self.closing = False
             self.busy = self.spare = 0  # requests in progress; idle workers
             self.queue: Any = queue.SimpleQueue()
@@ -1393,7 +1393,6 @@ class Process:
             _remove(self.pid_file)  # ours, if written: we hold the lock
             self._shutdown_server(server)
             self._server = None
-            self._end_waiting()
             raise
         self._note(20, "%s serving at %s (pid %d)", self.name, self.address, self.pid)
 
