@@ -60,7 +60,8 @@ TOKEN_HEADER = "X-Tcbon-Token"
 MAX_BODY = 1 << 20  #: Largest request body the server reads, in bytes.
 MAX_HEAD = 1 << 16  #: Largest request line plus headers, in bytes.
 MAX_WORKERS = 64  #: Requests handled at once; more get 503 at once.
-MAX_PENDING = 256  #: Connections still sending their request.
+MAX_PENDING = 256  #: Connections still sending their request (fewer if files are few).
+MAX_BUFFERED = 16 << 20  #: Bytes all connections still sending their request may hold.
 REQUEST_DEADLINE = 5.0  #: Seconds a client has to send its whole request.
 _MAX_NAME_BYTES = 200
 _BAD_NAME_CHARS = '/\\<>:"|?*'
@@ -172,6 +173,9 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
     def _owner_problem(st: os.stat_result) -> str | None:
         return None  # NTFS ACLs of the profile directory do this job
 
+    def _pending_cap(wanted: int) -> int:
+        return min(wanted, 448)  # select() takes 512 sockets on Windows
+
     _REUSE_ADDRESS = False  # on Windows it lets others bind our port: cpython#85307
     _WAIT_SLICE: float | None = 0.25  # Event.wait() without timeout ignores Ctrl-C on Windows
 else:
@@ -195,6 +199,16 @@ else:
             mode = st.st_mode & 0o777
             return "is writable by other users (mode %o); run chmod go-w on it" % mode
         return None
+
+    def _pending_cap(wanted: int) -> int:
+        """How many connections may be pending at once: wanted, or fewer
+        under a low open-file limit (macOS's default is 256), leaving room
+        for the workers and the app's own files."""
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return wanted
+        return max(8, min(wanted, (soft - MAX_WORKERS) // 2))
 
     _REUSE_ADDRESS = True  # restart on a fixed port despite TIME_WAIT
     _WAIT_SLICE = None
@@ -644,37 +658,35 @@ def _make_response(value: Any) -> Response:
 
 
 # Server ----------------------------------------------------------------------
-# ThreadingHTTPServer bridged to WSGI. Its accept loop is a selector that
-# reads each request whole (bounded in size and time) before a worker thread
-# sees it: idle or slow connections cost a socket, not a thread (slowloris),
-# a 413 comes before the body is read, and an idle server never wakes up
-# (serve_forever polls twice a second).
-_server_class = None
+# http.server.ThreadingHTTPServer with two mix-ins, combined as socketserver
+# combines its own (ThreadingTCPServer = ThreadingMixIn + TCPServer):
+#
+#   IntakeMixIn.serve()         the one loop: a selector; no wake-ups while idle
+#     _accept()                 one connection per wake-up; at the caps, or out
+#                               of descriptors, the oldest pending one goes
+#     _receive()                buffers the head, then _read_head() parses it
+#                               once and runs every guard on it
+#       _refuse()               a refused head: a JSON error, the rest of the
+#                               request read and discarded, never kept
+#       _dispatch()             a request that passed, with its whole body
+#     WorkerPoolMixIn.process_request()   the spare worker, or a new thread
+#       finish_request()        RequestHandler: WSGI app, one write
+#       shutdown_request()
+#
+# Idle or slow connections cost a socket, not a thread (slowloris), and an
+# unauthenticated one never costs more than its head (at most MAX_HEAD).
+if TYPE_CHECKING:  # pragma: no cover
+    import socket
+    from http.server import ThreadingHTTPServer as _ServerBase
+    from socketserver import BaseRequestHandler as _HandlerBase
+else:  # the mix-ins' real base is in their combination; the handler needs none
+    _ServerBase = _HandlerBase = object
 
-
-_INCOMPLETE = (0, "")
-
-
-def _request_complete(buf: bytearray) -> tuple[int, str] | None:
-    """_INCOMPLETE while more bytes are needed; else None, or the (status,
-    message) to refuse the request with before reading any more of it."""
-    import re
-    end, sep = buf.find(b"\r\n\r\n"), 4
-    if end < 0:
-        end, sep = buf.find(b"\n\n"), 2
-    if end < 0:
-        if len(buf) > MAX_HEAD:
-            return 431, "the request head is larger than %d bytes" % MAX_HEAD
-        return _INCOMPLETE
-    head = bytes(buf[:end]).lower()
-    if b"\ntransfer-encoding:" in head:
-        return None  # the guards refuse it; its body is never read
-    m = re.search(rb"\ncontent-length:[ \t]*(\d{1,12})[ \t]*(?:\r|$)", head, re.M)
-    length = int(m.group(1)) if m else 0
-    if length > MAX_BODY or len(buf) - end - sep >= length:
-        return None
-    return _INCOMPLETE
-
+_MAX_HEADERS = 100  #: as http.client's
+_LINGER = 1.0  # seconds a refused request may go on sending what is discarded
+_WARN_EVERY = 10.0  # seconds between two warnings of one kind
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
+                         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 try:  # hmac.compare_digest is this function; importing hmac would load hashlib
     from _operator import _compare_digest
@@ -682,338 +694,597 @@ except ImportError:  # pragma: no cover - other implementations
     from hmac import compare_digest as _compare_digest  # type: ignore[no-redef]
 
 
-def _refusal(headers: Any, server: Any) -> tuple[int, str] | None:
+class _Head:
+    """A request head, parsed once by _read_head() for the intake and the
+    handler. ``refusal`` is the (status, message) to refuse it with, if any."""
+
+    __slots__ = ("method", "target", "headers", "length", "size", "refusal")
+
+    def __init__(self, size: int, refusal: tuple[int, str] | None = None) -> None:
+        self.method = self.target = ""
+        self.headers: list[tuple[str, str]] = []
+        self.length = 0  # of the body
+        self.size = size  # of the head, with the empty line that ends it
+        self.refusal = refusal
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key.lower() == name]
+
+    def get(self, name: str) -> str | None:
+        values = self.get_all(name)
+        return values[0] if values else None
+
+
+def _read_head(buf: bytes | bytearray, hosts: frozenset[str], token: str) -> _Head | None:
+    """Parse the request head at the start of buf and check it against every
+    guard: None while it is incomplete, else a _Head with its refusal set if
+    the request must not be served. The head ends at the first empty line
+    (CRLF or bare LF, as http.client reads it)."""
+    import re
+    start = 0  # an empty line or two before it is ignored (RFC 9112, 2.2)
+    while start < min(4, len(buf)) and buf[start] in b"\r\n":
+        start += 1
+    end = re.compile(rb"\n\r?\n").search(buf, start)
+    if end is None or end.end() > MAX_HEAD + start:
+        if len(buf) - start > MAX_HEAD:
+            return _Head(len(buf), (431, "the request head is larger than %d bytes" % MAX_HEAD))
+        return None
+    head = _Head(end.end())
+    lines = [line[:-1] if line.endswith("\r") else line
+             for line in bytes(buf[start:end.start()]).decode("latin-1").split("\n")]
+    head.refusal = _parse_request_line(head, lines[0]) or _parse_headers(head, lines[1:])
+    head.refusal = head.refusal or _refusal(head, hosts, token)
+    return head
+
+
+def _parse_request_line(head: _Head, line: str) -> tuple[int, str] | None:
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[1].startswith("/") or not parts[1].isprintable() \
+            or not set(parts[0]) <= _TOKEN_CHARS or not parts[0]:
+        return 400, "the request line must be 'METHOD /path HTTP/1.1'"
+    head.method, head.target, version = parts
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        if version[:5] == "HTTP/" and version[5:6].isdigit() and version[5] > "1":
+            return 505, "only HTTP/1.0 and HTTP/1.1 are spoken here"
+        return 400, "the request line must end with HTTP/1.0 or HTTP/1.1"
+    return None
+
+
+def _parse_headers(head: _Head, lines: list[str]) -> tuple[int, str] | None:
+    if len(lines) > _MAX_HEADERS:
+        return 431, "more than %d header lines" % _MAX_HEADERS
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if not sep or not key or not set(key) <= _TOKEN_CHARS:
+            return 400, "a header line is malformed (folded lines are refused too)"
+        head.headers.append((key, value.strip(" \t")))
+    lengths = head.get_all("Content-Length")
+    if lengths:
+        digits = lengths[0].lstrip("0") or "0"
+        # isdigit() alone accepts '²', which int() refuses.
+        if len(lengths) > 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
+            return 400, "the Content-Length header is invalid"
+        head.length = int(digits) if len(digits) <= 12 else MAX_BODY + 1
+    return None
+
+
+def _refusal(head: _Head, hosts: frozenset[str], token: str) -> tuple[int, str] | None:
     """The guards every request passes, in order. Messages never echo input."""
-    hosts = headers.get_all("Host") or []
+    found = head.get_all("Host")
     # DNS rebinding (CVE-2018-5702): only our own loopback name is accepted.
-    if len(hosts) != 1 or hosts[0].strip().lower() not in server.hosts:
+    if len(found) != 1 or found[0].lower() not in hosts:
         return 403, "the Host header must name this loopback server"
     # Browsers send these; local tools do not (Zoom CVE-2019-13450).
-    for key in headers:
+    for key, _ in head.headers:
         key = key.lower()
         if key == "origin" or key.startswith("sec-fetch-"):
             return 403, "requests from web pages are refused"
-    tokens = headers.get_all(TOKEN_HEADER) or []
-    if len(tokens) != 1 or not _compare_digest(
-            tokens[0].encode("latin-1"), server.token.encode("ascii")):
+    tokens = head.get_all(TOKEN_HEADER)
+    if len(tokens) != 1 or not _compare_digest(tokens[0].encode("latin-1"),
+                                               token.encode("ascii")):
         return 401, "missing or wrong %s header; tcbon clients read it from the state file" \
             % TOKEN_HEADER
-    if headers.get("Transfer-Encoding") is not None:
+    if head.get("Transfer-Encoding") is not None:
         return 411, "chunked bodies are refused; send Content-Length"
-    lengths = headers.get_all("Content-Length") or ["0"]
-    if len(lengths) != 1 or not lengths[0].strip().isdigit():
-        return 400, "the Content-Length header is invalid"
-    length = int(lengths[0])
-    if length > MAX_BODY:
+    if head.length > MAX_BODY:
         return 413, "the body is larger than %d bytes" % MAX_BODY
-    media = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if length and media != "application/json":
+    media = (head.get("Content-Type") or "").split(";")[0].strip().lower()
+    if head.length and media != "application/json":
         return 415, "a request body must be JSON, sent as Content-Type: application/json"
     return None
 
 
-def _get_server_class() -> type:
-    global _server_class
-    if _server_class is not None:
-        return _server_class
-    import http.server
-    import io
-    import queue
-    import selectors
-    import socket
-    import socketserver
-    import threading
+def _reply(status: int, headers: list[tuple[str, str]], body: bytes,
+           head_only: bool = False) -> bytes:
+    """A whole HTTP/1.0 reply, to be sent in one write: headers and body in
+    two segments stall on Nagle and delayed ACK (about 40 ms a request)."""
+    lines = ["HTTP/1.0 " + _status_line(status)]
+    for key, value in headers:
+        # send_header() passes CR/LF through (gh-142533): never split a reply.
+        if "\r" in key + value or "\n" in key + value:
+            raise ValueError("a response header contains CR or LF")
+        lines.append("%s: %s" % (key, value))
+    lines += ["Content-Length: %d" % len(body), "Connection: close",
+              "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
+              "Server: tcbon/" + __version__, "", ""]
+    return "\r\n".join(lines).encode("latin-1") + (b"" if head_only else body)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "tcbon/" + __version__
-        sys_version = ""
-        protocol_version = "HTTP/1.0"  # one request per connection
-        server: Any  # the Server below
 
-        def setup(self) -> None:
-            self.connection, data, self.problem = self.request
-            self.rfile = io.BytesIO(data)
-            self.request_version, self.requestline, self.command = "HTTP/1.0", "", ""
+def _error_reply(status: int, message: str, head_only: bool = False) -> bytes:
+    import json
+    body = json.dumps({"success": False, "error": message, "status": status})
+    return _reply(status, [("Content-Type", "application/json")], body.encode(), head_only)
 
-        def finish(self) -> None:
-            pass
 
-        def handle(self) -> None:
-            self.close_connection = True
-            if self.problem:
-                return self.send_error(*self.problem)
-            self.raw_requestline = self.rfile.readline(MAX_HEAD + 1)
-            if len(self.raw_requestline) > MAX_HEAD:
-                return self.send_error(414)
-            if not self.raw_requestline or not self.parse_request():
-                return
-            refusal = _refusal(self.headers, self.server)
-            if refusal:
-                return self.send_error(*refusal)
-            if self.server.stopping:
-                return self.send_error(503, "stopping")
-            self.run_wsgi()
+class _Pending:
+    """A connection still sending its request."""
 
-        def run_wsgi(self) -> None:
-            from urllib.parse import unquote_to_bytes
-            path, _, query = self.path.partition("?")
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
-            if len(body) != length:
-                return self.send_error(400, "the body is shorter than Content-Length")
-            environ = {
-                "REQUEST_METHOD": self.command, "SCRIPT_NAME": "",
-                "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-                "QUERY_STRING": query, "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-                "CONTENT_LENGTH": str(length), "SERVER_NAME": self.server.server_name,
-                "SERVER_PORT": str(self.server.server_port), "SERVER_PROTOCOL": "HTTP/1.0",
-                "REMOTE_ADDR": self.client_address[0], "wsgi.version": (1, 0),
-                "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
-                "wsgi.errors": sys.stderr or io.StringIO(), "wsgi.multithread": True,
-                "wsgi.multiprocess": False, "wsgi.run_once": False,
-            }
-            for key, value in self.headers.items():
-                key = key.upper().replace("-", "_")
-                if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                    environ["HTTP_" + key] = value
-            started: list = []
+    __slots__ = ("buf", "deadline", "address", "head", "refused")
 
-            def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
-                started[:] = [status, headers]
-                return lambda data: None
+    def __init__(self, address: Any, deadline: float) -> None:
+        self.buf = bytearray()
+        self.deadline, self.address = deadline, address
+        self.head: _Head | None = None
+        self.refused = False  # answered: what it still sends is discarded
 
-            try:
-                result = self.server.app(environ, start_response)
+
+class IntakeMixIn(_ServerBase):
+    """Mix-in for a socketserver.TCPServer: one selector loop reads each
+    request whole, within limits, before a worker thread sees it.
+
+    Limits: ``REQUEST_DEADLINE`` seconds per request; at most a pending-count
+    cap (MAX_PENDING, fewer under a low open-file limit) and ``MAX_BUFFERED``
+    bytes held in all; past either, the oldest pending connection goes. A
+    head is checked (Host, Origin, token, length, type) as soon as it is
+    complete, so a refused request never has its body kept.
+
+    Args:
+        server_address: the loopback (host, port) to listen on.
+        app: the WSGI application.
+        token (str): the secret every request must carry.
+        note (callable): note(level, message, *args, exc_info=False) logs.
+    """
+
+    reserve_worker: Callable[[], bool]  # from WorkerPoolMixIn
+    drain: Callable[[float], None]
+
+    def __init__(self, server_address: tuple[str, int], app: Callable, token: str,
+                 note: Callable[..., None]) -> None:
+        import socket
+        self.app, self.token, self.note = app, token, note
+        self.stopping = False  # set by the Process: requests get 503 "stopping"
+        self.address_family = socket.AF_INET6 if ":" in server_address[0] else socket.AF_INET
+        self.max_pending = _pending_cap(MAX_PENDING)
+        self.wake_r, self.wake_w = socket.socketpair()  # close() wakes serve()
+        self._pending: dict[socket.socket, _Pending] = {}
+        self._buffered = 0  # bytes held by self._pending
+        self._listen_again: float | None = None  # after running out of descriptors
+        self._quiet_until: dict[str, float] = {}
+        super().__init__(server_address, RequestHandler)  # type: ignore[call-arg]
+        host, port = self.socket.getsockname()[:2]
+        names = {_format_address(host, port), "localhost:%d" % port}
+        self.hosts = frozenset(names | ({host, "localhost"} if port == 80 else set()))
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's socket.getfqdn(): on a broken resolver
+        it stalls start-up for ~30 s (pip PR #13742)."""
+        import socket
+        import socketserver
+        socketserver.TCPServer.server_bind(self)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: accept once data has arrived
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
+        self.server_name, self.server_port = self.socket.getsockname()[:2]
+
+    def serve(self) -> None:
+        """Accept and read requests until close(). Nothing a client does ends
+        this loop: a failure with one connection drops that connection."""
+        import selectors
+        self._selector = selectors.DefaultSelector()
+        self.socket.setblocking(False)
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        self._selector.register(self.wake_r, selectors.EVENT_READ)
+        try:
+            while True:
                 try:
-                    data = b"".join(result)
-                finally:
-                    getattr(result, "close", lambda: None)()
-                self.respond(started[0], started[1], data)
-            except Exception:  # noqa: BLE001 - any failure of the app is a 500, logged
-                self.server.note(40, "the WSGI application failed on %s", path, exc_info=True)
-                self.send_error(500, "the application failed")
+                    if self._serve_once():
+                        return
+                except Exception:  # noqa: BLE001 - logged; the loop must go on
+                    self._warn("loop", "the intake loop failed; going on", exc_info=True)
+                    time.sleep(0.01)  # never spin on a failure that persists
+        finally:
+            for sock in list(self._pending):
+                self._drop(sock)
+            self._selector.close()
 
-        def send_error(self, code: int, message: str | None = None,
-                       explain: str | None = None) -> None:
-            import json
-            phrase = _status_line(code)
-            body = json.dumps({"success": False, "error": message or phrase[4:],
-                               "status": code}).encode()
-            self.respond(phrase, [("Content-Type", "application/json")], body)
+    def _serve_once(self) -> bool:
+        """One select() and the events it reports; True once close() was called."""
+        for key, _ in self._selector.select(self._next_timeout()):
+            sock = key.fileobj
+            if sock is self.wake_r:
+                return True
+            if sock is self.socket:
+                sock = self._accept()
+            if sock in self._pending:  # not if evicted earlier in this batch
+                try:
+                    self._receive(sock, self._pending[sock])
+                except Exception:  # noqa: BLE001 - that connection's problem only
+                    self._warn("connection", "dropped a connection after an unexpected "
+                               "error", exc_info=True)
+                    self._drop(sock)
+        self._expire()
+        return False
 
-        def respond(self, status: str, headers: list, body: bytes) -> None:
-            lines = ["HTTP/1.0 " + status]
-            for key, value in headers:
-                # send_header() passes CR/LF through (gh-142533): never split a reply.
-                if "\r" in key + value or "\n" in key + value:
-                    raise ValueError("a response header contains CR or LF")
-                lines.append("%s: %s" % (key, value))
-            lines += ["Content-Length: %d" % len(body), "Connection: close",
-                      "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
-                      "Server: " + self.server_version, "", ""]
-            if self.command == "HEAD":
-                body = b""
-            self.log_request(status.split(" ", 1)[0])
-            # One write: headers and body in two segments stall on Nagle +
-            # delayed ACK (FIELD-NOTES 13).
-            try:
-                self.connection.sendall("\r\n".join(lines).encode("latin-1") + body)
-            except OSError:
-                pass  # the client went away
+    def _next_timeout(self) -> float | None:
+        times = [p.deadline for p in self._pending.values()]
+        if self._listen_again is not None:
+            times.append(self._listen_again)
+        return max(0.0, min(times) - time.monotonic()) if times else None
 
-        def log_message(self, format: str, *args: Any) -> None:
-            self.server.note(10, "%s " + format, self.client_address[0], *args)
+    def _accept(self) -> Any:
+        # One per wake-up; select() reports the listening socket again at
+        # once if more wait. An accept-until-empty loop never gets back to
+        # select() while connections keep coming, and requests whose body
+        # follows their head (as urllib sends them) starve into the deadline.
+        import selectors
+        try:
+            sock, address = self.socket.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: the listener stays readable
+            if self._pending:  # room first: even logging may need a descriptor
+                self._drop(min(self._pending, key=lambda s: self._pending[s].deadline))
+            else:  # nothing of ours to close: listen again a little later
+                self._selector.unregister(self.socket)
+                self._listen_again = time.monotonic() + 0.1
+            self._warn("accept", "cannot accept a connection (%s): closed the oldest "
+                       "pending one", exc.strerror or exc)
+            return None
+        sock.setblocking(False)
+        while len(self._pending) >= self.max_pending:
+            self._drop(min(self._pending, key=lambda s: self._pending[s].deadline))
+        self._pending[sock] = _Pending(address, time.monotonic() + REQUEST_DEADLINE)
+        self._selector.register(sock, selectors.EVENT_READ)
+        return sock  # to read at once: with TCP_DEFER_ACCEPT, data is there already
 
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = _REUSE_ADDRESS
-        request_queue_size = 128
+    def _receive(self, sock: socket.socket, conn: _Pending) -> None:
+        try:
+            chunk = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return self._drop(sock)
+        if conn.refused:
+            return  # answered already: discarded
+        conn.buf += chunk
+        self._buffered += len(chunk)
+        if conn.head is None:
+            conn.head = _read_head(conn.buf, self.hosts, self.token)
+            if conn.head is not None and conn.head.refusal:
+                return self._refuse(sock, conn, *conn.head.refusal)
+        if conn.head is not None and len(conn.buf) >= conn.head.size + conn.head.length:
+            return self._dispatch(sock, conn)
+        while self._buffered > MAX_BUFFERED:  # the oldest go: an attacker's, most likely
+            self._drop(min(self._pending, key=lambda s: self._pending[s].deadline))
 
-        def __init__(self, address: tuple, app: Callable, token: str, note: Callable) -> None:
-            self.app, self.token, self.note = app, token, note
-            self.stopping = self.closing = False
-            self.busy = self.spare = 0  # requests in progress; idle workers
-            self.queue: Any = queue.SimpleQueue()
-            self.idle = threading.Condition()
-            self.workers = threading.local()
-            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-            self.address_family = family
-            self.wake_r, self.wake_w = socket.socketpair()  # close() wakes serve()
-            super().__init__(address, Handler)
-            host, port = self.socket.getsockname()[:2]
-            names = {_format_address(host, port), "localhost:%d" % port}
-            if port == 80:
-                names |= {host, "localhost"}
-            self.hosts = frozenset(names)
+    def _refuse(self, sock: socket.socket, conn: _Pending, status: int, message: str) -> None:
+        """Answer at once, here; discard what the client still sends for a
+        moment, so that it can read the answer (closing a socket with unread
+        data resets the connection and loses the answer)."""
+        self._buffered -= len(conn.buf)
+        conn.buf, conn.refused = bytearray(), True
+        conn.deadline = min(conn.deadline, time.monotonic() + _LINGER)
+        head_only = conn.head is not None and conn.head.method == "HEAD"
+        try:
+            sock.send(_error_reply(status, message, head_only))  # a few hundred bytes
+            sock.shutdown(1)  # SHUT_WR
+        except OSError:
+            return self._drop(sock)
+        self.note(10, "%s refused with %d", conn.address[0], status)
 
-        def server_bind(self) -> None:
-            # HTTPServer.server_bind calls socket.getfqdn(), which can stall
-            # start-up for ~30 s on a broken resolver (pip PR #13742).
-            socketserver.TCPServer.server_bind(self)
-            if hasattr(socket, "TCP_DEFER_ACCEPT"):  # Linux: accept once data has arrived
-                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
-            self.server_name, self.server_port = self.socket.getsockname()[:2]
+    def _dispatch(self, sock: socket.socket, conn: _Pending) -> None:
+        """Hand a whole request that passed the guards to a worker."""
+        import socket
+        if not self.reserve_worker():
+            return self._refuse(sock, conn, 503, "too many requests at once; retry")
+        head = conn.head
+        assert head is not None
+        body = bytes(conn.buf[head.size:head.size + head.length])
+        self._forget(sock)
+        sock.setblocking(True)
+        sock.settimeout(REQUEST_DEADLINE)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        # Our request is (socket, _Head, body), not socketserver's socket.
+        self.process_request((sock, head, body), conn.address)  # type: ignore[arg-type]
 
-        def serve(self) -> None:
-            """Accept and buffer requests until close(); no timeouts while idle."""
-            pending: dict[Any, list] = {}  # socket -> [buffer, deadline, address]
-            sel = selectors.DefaultSelector()
-            self.socket.setblocking(False)
-            sel.register(self.socket, selectors.EVENT_READ)
-            sel.register(self.wake_r, selectors.EVENT_READ)
-            try:
-                while True:
-                    timeout = None
-                    if pending:
-                        timeout = max(0.0, min(p[1] for p in pending.values()) - time.monotonic())
-                    for key, _ in sel.select(timeout):
-                        sock = key.fileobj
-                        if sock is self.wake_r:
-                            return
-                        if sock is self.socket:
-                            self.accept(sel, pending)
-                        else:
-                            self.receive(sel, pending, sock)
-                    now = time.monotonic()
-                    for sock in [s for s, p in pending.items() if p[1] <= now]:
-                        self.drop(sel, pending, sock)  # too slow: slowloris
-            finally:
-                for sock in list(pending):
-                    self.drop(sel, pending, sock)
-                sel.close()
+    def _forget(self, sock: socket.socket) -> _Pending | None:
+        conn = self._pending.pop(sock, None)
+        if conn is not None:
+            self._buffered -= len(conn.buf)
+            self._selector.unregister(sock)
+        return conn
 
-        def accept(self, sel: Any, pending: dict) -> None:
-            # One per wake-up; select() reports the listening socket again at
-            # once if more wait. An accept-until-empty loop never gets back to
-            # select() while connections keep coming, and requests whose body
-            # follows their head (as urllib sends them) starve into the deadline.
-            try:
-                sock, address = self.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. out of file descriptors
-                self.note(30, "accept failed: %s", exc)
-                return
-            sock.setblocking(False)
-            if len(pending) >= MAX_PENDING:
-                oldest = min(pending, key=lambda s: pending[s][1])
-                self.drop(sel, pending, oldest)
-            pending[sock] = [bytearray(), time.monotonic() + REQUEST_DEADLINE, address]
-            sel.register(sock, selectors.EVENT_READ)
-            self.receive(sel, pending, sock)  # often there already: see server_bind
-
-        def receive(self, sel: Any, pending: dict, sock: Any) -> None:
-            try:
-                chunk = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                chunk = b""
-            if not chunk:
-                return self.drop(sel, pending, sock)
-            buf = pending[sock][0]
-            buf += chunk
-            problem = _request_complete(buf)
-            if problem is _INCOMPLETE:
-                return
-            address = pending.pop(sock)[2]
-            sel.unregister(sock)
-            sock.setblocking(True)
-            sock.settimeout(REQUEST_DEADLINE)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            with self.idle:
-                full = self.busy >= MAX_WORKERS
-                self.busy += 0 if full else 1
-            request: Any
-            if full:  # answered right here: a tiny reply, no thread
-                request = (sock, b"", (503, "too many requests at once; retry"))
-                self.finish_request(request, address)
-                return self.shutdown_request(request)
-            request = (sock, bytes(buf), problem)
-            self.process_request(request, address)
-
-        def drop(self, sel: Any, pending: dict, sock: Any) -> None:
-            pending.pop(sock, None)
-            sel.unregister(sock)
+    def _drop(self, sock: socket.socket) -> None:
+        """Close a pending connection; again: nothing happens."""
+        if self._forget(sock) is not None:
             sock.close()
 
-        def process_request(self, request: Any, client_address: Any) -> None:
-            """Hand the request to the spare worker, or to a new thread."""
-            with self.idle:
-                if self.spare:
-                    self.spare -= 1
-                    return self.queue.put((request, client_address))
-            threading.Thread(target=self.work, args=(request, client_address),
-                             daemon=True).start()
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for sock in [s for s, p in self._pending.items() if p.deadline <= now]:
+            self._drop(sock)  # too slow: slowloris, or a refused one done lingering
+        if self._listen_again is not None and now >= self._listen_again:
+            import selectors
+            self._listen_again = None
+            self._selector.register(self.socket, selectors.EVENT_READ)
 
-        def work(self, request: Any, client_address: Any) -> None:
-            """Handle requests; stay as the one spare worker (waiting without
-            a timeout: no wake-ups) or end. Starting a thread per request
-            costs more than the rest of a request."""
-            self.workers.active = True
-            while request is not None:
-                try:
-                    self.finish_request(request, client_address)
-                except Exception:  # noqa: BLE001 - logged; the server goes on
-                    self.handle_error(request, client_address)
-                finally:
-                    self.shutdown_request(request)
-                with self.idle:
-                    self.busy -= 1
-                    self.idle.notify_all()
-                    if self.spare or self.closing:
-                        return
-                    self.spare += 1
-                request, client_address = self.queue.get()
+    def _warn(self, kind: str, message: str, *args: Any, exc_info: bool = False) -> None:
+        """Log a warning, at most once per _WARN_EVERY seconds for each kind:
+        a flood must not become a flood of log lines."""
+        now = time.monotonic()
+        if now < self._quiet_until.get(kind, 0.0):
+            return
+        self._quiet_until[kind] = now + _WARN_EVERY
+        try:
+            self.note(30, message + " (said at most every %d s)", *args, int(_WARN_EVERY),
+                      exc_info=exc_info)
+        except Exception:  # noqa: BLE001 - e.g. out of descriptors: the loop comes first
+            pass
 
-        def shutdown_request(self, request: Any) -> None:
-            super().shutdown_request(request[0])
+    def close(self, drain: float) -> None:
+        """Stop accepting; wait up to drain seconds for requests in progress."""
+        self.wake_w.send(b"x")
+        self.drain(drain)
 
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            self.note(40, "error while handling a request from %s", client_address[0],
-                      exc_info=True)
+    def server_close(self) -> None:
+        super().server_close()
+        self.wake_r.close()
+        self.wake_w.close()
 
-        def close(self, drain: float) -> None:
-            """Stop accepting, wait up to drain seconds for requests in progress."""
-            self.wake_w.send(b"x")
-            with self.idle:
-                self.closing = True
-                for _ in range(self.spare):
-                    self.queue.put((None, None))
-                self.spare = 0
-            mine = 1 if getattr(self.workers, "active", False) else 0
-            deadline = time.monotonic() + drain
-            with self.idle:
-                while self.busy > mine and time.monotonic() < deadline:
-                    self.idle.wait(deadline - time.monotonic())
 
-        def server_close(self) -> None:
-            super().server_close()
-            self.wake_r.close()
-            self.wake_w.close()
+class WorkerPoolMixIn(_ServerBase):
+    """Mix-in for a socketserver.TCPServer: a request runs on the one spare
+    worker thread, or on a new thread; at most MAX_WORKERS at once. The
+    spare waits without a timeout: an idle server makes no wake-ups, and
+    starting a thread per request would cost more than the rest of it."""
 
-    _server_class = Server
-    return Server
+    note: Callable[..., None]  # from IntakeMixIn
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import queue
+        import threading
+        self.busy = self.spare = 0  # requests in progress; idle workers
+        self.closing = False
+        self._queue: Any = queue.SimpleQueue()
+        self._idle = threading.Condition()
+        self._workers = threading.local()
+        super().__init__(*args, **kwargs)
+
+    def reserve_worker(self) -> bool:
+        """Count a request in, unless MAX_WORKERS are busy already."""
+        with self._idle:
+            if self.busy >= MAX_WORKERS:
+                return False
+            self.busy += 1
+            return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand a reserved request to the spare worker, or to a new thread."""
+        import threading
+        with self._idle:
+            if self.spare:
+                self.spare -= 1
+                return self._queue.put((request, client_address))
+        threading.Thread(target=self._work, args=(request, client_address),
+                         daemon=True).start()
+
+    def _work(self, request: Any, client_address: Any) -> None:
+        self._workers.active = True
+        while request is not None:
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - logged; the server goes on
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+            with self._idle:
+                self.busy -= 1
+                self._idle.notify_all()
+                if self.spare or self.closing:
+                    return
+                self.spare += 1
+            request, client_address = self._queue.get()
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request[0])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        self.note(40, "error while handling a request from %s", client_address[0],
+                  exc_info=True)
+
+    def drain(self, timeout: float) -> None:
+        """Let workers end; wait up to timeout seconds for requests in
+        progress (not counting one the calling worker itself handles)."""
+        with self._idle:
+            self.closing = True
+            for _ in range(self.spare):
+                self._queue.put((None, None))
+            self.spare = 0
+        mine = 1 if getattr(self._workers, "active", False) else 0
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self.busy > mine and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+
+
+class RequestHandler(_HandlerBase):
+    """Answers one request that the intake read whole and let through:
+    runs the WSGI app and writes the reply in one piece. socketserver's
+    request-handler contract: made with (request, client_address, server),
+    it handles the request at once; request is (socket, _Head, body)."""
+
+    server: IntakeMixIn
+
+    def __init__(self, request: tuple[socket.socket, _Head, bytes], client_address: Any,
+                 server: IntakeMixIn) -> None:
+        self.connection, self.head, self.body = request
+        self.client_address, self.server = client_address, server
+        if server.stopping:
+            self.send(_error_reply(503, "stopping", self.head.method == "HEAD"), 503)
+        else:
+            self.send(*self.run_wsgi())
+
+    def environ(self) -> dict[str, Any]:
+        import io
+        from urllib.parse import unquote_to_bytes
+        head = self.head
+        path, _, query = head.target.partition("?")
+        environ = {
+            "REQUEST_METHOD": head.method, "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"), "QUERY_STRING": query,
+            "CONTENT_TYPE": head.get("Content-Type") or "", "CONTENT_LENGTH": str(head.length),
+            "SERVER_NAME": self.server.server_name, "SERVER_PORT": str(self.server.server_port),
+            "SERVER_PROTOCOL": "HTTP/1.0", "REMOTE_ADDR": self.client_address[0],
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(self.body), "wsgi.errors": sys.stderr or io.StringIO(),
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        }
+        for key, value in head.headers:
+            key = key.upper()
+            # With '_', X_Token and X-Token would be one key; servers drop them.
+            if "_" not in key and key not in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+                key = "HTTP_" + key.replace("-", "_")
+                environ[key] = environ[key] + "," + value if key in environ else value
+        return environ
+
+    def run_wsgi(self) -> tuple[bytes, int]:
+        """Call the app; return the whole reply and its status."""
+        started: list = []
+        written: list[bytes] = []
+
+        def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
+            started[:] = [int(status.split(" ", 1)[0]), headers]
+            return written.append  # the legacy write() callable, as PEP 3333 wants
+
+        head_only = self.head.method == "HEAD"
+        try:
+            result = self.server.app(self.environ(), start_response)
+            try:
+                written.extend(result)
+            finally:
+                getattr(result, "close", lambda: None)()
+            return _reply(started[0], started[1], b"".join(written), head_only), started[0]
+        except Exception:  # noqa: BLE001 - any failure of the app is a 500, logged
+            self.server.note(40, "the WSGI application failed on %s %s", self.head.method,
+                             self.head.target.partition("?")[0], exc_info=True)
+            return _error_reply(500, "the application failed", head_only), 500
+
+    def send(self, reply: bytes, status: int) -> None:
+        self.server.note(10, "%s %s %s -> %d", self.client_address[0], self.head.method,
+                         self.head.target.partition("?")[0], status)
+        try:
+            self.connection.sendall(reply)
+        except OSError:
+            pass  # the client went away
+
+
+_server_classes: list[type] = []
+
+
+def _server_class() -> type[IntakeMixIn]:
+    """ThreadingHTTPServer with the intake and the worker pool mixed in,
+    combined on first use: ``import tcbon`` does not load http.server."""
+    if not _server_classes:
+        from http.server import ThreadingHTTPServer
+        _server_classes.append(type("Server", (IntakeMixIn, WorkerPoolMixIn,
+                                               ThreadingHTTPServer), {
+            "__module__": __name__, "__doc__": IntakeMixIn.__doc__,
+            "daemon_threads": True, "allow_reuse_address": _REUSE_ADDRESS,
+            "request_queue_size": 128}))
+    return _server_classes[0]
 
 
 # Client ----------------------------------------------------------------------
 _opener = None
 
 
+class _DeadlineSocket:
+    """A connected socket whose every operation ends by one deadline. A
+    socket timeout bounds each read alone: a peer that trickles its reply,
+    or a connect that waited for a SYN retry, would stretch a call far past
+    its timeout."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock, self._deadline = sock, deadline
+        self._files, self._closed = 0, False
+
+    def _arm(self) -> None:
+        import socket
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        self._sock.settimeout(left)
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self._sock.sendall(data)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        import io
+        import socket
+        self._files += 1
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def _decref_socketios(self) -> None:
+        self._files -= 1
+        if self._closed and not self._files:
+            self._sock.close()
+
+    def close(self) -> None:  # as socket.socket: closed once its files are
+        self._closed = True
+        if not self._files:
+            self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _connection(host: str, timeout: float | None = None, **kwargs: Any) -> Any:
+    """An http.client.HTTPConnection that keeps to timeout for the whole
+    exchange (urllib's do_open calls this as its http_class)."""
+    import http.client
+    import socket
+    conn = http.client.HTTPConnection(host, timeout=timeout, **kwargs)
+    if timeout is not None:
+        deadline = time.monotonic() + timeout
+        conn._create_connection = lambda *args: _DeadlineSocket(  # type: ignore[attr-defined]
+            socket.create_connection(*args), deadline)
+    return conn
+
+
 def _open(url: str, method: str, body: bytes | None, token: str,
           timeout: float | None) -> tuple[int, str, bytes]:
-    """One HTTP exchange through urllib.request; returns status, type, body."""
+    """One HTTP exchange through urllib.request, within timeout seconds in
+    all; returns status, type, body."""
     global _opener
     import urllib.request
     if _opener is None:
         # No ProxyHandler({}) means urllib sends loopback requests (and the
         # token) through $http_proxy. No redirect handler: nothing to follow.
+        handler = urllib.request.HTTPHandler()
+        handler.http_open = lambda req: handler.do_open(_connection, req)  # type: ignore
         _opener = urllib.request.OpenerDirector()
-        for handler in (urllib.request.ProxyHandler({}), urllib.request.HTTPHandler()):
-            _opener.add_handler(handler)
+        for each in (urllib.request.ProxyHandler({}), handler):
+            _opener.add_handler(each)
     headers = {TOKEN_HEADER: token}
     if body is not None:
         headers["Content-Type"] = "application/json"
@@ -1363,7 +1634,7 @@ class Process:
         # A crashed primary's address must never be contacted again.
         _remove(self.pid_file)
         try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
-            server = _get_server_class()(self._bind, self.wsgi, os.urandom(24).hex(),
+            server = _server_class()(self._bind, self.wsgi, os.urandom(24).hex(),
                                          self._note)
         except OSError as exc:
             raise Error("%r cannot listen on %s: %s; pass another address, or none to "
@@ -1379,7 +1650,7 @@ class Process:
         try:
             self.on_start()
             self._server, self._token = server, server.token
-            self.address = _format_address(*server.server_address[:2])
+            self.address = _format_address(server.server_name, server.server_port)
             self.pid, self.started = os.getpid(), time.time()
             self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
                                                 name="tcbon-%s" % self.name)

@@ -34,8 +34,14 @@ if go:  # a barrier: every launch starts at the same moment
     while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.001)
 
+if os.environ.get("NOFILE"):  # an open-file limit such as macOS's default, 256
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(os.environ["NOFILE"]), hard))
+
 class App(tcbon.Process):
     def on_start(self):
+        self.files = [open(os.devnull) for _ in range(int(os.environ.get("APP_FILES", 0)))]
         print("PRIMARY", os.getpid(), flush=True)
         time.sleep(float(os.environ.get("ON_START_DELAY", 0)))
 
@@ -1931,6 +1937,260 @@ def test_the_token_never_appears_in_logs_errors_or_replies(primary, name, app_di
         texts.append(json.dumps(raw_request(primary.address, headers=headers)[1]))
     texts += [r.getMessage() for r in caplog.records] + [caplog.text, repr(client), repr(primary)]
     assert caplog.records and primary._token not in "\n".join(texts)
+
+
+# Floods and crafted heads, against a primary in a child interpreter ------------------------
+LINUX_PROC = os.path.isdir("/proc/self/fd")
+
+
+@contextlib.contextmanager
+def child_primary(name, app_dir, tmp_path, **env):
+    """A LAUNCH primary whose stderr goes to a file (a flood must not fill a
+    pipe); yields (process, address, stderr path); stops it with SIGTERM and
+    checks that it exits 0 with no traceback."""
+    err_path = str(tmp_path / ("%s.stderr" % name))
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCH, name, app_dir],
+                                env=child_env(tmp_path, **env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        address = wait_primary(name, app_dir)["address"]
+        yield proc, address, err_path
+        proc.terminate()
+        assert proc.wait(30) == 0
+        with open(err_path) as f:
+            assert "Traceback" not in f.read()
+    finally:
+        end(proc)
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def connect(address, data=b""):
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+@contextlib.contextmanager
+def many_sockets():
+    """A list to put sockets in; all closed at the end."""
+    socks = []
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def ping(name, app_dir, timeout=5):
+    return tcbon.Process(name, app_dir=app_dir).send("event", {"name": "ping"}, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+def test_evicting_a_connection_of_the_same_select_batch_keeps_the_server_alive(
+        name, app_dir, tmp_path):
+    # More half-sent requests than the server keeps, then, many times, new
+    # connections (each evicts the oldest) and bytes on the oldest at once:
+    # one select() batch holds both the eviction and the evicted socket.
+    partial = b"POST /event HTTP/1.1\r\nHost: x\r\n"
+    with child_primary(name, app_dir, tmp_path) as (child, address, _), \
+            many_sockets() as socks:
+        idle = fd_count(child.pid)
+        socks += [connect(address, partial) for _ in range(300)]
+        wait_for(lambda: fd_count(child.pid) >= idle + 200, what="the server to take them")
+        for _ in range(30):
+            for _ in range(64):
+                socks.append(connect(address, partial))
+            for sock in socks[-400:]:  # the oldest the server still holds among them
+                try:
+                    sock.sendall(b"X-A: b\r\n")
+                except OSError:
+                    pass  # evicted already
+        assert ping(name, app_dir)["pid"] == child.pid
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+def test_unauthenticated_bodies_are_refused_on_their_head_and_never_kept(
+        name, app_dir, tmp_path):
+    head = ("POST /event HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            "Content-Length: %d\r\n\r\n")
+    body = b"x" * (tcbon.MAX_BODY - 1)
+    replies = []
+
+    def attack(address):
+        try:
+            with connect(address, (head % (address, tcbon.MAX_BODY)).encode()) as sock:
+                sock.sendall(body)
+                replies.append(sock.recv(100)[:12])
+        except OSError as exc:
+            replies.append(type(exc).__name__)
+    with child_primary(name, app_dir, tmp_path) as (child, address, _):
+        ping(name, app_dir)
+        before = peak_rss_kib(child.pid)
+        threads = [threading.Thread(target=attack, args=(address,)) for _ in range(200)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        grown = (peak_rss_kib(child.pid) - before) / 1024
+        assert grown < 64, "the primary's peak RSS grew by %.0f MiB" % grown
+        assert replies.count(b"HTTP/1.0 401") > 150, replies
+        assert ping(name, app_dir)["pid"] == child.pid
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+@pytest.mark.parametrize("app_files", [0, 200])
+def test_at_a_256_open_file_limit_the_primary_neither_spins_nor_refuses(
+        name, app_dir, tmp_path, app_files):
+    with child_primary(name, app_dir, tmp_path, NOFILE=256, APP_FILES=app_files) as (
+            child, address, err_path), many_sockets() as socks:
+        cpu = cpu_seconds(child.pid)
+        socks += [connect(address, b"GET / HTTP/1.1\r\n") for _ in range(300)]
+        window = time.monotonic()
+        # A launch gets through at once: its whole call is bounded by 2 s.
+        assert ping(name, app_dir, timeout=2)["pid"] == child.pid
+        while time.monotonic() - window < 3:  # the idle connections are still open
+            time.sleep(0.1)
+        used = cpu_seconds(child.pid) - cpu
+        assert used < 1.0, "the primary used %.1f CPU-s in 3 s" % used
+        with open(err_path) as f:
+            assert f.read().count("\n") < 10  # no flood of warnings
+
+
+def slowhttptest(address, mode, seconds):
+    import resource
+    import shutil
+    tool = shutil.which("slowhttptest")
+    if not tool:
+        if os.environ.get("CI"):
+            pytest.fail("slowhttptest is required in CI (.ci/run installs it)")
+        pytest.skip("slowhttptest is not installed (apt-get install slowhttptest)")
+
+    def more_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, max(4096, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1])))
+    return subprocess.Popen([tool, mode, "-c", "1000", "-r", "200", "-i", "2", "-s", "65536",
+                             "-l", str(seconds), "-u", "http://%s/event" % address],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, preexec_fn=more_files)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+@pytest.mark.parametrize("mode", ["-H", "-B"])  # slowloris, slow body (R-U-Dead-Yet)
+def test_slowhttptest_cannot_take_the_primary_down(name, app_dir, tmp_path, mode):
+    with child_primary(name, app_dir, tmp_path) as (child, address, _):
+        ping(name, app_dir)
+        idle_fds = fd_count(child.pid)
+        attack = slowhttptest(address, mode, 20)
+        try:
+            answered = 0
+            while attack.poll() is None:
+                started = time.monotonic()
+                assert ping(name, app_dir)["pid"] == child.pid
+                answered += 1
+                time.sleep(max(0.0, 1 - (time.monotonic() - started)))
+                assert answered < 60, "slowhttptest did not end"
+        finally:
+            end(attack)
+        # It gives up after about 10 s ("No open connections left"): the server
+        # closed every connection it opened.
+        assert answered >= 5
+        wait_for(lambda: fd_count(child.pid) <= idle_fds, 30, "descriptors to return to idle")
+
+
+def crafted(primary, lines, body, sep="\r\n"):
+    head = ["POST /event HTTP/1.1", "Host: " + primary.address,
+            "%s: %s" % (tcbon.TOKEN_HEADER, primary._token), "Content-Type: application/json"]
+    return (sep.join(head + lines) + sep + sep).encode("latin-1") + body
+
+
+def test_a_non_ascii_digit_content_length_gets_400(primary, name, app_dir, error_log):
+    reply = exchange(primary.address, crafted(primary, ["Content-Length: \u00b2"], b"{}"))
+    assert assert_well_formed(reply) == 400
+    assert tcbon.Process(name, app_dir=app_dir).send("event", {"name": "echo"})["success"]
+    assert not error_log
+
+
+def test_a_bare_lf_head_whose_body_holds_crlfcrlf_is_complete(primary):
+    body = b'{"name": "echo",\r\n\r\n"data": 7}'
+    reply = exchange(primary.address, crafted(
+        primary, ["Content-Length: %d" % len(body)], body, sep="\n"))
+    assert assert_well_formed(reply) == 200 and b'"got": 7' in reply
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
+@pytest.mark.parametrize("later", [False, True])
+def test_a_zero_padded_content_length_means_the_same_in_any_packet(primary, later):
+    body = b'{"name": "echo", "data": 3}'
+    data = crafted(primary, ["Content-Length: %013d" % len(body)], b"")
+    with connect(primary.address) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if later:
+            sock.sendall(data)
+            port = int(primary.address.rsplit(":", 1)[1])
+            wait_for(lambda: unread_by_server(port, sock.getsockname()[1]) == 0,
+                     what="the server to read the head")
+            sock.sendall(body)
+        else:
+            sock.sendall(data + body)
+        reply = sock.makefile("rb").read()
+    assert assert_well_formed(reply) == 200 and b'"got": 3' in reply
+
+
+def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
+    # Something holds the lock and trickles an endless reply: every single
+    # read succeeds, so only a deadline for the whole call ends it.
+    os.makedirs(app_dir, mode=0o700)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n")
+            while not stop.wait(0.05):
+                conn.sendall(b" ")
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    import fcntl
+    with open(os.path.join(app_dir, name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        tcbon._write_state(os.path.join(app_dir, name + ".pid"), {
+            "tcbon": 1, "pid": os.getpid(), "token": "t" * 48,
+            "address": "127.0.0.1:%d" % listener.getsockname()[1]})
+        errors = []
+        client = threading.Thread(target=lambda: errors.append(pytest.raises(
+            tcbon.Timeout, tcbon.Process(name, app_dir=app_dir).get, timeout=1)))
+        client.start()
+        client.join(20)
+        stop.set()
+        alive = client.is_alive()
+    listener.close()
+    server.join(5)
+    assert not alive and len(errors) == 1, "the call outlived its timeout"
 
 
 # Other users -----------------------------------------------------------------------------
