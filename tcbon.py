@@ -26,14 +26,17 @@ __all__ = [
     "AsyncioExecutor",
     "Error",
     "HTTPError",
+    "IntakeMixIn",
     "MainThreadExecutor",
     "Process",
     "ProcessDoesNotExist",
     "ProcessExists",
     "RequestError",
+    "RequestHandler",
     "Response",
     "StateError",
     "Timeout",
+    "WorkerPoolMixIn",
     "abort",
     "default_app_dir",
     "jsonify",
@@ -679,6 +682,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import socket
     from http.server import ThreadingHTTPServer as _ServerBase
     from socketserver import BaseRequestHandler as _HandlerBase
+    import queue
+    _Request = tuple[socket.socket, "_Head", bytes]  # what the intake hands a worker
+    # client_address: Any, as typeshed has it (2-tuple for IPv4, 4-tuple for IPv6)
 else:  # the mix-ins' real base is in their combination; the handler needs none
     _ServerBase = _HandlerBase = object
 
@@ -900,11 +906,9 @@ class IntakeMixIn(_ServerBase):
     def _serve_once(self) -> bool:
         """One select() and the events it reports; True once close() was called."""
         for key, _ in self._selector.select(self._next_timeout()):
-            sock = key.fileobj
+            sock = self._accept() if key.fileobj is self.socket else key.fileobj
             if sock is self.wake_r:
                 return True
-            if sock is self.socket:
-                sock = self._accept()
             if sock in self._pending:  # not if evicted earlier in this batch
                 try:
                     self._receive(sock, self._pending[sock])
@@ -921,7 +925,7 @@ class IntakeMixIn(_ServerBase):
             times.append(self._listen_again)
         return max(0.0, min(times) - time.monotonic()) if times else None
 
-    def _accept(self) -> Any:
+    def _accept(self) -> socket.socket | None:
         # One per wake-up; select() reports the listening socket again at
         # once if more wait. An accept-until-empty loop never gets back to
         # select() while connections keep coming, and requests whose body
@@ -999,7 +1003,7 @@ class IntakeMixIn(_ServerBase):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        # Our request is (socket, _Head, body), not socketserver's socket.
+        # socketserver's request is a socket; ours, the socket, the head and the body.
         self.process_request((sock, head, body), conn.address)  # type: ignore[arg-type]
 
     def _forget(self, sock: socket.socket) -> _Pending | None:
@@ -1060,7 +1064,7 @@ class WorkerPoolMixIn(_ServerBase):
         import threading
         self.busy = self.spare = 0  # requests in progress; idle workers
         self.closing = False
-        self._queue: Any = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[_Request | None, Any]] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._workers = threading.local()
         super().__init__(*args, **kwargs)
@@ -1073,7 +1077,7 @@ class WorkerPoolMixIn(_ServerBase):
             self.busy += 1
             return True
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def process_request(self, request: _Request, client_address: Any) -> None:  # type: ignore[override]
         """Hand a reserved request to the spare worker, or to a new thread."""
         import threading
         with self._idle:
@@ -1083,11 +1087,11 @@ class WorkerPoolMixIn(_ServerBase):
         threading.Thread(target=self._work, args=(request, client_address),
                          daemon=True).start()
 
-    def _work(self, request: Any, client_address: Any) -> None:
+    def _work(self, request: _Request | None, client_address: Any) -> None:
         self._workers.active = True
         while request is not None:
             try:
-                self.finish_request(request, client_address)
+                self.finish_request(request, client_address)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - logged; the server goes on
                 self.handle_error(request, client_address)
             finally:
@@ -1100,10 +1104,10 @@ class WorkerPoolMixIn(_ServerBase):
                 self.spare += 1
             request, client_address = self._queue.get()
 
-    def shutdown_request(self, request: Any) -> None:
+    def shutdown_request(self, request: _Request) -> None:  # type: ignore[override]
         super().shutdown_request(request[0])
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: _Request, client_address: Any) -> None:  # type: ignore[override]
         self.note(40, "error while handling a request from %s", client_address[0],
                   exc_info=True)
 
@@ -1130,7 +1134,7 @@ class RequestHandler(_HandlerBase):
 
     server: IntakeMixIn
 
-    def __init__(self, request: tuple[socket.socket, _Head, bytes], client_address: Any,
+    def __init__(self, request: _Request, client_address: Any,  # type: ignore[override]
                  server: IntakeMixIn) -> None:
         self.connection, self.head, self.body = request
         self.client_address, self.server = client_address, server
