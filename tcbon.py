@@ -68,7 +68,12 @@ MAX_BUFFERED = 16 << 20  #: Bytes all connections still sending their request ma
 REQUEST_DEADLINE = 5.0  #: Seconds a client has to send its whole request.
 _MAX_NAME_BYTES = 200
 _BAD_NAME_CHARS = '/\\<>:"|?*'
-_DEFAULT = object()  # "use the Process' timeout"
+class _Default:
+    def __repr__(self) -> str:
+        return "<the Process' timeout>"
+
+
+_DEFAULT: Any = _Default()  # a call's timeout when none is given
 SECOND_INSTANCE = "second-instance"  #: The event a later launch hands over with.
 
 
@@ -259,6 +264,11 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _reason(exc: OSError) -> str:
+    """What went wrong, without the errno and path an OSError's str() repeats."""
+    return exc.strerror or str(exc)
+
+
 def _ensure_private_dir(path: str, create: bool = True) -> None:
     """Create path 0700 if missing; refuse one that others could tamper with:
     they could plant a lock and an address there and receive our events.
@@ -269,7 +279,10 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
     """
     try:
         if create:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            try:
+                os.makedirs(path, mode=0o700, exist_ok=True)
+            except FileExistsError:
+                pass  # a file is in the way: said below, as for clients
         st = os.lstat(path)
     except FileNotFoundError:
         if create:
@@ -277,11 +290,14 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
         raise
     except OSError as exc:
         raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
-                         "you can write to" % (path, exc.strerror or exc), path) from exc
+                         "you can write to" % (path, _reason(exc)), path) from exc
     import stat
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise StateError("refusing to use %s: it is a symbolic link or not a "
-                         "directory; pass the real directory as app_dir" % path, path)
+    if stat.S_ISLNK(st.st_mode):
+        raise StateError("refusing to use %s: it is a symbolic link; pass the real "
+                         "directory as app_dir" % path, path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError("cannot use %s as the tcbon directory: it is a file, not a "
+                         "directory; pass another app_dir" % path, path)
     problem = _owner_problem(st)
     if problem:
         raise StateError("refusing to use %s: it %s" % (path, problem), path)
@@ -289,11 +305,15 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
 
 def _open_lock(path: str) -> int:
     """Open (creating 0600) the lock file without truncating it."""
+    import errno
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY, 0o600)
     except OSError as exc:
-        raise StateError("cannot open the lock file %s: %s; if it is a symbolic link "
-                         "or belongs to someone else, remove it" % (path, exc.strerror or exc),
+        advice = {errno.ELOOP: "it is a symbolic link: remove it",
+                  errno.EACCES: "pass an app_dir you own",
+                  errno.EPERM: "pass an app_dir you own"}.get(
+                      exc.errno or 0, "pass an app_dir on a local disk you can write to")
+        raise StateError("cannot open the lock file %s: %s; %s" % (path, _reason(exc), advice),
                          path) from exc
     import stat
     st = os.fstat(fd)
@@ -313,7 +333,7 @@ def _primary_holds(lock_path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise StateError("cannot open the lock file %s: %s" % (lock_path, exc.strerror or exc),
+        raise StateError("cannot open the lock file %s: %s" % (lock_path, _reason(exc)),
                          lock_path) from exc
     try:
         if _lock(fd, shared=True):
@@ -368,9 +388,15 @@ def _remove(path: str) -> None:
         pass
 
 
-def _parse_address(address: str) -> tuple[str, int]:
-    """Split 'host:port' (optionally http://...), refusing non-loopback hosts."""
+def _parse_address(address: str | int) -> tuple[str, int]:
+    """Split 'host:port' (optionally http://...), refusing non-loopback hosts;
+    a bare port number means 127.0.0.1."""
     import ipaddress
+    if isinstance(address, int) and not isinstance(address, bool):
+        address = "127.0.0.1:%d" % address
+    if not isinstance(address, str):
+        raise ValueError("address must be a loopback 'host:port' string or a port number, "
+                         "got %r" % (address,))
     text = address[len("http://"):] if address.startswith("http://") else address
     host, sep, port = text.rstrip("/").rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
@@ -942,7 +968,7 @@ class IntakeMixIn(_ServerBase):
                 self._selector.unregister(self.socket)
                 self._listen_again = time.monotonic() + 0.1
             self._warn("accept", "cannot accept a connection (%s): closed the oldest "
-                       "pending one", exc.strerror or exc)
+                       "pending one", _reason(exc))
             return None
         sock.setblocking(False)
         while len(self._pending) >= self.max_pending:
@@ -1309,6 +1335,21 @@ def _decode(content_type: str, data: bytes) -> Any:
     return data.decode("utf-8", "replace")
 
 
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, (int, float)) or not timeout >= 0):
+        raise ValueError("timeout must be a number of seconds >= 0, or None to wait "
+                         "without limit; got %r" % (timeout,))
+    return timeout
+
+
+def _say(stream: Any, text: str) -> None:
+    """Write text to a stream that may be None (pythonw has no console)."""
+    if stream is not None and text:
+        stream.write(text)
+        stream.flush()
+
+
 def _this_argv() -> list[str]:
     """sys.argv, which embedded interpreters may lack or leave empty."""
     return list(getattr(sys, "argv", None) or [])
@@ -1468,14 +1509,14 @@ class Process:
             address.
     """
 
-    def __init__(self, name: str, address: str | None = None, app_dir: str | None = None,
+    def __init__(self, name: str, address: str | int | None = None, app_dir: str | None = None,
                  debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
                  executor: Any = None) -> None:
         self.name = _check_name(name)
-        self._bind = _parse_address(address) if address else ("127.0.0.1", 0)
-        self.address = _format_address(*self._bind) if address else None
+        self._bind = _parse_address(address) if address is not None else ("127.0.0.1", 0)
+        self.address = _format_address(*self._bind) if address is not None else None
         self.app_dir = os.path.abspath(app_dir) if app_dir else default_app_dir(name)
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self.executor = executor
         self.pid: int | None = None
         self.started: float | None = None
@@ -1566,7 +1607,7 @@ class Process:
         return self.is_primary or _primary_holds(self.lock_file)
 
     # Lifecycle ---------------------------------------------------------------
-    def start(self, timeout: Any = _DEFAULT, replace: bool = False) -> None:
+    def start(self, timeout: float | None = _DEFAULT, replace: bool = False) -> None:
         """Become the primary: take the lock, serve wsgi, publish the address.
 
         If the lock is held but the holder has not published its address yet
@@ -1643,7 +1684,7 @@ class Process:
         except OSError as exc:
             raise Error("%r cannot listen on %s: %s; pass another address, or none to "
                         "let the system pick a free port" % (
-                            self.name, _format_address(*self._bind), exc.strerror or exc)
+                            self.name, _format_address(*self._bind), _reason(exc))
                         ) from exc
         self._stop_requested = threading.Event()
         if wait_here is not None:
@@ -1671,7 +1712,7 @@ class Process:
             raise
         self._note(20, "%s serving at %s (pid %d)", self.name, self.address, self.pid)
 
-    def stop(self, timeout: Any = _DEFAULT) -> None:
+    def stop(self, timeout: float | None = _DEFAULT) -> None:
         """Stop the primary.
 
         On the primary: runs on_stop once, stops the server, withdraws the
@@ -1796,7 +1837,7 @@ class Process:
             undo()
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
-             timeout: Any = _DEFAULT) -> int:
+             timeout: float | None = _DEFAULT) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -1831,21 +1872,19 @@ class Process:
             return self._relay(reply)
 
     def _report(self, exc: Error) -> int:
-        if sys.stderr is not None:
-            sys.stderr.write("%s: %s\n" % (self.name, exc))
+        _say(sys.stderr, "%s: %s\n" % (self.name, exc))
         return 4 if isinstance(exc, Timeout) else 1
 
     def _relay(self, reply: Any) -> int:
         reply = reply if isinstance(reply, dict) else {}
         for key, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-            if isinstance(reply.get(key), str) and reply[key] and stream is not None:
-                stream.write(reply[key])
-                stream.flush()
+            if isinstance(reply.get(key), str):
+                _say(stream, reply[key])
         code = reply.get("exit_code")
         return code if isinstance(code, int) else 0
 
     def handoff(self, argv: list[str] | None = None, cwd: str | None = None,
-                data: Any = None, timeout: Any = _DEFAULT) -> dict:
+                data: Any = None, timeout: float | None = _DEFAULT) -> dict:
         """Send the ``second-instance`` event to the primary; return its reply.
 
         The event is ``{'name': 'second-instance', 'argv': argv, 'cwd': cwd,
@@ -1867,7 +1906,7 @@ class Process:
         return self.send("event", event, timeout=timeout)
 
     # Client --------------------------------------------------------------------
-    def get(self, route: str = "/", timeout: Any = _DEFAULT) -> Any:
+    def get(self, route: str = "/", timeout: float | None = _DEFAULT) -> Any:
         """Send a GET request to the primary's wsgi server.
 
         Returns:
@@ -1878,7 +1917,7 @@ class Process:
         """
         return self._call("GET", route, None, self._limit(timeout))
 
-    def send(self, route: str, payload: Any = None, timeout: Any = _DEFAULT) -> Any:
+    def send(self, route: str, payload: Any = None, timeout: float | None = _DEFAULT) -> Any:
         """Send a POST request with a JSON payload to the specified route.
 
         Examples:
@@ -1894,12 +1933,12 @@ class Process:
         """
         return self._call("POST", route, {} if payload is None else payload, self._limit(timeout))
 
-    def info(self, timeout: Any = _DEFAULT) -> dict:
+    def info(self, timeout: float | None = _DEFAULT) -> dict:
         """Ask the primary about itself: name, pid, address, version, start time."""
         return self.get("/", timeout)
 
-    def _limit(self, timeout: Any) -> float | None:
-        return self.timeout if timeout is _DEFAULT else timeout
+    def _limit(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)
 
     def _locate(self, wait: _Wait) -> dict:
         """The primary's published state, waiting through its start-up."""
@@ -2166,15 +2205,18 @@ def main(argv: list[str] | None = None) -> int:
     import json
     parser = _cli_parser()
     try:
-        opts = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if not argv:  # argparse would say that 'args' is required too: it is not
+            parser.error("NAME is required: python -m tcbon NAME [ACTION ...]")
+        opts = parser.parse_intermixed_args(argv)
     except SystemExit as exc:  # --help, --version or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
     def fail(code: int, message: str) -> int:
         if opts.json:
-            sys.stderr.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+            _say(sys.stderr, json.dumps({"error": message, "exit_code": code}) + "\n")
         else:
-            sys.stderr.write("tcbon: %s\n" % message)
+            _say(sys.stderr, "tcbon: %s\n" % message)
         return code
 
     try:

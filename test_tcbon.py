@@ -265,6 +265,33 @@ def test_non_loopback_or_malformed_addresses_are_refused(address):
         tcbon.Process("x", address=address)
 
 
+def test_a_port_number_means_loopback_and_bad_timeouts_are_refused():
+    assert tcbon.Process("x", address=9876).address == "127.0.0.1:9876"
+    for bad in ([9876], 98.5, b"127.0.0.1:1"):
+        with pytest.raises(ValueError, match="address must be"):
+            tcbon.Process("x", address=bad)
+    for bad in (-1, "5", True, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be"):
+            tcbon.Process("x", timeout=bad)
+        with pytest.raises(ValueError, match="timeout must be"):
+            tcbon.Process("x").get(timeout=bad)
+
+
+def test_help_shows_what_a_default_timeout_means():
+    import pydoc
+    text = pydoc.render_doc(tcbon.Process.start, renderer=pydoc.plaintext)
+    assert "timeout: 'float | None' = <the Process' timeout>" in text
+    assert "object at 0x" not in pydoc.render_doc(tcbon.Process, renderer=pydoc.plaintext)
+
+
+def test_an_app_dir_that_is_a_file_says_so_the_same_way_everywhere(name, tmp_path):
+    path = tmp_path / "a file"
+    path.write_text("x")
+    for call in ("start", "info"):
+        with pytest.raises(tcbon.StateError, match="it is a file, not a directory"):
+            getattr(tcbon.Process(name, app_dir=str(path)), call)()
+
+
 # State file ----------------------------------------------------------------------
 def test_state_is_published_privately_once_listening(primary, app_dir):
     with open(primary.pid_file) as f:
@@ -1263,7 +1290,7 @@ def test_cli_console_script_is_declared():
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    ([], 2, "required"),
+    ([], 2, "NAME is required: python -m tcbon NAME [ACTION ...]"),
     (["x", "frob"], 2, "unknown action 'frob'"),
     (["x", "send"], 2, "send takes 1 to 2 argument(s), got 0"),
     (["x", "send", "ev", "{bad"], 2, "not valid JSON"),
@@ -1276,6 +1303,15 @@ def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
     assert tcbon.main(argv) == code
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+def test_cli_without_a_console_exits_with_its_code_and_no_traceback(tmp_path):
+    # pythonw: sys.stdout and sys.stderr are None.
+    code = "import sys, tcbon; sys.stdout = sys.stderr = None; sys.exit(tcbon.main(%r))"
+    for argv, expected in ((["a/b"], 2), (["absent-app"], 1)):
+        done = subprocess.run([sys.executable, "-c", code % (argv,)], env=child_env(tmp_path),
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout, done.stderr) == (expected, "", "")
 
 
 def test_cli_main_version_help_and_json_errors(capsys, name, app_dir):
