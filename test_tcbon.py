@@ -1423,6 +1423,83 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
         assert code == 0, err
 
 
+# README -------------------------------------------------------------------------------------
+# Commands that run the test suite or the benchmark: CI runs those (.ci/run),
+# and running them here would run this test again.
+README_NOT_RUN = {
+    "bash .ci/run", "python -m venv .venv", "python bench_tcbon.py",
+    '.venv/bin/python -m pip install -e ".[test]"', ".venv/bin/python -m pytest test_tcbon.py",
+    '.venv/bin/python -m pytest test_tcbon.py -m "not slow"',
+}
+
+
+def readme_commands():
+    """Every '$ ' line of README.rst, in order: (line number, command,
+    expected exit code: 0 unless its comment says 'exit code N')."""
+    import re
+    commands = []
+    with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.startswith("    $ "):
+                command = line[6:].rstrip("\n")
+                code = re.search(r"#.*\bexit code (\d+)", command)
+                commands.append((number, command, int(code.group(1)) if code else 0))
+    return commands
+
+
+def readme_script(commands):
+    """A bash session typing the commands; it stops at the first one whose
+    exit code is not the expected one, and waits for what it started with &."""
+    lines = ["set -u", "started=()"]
+    for number, command, code in commands:
+        lines.append(command)
+        if command.split("  #")[0].rstrip().endswith("&"):
+            lines.append("started+=($!)")
+        else:
+            lines.append('code=$?; [ $code = %d ] || { echo "README.rst:%d exited $code, not %d"'
+                         ' >&2; exit 99; }' % (code, number, code))
+    lines.append('for pid in "${started[@]}"; do wait "$pid" || '
+                 '{ echo "a command started with & exited $?" >&2; exit 98; }; done')
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell")
+def test_readme_commands_work_as_written(tmp_path, request):
+    import shutil
+    commands = readme_commands()
+    bare = {c[1]: c[1].split("  #")[0].strip() for c in commands}  # without comments
+    assert set(bare.values()) >= README_NOT_RUN  # the list is not stale
+    commands = [c for c in commands if bare[c[1]] not in README_NOT_RUN]
+    assert len(commands) > 15
+    # A fresh copy of the checkout, and a fresh virtual environment whose
+    # python comes first on PATH, as in a newcomer's terminal.
+    copy = str(tmp_path / "tcbon")
+    shutil.copytree(HERE, copy, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "__pycache__", ".*_cache", ".hypothesis", "*.egg-info", "build"))
+    venv = str(tmp_path / "venv")
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(PATH=os.path.join(venv, "bin") + os.pathsep + env.get("PATH", ""),
+               XDG_DATA_HOME=str(tmp_path / "data"), HOME=str(tmp_path),
+               DISPLAY=request.getfixturevalue("display"))
+    with open(str(tmp_path / "session.log"), "w+") as log:
+        session = subprocess.Popen(["bash", "-c", readme_script(commands)], cwd=copy, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
+        try:
+            code = session.wait(600)
+        finally:
+            if session.poll() is None:
+                os.killpg(session.pid, signal.SIGKILL)  # the session and what it started
+                session.wait()
+        log.seek(0)
+        output = log.read()
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    assert "{'success': True, 'message': 'Hello there!'}" in output
+    assert "opened 1 file(s) in the running window" in output
+
+
 # Embedded hosts --------------------------------------------------------------------
 def run_python(code, tmp_path, *args):
     done = subprocess.run([sys.executable, "-c", code] + [str(a) for a in args],

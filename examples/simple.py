@@ -1,7 +1,8 @@
 """A very simple Process with an event handler for 'ack' events.
 
-Try it in two terminals from the project directory:
-    1. python examples/simple.py      # becomes the primary and waits
+Try it in two terminals from the project directory, with tcbon importable
+(pip install ., or PYTHONPATH set to the project directory):
+    1. python examples/simple.py      # becomes the primary, logs each request
     2. python examples/simple.py      # sends an 'ack' event and prints the reply
 Stop the first with Ctrl-C, or from anywhere with: python -m tcbon simple stop
 """
@@ -13,7 +14,7 @@ def on_ack(event):
 
 
 # Create a Process
-simple = tcbon.Process('simple')
+simple = tcbon.Process('simple', debug=True)  # the primary logs to stderr
 simple.register_event_handler('ack', on_ack)
 
 
