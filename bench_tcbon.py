@@ -222,20 +222,13 @@ def cpu_switches(pid):
     return total
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
+    """Resident memory of pid now (VmRSS) or at its peak (VmHWM), in KiB."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def peak_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError("no " + field)
 
 
 def body_flood(address, connections=200, size=1 << 20):
@@ -386,9 +379,9 @@ def main(argv=None):
         # 8. Peak memory under 200 unauthenticated 1 MiB bodies (the floor keeps them).
         grown = []
         for pid, addr in ((primary.pid, address), (floor_proc.pid, floor_address)):
-            before = peak_rss_kib(pid)
+            before = rss_kib(pid, "VmHWM")
             body_flood(addr)
-            grown.append((peak_rss_kib(pid) - before) / 1024.0)
+            grown.append((rss_kib(pid, "VmHWM") - before) / 1024.0)
         row("peak RSS growth, body flood (MiB)", grown[0], grown[1], "MiB", 64.0,
             better="absolute", ratio=grown[0])
     finally:

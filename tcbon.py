@@ -75,6 +75,9 @@ class _Default:
 
 _DEFAULT: Any = _Default()  # a call's timeout when none is given
 SECOND_INSTANCE = "second-instance"  #: The event a later launch hands over with.
+# Exit codes of python -m tcbon and of Process.main(), one meaning each.
+EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE, EXIT_ERROR = \
+    range(7)
 
 
 # Exceptions ------------------------------------------------------------------
@@ -149,6 +152,16 @@ class RequestError(Error):
     def __init__(self, message: str, status: int, reply: Any) -> None:
         super().__init__(message)
         self.status, self.reply = status, reply
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The exit code for a failure, as python -m tcbon and Process.main() give it."""
+    for kind, code in ((ProcessDoesNotExist, EXIT_NOT_RUNNING), (RequestError, EXIT_REFUSED),
+                       (Timeout, EXIT_TIMEOUT), (StateError, EXIT_STATE),
+                       (ValueError, EXIT_USAGE)):
+        if isinstance(exc, kind):
+            return code
+    return EXIT_ERROR
 
 
 # Platform --------------------------------------------------------------------
@@ -1853,8 +1866,10 @@ class Process:
             timeout (float): limit for the hand-off; None waits until handled.
 
         Returns:
-            The exit code for this launch. Errors are reported on stderr:
-            4 if the primary did not answer in time, 1 for other failures.
+            The exit code for this launch: the primary's, or, for an error
+            reported on stderr, the code python -m tcbon gives it (EXIT_*):
+            3 refused, 4 not answering in time, 5 state directory unusable,
+            6 any other failure.
         """
         argv = _this_argv() if argv is None else list(argv)
         while True:
@@ -1873,7 +1888,7 @@ class Process:
 
     def _report(self, exc: Error) -> int:
         _say(sys.stderr, "%s: %s\n" % (self.name, exc))
-        return 4 if isinstance(exc, Timeout) else 1
+        return _exit_code(exc)
 
     def _relay(self, reply: Any) -> int:
         reply = reply if isinstance(reply, dict) else {}
@@ -2104,8 +2119,6 @@ class Process:
 
 
 # Command line ----------------------------------------------------------------
-EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE, EXIT_ERROR = \
-    range(7)
 
 _CLI_HELP = """\
 actions:
@@ -2222,8 +2235,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         proc = Process(opts.name, app_dir=opts.app_dir)
         result = _cli_action(proc, opts.action, opts.args, opts.timeout)
-    except ValueError as exc:
-        return fail(EXIT_USAGE, str(exc))
     except ProcessDoesNotExist:
         where = "" if opts.app_dir is None else " in %s" % proc.app_dir
         if opts.json:
@@ -2231,14 +2242,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("%s is not running%s" % (opts.name, where))
         return EXIT_NOT_RUNNING
-    except RequestError as exc:
-        return fail(EXIT_REFUSED, str(exc))
-    except Timeout as exc:
-        return fail(EXIT_TIMEOUT, str(exc))
-    except StateError as exc:
-        return fail(EXIT_STATE, str(exc))
-    except Error as exc:
-        return fail(EXIT_ERROR, str(exc))
+    except (ValueError, Error) as exc:
+        return fail(_exit_code(exc), str(exc))
     if opts.action in ("probe", "wait"):
         started = result.get("started") or time.time()
         result = {"name": result.get("name"), "running": True, "pid": result.get("pid"),

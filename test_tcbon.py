@@ -1305,6 +1305,15 @@ def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
     assert message in captured.err and captured.out == ""
 
 
+def test_process_main_and_the_cli_give_one_code_one_meaning(name, tmp_path, capsys):
+    blocker = tmp_path / "a file"
+    blocker.write_text("x")
+    app = tcbon.Process(name, app_dir=str(blocker))
+    assert app.main([]) == tcbon.EXIT_STATE == tcbon.main([name, "--app-dir", str(blocker)])
+    assert capsys.readouterr().err.count("it is a file, not a directory") == 2
+    assert (tcbon.EXIT_NOT_RUNNING, tcbon.EXIT_TIMEOUT, tcbon.EXIT_ERROR) == (1, 4, 6)
+
+
 def test_cli_without_a_console_exits_with_its_code_and_no_traceback(tmp_path):
     # pythonw: sys.stdout and sys.stderr are None.
     code = "import sys, tcbon; sys.stdout = sys.stderr = None; sys.exit(tcbon.main(%r))"
