@@ -75,9 +75,10 @@ class _Default:
 
 _DEFAULT: Any = _Default()  # a call's timeout when none is given
 SECOND_INSTANCE = "second-instance"  #: The event a later launch hands over with.
+_DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40  # logging's levels, without importing it
 # Exit codes of python -m tcbon and of Process.main(), one meaning each.
-EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE, EXIT_ERROR = \
-    range(7)
+(EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE,
+ EXIT_ERROR) = range(7)
 
 
 # Exceptions ------------------------------------------------------------------
@@ -166,13 +167,15 @@ def _exit_code(exc: BaseException) -> int:
 
 # Platform --------------------------------------------------------------------
 # The only sys.platform branch in this file. A lock is held by an open file
-# description and dies with its process (no stale state after kill -9,
-# FIELD-NOTES 2). flock, not lockf: closing any other descriptor of the file
-# must not release it (FIELD-NOTES 8).
+# description and dies with its process: nothing stale after kill -9, unlike
+# shared memory (SingleApplication#190) or pid files (onionshare#1152).
+# flock, not lockf: closing any other descriptor of the file must not release
+# it, and the lock file is never deleted (filelock#574).
 WINDOWS = sys.platform == "win32"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
+_SAFE = _NOFOLLOW | _CLOEXEC | _BINARY  # every open() of our files
 
 if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
     import msvcrt
@@ -254,7 +257,8 @@ def default_app_dir(name: str) -> str:
     """Return where ``Process(name)`` keeps its files by default.
 
     The same path as ``platformdirs.user_data_dir(name, appauthor=False)``:
-    a place no logout or tmp cleaner wipes (FIELD-NOTES 9).
+    a place no logout or tmp cleaner wipes, unlike $XDG_RUNTIME_DIR
+    (jupyter_core#143).
     """
     return os.path.join(_data_home(), name)
 
@@ -320,7 +324,7 @@ def _open_lock(path: str) -> int:
     """Open (creating 0600) the lock file without truncating it."""
     import errno
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _BINARY, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
     except OSError as exc:
         advice = {errno.ELOOP: "it is a symbolic link: remove it",
                   errno.EACCES: "pass an app_dir you own",
@@ -342,7 +346,7 @@ def _primary_holds(lock_path: str) -> bool:
     """True while a primary holds the lock. Probes take a shared lock, so a
     probe can never make a launch believe a primary exists."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY)
+        fd = os.open(lock_path, os.O_RDONLY | _SAFE)
     except FileNotFoundError:
         return False
     except OSError as exc:
@@ -362,7 +366,7 @@ def _write_state(path: str, state: dict) -> None:
     import json
     directory, base = os.path.split(path)
     tmp = os.path.join(directory, ".%s.%s.tmp" % (base, os.urandom(6).hex()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY,
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
                  0o600)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -377,7 +381,7 @@ def _read_state(path: str) -> dict | None:
     """Return the published state, or None if missing, partial or foreign."""
     import json
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY)
+        fd = os.open(path, os.O_RDONLY | _SAFE)
     except OSError:
         return None
     try:
@@ -461,11 +465,6 @@ class Response:
         self.body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         self.status = status
         self.headers = [("Content-Type", content_type)] + list(headers or [])
-
-    def json(self) -> Any:
-        """Decode the body as JSON (handy in tests)."""
-        import json
-        return json.loads(self.body)
 
 
 class HTTPError(Response, Error):
@@ -556,12 +555,19 @@ class Request:
         return self._data
 
     def get_json(self, force: bool = False, silent: bool = False) -> Any:
-        """Decode the JSON body.
+        """Decode the JSON body, as Flask's: unless force, only a body sent
+        as ``application/json`` (tcbon's server refuses any other anyway).
 
         Raises:
-            HTTPError: 400 if the body is missing or not JSON (unless silent).
+            HTTPError: 400 if the body is missing or not JSON, 415 if it was
+                not sent as JSON (neither when silent: then None).
         """
         import json
+        media = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if not force and media != "application/json":
+            if silent:
+                return None
+            raise HTTPError(415, "expected a body sent as Content-Type: application/json")
         try:
             if not self.data:
                 raise ValueError("the request has no body")
@@ -785,8 +791,8 @@ def _read_head(buf: bytes | bytearray, hosts: frozenset[str], token: str) -> _He
 
 def _parse_request_line(head: _Head, line: str) -> tuple[int, str] | None:
     parts = line.split(" ")
-    if len(parts) != 3 or not parts[1].startswith("/") or not parts[1].isprintable() \
-            or not set(parts[0]) <= _TOKEN_CHARS or not parts[0]:
+    if (len(parts) != 3 or not parts[1].startswith("/") or not parts[1].isprintable()
+            or not parts[0] or not set(parts[0]) <= _TOKEN_CHARS):
         return 400, "the request line must be 'METHOD /path HTTP/1.1'"
     head.method, head.target, version = parts
     if version not in ("HTTP/1.0", "HTTP/1.1"):
@@ -828,8 +834,8 @@ def _refusal(head: _Head, hosts: frozenset[str], token: str) -> tuple[int, str] 
     tokens = head.get_all(TOKEN_HEADER)
     if len(tokens) != 1 or not _compare_digest(tokens[0].encode("latin-1"),
                                                token.encode("ascii")):
-        return 401, "missing or wrong %s header; tcbon clients read it from the state file" \
-            % TOKEN_HEADER
+        return 401, ("missing or wrong %s header; tcbon clients read it from the state "
+                     "file" % TOKEN_HEADER)
     if head.get("Transfer-Encoding") is not None:
         return 411, "chunked bodies are refused; send Content-Length"
     if head.length > MAX_BODY:
@@ -1025,7 +1031,7 @@ class IntakeMixIn(_ServerBase):
             sock.shutdown(1)  # SHUT_WR
         except OSError:
             return self._drop(sock)
-        self.note(10, "%s refused with %d", conn.address[0], status)
+        self.note(_DEBUG, "%s refused with %d", conn.address[0], status)
 
     def _dispatch(self, sock: socket.socket, conn: _Pending) -> None:
         """Hand a whole request that passed the guards to a worker."""
@@ -1074,7 +1080,7 @@ class IntakeMixIn(_ServerBase):
             return
         self._quiet_until[kind] = now + _WARN_EVERY
         try:
-            self.note(30, message + " (said at most every %d s)", *args, int(_WARN_EVERY),
+            self.note(_WARNING, message + " (said at most every %d s)", *args, int(_WARN_EVERY),
                       exc_info=exc_info)
         except Exception:  # noqa: BLE001 - e.g. out of descriptors: the loop comes first
             pass
@@ -1147,7 +1153,7 @@ class WorkerPoolMixIn(_ServerBase):
         super().shutdown_request(request[0])
 
     def handle_error(self, request: _Request, client_address: Any) -> None:  # type: ignore[override]
-        self.note(40, "error while handling a request from %s", client_address[0],
+        self.note(_ERROR, "error while handling a request from %s", client_address[0],
                   exc_info=True)
 
     def drain(self, timeout: float) -> None:
@@ -1223,12 +1229,12 @@ class RequestHandler(_HandlerBase):
                 getattr(result, "close", lambda: None)()
             return _reply(started[0], started[1], b"".join(written), head_only), started[0]
         except Exception:  # noqa: BLE001 - any failure of the app is a 500, logged
-            self.server.note(40, "the WSGI application failed on %s %s", self.head.method,
+            self.server.note(_ERROR, "the WSGI application failed on %s %s", self.head.method,
                              self.head.target.partition("?")[0], exc_info=True)
             return _error_reply(500, "the application failed", head_only), 500
 
     def send(self, reply: bytes, status: int) -> None:
-        self.server.note(10, "%s %s %s -> %d", self.client_address[0], self.head.method,
+        self.server.note(_DEBUG, "%s %s %s -> %d", self.client_address[0], self.head.method,
                          self.head.target.partition("?")[0], status)
         try:
             self.connection.sendall(reply)
@@ -1253,7 +1259,50 @@ def _server_class() -> type[IntakeMixIn]:
 
 
 # Client ----------------------------------------------------------------------
-_opener = None
+# _Client finds the primary of a name through its state file (trusted only
+# while the lock is held) and makes one HTTP exchange at a time, each within
+# one deadline. Retry policy: a refused connection delivered nothing, so it
+# is retried (the primary may be replacing its address); a connection cut
+# after sending never is: the request may have been handled already.
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, (int, float)) or not timeout >= 0):
+        raise ValueError("timeout must be a number of seconds >= 0, or None to wait "
+                         "without limit; got %r" % (timeout,))
+    return timeout
+
+
+class _Wait:
+    """A bounded wait: a deadline (none when limit is None) and a pause that
+    grows from 1 ms to 50 ms between looks."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.deadline = None if limit is None else time.monotonic() + limit
+        self._delay = 0.001
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+
+    def pause(self) -> None:
+        """Sleep a little, never past the deadline."""
+        left = self.remaining()
+        time.sleep(self._delay if left is None else min(self._delay, left))
+        self._delay = min(self._delay * 2, 0.05)
+
+    def until(self, look: Callable[[], Any], timed_out: Callable[[], Exception]) -> Any:
+        """Call look() until it returns something but None, and return that;
+        raise timed_out() once the deadline has passed."""
+        while True:
+            found = look()
+            if found is not None:
+                return found
+            if self.over():
+                raise timed_out()
+            self.pause()
 
 
 class _DeadlineSocket:
@@ -1314,6 +1363,9 @@ def _connection(host: str, timeout: float | None = None, **kwargs: Any) -> Any:
     return conn
 
 
+_opener = None
+
+
 def _open(url: str, method: str, body: bytes | None, token: str,
           timeout: float | None) -> tuple[int, str, bytes]:
     """One HTTP exchange through urllib.request, within timeout seconds in
@@ -1348,71 +1400,142 @@ def _decode(content_type: str, data: bytes) -> Any:
     return data.decode("utf-8", "replace")
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
-            timeout, (int, float)) or not timeout >= 0):
-        raise ValueError("timeout must be a number of seconds >= 0, or None to wait "
-                         "without limit; got %r" % (timeout,))
-    return timeout
+class _Client:
+    """Talks to the primary of name in app_dir, wherever it runs.
 
+    Attributes:
+        found (dict): the primary's published state, as last located.
+        own (dict): this process' own primary's state, while it is one:
+            then nothing is looked up.
+    """
 
-def _say(stream: Any, text: str) -> None:
-    """Write text to a stream that may be None (pythonw has no console)."""
-    if stream is not None and text:
-        stream.write(text)
-        stream.flush()
+    def __init__(self, name: str, app_dir: str) -> None:
+        self.name, self.app_dir = name, app_dir
+        self.lock_file = os.path.join(app_dir, name + ".lock")
+        self.pid_file = os.path.join(app_dir, name + ".pid")
+        self.found: dict | None = None
+        self.own: dict | None = None
+        self._dir_checked = False
 
+    def running(self) -> bool:
+        return self.own is not None or _primary_holds(self.lock_file)
 
-def _this_argv() -> list[str]:
-    """sys.argv, which embedded interpreters may lack or leave empty."""
-    return list(getattr(sys, "argv", None) or [])
+    def locate(self, wait: _Wait) -> dict:
+        """The primary's published state, waiting through its start-up.
 
+        Raises:
+            ProcessDoesNotExist: no primary holds the lock.
+            Timeout: one holds it but published no address in time.
+        """
+        if self.own is not None:
+            return self.own
+        if not self._dir_checked:  # once: only its owner could loosen it later
+            try:
+                _ensure_private_dir(self.app_dir, create=False)
+                self._dir_checked = True
+            except FileNotFoundError:
+                pass  # then there is no lock file either
+        self.found = wait.until(self._published, lambda: self.no_address(wait.limit))
+        return self.found
 
-def _handle_sigterm(handler: Callable[[], Any]) -> Callable[[], Any] | None:
-    """Make SIGTERM call handler(); return what undoes that, or None if
-    SIGTERM was left alone: off the main thread (Python allows no handler
-    there), or if the host application installed its own from C (an
-    embedding DCC app), which Python could not put back."""
-    import signal
-    import threading
-    if threading.current_thread() is not threading.main_thread() or \
-            not hasattr(signal, "SIGTERM"):
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is None:
-        return None
-    signal.signal(signal.SIGTERM, lambda *_: handler())
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def _published(self) -> dict | None:
+        if not _primary_holds(self.lock_file):
+            raise ProcessDoesNotExist("no %r process is running (looked in %s); start one "
+                                      "first" % (self.name, self.app_dir),
+                                      self.name, self.app_dir)
+        return _read_state(self.pid_file)
 
+    def no_address(self, limit: float | None) -> Timeout:
+        return Timeout("%r holds its lock (%s) but published no address within %.1f s: it "
+                       "is starting up or shutting down slowly, or is hung; retry with a "
+                       "longer timeout, or end that process" % (
+                           self.name, self.lock_file, limit or 0.0), self.name, limit or 0.0)
 
-class _Wait:
-    """A bounded wait: a deadline (none when limit is None) and a pause that
-    grows from 1 ms to 50 ms between looks."""
+    def call(self, method: str, route: str, payload: Any, limit: float | None) -> Any:
+        """One request to the primary, retried only where that is safe.
 
-    def __init__(self, limit: float | None) -> None:
-        self.limit = limit
-        self.deadline = None if limit is None else time.monotonic() + limit
-        self._delay = 0.001
+        Raises:
+            ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
+        """
+        import json
+        try:
+            body = None if payload is None else json.dumps(payload).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise Error("cannot send %r to %s: the payload is not JSON-serializable (%s)"
+                        % (payload, self.name, exc)) from None
+        wait = _Wait(limit)
+        # Even an unbounded call gives up reconnecting after a while.
+        reconnect = wait if limit is not None else _Wait(DEFAULT_TIMEOUT)
+        path = "/" + route.lstrip("/")
+        return reconnect.until(lambda: self._exchange(method, path, body, wait),
+                               self._unreachable)[0]
 
-    def over(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+    def _exchange(self, method: str, path: str, body: bytes | None, wait: _Wait) -> Any:
+        """One attempt: the decoded reply (wrapped, so that None is a reply
+        too), or None to try again."""
+        import http.client
+        state = self.locate(wait)
+        try:
+            status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
+                                        body, state["token"], wait.remaining())
+        except (OSError, http.client.HTTPException) as exc:
+            error = self.transport_error(exc, state, "%s %s" % (method, path), wait.limit)
+            if error is not None:
+                raise error from None
+            return None  # refused: nothing was delivered
+        reply = _decode(ctype, data)
+        if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
+            return None  # a withdrawn address: locate() waits, then finds what runs
+        if status >= 400:
+            error = reply.get("error") if isinstance(reply, dict) else reply
+            raise RequestError("%r answered %s %s with %d: %s" % (
+                self.name, method, path, status, error), status, reply)
+        return [reply]
 
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+    def transport_error(self, exc: Exception, state: dict, what: str,
+                        limit: float | None) -> Error | None:
+        """What a failed exchange means: Timeout (no answer in time), Error
+        (cut off after sending, or not HTTP), or None: refused, so nothing
+        was delivered and it may be tried again."""
+        import http.client
+        import socket
+        reason = getattr(exc, "reason", exc)  # urllib wraps some in URLError
+        where = "%r (pid %s at %s)" % (self.name, state.get("pid"), state["address"])
+        if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
+            return Timeout("%s did not answer %s within %.1f s: it is busy or hung; retry "
+                           "with a longer timeout, or stop it (python -m tcbon %s stop)"
+                           % (where, what, limit or 0.0, self.name), self.name, limit or 0.0)
+        if isinstance(reason, ConnectionRefusedError):
+            self.found = state
+            return None
+        if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
+            return Error("%s sent a reply that is not HTTP (%s): is another program using "
+                         "its port?" % (where, exc))
+        return Error("lost the connection to %s during %s (%s): it may have exited; the "
+                     "request may or may not have been handled" % (where, what, reason))
 
-    def pause(self) -> None:
-        """Sleep a little, never past the deadline."""
-        left = self.remaining()
-        time.sleep(self._delay if left is None else min(self._delay, left))
-        self._delay = min(self._delay * 2, 0.05)
+    def _unreachable(self) -> Error:
+        address = self.found["address"] if self.found else "its address"
+        return Error("cannot reach %r at %s: connection refused; it may have just exited, "
+                     "retry" % (self.name, address))
+
+    def stop(self, limit: float | None) -> None:
+        """Ask the primary to stop; return once it has released its lock."""
+        wait = _Wait(limit)
+        self.call("POST", "stop", {}, limit)
+        pid = self.found.get("pid") if self.found else None
+        wait.until(lambda: None if _primary_holds(self.lock_file) else True, lambda: Timeout(
+            "asked %r to stop, but it still runs after %.1f s; it may be stuck in on_stop; "
+            "end pid %s if it never stops" % (self.name, limit or 0.0, pid),
+            self.name, limit or 0.0))
 
 
 # Executors -------------------------------------------------------------------
 # Where event handlers run. Anything with a concurrent.futures-style submit()
 # will do; these two cover UI main loops and asyncio.
 def _is_future(value: Any) -> bool:
-    return callable(getattr(value, "result", None)) and \
-        callable(getattr(value, "add_done_callback", None))
+    return (callable(getattr(value, "result", None))
+            and callable(getattr(value, "add_done_callback", None)))
 
 
 class MainThreadExecutor:
@@ -1476,6 +1599,36 @@ class AsyncioExecutor:
         return asyncio.run_coroutine_threadsafe(call(), self.loop)
 
 
+# Process ---------------------------------------------------------------------
+def _say(stream: Any, text: str) -> None:
+    """Write text to a stream that may be None (pythonw has no console)."""
+    if stream is not None and text:
+        stream.write(text)
+        stream.flush()
+
+
+def _this_argv() -> list[str]:
+    """sys.argv, which embedded interpreters may lack or leave empty."""
+    return list(getattr(sys, "argv", None) or [])
+
+
+def _handle_sigterm(handler: Callable[[], Any]) -> Callable[[], Any] | None:
+    """Make SIGTERM call handler(); return what undoes that, or None if
+    SIGTERM was left alone: off the main thread (Python allows no handler
+    there), or if the host application installed its own from C (an
+    embedding DCC app), which Python could not put back."""
+    import signal
+    import threading
+    if (threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "SIGTERM")):
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None:
+        return None
+    signal.signal(signal.SIGTERM, lambda *_: handler())
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 class _LazyLog:
     """Stands for a Process' logger until something really logs."""
 
@@ -1486,7 +1639,6 @@ class _LazyLog:
         return getattr(self._process.log, name)
 
 
-# Process ---------------------------------------------------------------------
 class Process:
     """Allows only one instance of an application to run at a time.
 
@@ -1495,6 +1647,11 @@ class Process:
     ``pid_file``. Other Process objects with the same name (in any process of
     the same user) get ProcessExists from start() and can talk to the primary
     with get(), send() and stop(). Events are dicts with at least a "name".
+
+    A primary's life: start() (lock, server, on_start, publish), serving,
+    then stop() (withdraw the address, on_stop, stop serving, unlock), once.
+    run_forever() and main() add waiting for a stop (stop() from anywhere,
+    Ctrl-C, SIGTERM) in between.
 
     Attributes:
         log (logging.Logger): the Process' logger.
@@ -1505,8 +1662,8 @@ class Process:
 
     Args:
         name (str): name of the application (a file name: no '/', '..', NUL).
-        address (str): loopback 'host:port' to serve on; default: any free
-            port of 127.0.0.1.
+        address (str or int): loopback 'host:port' (or a port of 127.0.0.1)
+            to serve on; default: any free port of 127.0.0.1.
         app_dir (str): directory for the lock and state files; default:
             the per-user data directory (see default_app_dir).
         debug (bool): log at DEBUG level (to stderr if logging is not set up).
@@ -1518,8 +1675,8 @@ class Process:
             Default: the server's worker thread.
 
     Raises:
-        ValueError: for a name that cannot be a file name or a non-loopback
-            address.
+        ValueError: for a name that cannot be a file name, a non-loopback
+            address or a negative timeout.
     """
 
     def __init__(self, name: str, address: str | int | None = None, app_dir: str | None = None,
@@ -1528,21 +1685,20 @@ class Process:
         self.name = _check_name(name)
         self._bind = _parse_address(address) if address is not None else ("127.0.0.1", 0)
         self.address = _format_address(*self._bind) if address is not None else None
-        self.app_dir = os.path.abspath(app_dir) if app_dir else default_app_dir(name)
+        self.app_dir = app_dir or default_app_dir(name)
         self.timeout = _check_timeout(timeout)
         self.executor = executor
         self.pid: int | None = None
         self.started: float | None = None
         self.event_handlers: dict[str, Callable] = {SECOND_INSTANCE: self.on_second_instance}
         self.wsgi_thread: Any = None
-        self._server: Any = None
-        self._lock_fd: int | None = None
+        self._server: IntakeMixIn | None = None  # while serving
+        self._lock_fd: int | None = None  # while the primary
         self._token: str | None = None
-        self._state_lock = _thread.RLock()
-        self._stop_requested: Any = None  # a threading.Event, once started
-        self._waiting = False
-        self._sigterm: Any = None  # puts back the SIGTERM handler we replaced
-        self._dir_checked = False
+        self._lifecycle = _thread.RLock()  # start and stop, one at a time
+        self._stop_asked: Any = None  # a threading.Event, once started
+        self._waiter = False  # a thread waits in run_forever()/main() to stop us
+        self._undo_sigterm: Callable[[], Any] | None = None
         self._debug = debug
         self._log: Any = None
         if debug or type(self).setup_logger is not Process.setup_logger:
@@ -1589,20 +1745,29 @@ class Process:
     def _note(self, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
         """Log, but skip info and debug while nothing imported logging: then
         nobody can have set up a handler that would show them."""
-        if level < 30 and self._log is None and "logging" not in sys.modules:
+        if level < _WARNING and self._log is None and "logging" not in sys.modules:
             return
         self.log.log(level, message, *args, exc_info=exc_info)
 
     # Where things are ---------------------------------------------------------
     @property
+    def app_dir(self) -> str:
+        """The directory of the lock and state files."""
+        return self._client.app_dir
+
+    @app_dir.setter
+    def app_dir(self, value: str) -> None:
+        self._client = _Client(self.name, os.path.abspath(value))
+
+    @property
     def pid_file(self) -> str:
         """Full path of the state file holding the primary's pid and address."""
-        return os.path.join(self.app_dir, self.name + ".pid")
+        return self._client.pid_file
 
     @property
     def lock_file(self) -> str:
         """Full path of the lock file (kept forever; never delete it by hand)."""
-        return os.path.join(self.app_dir, self.name + ".lock")
+        return self._client.lock_file
 
     @property
     def is_primary(self) -> bool:
@@ -1617,9 +1782,9 @@ class Process:
     @property
     def running(self) -> bool:
         """True while a primary of this name runs, from any Process object."""
-        return self.is_primary or _primary_holds(self.lock_file)
+        return self.is_primary or self._client.running()
 
-    # Lifecycle ---------------------------------------------------------------
+    # Becoming the primary -----------------------------------------------------
     def start(self, timeout: float | None = _DEFAULT, replace: bool = False) -> None:
         """Become the primary: take the lock, serve wsgi, publish the address.
 
@@ -1635,178 +1800,102 @@ class Process:
             StateError: app_dir or its files cannot be used safely.
             Error: the server cannot listen on the address given.
         """
-        self._start(timeout, replace, None)
+        self._become_primary(self._limit(timeout), replace)
 
-    def _start(self, timeout: Any, replace: bool, wait_here: bool | None) -> None:
-        """start(); run_forever() and main() pass wait_here (True: they wait
-        for a stop request on this thread; False: they run the app's loop)."""
-        if replace:
-            wait = _Wait(self._limit(timeout))
-            while True:
-                try:
-                    return self._start(timeout, False, wait_here)
-                except ProcessExists:
-                    try:
-                        self.stop(timeout)
-                    except ProcessDoesNotExist:
-                        pass  # it stopped by itself meanwhile
-                if wait.over():
-                    raise self._no_address(wait.limit)
-        with self._state_lock:
+    def _become_primary(self, limit: float | None, replace: bool = False,
+                        signals: bool = False, waiter: bool = False) -> None:
+        """start(). signals: SIGTERM stops us from on_start() on (run_forever
+        and main); waiter: a thread will wait in _serve_until_stopped()."""
+        wait = _Wait(limit)
+        while True:
+            try:
+                return self._take_over(wait, signals, waiter)
+            except ProcessExists:
+                if not replace:
+                    raise
+            try:
+                self._call(self._client.stop, wait.remaining())
+            except ProcessDoesNotExist:
+                pass  # it stopped by itself meanwhile
+            if wait.over():
+                raise self._client.no_address(limit)
+
+    def _take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
+        with self._lifecycle:
             if self.is_primary:
                 return
             _ensure_private_dir(self.app_dir)
             fd = _open_lock(self.lock_file)
             try:
-                self._acquire(fd, self._limit(timeout))
+                wait.until(lambda: self._try_lock(fd), lambda: self._client.no_address(wait.limit))
             except BaseException:
                 os.close(fd)
                 raise
             self._lock_fd = fd
             try:
-                self._serve(wait_here)
+                self._serve(signals, waiter)
             except BaseException:
-                self._release()
+                self._release_lock()
                 raise
 
-    def _acquire(self, fd: int, timeout: float | None) -> None:
-        wait = _Wait(timeout)
-        while not _lock(fd):
-            # A shared lock we can take means only probes hold it: retry.
-            if _lock(fd, shared=True):
-                _unlock(fd)
-            else:
-                state = _read_state(self.pid_file)
-                if state is not None:
-                    self.pid, self.address = state["pid"], state["address"]
-                    raise ProcessExists("%r is already running (pid %d at %s)"
-                                        % (self.name, self.pid, self.address),
-                                        self.name, self.pid, self.address)
-            if wait.over():
-                raise self._no_address(timeout)
-            wait.pause()
+    def _try_lock(self, fd: int) -> bool | None:
+        """True once ours; None to look again (the holder is a probe, or a
+        primary starting up or stopping). Raises ProcessExists for a
+        primary that has published its address."""
+        if _lock(fd):
+            return True
+        if _lock(fd, shared=True):  # only probes hold it
+            _unlock(fd)
+            return None
+        state = _read_state(self.pid_file)
+        if state is None:
+            return None
+        self.pid, self.address = state["pid"], state["address"]
+        raise ProcessExists("%r is already running (pid %d at %s)" % (
+            self.name, self.pid, self.address), self.name, self.pid, self.address)
 
-    def _serve(self, wait_here: bool | None) -> None:
+    def _serve(self, signals: bool, waiter: bool) -> None:
+        """With the lock held: listen, on_start(), serve, publish."""
         import atexit
         import threading
-        # A crashed primary's address must never be contacted again.
-        _remove(self.pid_file)
+        _remove(self.pid_file)  # a crashed primary's address is never contacted again
         try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
-            server = _server_class()(self._bind, self.wsgi, os.urandom(24).hex(),
-                                         self._note)
+            server = _server_class()(self._bind, self.wsgi, os.urandom(24).hex(), self._note)
         except OSError as exc:
-            raise Error("%r cannot listen on %s: %s; pass another address, or none to "
-                        "let the system pick a free port" % (
-                            self.name, _format_address(*self._bind), _reason(exc))
-                        ) from exc
-        self._stop_requested = threading.Event()
-        if wait_here is not None:
-            # From here on SIGTERM stops us cleanly, even before serving: a
-            # stop asked for during on_start() is carried out right after.
-            self._waiting = wait_here
-            self._sigterm = _handle_sigterm(self._request_stop)
+            raise Error("%r cannot listen on %s: %s; pass another address, or none to let "
+                        "the system pick a free port" % (
+                            self.name, _format_address(*self._bind), _reason(exc))) from exc
+        self._stop_asked = threading.Event()
+        if signals:  # a stop asked for during on_start() is carried out right after it
+            self._waiter = waiter
+            self._undo_sigterm = _handle_sigterm(self._stop_soon)
         try:
             self.on_start()
-            self._server, self._token = server, server.token
-            self.address = _format_address(server.server_name, server.server_port)
-            self.pid, self.started = os.getpid(), time.time()
-            self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
-                                                name="tcbon-%s" % self.name)
-            self.wsgi_thread.start()
-            _write_state(self.pid_file, {
-                "tcbon": PROTOCOL, "version": __version__, "name": self.name,
-                "pid": self.pid, "address": self.address, "token": server.token,
-                "started": self.started})
+            self._publish(server)
             atexit.register(self._at_exit)
         except BaseException:
             _remove(self.pid_file)  # ours, if written: we hold the lock
-            self._shutdown_server(server)
-            self._server = None
+            self._client.own = self._server = None
+            self._close_server(server)
+            self._end_wait()
             raise
-        self._note(20, "%s serving at %s (pid %d)", self.name, self.address, self.pid)
+        self._note(_INFO, "%s serving at %s (pid %d)", self.name, self.address, self.pid)
 
-    def stop(self, timeout: float | None = _DEFAULT) -> None:
-        """Stop the primary.
-
-        On the primary: runs on_stop once, stops the server, withdraws the
-        state file and releases the lock (again: nothing happens). Elsewhere:
-        asks the primary to stop and waits until it has released its lock.
-
-        Raises:
-            ProcessDoesNotExist: nothing runs under this name.
-            Timeout: the primary did not stop in time.
-        """
-        if self.wsgi_thread is not None:  # this object is or was the primary
-            return self._stop_here()
-        limit = self._limit(timeout)
-        wait = _Wait(limit)
-        self._call("POST", "stop", {}, limit)
-        while _primary_holds(self.lock_file):
-            if wait.over():
-                raise Timeout("asked %r to stop, but it still runs after %.1f s; it may be "
-                              "stuck in on_stop; end pid %s if it never stops"
-                              % (self.name, limit or 0.0, self.pid), self.name, limit or 0.0)
-            wait.pause()
-
-    def _stop_here(self) -> None:
-        with self._state_lock:
-            server = self._server
-            if server is None:
-                return
-            self._server = None
-            server.stopping = True
-            # Withdraw the address first: a launch from now on waits for the
-            # lock and becomes the next primary (never forwards to us and is
-            # lost: tauri#1692). Only our own: if app_dir was deleted under us,
-            # the file there now belongs to a newer primary.
-            state = _read_state(self.pid_file)
-            if state is not None and state.get("token") == server.token:
-                _remove(self.pid_file)
-            try:
-                self.on_stop()
-            finally:
-                self._shutdown_server(server)
-                self._release()
-                self._stop_requested.set()
-                self._note(20, "%s stopped", self.name)
-
-    def _shutdown_server(self, server: Any) -> None:
+    def _publish(self, server: IntakeMixIn) -> None:
         import threading
-        server.close(drain=self.timeout if self.timeout is not None else DEFAULT_TIMEOUT)
-        thread = self.wsgi_thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join()
-        server.server_close()
+        self._server, self._token = server, server.token
+        self.address = _format_address(server.server_name, server.server_port)
+        self.pid, self.started = os.getpid(), time.time()
+        self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
+                                            name="tcbon-%s" % self.name)
+        self.wsgi_thread.start()
+        state = {"tcbon": PROTOCOL, "version": __version__, "name": self.name,
+                 "pid": self.pid, "address": self.address, "token": server.token,
+                 "started": self.started}
+        _write_state(self.pid_file, state)
+        self._client.own = state
 
-    def _release(self) -> None:
-        import atexit
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            try:
-                _unlock(fd)
-            finally:
-                os.close(fd)
-        atexit.unregister(self._at_exit)
-
-    def _at_exit(self) -> None:
-        if self.is_primary:
-            self._stop_here()
-
-    def _request_stop(self) -> None:
-        """Stop soon: on the thread waiting in run_forever() if there is one,
-        else through the executor (on_stop then runs on the UI thread), else
-        on a thread of its own."""
-        if self._stop_requested.is_set():
-            return
-        self._stop_requested.set()
-        if self._waiting:
-            return
-        if self.executor is not None:
-            self.executor.submit(self._stop_here)
-        else:
-            import threading
-            threading.Thread(target=self._stop_here, name="tcbon-stop", daemon=True).start()
-
+    # Serving until stopped ------------------------------------------------------
     def run_forever(self) -> None:
         """Start, then serve until stopped: by stop() (from here or another
         process), Ctrl-C or SIGTERM. Returns once stopped.
@@ -1814,40 +1903,8 @@ class Process:
         Raises:
             ProcessExists: another instance is the primary.
         """
-        error = self._run_primary(_DEFAULT, None)
-        if error is not None:
-            raise error
-
-    def _run_primary(self, timeout: Any, run: Callable[[], Any] | None) -> Error | None:
-        """Start, then wait for a stop request (or run the app's own main
-        loop), then stop. SIGTERM stops cleanly from on_start() on (when
-        called from the main thread); so does Ctrl-C once start() is done,
-        while before that it cancels the start-up. Returns start()'s Error
-        rather than raising it, so callers can tell it from run()'s."""
-        try:
-            try:
-                self._start(timeout, False, run is None)
-            except Error as exc:
-                return exc
-            if run is not None:
-                run()
-            else:
-                while not self._stop_requested.wait(_WAIT_SLICE):
-                    pass
-        except KeyboardInterrupt:
-            if not self.is_primary:  # start() was interrupted and undone
-                raise
-            self._note(20, "%s interrupted", self.name)
-        finally:
-            self._end_waiting()
-            self._stop_here()
-        return None
-
-    def _end_waiting(self) -> None:
-        self._waiting = False
-        undo, self._sigterm = self._sigterm, None
-        if undo is not None:
-            undo()
+        self._become_primary(self.timeout, signals=True, waiter=True)
+        self._serve_until_stopped(None)
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: float | None = _DEFAULT) -> int:
@@ -1873,18 +1930,40 @@ class Process:
         """
         argv = _this_argv() if argv is None else list(argv)
         while True:
-            error = self._run_primary(timeout, run)
-            if error is None:
-                return 0
-            if not isinstance(error, ProcessExists):
-                return self._report(error)
             try:
-                reply = self.handoff(argv, timeout=timeout)
-            except ProcessDoesNotExist:
-                continue  # it went away meanwhile: take its place
+                self._become_primary(self._limit(timeout), signals=True, waiter=run is None)
+            except ProcessExists:
+                try:
+                    return self._relay(self.handoff(argv, timeout=timeout))
+                except ProcessDoesNotExist:
+                    continue  # it went away meanwhile: take its place
+                except Error as exc:
+                    return self._report(exc)
             except Error as exc:
                 return self._report(exc)
-            return self._relay(reply)
+            self._serve_until_stopped(run)
+            return EXIT_OK
+
+    def _serve_until_stopped(self, run: Callable[[], Any] | None) -> None:
+        """Run the app's main loop, or wait for a stop request; then stop.
+        Ctrl-C stops cleanly here (during start-up it cancels the start)."""
+        try:
+            if run is not None:
+                run()
+            else:
+                while not self._stop_asked.wait(_WAIT_SLICE):
+                    pass
+        except KeyboardInterrupt:
+            self._note(_INFO, "%s interrupted", self.name)
+        finally:
+            self._end_wait()
+            self._shut_down()
+
+    def _end_wait(self) -> None:
+        self._waiter = False
+        undo, self._undo_sigterm = self._undo_sigterm, None
+        if undo is not None:
+            undo()
 
     def _report(self, exc: Error) -> int:
         _say(sys.stderr, "%s: %s\n" % (self.name, exc))
@@ -1896,8 +1975,86 @@ class Process:
             if isinstance(reply.get(key), str):
                 _say(stream, reply[key])
         code = reply.get("exit_code")
-        return code if isinstance(code, int) else 0
+        return code if isinstance(code, int) else EXIT_OK
 
+    # Stopping ---------------------------------------------------------------
+    def stop(self, timeout: float | None = _DEFAULT) -> None:
+        """Stop the primary.
+
+        On the primary: runs on_stop once, stops the server, withdraws the
+        state file and releases the lock (again: nothing happens). Elsewhere:
+        asks the primary to stop and waits until it has released its lock.
+
+        Raises:
+            ProcessDoesNotExist: nothing runs under this name.
+            Timeout: the primary did not stop in time.
+        """
+        if self.wsgi_thread is not None:  # this object is or was the primary
+            return self._shut_down()
+        self._call(self._client.stop, self._limit(timeout))
+
+    def _stop_soon(self) -> None:
+        """Stop soon (the /stop route, SIGTERM): on the thread waiting in
+        run_forever() or main() if there is one, else through the executor
+        (on_stop then runs on the UI thread), else on a thread of its own."""
+        if self._stop_asked.is_set():
+            return
+        self._stop_asked.set()
+        if self._waiter:
+            return
+        if self.executor is not None:
+            self.executor.submit(self._shut_down)
+        else:
+            import threading
+            threading.Thread(target=self._shut_down, name="tcbon-stop", daemon=True).start()
+
+    def _shut_down(self) -> None:
+        """Stop this primary, once: withdraw the address, on_stop(), stop
+        serving, release the lock."""
+        with self._lifecycle:
+            server, self._server = self._server, None
+            if server is None:
+                return
+            server.stopping = True
+            # Withdraw the address first: a launch from now on waits for the
+            # lock and becomes the next primary (never forwards to us and is
+            # lost: tauri#1692). Only our own: if app_dir was deleted under us,
+            # the file there now belongs to a newer primary.
+            state = _read_state(self.pid_file)
+            if state is not None and state.get("token") == server.token:
+                _remove(self.pid_file)
+            try:
+                self.on_stop()
+            finally:
+                self._close_server(server)
+                self._client.own = None
+                self._release_lock()
+                self._stop_asked.set()
+                self._note(_INFO, "%s stopped", self.name)
+
+    def _close_server(self, server: IntakeMixIn) -> None:
+        import threading
+        server.close(drain=self.timeout if self.timeout is not None else DEFAULT_TIMEOUT)
+        thread = self.wsgi_thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join()
+        server.server_close()
+
+    def _release_lock(self) -> None:
+        import atexit
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                _unlock(fd)
+            finally:
+                os.close(fd)
+        atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        if self.is_primary:
+            self._shut_down()
+
+    # Talking to the primary -----------------------------------------------------
     def handoff(self, argv: list[str] | None = None, cwd: str | None = None,
                 data: Any = None, timeout: float | None = _DEFAULT) -> dict:
         """Send the ``second-instance`` event to the primary; return its reply.
@@ -1920,7 +2077,6 @@ class Process:
                  "cwd": os.getcwd() if cwd is None else cwd, "data": data}
         return self.send("event", event, timeout=timeout)
 
-    # Client --------------------------------------------------------------------
     def get(self, route: str = "/", timeout: float | None = _DEFAULT) -> Any:
         """Send a GET request to the primary's wsgi server.
 
@@ -1930,7 +2086,7 @@ class Process:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._call("GET", route, None, self._limit(timeout))
+        return self._call(self._client.call, "GET", route, None, self._limit(timeout))
 
     def send(self, route: str, payload: Any = None, timeout: float | None = _DEFAULT) -> Any:
         """Send a POST request with a JSON payload to the specified route.
@@ -1946,7 +2102,8 @@ class Process:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._call("POST", route, {} if payload is None else payload, self._limit(timeout))
+        return self._call(self._client.call, "POST", route,
+                          {} if payload is None else payload, self._limit(timeout))
 
     def info(self, timeout: float | None = _DEFAULT) -> dict:
         """Ask the primary about itself: name, pid, address, version, start time."""
@@ -1955,87 +2112,14 @@ class Process:
     def _limit(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)
 
-    def _locate(self, wait: _Wait) -> dict:
-        """The primary's published state, waiting through its start-up."""
-        if self.is_primary:
-            return {"address": self.address, "token": self._token, "pid": self.pid}
-        while True:
-            if not self._dir_checked:  # once per object: only its owner can loosen it
-                try:
-                    _ensure_private_dir(self.app_dir, create=False)
-                    self._dir_checked = True
-                except FileNotFoundError:
-                    pass  # then there is no lock file either
-            if not _primary_holds(self.lock_file):
-                raise ProcessDoesNotExist("no %r process is running (looked in %s); start "
-                                          "one first" % (self.name, self.app_dir),
-                                          self.name, self.app_dir)
-            state = _read_state(self.pid_file)
-            if state is not None:
-                self.pid, self.address = state["pid"], state["address"]
-                return state
-            if wait.over():
-                raise self._no_address(wait.limit)
-            wait.pause()
-
-    def _no_address(self, limit: float | None) -> Timeout:
-        return Timeout("%r holds its lock (%s) but published no address within %.1f s: it "
-                       "is starting up or shutting down slowly, or is hung; retry with a "
-                       "longer timeout, or end that process" % (
-                           self.name, self.lock_file, limit or 0.0), self.name, limit or 0.0)
-
-    def _call(self, method: str, route: str, payload: Any, limit: float | None) -> Any:
-        import http.client
-        import json
-        import socket
-        wait = _Wait(limit)
-        # Even an unbounded call gives up reconnecting after a while.
-        reconnect = wait if limit is not None else _Wait(DEFAULT_TIMEOUT)
+    def _call(self, action: Callable[..., Any], *args: Any) -> Any:
+        """A client action; then the primary's pid and address, as found."""
         try:
-            body = None if payload is None else json.dumps(payload).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise Error("cannot send %r to %s: the payload is not JSON-serializable (%s)"
-                        % (payload, self.name, exc)) from None
-        path = "/" + route.lstrip("/")
-        while True:
-            state = self._locate(wait)
-            try:
-                status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
-                                            body, state["token"], wait.remaining())
-            except OSError as exc:  # URLError, timeouts, refused and reset connections
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
-                    raise Timeout(
-                        "%r (pid %s at %s) did not answer %s %s within %.1f s: it is busy or "
-                        "hung; retry with a longer timeout, or stop it (python -m tcbon %s "
-                        "stop)" % (self.name, state.get("pid"), state["address"], method,
-                                   path, limit or 0.0, self.name), self.name, limit or 0.0
-                    ) from None
-                if not isinstance(reason, ConnectionRefusedError):
-                    # Sent, then cut off: it may have been handled; resending could
-                    # handle it twice, so the caller decides.
-                    raise Error("lost the connection to %r at %s during %s %s (%s): it may "
-                                "have exited; the request may or may not have been handled"
-                                % (self.name, state["address"], method, path, reason)) from None
-                if reconnect.over():
-                    raise Error("cannot reach %r at %s: %s; it may have just exited, retry"
-                                % (self.name, state["address"], reason)) from None
-                # Refused, so nothing was delivered: the primary may have exited or
-                # be replacing its address. Look again.
-                reconnect.pause()
-                continue
-            except http.client.HTTPException as exc:  # after OSError: RemoteDisconnected is both
-                raise Error("%r at %s sent a reply that is not HTTP (%s): is another program "
-                            "using its port?" % (self.name, state["address"], exc)) from None
-            reply = _decode(ctype, data)
-            if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
-                wait.pause()
-                continue  # withdrawn address: _locate() waits, then reports what runs
-            if status >= 400:
-                error = reply.get("error") if isinstance(reply, dict) else reply
-                raise RequestError("%r answered %s %s with %d: %s" % (
-                    self.name, method, path, status, error), status, reply)
-            return reply
+            return action(*args)
+        finally:
+            found = self._client.found
+            if found is not None and not self.is_primary:
+                self.pid, self.address = found["pid"], found["address"]
 
     # Routes and events -------------------------------------------------------
     def _route_index(self) -> dict:
@@ -2077,7 +2161,7 @@ class Process:
         return reply
 
     def _route_stop(self) -> dict:
-        self._request_stop()
+        self._stop_soon()
         return {"success": True, "message": "%s is stopping" % self.name}
 
     def register_event_handler(self, event: str, handler: Callable) -> None:
@@ -2113,7 +2197,7 @@ class Process:
         """Override (or use ``@app.on('second-instance')``) to handle a later
         launch: event has ``argv``, ``cwd`` and ``data``. Return a dict, which
         may hold ``exit_code``, ``stdout`` and ``stderr`` for that launch."""
-        self._note(20, "a second instance started with %r in %s", event.get("argv"),
+        self._note(_INFO, "a second instance started with %r in %s", event.get("argv"),
                    event.get("cwd"))
         return None
 
@@ -2194,16 +2278,17 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
         proc.stop(timeout=limit)
         return {"name": proc.name, "stopped": True}
     if action == "wait":
-        wait = _Wait(limit)
-        while True:
-            try:
-                return proc.info(timeout=DEFAULT_TIMEOUT)
-            except ProcessDoesNotExist:
-                if wait.over():
-                    raise Timeout("no %r process started within %.1f s" % (proc.name, limit or 0.0),
-                                  proc.name, limit or 0.0) from None
-                wait.pause()
+        return _Wait(limit).until(lambda: _info_if_running(proc), lambda: Timeout(
+            "no %r process started within %.1f s" % (proc.name, limit or 0.0),
+            proc.name, limit or 0.0))
     return proc.info(timeout=limit)
+
+
+def _info_if_running(proc: Process) -> dict | None:
+    try:
+        return proc.info(timeout=DEFAULT_TIMEOUT)
+    except ProcessDoesNotExist:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

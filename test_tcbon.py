@@ -484,6 +484,42 @@ def test_router_turns_failures_into_json_errors(router):
     assert call(router, "POST", "/add", b"[" * 100000)[0] == 400
 
 
+def test_get_json_wants_a_json_body_unless_forced():
+    app = tcbon.App()
+
+    @app.route("/j", methods=["POST"])
+    def j():
+        return {"strict": tcbon.request.get_json(silent=True),
+                "forced": tcbon.request.get_json(force=True)}
+    assert call(app, "POST", "/j", {"a": 1}, content_type="text/plain")[1] == {
+        "strict": None, "forced": {"a": 1}}
+    assert call(app, "POST", "/j", {"a": 1})[1] == {"strict": {"a": 1}, "forced": {"a": 1}}
+    app.add_route("/k", lambda: tcbon.request.get_json(), ["POST"])
+    status, body, _ = call(app, "POST", "/k", {"a": 1}, content_type="text/plain")
+    assert status == 415 and "application/json" in body["error"]
+
+
+def test_the_server_serves_any_wsgi_app_including_its_write_callable():
+    def legacy(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written, ")
+        return [b"then returned"]
+    server = tcbon._server_class()(("127.0.0.1", 0), legacy, "t" * 48, lambda *a, **k: None)
+    thread = threading.Thread(target=server.serve)
+    thread.start()
+    try:
+        address = "127.0.0.1:%d" % server.server_port
+        host, port = address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/", headers={"Host": address, tcbon.TOKEN_HEADER: "t" * 48})
+        assert conn.getresponse().read() == b"written, then returned"
+        conn.close()
+    finally:
+        server.close(drain=5)
+        thread.join(10)
+        server.server_close()
+
+
 def test_request_outside_a_route_says_so():
     with pytest.raises(RuntimeError, match="only available while a route"):
         tcbon.request.method
