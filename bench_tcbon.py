@@ -13,7 +13,6 @@ Linux only (it reads /proc for wake-ups and memory). Loopback only; every
 process it starts is ended by pid.
 """
 import argparse
-import contextlib
 import http.client
 import json
 import os
@@ -108,7 +107,7 @@ for seq in range(int(sys.argv[3])):
 """
 
 
-class Bench(object):
+class Bench:
     def __init__(self, quick):
         self.quick = quick
         self.work = tempfile.mkdtemp(prefix="tcbon-bench-")
@@ -335,7 +334,7 @@ def main(argv=None):
             return json.loads(opener.open(request, timeout=5).read())
 
         ours, floor = [], []
-        for block in range(events // 100):
+        for _ in range(events // 100):
             ours += latencies(lambda seq: client.send("event", {"name": "ack", "seq": seq}), 100)
             floor += latencies(floor_send, 100)
         q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(len(xs) * p))]  # noqa: E731
@@ -394,7 +393,7 @@ def main(argv=None):
     print()
     print("%-34s %10s %10s %8s  %-14s %s" % ("figure", "tcbon", "floor", "ratio", "target",
                                              "met"))
-    for figure, ours, floor, unit, ratio, target, better, met in rows:
+    for figure, ours, floor, _unit, ratio, target, better, met in rows:
         if figure.startswith("resident"):
             goal, shown = "<= floor+1 MiB", "%+.2f" % ratio
         elif better == "absolute":

@@ -15,7 +15,7 @@ import tcbon
 class Advanced(tcbon.Process):
 
     def __init__(self):
-        super(Advanced, self).__init__(
+        super().__init__(
             name='advanced',
             address='127.0.0.1:9876',
             app_dir=os.path.abspath('./examples/advanced'),

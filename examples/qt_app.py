@@ -20,7 +20,7 @@ class FileList(tcbon.Process):
 
     def __init__(self, **kwargs):
         executor = tcbon.MainThreadExecutor(wake=self.wake)
-        super(FileList, self).__init__('qt_app', executor=executor, **kwargs)
+        super().__init__('qt_app', executor=executor, **kwargs)
         self.qapp = None
 
     def wake(self):

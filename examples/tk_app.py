@@ -22,7 +22,7 @@ class FileList(tcbon.Process):
 
     def __init__(self, **kwargs):
         executor = tcbon.MainThreadExecutor(wake=self.wake)
-        super(FileList, self).__init__('tk_app', executor=executor, **kwargs)
+        super().__init__('tk_app', executor=executor, **kwargs)
         self.root = None
 
     def wake(self):
