@@ -1787,7 +1787,8 @@ def test_a_stale_address_on_a_reused_port_is_never_contacted(name, app_dir, tmp_
         host, port = wait_primary(name, app_dir)["address"].rsplit(":", 1)
         child.kill()
         child.wait()
-    # Another program takes the dead primary's port (FIELD-NOTES: port reuse).
+    # Another program takes the dead primary's port: the address in the state
+    # file must not be trusted once the lock is free (python-pidfile#12: pid reuse).
     foreign = socket.socket()
     foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     foreign.bind((host, int(port)))
@@ -2561,6 +2562,7 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
         assert listed_files(client) == [notes, todo]
         status, out, err = ran([script, "gone.txt"], env, cwd=str(work))
         assert (status, err) == (2, "no such file: %s\n" % missing)
+        assert listed_files(client) == [notes, todo]  # a missing file is not listed
         assert client.get("files")["title"] == "tcbon: one window for every launch"
         client.stop(timeout=30)
         code, out, err = finish(first)

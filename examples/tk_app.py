@@ -63,21 +63,23 @@ class FileList(tcbon.Process):
             self.root = None
 
     def on_second_instance(self, event):
-        paths = self.open_files(event['cwd'], event['argv'][1:])
+        paths, missing = self.open_files(event['cwd'], event['argv'][1:])
         self.root.deiconify()
         self.root.lift()
         self.root.focus_force()
-        missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             return {'exit_code': 2, 'stderr': 'no such file: %s\n' % ', '.join(missing)}
         return {'exit_code': 0,
                 'stdout': 'opened %d file(s) in the running window\n' % len(paths)}
 
     def open_files(self, cwd, names):
+        """List the files that exist; return them and the missing ones."""
         paths = [os.path.join(cwd, name) for name in names]
+        missing = [path for path in paths if not os.path.exists(path)]
+        paths = [path for path in paths if path not in missing]
         for path in paths:
             self.listbox.insert('end', path)
-        return paths
+        return paths, missing
 
 
 if __name__ == '__main__':
