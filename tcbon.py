@@ -36,6 +36,7 @@ __all__ = [
     "Response",
     "StateError",
     "Timeout",
+    "Unreachable",
     "WorkerPoolMixIn",
     "abort",
     "default_app_dir",
@@ -78,7 +79,7 @@ SECOND_INSTANCE = "second-instance"  #: The event a later launch hands over with
 _DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40  # logging's levels, without importing it
 # Exit codes of python -m tcbon and of Process.main(), one meaning each.
 (EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE,
- EXIT_ERROR) = range(7)
+ EXIT_ERROR, EXIT_UNREACHABLE) = range(8)
 
 
 # Exceptions ------------------------------------------------------------------
@@ -130,6 +131,28 @@ class Timeout(Error, TimeoutError):
         self.name, self.timeout = name, timeout
 
 
+class Unreachable(Error, ConnectionError):
+    """A primary holds the lock, but its address refuses connections: it
+    runs in another network namespace (a container, a sandbox without
+    network access), on another machine that shares this directory and
+    this machine's id (a cloned system), or its server has died. Unlike
+    Timeout, waiting longer does not help.
+
+    Attributes:
+        name (str): the application name.
+        pid (int): the primary's process id, as it published it.
+        address (str): the address that refused.
+        host (str): the host name the primary published.
+    """
+
+    def __new__(cls, message: str, name: str, pid: Any, address: str, host: Any) -> Unreachable:
+        return super().__new__(cls, message)  # type: ignore[call-arg]
+
+    def __init__(self, message: str, name: str, pid: Any, address: str, host: Any) -> None:
+        super().__init__(message)
+        self.name, self.pid, self.address, self.host = name, pid, address, host
+
+
 class StateError(Error):
     """The state directory or a file in it cannot be used safely.
 
@@ -159,7 +182,7 @@ def _exit_code(exc: BaseException) -> int:
     """The exit code for a failure, as python -m tcbon and Process.main() give it."""
     for kind, code in ((ProcessDoesNotExist, EXIT_NOT_RUNNING), (RequestError, EXIT_REFUSED),
                        (Timeout, EXIT_TIMEOUT), (StateError, EXIT_STATE),
-                       (ValueError, EXIT_USAGE)):
+                       (Unreachable, EXIT_UNREACHABLE), (ValueError, EXIT_USAGE)):
         if isinstance(exc, kind):
             return code
     return EXIT_ERROR
@@ -183,12 +206,25 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
     def _lock(fd: int, shared: bool = False) -> bool:
         # msvcrt has no shared locks: a probe briefly takes the same byte.
         # The lock file is never read, so the mandatory byte lock is harmless.
+        import errno
         os.lseek(fd, 0, os.SEEK_SET)
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EDEADLK):  # the UCRT's "held"
+                return False
+            raise
         return True
+
+    def _machine_id() -> str:
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE,  # type: ignore[attr-defined]
+                                r"SOFTWARE\Microsoft\Cryptography", 0,
+                                winreg.KEY_READ | winreg.KEY_WOW64_64KEY) as key:  # type: ignore
+                return str(winreg.QueryValueEx(key, "MachineGuid")[0])  # type: ignore
+        except OSError:
+            return ""
 
     def _unlock(fd: int) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -201,7 +237,9 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
         return min(wanted, 448)  # select() takes 512 sockets on Windows
 
     _REUSE_ADDRESS = False  # on Windows it lets others bind our port: cpython#85307
-    _WAIT_SLICE: float | None = 0.25  # Event.wait() without timeout ignores Ctrl-C on Windows
+    _WAIT_SLICE: float | None = 0.25  # a wait without timeout ignores Ctrl-C on Windows
+    # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
+    _STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGBREAK")
 else:
     import fcntl
 
@@ -209,9 +247,28 @@ else:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError:  # EWOULDBLOCK: held; ENOLCK, ENOTSUP...: raised
             return False
         return True
+
+    def _machine_id() -> str:
+        for path in ("/etc/machine-id", "/var/lib/dbus/machine-id",
+                     "/proc/sys/kernel/random/boot_id"):  # the last: stable while it runs
+            try:
+                with open(path, "rb") as f:
+                    return f.read(64).decode("ascii", "replace")
+            except OSError:
+                pass
+        if sys.platform == "darwin":  # the hardware UUID: its hostname changes with the network
+            try:
+                import ctypes
+                uuid = ctypes.create_string_buffer(16)
+                wait = (ctypes.c_long * 2)(0, 0)
+                if ctypes.CDLL(None).gethostuuid(uuid, wait) == 0:
+                    return uuid.raw.hex()
+            except (OSError, AttributeError):
+                pass
+        return ""
 
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -236,6 +293,24 @@ else:
 
     _REUSE_ADDRESS = True  # restart on a fixed port despite TIME_WAIT
     _WAIT_SLICE = None
+    _STOP_SIGNALS = ("SIGTERM",)
+
+
+_machines: list[str] = []
+
+
+def _machine() -> str:
+    """A short id of this machine, the same for every process while it
+    runs: a home directory shared by several machines (NFS) holds one lock
+    per machine, as each machine has its own loopback. Never the hostname,
+    which macOS changes with the network; that only as a last resort."""
+    if not _machines:
+        text = _machine_id()
+        if not text:
+            import socket
+            text = socket.gethostname()
+        _machines.append("".join(c for c in text.lower() if c.isalnum())[:16] or "unknown")
+    return _machines[0]
 
 
 def _data_home(platform: str = sys.platform) -> str:
@@ -342,6 +417,19 @@ def _open_lock(path: str) -> int:
     return fd
 
 
+def _locked(fd: int, path: str, shared: bool = False) -> bool:
+    """_lock(fd): True if taken, False if another process holds it; a
+    failure that is not contention is a StateError, never "held"."""
+    try:
+        return _lock(fd, shared)
+    except OSError as exc:
+        import errno
+        raise StateError("cannot lock %s: %s (%s): its file system does not support locks "
+                         "(NFS mounted with nolock, SMB, some FUSE file systems); pass an "
+                         "app_dir on a local disk" % (path, _reason(exc), errno.errorcode.get(
+                             exc.errno or 0, exc.errno)), path) from exc
+
+
 def _primary_holds(lock_path: str) -> bool:
     """True while a primary holds the lock. Probes take a shared lock, so a
     probe can never make a launch believe a primary exists."""
@@ -353,7 +441,7 @@ def _primary_holds(lock_path: str) -> bool:
         raise StateError("cannot open the lock file %s: %s" % (lock_path, _reason(exc)),
                          lock_path) from exc
     try:
-        if _lock(fd, shared=True):
+        if _locked(fd, lock_path, shared=True):
             _unlock(fd)
             return False
         return True
@@ -899,6 +987,7 @@ class IntakeMixIn(_ServerBase):
 
     reserve_worker: Callable[[], bool]  # from WorkerPoolMixIn
     drain: Callable[[float], None]
+    hurried: bool
 
     def __init__(self, server_address: tuple[str, int], app: Callable, token: str,
                  note: Callable[..., None]) -> None:
@@ -912,6 +1001,8 @@ class IntakeMixIn(_ServerBase):
         self._buffered = 0  # bytes held by self._pending
         self._listen_again: float | None = None  # after running out of descriptors
         self._quiet_until: dict[str, float] = {}
+        # Never a new object per read: PyPy's GC lets discarded ones pile up.
+        self._discard = bytearray(65536)
         super().__init__(server_address, RequestHandler)  # type: ignore[call-arg]
         host, port = self.socket.getsockname()[:2]
         names = {_format_address(host, port), "localhost:%d" % port}
@@ -998,6 +1089,8 @@ class IntakeMixIn(_ServerBase):
 
     def _receive(self, sock: socket.socket, conn: _Pending) -> None:
         try:
+            if conn.refused:  # answered already: read into one buffer, discarded
+                return None if sock.recv_into(self._discard) else self._drop(sock)
             chunk = sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
@@ -1005,8 +1098,6 @@ class IntakeMixIn(_ServerBase):
             chunk = b""
         if not chunk:
             return self._drop(sock)
-        if conn.refused:
-            return  # answered already: discarded
         conn.buf += chunk
         self._buffered += len(chunk)
         if conn.head is None:
@@ -1109,6 +1200,7 @@ class WorkerPoolMixIn(_ServerBase):
         import threading
         self.busy = self.spare = 0  # requests in progress; idle workers
         self.closing = False
+        self.hurried = False  # set (also from a signal handler) to end drain() now
         self._queue: queue.SimpleQueue[tuple[_Request | None, Any]] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._workers = threading.local()
@@ -1167,8 +1259,12 @@ class WorkerPoolMixIn(_ServerBase):
         mine = 1 if getattr(self._workers, "active", False) else 0
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self.busy > mine and time.monotonic() < deadline:
-                self._idle.wait(deadline - time.monotonic())
+            if self.busy > mine:
+                self.note(_WARNING, "waiting up to %.0f s for %d request(s) in progress; stop "
+                          "again (Ctrl-C) to end them at once", timeout, self.busy - mine)
+            # In slices: hurried is set without the lock, by a signal handler.
+            while self.busy > mine and not self.hurried and time.monotonic() < deadline:
+                self._idle.wait(min(0.1, deadline - time.monotonic()))
 
 
 class RequestHandler(_HandlerBase):
@@ -1411,8 +1507,8 @@ class _Client:
 
     def __init__(self, name: str, app_dir: str) -> None:
         self.name, self.app_dir = name, app_dir
-        self.lock_file = os.path.join(app_dir, name + ".lock")
-        self.pid_file = os.path.join(app_dir, name + ".pid")
+        stem = os.path.join(app_dir, "%s@%s" % (name, _machine()))  # one per machine
+        self.lock_file, self.pid_file = stem + ".lock", stem + ".pid"
         self.found: dict | None = None
         self.own: dict | None = None
         self._dir_checked = False
@@ -1514,10 +1610,17 @@ class _Client:
         return Error("lost the connection to %s during %s (%s): it may have exited; the "
                      "request may or may not have been handled" % (where, what, reason))
 
-    def _unreachable(self) -> Error:
-        address = self.found["address"] if self.found else "its address"
-        return Error("cannot reach %r at %s: connection refused; it may have just exited, "
-                     "retry" % (self.name, address))
+    def _unreachable(self) -> Unreachable:
+        import socket
+        state = self.found or {}
+        pid, address, host = state.get("pid"), state.get("address"), state.get("host")
+        where = "" if host in (None, socket.gethostname()) else " on host %s" % host
+        return Unreachable(
+            "%r (pid %s%s) holds its lock, but its address %s refuses connections: it runs "
+            "in another network namespace (a container, a sandbox without network access), "
+            "on another machine that shares %s and this machine's id (a cloned system), or "
+            "its server has died; stop or end it where it runs" % (
+                self.name, pid, where, address, self.app_dir), self.name, pid, str(address), host)
 
     def stop(self, limit: float | None) -> None:
         """Ask the primary to stop; return once it has released its lock."""
@@ -1612,21 +1715,61 @@ def _this_argv() -> list[str]:
     return list(getattr(sys, "argv", None) or [])
 
 
-def _handle_sigterm(handler: Callable[[], Any]) -> Callable[[], Any] | None:
-    """Make SIGTERM call handler(); return what undoes that, or None if
-    SIGTERM was left alone: off the main thread (Python allows no handler
-    there), or if the host application installed its own from C (an
-    embedding DCC app), which Python could not put back."""
+def _handle_signals(names: tuple[str, ...], handler: Callable[[], Any]) -> Callable[[], None]:
+    """Make each named signal this platform has call handler(); return what
+    puts the previous handlers back. Nothing changes off the main thread
+    (Python allows no handler there), nor for a signal whose handler the
+    host installed from C (an embedding DCC app): Python could not put it
+    back."""
     import signal
     import threading
-    if (threading.current_thread() is not threading.main_thread()
-            or not hasattr(signal, "SIGTERM")):
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is None:
-        return None
-    signal.signal(signal.SIGTERM, lambda *_: handler())
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in names:
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) is not None:
+                previous[signum] = signal.signal(signum, lambda *_: handler())
+
+    def undo() -> None:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+    return undo
+
+
+class _Gate:
+    """A flag that opens once, and that a signal handler may open: opening
+    takes no lock (an Event's set() does, and the handler may have
+    interrupted the thread that holds it)."""
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self.opened = False
+
+    def open(self) -> None:
+        self.opened = True
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # opened already
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until opened (or timeout seconds); True if it is."""
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._lock.release()
+        return self.opened
+
+
+_primaries: Any = None  # a WeakSet of the Process objects that are primaries here
+
+
+def _forget_primaries_after_fork() -> None:
+    """In a forked child: the parent's primaries are not ours. The child
+    shares the parent's lock (one open file description): closing its copy
+    of the descriptor is harmless, unlocking would free the parent's lock,
+    and so would removing its state or stopping its server at exit."""
+    for process in list(_primaries or ()):
+        process._forget_primary()
 
 
 class _LazyLog:
@@ -1696,9 +1839,12 @@ class Process:
         self._lock_fd: int | None = None  # while the primary
         self._token: str | None = None
         self._lifecycle = _thread.RLock()  # start and stop, one at a time
-        self._stop_asked: Any = None  # a threading.Event, once started
+        self._stop_asked = _Gate()  # opened by the first stop request
         self._waiter = False  # a thread waits in run_forever()/main() to stop us
-        self._undo_sigterm: Callable[[], Any] | None = None
+        self._undo_signals: list[Callable[[], None]] = []
+        self._hurried = False  # a second stop request came during the stop
+        self._closing: IntakeMixIn | None = None  # the server being stopped
+        self._in_on_stop: int | None = None  # the thread running on_stop()
         self._debug = debug
         self._log: Any = None
         if debug or type(self).setup_logger is not Process.setup_logger:
@@ -1821,6 +1967,11 @@ class Process:
                 raise self._client.no_address(limit)
 
     def _take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
+        global _primaries
+        if _primaries is None and hasattr(os, "register_at_fork"):
+            import weakref
+            _primaries = weakref.WeakSet()
+            os.register_at_fork(after_in_child=_forget_primaries_after_fork)
         with self._lifecycle:
             if self.is_primary:
                 return
@@ -1842,9 +1993,9 @@ class Process:
         """True once ours; None to look again (the holder is a probe, or a
         primary starting up or stopping). Raises ProcessExists for a
         primary that has published its address."""
-        if _lock(fd):
+        if _locked(fd, self.lock_file):
             return True
-        if _lock(fd, shared=True):  # only probes hold it
+        if _locked(fd, self.lock_file, shared=True):  # only probes hold it
             _unlock(fd)
             return None
         state = _read_state(self.pid_file)
@@ -1857,7 +2008,6 @@ class Process:
     def _serve(self, signals: bool, waiter: bool) -> None:
         """With the lock held: listen, on_start(), serve, publish."""
         import atexit
-        import threading
         _remove(self.pid_file)  # a crashed primary's address is never contacted again
         try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
             server = _server_class()(self._bind, self.wsgi, os.urandom(24).hex(), self._note)
@@ -1865,10 +2015,10 @@ class Process:
             raise Error("%r cannot listen on %s: %s; pass another address, or none to let "
                         "the system pick a free port" % (
                             self.name, _format_address(*self._bind), _reason(exc))) from exc
-        self._stop_asked = threading.Event()
+        self._stop_asked, self._hurried = _Gate(), False
         if signals:  # a stop asked for during on_start() is carried out right after it
             self._waiter = waiter
-            self._undo_sigterm = _handle_sigterm(self._stop_soon)
+            self._undo_signals.append(_handle_signals(_STOP_SIGNALS, self._signalled))
         try:
             self.on_start()
             self._publish(server)
@@ -1889,11 +2039,14 @@ class Process:
         self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
                                             name="tcbon-%s" % self.name)
         self.wsgi_thread.start()
+        import socket
         state = {"tcbon": PROTOCOL, "version": __version__, "name": self.name,
                  "pid": self.pid, "address": self.address, "token": server.token,
-                 "started": self.started}
+                 "started": self.started, "host": socket.gethostname(), "machine": _machine()}
         _write_state(self.pid_file, state)
         self._client.own = state
+        if _primaries is not None:
+            _primaries.add(self)
 
     # Serving until stopped ------------------------------------------------------
     def run_forever(self) -> None:
@@ -1950,20 +2103,26 @@ class Process:
         try:
             if run is not None:
                 run()
-            else:
+            else:  # Ctrl-C, like SIGTERM, now stops us cleanly
+                self._undo_signals.append(_handle_signals(("SIGINT",), self._signalled))
                 while not self._stop_asked.wait(_WAIT_SLICE):
                     pass
         except KeyboardInterrupt:
             self._note(_INFO, "%s interrupted", self.name)
         finally:
-            self._end_wait()
-            self._shut_down()
+            # A stop request during the stop (a second Ctrl-C: a frozen app's
+            # bootloader forwards one more, pyinstaller#2483) hurries it.
+            self._undo_signals.append(_handle_signals(("SIGINT",) + _STOP_SIGNALS,
+                                                      self._signalled))
+            try:
+                self._shut_down()
+            finally:
+                self._end_wait()
 
     def _end_wait(self) -> None:
         self._waiter = False
-        undo, self._undo_sigterm = self._undo_sigterm, None
-        if undo is not None:
-            undo()
+        while self._undo_signals:
+            self._undo_signals.pop()()
 
     def _report(self, exc: Error) -> int:
         _say(sys.stderr, "%s: %s\n" % (self.name, exc))
@@ -1993,13 +2152,25 @@ class Process:
             return self._shut_down()
         self._call(self._client.stop, self._limit(timeout))
 
+    def _signalled(self) -> None:
+        """SIGTERM (SIGBREAK on Windows), or Ctrl-C where tcbon handles it:
+        the first stops us cleanly; one during the stop hurries it."""
+        if not self._stop_asked.opened:
+            return self._stop_soon()
+        self._hurried = True
+        server = self._closing
+        if server is not None:
+            server.hurried = True  # ends the wait for requests in progress
+        if self._in_on_stop == _thread.get_ident():
+            raise KeyboardInterrupt  # a slow on_stop, here: _shut_down() goes on
+
     def _stop_soon(self) -> None:
         """Stop soon (the /stop route, SIGTERM): on the thread waiting in
         run_forever() or main() if there is one, else through the executor
         (on_stop then runs on the UI thread), else on a thread of its own."""
-        if self._stop_asked.is_set():
+        if self._stop_asked.opened:
             return
-        self._stop_asked.set()
+        self._stop_asked.open()
         if self._waiter:
             return
         if self.executor is not None:
@@ -2023,13 +2194,19 @@ class Process:
             state = _read_state(self.pid_file)
             if state is not None and state.get("token") == server.token:
                 _remove(self.pid_file)
+            self._closing = server
             try:
+                self._in_on_stop = _thread.get_ident()
                 self.on_stop()
+            except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, cleanly
+                self._note(_WARNING, "%s: on_stop was interrupted", self.name)
             finally:
+                self._in_on_stop = None
                 self._close_server(server)
+                self._closing = None
                 self._client.own = None
                 self._release_lock()
-                self._stop_asked.set()
+                self._stop_asked.open()
                 self._note(_INFO, "%s stopped", self.name)
 
     def _close_server(self, server: IntakeMixIn) -> None:
@@ -2053,6 +2230,16 @@ class Process:
     def _at_exit(self) -> None:
         if self.is_primary:
             self._shut_down()
+
+    def _forget_primary(self) -> None:
+        """After fork, in the child: not the primary, without unlocking,
+        withdrawing or stopping anything of the parent's."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # the child's copy only
+        self._server = self._client.own = None
+        self._lifecycle = _thread.RLock()  # another thread may have held it
+        _primaries.discard(self)
 
     # Talking to the primary -----------------------------------------------------
     def handoff(self, argv: list[str] | None = None, cwd: str | None = None,
@@ -2123,9 +2310,10 @@ class Process:
 
     # Routes and events -------------------------------------------------------
     def _route_index(self) -> dict:
+        own = self._client.own or {}
         return {"success": True, "name": self.name, "pid": self.pid, "address": self.address,
                 "version": __version__, "protocol": PROTOCOL, "started": self.started,
-                "argv": _this_argv()}
+                "argv": _this_argv(), "host": own.get("host")}
 
     def _route_event(self) -> dict:
         event = request.get_json()
@@ -2214,8 +2402,8 @@ actions:
 
 exit codes:
   0 done / running        1 not running            2 usage error or bad input
-  3 refused by primary    4 timed out              5 state directory unusable
-  6 other failure
+  3 refused by primary    4 timed out (busy/hung)  5 state directory unusable
+  6 other failure         7 runs, but unreachable (another network namespace or machine)
 
 examples:
   python -m tcbon my_app && echo running

@@ -729,12 +729,13 @@ def test_state_is_published_privately_once_listening(primary, app_dir):
         assert stat.S_IMODE(os.stat(primary.pid_file).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(primary.lock_file).st_mode) == 0o600
     # Only the two files: no temporary file left behind.
-    assert sorted(os.listdir(app_dir)) == sorted([primary.name + ".lock", primary.name + ".pid"])
+    assert sorted(os.listdir(app_dir)) == sorted(
+        os.path.basename(p) for p in (primary.lock_file, primary.pid_file))
 
 
 def test_lock_file_is_never_truncated_or_removed(name, app_dir):
     os.makedirs(app_dir, mode=0o700)
-    lock = os.path.join(app_dir, name + ".lock")
+    lock = tcbon.Process(name, app_dir=app_dir).lock_file
     with open(lock, "w") as f:
         f.write("kept")
     proc = tcbon.Process(name, app_dir=app_dir)
@@ -757,7 +758,7 @@ def test_reading_state_tolerates_partial_and_foreign_content(tmp_path, content):
 
 def test_foreign_state_file_does_not_block_a_start(name, app_dir):
     os.makedirs(app_dir, mode=0o700)
-    with open(os.path.join(app_dir, name + ".pid"), "wb") as f:
+    with open(tcbon.Process(name, app_dir=app_dir).pid_file, "wb") as f:
         f.write(b"1234\nhttp://127.0.0.1:1\n")  # the 0.1 format, for instance
     with tcbon.Process(name, app_dir=app_dir) as proc:
         assert tcbon._read_state(proc.pid_file)["pid"] == os.getpid()
@@ -796,7 +797,7 @@ def test_symlinks_planted_at_the_lock_path_or_app_dir_are_refused(name, tmp_path
         tcbon.Process(name, app_dir=str(link)).start()
     target = tmp_path / "victim"
     target.write_text("precious")
-    (real / (name + ".lock")).symlink_to(target)
+    os.symlink(str(target), tcbon.Process(name, app_dir=str(real)).lock_file)
     with pytest.raises(tcbon.StateError, match="symbolic link"):
         tcbon.Process(name, app_dir=str(real)).start()
     assert target.read_text() == "precious"
@@ -807,7 +808,7 @@ def test_a_symlink_planted_at_the_state_path_is_replaced_not_followed(name, app_
     os.makedirs(app_dir, mode=0o700)
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    state = os.path.join(app_dir, name + ".pid")
+    state = tcbon.Process(name, app_dir=app_dir).pid_file
     os.symlink(str(victim), state)
     assert tcbon._read_state(state) is None  # never read through it
     with tcbon.Process(name, app_dir=app_dir):
@@ -818,7 +819,7 @@ def test_a_symlink_planted_at_the_state_path_is_replaced_not_followed(name, app_
 def test_a_state_file_naming_a_live_unrelated_pid_is_not_trusted(name, app_dir):
     os.makedirs(app_dir, mode=0o700)
     state = {"tcbon": 1, "pid": 1, "address": "127.0.0.1:9", "token": "x" * 32}
-    with open(os.path.join(app_dir, name + ".pid"), "w") as f:
+    with open(tcbon.Process(name, app_dir=app_dir).pid_file, "w") as f:
         json.dump(state, f)  # pid 1 is alive, and is certainly not us
     client = tcbon.Process(name, app_dir=app_dir)
     assert not client.running
@@ -958,7 +959,7 @@ def test_we_refuse_an_app_dir_another_user_owns(other_user, shared_parent, name)
         tcbon.Process(name, app_dir=theirs).start()
     planted = os.path.join(shared_parent, "mine")
     os.mkdir(planted, 0o700)
-    lock = os.path.join(planted, name + ".lock")
+    lock = tcbon.Process(name, app_dir=planted).lock_file
     open(lock, "w").close()
     os.chown(lock, other_user.uid, other_user.gid)  # a lock file planted by someone else
     with pytest.raises(tcbon.StateError, match="owned by uid %d" % other_user.uid):
@@ -1826,9 +1827,9 @@ def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
     server = threading.Thread(target=trickle, daemon=True)
     server.start()
     import fcntl
-    with open(os.path.join(app_dir, name + ".lock"), "w") as lock:
+    with open(tcbon.Process(name, app_dir=app_dir).lock_file, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        tcbon._write_state(os.path.join(app_dir, name + ".pid"), {
+        tcbon._write_state(tcbon.Process(name, app_dir=app_dir).pid_file, {
             "tcbon": 1, "pid": os.getpid(), "token": "t" * 48,
             "address": "127.0.0.1:%d" % listener.getsockname()[1]})
         errors = []
@@ -2048,7 +2049,7 @@ def test_signals_make_run_forever_return_cleanly(name, app_dir, tmp_path, signum
         code, out, err = finish(child)
         assert code == 0, err
         assert out.splitlines()[-2:] == ["ON_STOP", "RETURNED"]
-        assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+        assert not os.path.exists(tcbon.Process(name, app_dir=app_dir).pid_file)
 
 
 @pytest.mark.skipif(not POSIX, reason="POSIX signals")
@@ -2062,7 +2063,7 @@ def test_sigterm_during_start_up_stops_the_primary_once_it_has_started(name, app
         code, out, err = finish(child)
         assert code == 0, err
         assert out.splitlines() == ["ON_STOP", "RETURNED"]
-    assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+    assert not os.path.exists(tcbon.Process(name, app_dir=app_dir).pid_file)
     assert not tcbon.Process(name, app_dir=app_dir).running
 
 
@@ -2075,7 +2076,7 @@ def test_ctrl_c_during_start_up_cancels_it_and_leaves_nothing_behind(name, app_d
         code, out, err = finish(child)
         assert code != 0 and "KeyboardInterrupt" in err, err
         assert "ON_STOP" not in out
-    assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+    assert not os.path.exists(tcbon.Process(name, app_dir=app_dir).pid_file)
     with tcbon.Process(name, app_dir=app_dir, timeout=5) as proc:
         assert proc.is_primary
 
@@ -2087,7 +2088,7 @@ def test_exit_without_stop_cleans_up(name, app_dir, tmp_path):
             "p.start()\n")
     with launched(["-c", code, name, app_dir], child_env(tmp_path)) as child:
         assert finish(child)[:2] == (0, "ON_STOP\n")
-    assert not os.path.exists(os.path.join(app_dir, name + ".pid"))
+    assert not os.path.exists(tcbon.Process(name, app_dir=app_dir).pid_file)
 
 
 def test_second_instance_gets_process_exists_and_a_reply(name, app_dir, tmp_path):
@@ -2132,7 +2133,7 @@ def test_kill_9_then_the_next_launch_takes_over_at_once(name, app_dir, tmp_path)
         child.kill()
         child.wait()
     # The stale state file is still there; the lock died with its process.
-    assert tcbon._read_state(os.path.join(app_dir, name + ".pid"))["pid"] == child.pid
+    assert tcbon._read_state(tcbon.Process(name, app_dir=app_dir).pid_file)["pid"] == child.pid
     client = tcbon.Process(name, app_dir=app_dir)
     assert not client.running
     with pytest.raises(tcbon.ProcessDoesNotExist):

@@ -36,7 +36,8 @@ class FileList(tcbon.Process):
 
     def poll(self):
         self.executor.run_pending()
-        self.root.after(50, self.poll)
+        if self.root is not None:  # not if a remote stop just closed the window
+            self.root.after(50, self.poll)
 
     def setup_wsgi(self, wsgi):
         @wsgi.route('/files')
