@@ -267,6 +267,56 @@ for app_dir in sys.argv[1:]:
 """
 
 
+# argv NAME APP_DIR: a primary forks; the child exits (atexit runs), or stops
+# its copy first; the parent must still be the one primary. Prints 'ok'.
+FORK = """
+import os, sys, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir)
+app.start()
+for how in ("exit", "stop", "with"):
+    pid = os.fork()
+    if pid == 0:
+        if how == "stop":
+            app.stop()
+        elif how == "with":  # the child is not the primary: the parent is
+            try:
+                with app:
+                    sys.exit(3)
+            except tcbon.ProcessExists as exc:
+                assert exc.pid == os.getppid()
+        sys.exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert app.is_primary and app.running and os.path.exists(app.pid_file)
+    assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == os.getpid()
+    try:
+        tcbon.Process(name, app_dir=app_dir).start()
+        raise SystemExit("a second primary started beside the first after %s" % how)
+    except tcbon.ProcessExists:
+        pass
+app.stop()
+print("ok")
+"""
+
+# argv NAME APP_DIR ERRNO: the file system refuses locks with that errno
+# (simulated at the platform seam, fcntl.flock); prints what tcbon said.
+NO_LOCKS = """
+import errno, fcntl, os, sys, tcbon
+name, app_dir, code = sys.argv[1], sys.argv[2], getattr(errno, sys.argv[3])
+
+def flock(fd, operation):
+    raise OSError(code, os.strerror(code))
+fcntl.flock = flock
+for call in ("start", "send"):
+    try:
+        getattr(tcbon.Process(name, app_dir=app_dir), call)(*(("event",) if call == "send" else ()))
+        print(call, "no error")
+    except tcbon.StateError as exc:
+        print(call, exc.path.endswith(".lock"), errno.errorcode[code] in str(exc), "local disk" in str(exc))
+print("cli", tcbon.main([name, "--app-dir", app_dir]))
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -298,6 +348,14 @@ def primary(name, app_dir):
         proc.stop()
 
 
+def require(what, how=".ci/run installs it"):
+    """Skip, saying what is missing, unless this run demands it
+    (TCBON_REQUIRE=Xvfb,tkinter,... as .ci/run sets it): then fail."""
+    if what in os.environ.get("TCBON_REQUIRE", "").split(","):
+        pytest.fail("%s is required here (TCBON_REQUIRE), and missing" % what)
+    pytest.skip("%s is missing; %s" % (what, how))
+
+
 def wait_for(predicate, timeout=20.0, what="condition"):
     """Poll predicate until true; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -319,22 +377,25 @@ def child_env(tmp_path, **extra):
 
 
 @contextlib.contextmanager
-def launched(args, env, cwd=None, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE):
-    """A child interpreter in the background (python ARGS), always ended and reaped."""
-    proc = subprocess.Popen([sys.executable] + [str(a) for a in args], env=env, cwd=cwd,
-                            text=True, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr)
+def launched(args, env, cwd=None, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, via=()):
+    """A child interpreter in the background (python ARGS, run via a command
+    such as nsenter if given), always ended and reaped."""
+    proc = subprocess.Popen(list(via) + [sys.executable] + [str(a) for a in args], env=env,
+                            cwd=cwd, text=True, stdin=stdin, stdout=subprocess.PIPE,
+                            stderr=stderr)
     try:
         yield proc
     finally:
         end(proc)
 
 
-def ran(args, env, cwd=None, timeout=60, text=True):
-    """A child interpreter (python ARGS) run to its end: (exit code, stdout,
-    stderr). env None: this process' environment."""
+def ran(args, env, cwd=None, timeout=60, text=True, via=()):
+    """A child interpreter (python ARGS, via a command if given) run to its
+    end: (exit code, stdout, stderr). env None: this process' environment."""
     args = [a if isinstance(a, bytes) else str(a) for a in args]
-    done = subprocess.run([sys.executable] + args, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=text, timeout=timeout)
+    done = subprocess.run(list(via) + [sys.executable] + args, env=env, cwd=cwd,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=text,
+                          timeout=timeout)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -1648,9 +1709,7 @@ def slowhttptest(address, mode, seconds):
     import shutil
     tool = shutil.which("slowhttptest")
     if not tool:
-        if os.environ.get("CI"):
-            pytest.fail("slowhttptest is required in CI (.ci/run installs it)")
-        pytest.skip("slowhttptest is not installed (apt-get install slowhttptest)")
+        require("slowhttptest", "apt-get install slowhttptest")
 
     def more_files():
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, max(4096, resource.getrlimit(
@@ -2318,6 +2377,140 @@ def test_kill_9_at_any_point_lets_the_next_launch_take_over_at_once(name, app_di
         assert client.info()["pid"] == os.getpid()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_never_unlocks_or_withdraws_the_parents_primary(name, app_dir, tmp_path):
+    assert run_python(FORK, tmp_path, name, app_dir) == "ok\n"
+
+
+@pytest.mark.skipif(not POSIX, reason="flock")
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "EINVAL"])
+def test_a_file_system_without_locks_is_a_state_error_never_held(name, app_dir, tmp_path, code):
+    # No lock-less file system can be mounted here, so the errno that NFS
+    # (nolock), SMB or FUSE give is injected at the platform seam, fcntl.flock.
+    out = run_python(NO_LOCKS, tmp_path, name, app_dir, code)
+    assert out == "start True True True\nsend True True True\ncli 5\n"
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.parametrize("slow", ["handler", "on_stop"])
+@pytest.mark.parametrize("first, second", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGTERM"),
+                                           ("SIGTERM", "SIGINT")])
+def test_a_second_stop_signal_hurries_the_stop_cleanly(name, app_dir, tmp_path, slow, first,
+                                                      second):
+    env = {"HANDLER_DELAY": 60} if slow == "handler" else {"ON_STOP_DELAY": 60}
+    failures = []
+    with launch(name, app_dir, tmp_path, **env) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        wait_primary(name, app_dir)
+        sender = threading.Thread(target=lambda: failures.append(pytest.raises(
+            tcbon.Error, ping, name, app_dir, 60)))
+        if slow == "handler":
+            sender.start()
+            assert child.stdout.readline() == "HANDLING\n"
+        child.send_signal(getattr(signal, first))
+        if slow == "handler":  # said once: what it waits for, and how to stop waiting
+            assert "waiting up to" in child.stderr.readline()
+        else:
+            assert child.stdout.readline() == "ON_STOP\n"
+        started = time.monotonic()
+        child.send_signal(getattr(signal, second))
+        code, out, err = finish(child)
+        assert (code, "Traceback" in err) == (0, False), err
+        assert "RETURNED" in out and time.monotonic() - started < 20
+    sender.join(30) if sender.is_alive() else None
+    with tcbon.Process(name, app_dir=app_dir) as successor:  # nothing left behind
+        assert successor.is_primary and not failures[1:]
+
+
+@contextlib.contextmanager
+def elsewhere(tmp_path, machine):
+    """Somewhere that shares our files but has its own loopback, as Linux
+    namespaces make it: another network namespace (a container or sandbox
+    on this machine), or, with machine, another machine sharing our home
+    directory (as NFS homes are shared): its own hostname, /etc/machine-id
+    and boot id too. Yields the command prefix that runs a program there."""
+    import shutil
+    tools = [shutil.which(tool) for tool in ("unshare", "nsenter", "ip")]
+    if not (sys.platform.startswith("linux") and os.geteuid() == 0 and all(tools)):
+        require("namespaces", "needs root on Linux with unshare, nsenter and ip")
+    setup = ["ip link set lo up"]
+    if machine:
+        ids = tmp_path / "machine-b"
+        ids.mkdir()
+        (ids / "machine-id").write_text(uuid.uuid4().hex + "\n")
+        (ids / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+        setup += ["hostname machine-b",
+                  "[ ! -e /etc/machine-id ] || mount --bind %s /etc/machine-id" % (
+                      ids / "machine-id"),
+                  "mount --bind %s /proc/sys/kernel/random/boot_id" % (ids / "boot_id")]
+    flags = ["--net", "--uts", "--mount"] if machine else ["--net"]
+    script = " && ".join(setup + ["echo ready", "exec sleep 600"])
+    holder = subprocess.Popen(["unshare"] + flags + ["sh", "-c", script], text=True,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "ready\n", holder.stderr.read()
+        yield ["nsenter", "-t", str(holder.pid), "-n"] + (["-u", "-m"] if machine else [])
+    finally:
+        end(holder)
+
+
+def probe_pid(tmp_path, name, app_dir, via=()):
+    status, out, err = ran(["-m", "tcbon", name, "--app-dir", app_dir, "--json"],
+                           child_env(tmp_path), via=via)
+    assert status == 0, err
+    return json.loads(out)["pid"]
+
+
+def test_a_primary_in_another_network_namespace_is_unreachable_not_hung(name, app_dir,
+                                                                        tmp_path):
+    with elsewhere(tmp_path, machine=False) as there, \
+            launched(["-c", LAUNCH, name, app_dir], child_env(tmp_path), via=there) as child:
+        assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
+        client = tcbon.Process(name, app_dir=app_dir, timeout=1)
+        wait_for(lambda: tcbon._read_state(client.pid_file), what="its state")
+        with pytest.raises(tcbon.Unreachable) as info:
+            client.send("event", {"name": "ping"})
+        assert (info.value.pid, info.value.name) == (child.pid, name)
+        assert "another network namespace" in str(info.value)
+        assert cli(tmp_path, name, "--app-dir", app_dir, "--timeout", "1")[0] == 7
+        status, out, err = ran(["-c", MAIN, name, app_dir], child_env(tmp_path, TIMEOUT=1))
+        assert (status, "PRIMARY" in out) == (7, False), err  # never a second primary
+
+
+@pytest.mark.slow
+def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, tmp_path):
+    app_dir = str(tmp_path / "home" / name)  # one directory, seen by both machines
+    env = child_env(tmp_path)
+    with elsewhere(tmp_path, machine=True) as b, contextlib.ExitStack() as stack:
+        a_primary = stack.enter_context(launched(["-c", MAIN, name, app_dir], env))
+        assert a_primary.stdout.readline() == "PRIMARY %d\n" % a_primary.pid
+        # Machine B: launches race; exactly one becomes its primary.
+        go = tmp_path / "go"
+        b_launches = [stack.enter_context(launched(["-c", MAIN, name, app_dir],
+                                                   child_env(tmp_path, GO_FILE=go), via=b))
+                      for _ in range(6)]
+        go.touch()
+        wait_for(lambda: sum(p.poll() is not None for p in b_launches) == 5, 60,
+                 "all but one launch on B to hand over")
+        b_primary = next(p for p in b_launches if p.poll() is None)
+        assert b_primary.stdout.readline() == "PRIMARY %d\n" % b_primary.pid
+        for launch_ in b_launches:
+            if launch_ is not b_primary:
+                assert (launch_.returncode, launch_.stdout.read()) == (0, ""), launch_.stderr.read()
+        # Each machine's later launches and probes find their own primary.
+        assert probe_pid(tmp_path, name, app_dir) == a_primary.pid
+        assert probe_pid(tmp_path, name, app_dir, via=b) == b_primary.pid
+        for via in ((), b):
+            assert ran(["-c", MAIN, name, app_dir], env, via=via) == (0, "", "")
+        info = json.loads(ran(["-m", "tcbon", name, "get", "--app-dir", app_dir, "--json"],
+                              env, via=b)[1])
+        assert info["host"] == "machine-b"
+        for via, primary_ in ((b, b_primary), ((), a_primary)):
+            assert ran(["-m", "tcbon", name, "stop", "--app-dir", app_dir], env, via=via)[0] == 0
+            assert finish(primary_)[0] == 0
+
+
 # Command line -----------------------------------------------------------------------------
 def cli(tmp_path, *args, timeout=60):
     """Run the real ``python -m tcbon``; return (code, stdout, stderr)."""
@@ -2500,19 +2693,12 @@ def test_example_advanced(tmp_path):
         assert f.read() == "2"
 
 
-def require_ui(what):
-    """Skip with the reason, unless CI demands it: TCBON_REQUIRE_UI=Xvfb,tkinter,PySide6."""
-    if what in os.environ.get("TCBON_REQUIRE_UI", "").split(","):
-        pytest.fail("%s is required here (TCBON_REQUIRE_UI)" % what)
-    pytest.skip("%s is not installed; .ci/run installs it" % what)
-
-
 @pytest.fixture(scope="session")
 def display():
     import shutil
     xvfb = shutil.which("Xvfb")
     if not xvfb:
-        require_ui("Xvfb")
+        require("Xvfb")
     read, write = os.pipe()
     server = subprocess.Popen([xvfb, "-displayfd", str(write), "-nolisten", "tcp",
                                "-screen", "0", "1024x768x24"], pass_fds=[write],
@@ -2541,12 +2727,12 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
     if toolkit == "tk":
         env["DISPLAY"] = request.getfixturevalue("display")
         if ran(["-c", "import tkinter"], None)[0]:
-            require_ui("tkinter")
+            require("tkinter")
     else:
         try:
             import PySide6  # noqa: F401
         except ImportError:
-            require_ui("PySide6")
+            require("PySide6")
         env["QT_QPA_PLATFORM"] = "offscreen"
     name = toolkit + "_app"
     script = example(name + ".py")
