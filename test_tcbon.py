@@ -312,7 +312,8 @@ for call in ("start", "send"):
         getattr(tcbon.Process(name, app_dir=app_dir), call)(*(("event",) if call == "send" else ()))
         print(call, "no error")
     except tcbon.StateError as exc:
-        print(call, exc.path.endswith(".lock"), errno.errorcode[code] in str(exc), "local disk" in str(exc))
+        print(call, exc.path.endswith(".lock"), errno.errorcode[code] in str(exc),
+              "local disk" in str(exc))
 print("cli", tcbon.main([name, "--app-dir", app_dir]))
 """
 
