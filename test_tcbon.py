@@ -318,6 +318,23 @@ print("cli", tcbon.main([name, "--app-dir", app_dir]))
 """
 
 
+# The frozen app: main() with a handler that relays an exit code and stdout.
+FROZEN_APP = """
+import sys
+import tcbon
+
+app = tcbon.Process("frozen_app", timeout=20)
+
+
+@app.on("second-instance")
+def second(event):
+    return {"exit_code": 3, "stdout": "handled %s\\n" % " ".join(event["argv"][1:])}
+
+
+sys.exit(app.main())
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -2510,6 +2527,76 @@ def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, 
         for via, primary_ in ((b, b_primary), ((), a_primary)):
             assert ran(["-m", "tcbon", name, "stop", "--app-dir", app_dir], env, via=via)[0] == 0
             assert finish(primary_)[0] == 0
+
+
+@pytest.fixture(scope="session")
+def frozen(tmp_path_factory):
+    """FROZEN_APP built by the real PyInstaller: {'onefile': path, 'onedir': path}."""
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        require("PyInstaller", "pip install pyinstaller")
+    work = tmp_path_factory.mktemp("frozen")
+    (work / "frozen_app.py").write_text(FROZEN_APP)
+    built = {}
+    for mode in ("onefile", "onedir"):
+        status, out, err = ran(["-m", "PyInstaller", "--" + mode, "--noconfirm", "--log-level",
+                                "WARN", "--paths", HERE, "--distpath", work / mode / "dist",
+                                "--workpath", work / mode / "build", "--specpath", work / mode,
+                                work / "frozen_app.py"], None, timeout=600)
+        assert status == 0, err
+        built[mode] = str(work / mode / "dist" / "frozen_app")
+        if mode == "onedir":
+            built[mode] = os.path.join(built[mode], "frozen_app")
+    return built
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="process groups and POSIX signals")
+@pytest.mark.parametrize("mode", ["onefile", "onedir"])
+@pytest.mark.parametrize("stop", ["SIGINT to the group", "SIGTERM to the parent",
+                                  "SIGTERM to the app"])
+def test_a_frozen_app_hands_off_and_stops_cleanly(frozen, mode, stop, tmp_path):
+    env = child_env(tmp_path)
+    app_dir = os.path.join(str(tmp_path / "xdg"), "frozen_app")
+
+    def start():  # in a process group of its own, as a terminal starts it
+        return subprocess.Popen([frozen[mode]], env=env, stdin=subprocess.DEVNULL, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    first = start()
+    try:
+        app_pid = wait_primary("frozen_app", app_dir, 60)["pid"]  # onefile: the bootloader's child
+        assert (app_pid != first.pid) == (mode == "onefile")
+        done = subprocess.run([frozen[mode], "a b", "c"], env=env, capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert (done.returncode, done.stdout, done.stderr) == (3, "handled a b c\n", "")
+        if stop == "SIGINT to the group":  # the bootloader forwards one more to the app
+            os.killpg(first.pid, signal.SIGINT)
+        else:
+            os.kill(first.pid if "parent" in stop else app_pid, signal.SIGTERM)
+        code, out, err = finish(first)
+        assert (code, err) == (0, "")
+        nxt = start()  # the next launch is the primary at once
+        try:
+            assert wait_primary("frozen_app", app_dir, 60)["pid"] != app_pid
+            assert cli(tmp_path, "frozen_app", "stop", "--app-dir", app_dir)[0] == 0
+            assert finish(nxt)[0] == 0
+        finally:
+            end_group(nxt)
+    finally:
+        end_group(first)
+
+
+def end_group(proc):
+    """End a process we started and its process group (the onefile app is
+    the bootloader's child there), by that pid."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    end(proc)
 
 
 # Command line -----------------------------------------------------------------------------
