@@ -20,7 +20,7 @@ One file, standard library only: copy it into your project if you like.
 """
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = [
     "App",
     "AsyncioExecutor",
@@ -2520,12 +2520,13 @@ def main(argv: list[str] | None = None) -> int:
     if opts.action in ("probe", "wait"):
         started = result.get("started") or time.time()
         result = {"name": result.get("name"), "running": True, "pid": result.get("pid"),
-                  "address": result.get("address"), "version": result.get("version"),
-                  "started": started, "uptime": round(max(0.0, time.time() - started), 3)}
+                  "address": result.get("address"), "host": result.get("host"),
+                  "version": result.get("version"), "started": started,
+                  "uptime": round(max(0.0, time.time() - started), 3)}
         if not opts.json:
-            result = "%s is running: pid %s at %s, tcbon %s, up %s" % (
-                result["name"], result["pid"], result["address"], result["version"],
-                _uptime(result["uptime"]))
+            result = "%s is running: pid %s at %s on %s, tcbon %s, up %s" % (
+                result["name"], result["pid"], result["address"], result["host"],
+                result["version"], _uptime(result["uptime"]))
     elif opts.action == "stop" and not opts.json:
         result = "%s stopped" % opts.name
     if opts.json:

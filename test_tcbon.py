@@ -2613,6 +2613,7 @@ def test_cli_probe_send_get_stop_against_a_real_primary(name, app_dir, tmp_path)
         code, out, err = cli(tmp_path, name, "--app-dir", app_dir)
         assert code == 0, err
         assert out.startswith("%s is running: pid %d at 127.0.0.1:" % (name, child.pid))
+        assert " on %s, " % socket.gethostname() in out
         assert "tcbon %s, up " % tcbon.__version__ in out and out.count("\n") == 1
         code, out, err = cli(tmp_path, "--json", name, "probe", "--app-dir", app_dir)
         probe = json.loads(out)
