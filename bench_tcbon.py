@@ -160,28 +160,39 @@ class Bench:
 
     def tcbon_ready(self, name):
         """Poll until the primary answers an event; return its (address, token)."""
-        path = os.path.join(self.app_dir, name + ".pid")
-        while True:
-            try:
-                with open(path) as f:
-                    state = json.load(f)
-                post(state["address"], {"name": "ack"}, state["token"])
-                return state["address"], state["token"]
-            except (OSError, ValueError, KeyError, http.client.HTTPException):
-                time.sleep(0.0002)
+        import tcbon
+        path = tcbon.Process(name, app_dir=self.app_dir).pid_file
+
+        def ready():
+            with open(path) as f:
+                state = json.load(f)
+            post(state["address"], {"name": "ack"}, state["token"])
+            return state["address"], state["token"]
+        return poll(ready, (OSError, ValueError, KeyError, http.client.HTTPException))
 
     def floor_server(self):
         path = os.path.join(self.work, "floor-%d.address" % len(self.children))
         # Its tracebacks (the body flood's bodies are not JSON) are not ours to show.
         proc = self.spawn(["-c", FLOOR_SERVER, path], stderr=subprocess.DEVNULL)
-        while True:
-            try:
-                with open(path) as f:
-                    address = f.read()
-                post(address, {"name": "ack"})
-                return proc, address, path
-            except (OSError, ValueError, http.client.HTTPException):
-                time.sleep(0.0002)
+
+        def ready():
+            with open(path) as f:
+                address = f.read()
+            post(address, {"name": "ack"})
+            return proc, address, path
+        return poll(ready, (OSError, ValueError, http.client.HTTPException))
+
+
+def poll(attempt, failures, limit=60.0):
+    """attempt() until it stops raising one of failures; give up after limit s."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return attempt()
+        except failures:
+            if time.monotonic() > deadline:
+                raise RuntimeError("not ready after %.0f s" % limit) from None
+            time.sleep(0.0002)
 
 
 def post(address, event, token=None):

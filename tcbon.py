@@ -69,6 +69,8 @@ MAX_BUFFERED = 16 << 20  #: Bytes all connections still sending their request ma
 REQUEST_DEADLINE = 5.0  #: Seconds a client has to send its whole request.
 _MAX_NAME_BYTES = 200
 _BAD_NAME_CHARS = '/\\<>:"|?*'
+_DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL"] + ["COM%d" % i for i in range(1, 10)]
+                          + ["LPT%d" % i for i in range(1, 10)])
 class _Default:
     def __repr__(self) -> str:
         return "<the Process' timeout>"
@@ -314,18 +316,32 @@ def _machine() -> str:
 
 
 def _data_home(platform: str = sys.platform) -> str:
-    """The per-user data directory, as platformdirs computes it. A pure
-    function of the platform, so every branch can be tested anywhere."""
-    home = os.path.expanduser("~")
-    if platform == "win32":
-        return os.environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-    # An absolute $XDG_DATA_HOME wins, on macOS too (platformdirs 4).
-    xdg = os.environ.get("XDG_DATA_HOME", "")
-    if xdg.startswith("/"):
+    """The per-user data directory, as platformdirs computes it, but on
+    macOS without $XDG_DATA_HOME. A pure function of the platform, so every
+    branch can be tested anywhere.
+
+    Raises:
+        StateError: there is no home directory to put it in (a service, or
+            an environment emptied: env={}).
+    """
+    import ntpath
+    import posixpath
+    xdg = os.environ.get("XDG_DATA_HOME", "")  # absolute, or ignored (platformdirs 4)
+    if platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return os.environ["LOCALAPPDATA"]
+    if platform not in ("win32", "darwin") and xdg.startswith("/"):
         return xdg
-    if platform == "darwin":
-        return os.path.join(home, "Library", "Application Support")
-    return os.path.join(home, ".local", "share")
+    paths = ntpath if platform == "win32" else posixpath
+    home = paths.expanduser("~")
+    if home == "~" or not paths.isabs(home):
+        where = "%LOCALAPPDATA% nor %USERPROFILE%" if platform == "win32" else "$HOME"
+        raise StateError("cannot find your home directory: neither %s is set, so tcbon "
+                         "would depend on the working directory; pass app_dir" % where, "~")
+    if platform == "win32":
+        return paths.join(home, "AppData", "Local")
+    if platform == "darwin":  # $XDG_DATA_HOME, set in ~/.zshrc, never reaches a Finder
+        return paths.join(home, "Library", "Application Support")  # or Dock launch
+    return paths.join(home, ".local", "share")
 
 
 def default_app_dir(name: str) -> str:
@@ -353,6 +369,12 @@ def _check_name(name: str) -> str:
     if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
         raise ValueError("tcbon name is too long: %d bytes of UTF-8, at most %d"
                          % (len(name.encode("utf-8")), _MAX_NAME_BYTES))
+    # Refused everywhere, so that a name means the same app on every system:
+    # Windows reads these as devices, and drops a trailing dot or space.
+    if name.split(".")[0].rstrip(" ").upper() in _DEVICE_NAMES or name[-1] in ". ":
+        raise ValueError("tcbon name %r is not a file name on Windows: it names a device "
+                         "(CON, PRN, AUX, NUL, COM1-9, LPT1-9) or ends with a dot or a "
+                         "space; choose another" % (name,))
     return name
 
 
@@ -452,8 +474,8 @@ def _primary_holds(lock_path: str) -> bool:
 def _write_state(path: str, state: dict) -> None:
     """Write state atomically (temp file + os.replace), readable by us only."""
     import json
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, ".%s.%s.tmp" % (base, os.urandom(6).hex()))
+    # Short: a valid name must never make a path longer than Windows' MAX_PATH.
+    tmp = os.path.join(os.path.dirname(path), ".%s.tmp" % os.urandom(6).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
                  0o600)
     try:

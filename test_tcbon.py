@@ -733,32 +733,59 @@ def test_default_app_dir_equals_platformdirs(monkeypatch, tmp_path, xdg):
 
 
 def test_default_app_dir_branches_for_every_platform(monkeypatch, tmp_path):
+    import ntpath
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("USERPROFILE", r"C:\Users\me")
     monkeypatch.setenv("LOCALAPPDATA", r"C:\Users\me\AppData\Local")
     monkeypatch.setenv("XDG_DATA_HOME", "/xdg")
     assert tcbon._data_home("win32") == r"C:\Users\me\AppData\Local"  # no XDG there
-    assert tcbon._data_home("darwin") == tcbon._data_home("linux") == "/xdg"
-    monkeypatch.delenv("LOCALAPPDATA")
-    monkeypatch.delenv("XDG_DATA_HOME")
-    assert tcbon._data_home("win32") == os.path.join(str(tmp_path), "AppData", "Local")
+    assert tcbon._data_home("linux") == "/xdg"
+    # macOS: not $XDG_DATA_HOME, set in ~/.zshrc, which a Finder or Dock launch
+    # never reads: the folder must not depend on how the app was launched.
     assert tcbon._data_home("darwin") == os.path.join(str(tmp_path), "Library",
                                                       "Application Support")
+    monkeypatch.delenv("LOCALAPPDATA")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert tcbon._data_home("win32") == ntpath.join(r"C:\Users\me", "AppData", "Local")
     assert tcbon._data_home("linux") == os.path.join(str(tmp_path), ".local", "share")
+
+
+def test_no_home_directory_is_a_state_error_not_the_working_directory(monkeypatch):
+    # A Windows service, or a launch with env={}: neither variable is set.
+    for var in ("LOCALAPPDATA", "USERPROFILE", "HOMEDRIVE", "HOMEPATH", "HOME"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(tcbon.StateError, match="LOCALAPPDATA% nor %USERPROFILE%"):
+        tcbon._data_home("win32")
+    # POSIX: without $HOME, expanduser asks the password database; where that
+    # has no entry either (a container's odd uid), it returns "~" unchanged.
+    import posixpath
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setattr(posixpath, "expanduser", lambda path: path)
+    with pytest.raises(tcbon.StateError, match=r"\$HOME is set.*pass app_dir"):
+        tcbon.Process("x")
+    assert tcbon.main(["x"]) == tcbon.EXIT_STATE
 
 
 @pytest.mark.parametrize("xdg", [None, "relative", "/abs/data"])
 def test_default_app_dir_on_macos_equals_platformdirs(monkeypatch, tmp_path, xdg):
     macos = pytest.importorskip("platformdirs.macos")
-    home_and_xdg(monkeypatch, tmp_path, xdg)
+    home_and_xdg(monkeypatch, tmp_path, None)  # platformdirs would follow $XDG_DATA_HOME
     expected = macos.MacOS("app", appauthor=False, ensure_exists=False).user_data_dir
+    home_and_xdg(monkeypatch, tmp_path, xdg)
     assert os.path.join(tcbon._data_home("darwin"), "app") == expected
 
 
 @pytest.mark.parametrize("bad", ["", "  ", "a/b", "..", "a..b", "nul\0", "a\\b", "x" * 201,
-                                 "é" * 101, None, 3])
+                                 "é" * 101, None, 3, "CON", "nul", "Aux.txt", "com1", "LPT9.log",
+                                 "prn .x", "app.", "app "])
 def test_names_that_cannot_be_file_names_are_refused(bad):
     with pytest.raises(ValueError):
         tcbon.Process(bad)
+
+
+@pytest.mark.parametrize("good", ["CONSOLE", "com10", "a.con", "nul-ish", ".app", "my app"])
+def test_names_near_windows_device_names_are_fine(good):
+    assert tcbon.Process(good).name == good
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1:80", "0.0.0.0:9000", "example.com:80",
