@@ -206,12 +206,19 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
     import msvcrt
 
     def _lock(fd: int, shared: bool = False) -> bool:
-        # msvcrt has no shared locks: a probe briefly takes the same byte.
-        # The lock file is never read, so the mandatory byte lock is harmless.
+        # msvcrt has no shared lock, and a probe that took the exclusive one
+        # for a moment could make a launch believe a primary runs. Windows
+        # byte locks are mandatory instead: a probe reads the locked byte,
+        # which fails while another process holds it, and takes nothing.
         import errno
         os.lseek(fd, 0, os.SEEK_SET)
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            if shared:
+                os.read(fd, 1)
+            else:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+                if os.fstat(fd).st_size == 0:  # a byte for probes to read: written
+                    os.write(fd, b"\0")  # once, under the lock; never truncated
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EDEADLK):  # the UCRT's "held"
                 return False
@@ -228,9 +235,10 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
         except OSError:
             return ""
 
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+    def _unlock(fd: int, shared: bool = False) -> None:
+        if not shared:  # a probe took nothing
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
 
     def _owner_problem(st: os.stat_result) -> str | None:
         return None  # NTFS ACLs of the profile directory do this job
@@ -238,6 +246,10 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
     def _pending_cap(wanted: int) -> int:
         return min(wanted, 448)  # select() takes 512 sockets on Windows
 
+    # No mode: since 3.12.4 os.makedirs(mode=0o700) sets a protected ACL
+    # (gh-118486, CVE-2024-4030); made by an elevated first run, the user
+    # could never open it again. Inherit %LOCALAPPDATA%'s, as platformdirs.
+    _PRIVATE_DIR: dict[str, int] = {}
     _REUSE_ADDRESS = False  # on Windows it lets others bind our port: cpython#85307
     _WAIT_SLICE: float | None = 0.25  # a wait without timeout ignores Ctrl-C on Windows
     # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
@@ -272,7 +284,7 @@ else:
                 pass
         return ""
 
-    def _unlock(fd: int) -> None:
+    def _unlock(fd: int, shared: bool = False) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _owner_problem(st: os.stat_result) -> str | None:
@@ -293,6 +305,7 @@ else:
             return wanted
         return max(8, min(wanted, (soft - MAX_WORKERS) // 2))
 
+    _PRIVATE_DIR = {"mode": 0o700}
     _REUSE_ADDRESS = True  # restart on a fixed port despite TIME_WAIT
     _WAIT_SLICE = None
     _STOP_SIGNALS = ("SIGTERM",)
@@ -347,9 +360,13 @@ def _data_home(platform: str = sys.platform) -> str:
 def default_app_dir(name: str) -> str:
     """Return where ``Process(name)`` keeps its files by default.
 
-    The same path as ``platformdirs.user_data_dir(name, appauthor=False)``:
-    a place no logout or tmp cleaner wipes, unlike $XDG_RUNTIME_DIR
+    The same path as ``platformdirs.user_data_dir(name, appauthor=False)``
+    (but on macOS, where $XDG_DATA_HOME is ignored: see _data_home): a
+    place no logout or tmp cleaner wipes, unlike $XDG_RUNTIME_DIR
     (jupyter_core#143).
+
+    Raises:
+        StateError: there is no home directory to put it in.
     """
     return os.path.join(_data_home(), name)
 
@@ -394,7 +411,7 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
     try:
         if create:
             try:
-                os.makedirs(path, mode=0o700, exist_ok=True)
+                os.makedirs(path, exist_ok=True, **_PRIVATE_DIR)
             except FileExistsError:
                 pass  # a file is in the way: said below, as for clients
         st = os.lstat(path)
@@ -464,7 +481,7 @@ def _primary_holds(lock_path: str) -> bool:
                          lock_path) from exc
     try:
         if _locked(fd, lock_path, shared=True):
-            _unlock(fd)
+            _unlock(fd, shared=True)
             return False
         return True
     finally:
@@ -481,7 +498,8 @@ def _write_state(path: str, state: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(state).encode("utf-8"))
-        os.replace(tmp, path)  # replaces a planted symlink itself, never its target
+        # Replaces a planted symlink itself, never its target.
+        _retrying(lambda: os.replace(tmp, path), path)
     except BaseException:
         _remove(tmp)
         raise
@@ -508,11 +526,64 @@ def _read_state(path: str) -> dict | None:
     return state if ok else None
 
 
+def _retrying(action: Callable[[], None], path: str, limit: float = 1.0) -> None:
+    """action(), tried again for about limit seconds while it fails with
+    PermissionError: Windows refuses to replace or remove a file that
+    another process has open without FILE_SHARE_DELETE (any reader through
+    the C runtime) or that an antivirus scans (WinError 32 or 5; pip retries
+    for a second too, pip#7280).
+
+    Raises:
+        StateError: still refused after limit seconds.
+    """
+    deadline, delay = time.monotonic() + limit, 0.005
+    while True:
+        try:
+            return action()
+        except PermissionError as exc:
+            if time.monotonic() >= deadline:
+                raise StateError("cannot replace or remove %s: %s; another program keeps it "
+                                 "open (an antivirus?) or the directory is not writable"
+                                 % (path, _reason(exc)), path) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
 def _remove(path: str) -> None:
+    """Remove path if it exists, retrying through sharing violations."""
+    def remove() -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+    _retrying(remove, path)
+
+
+def _withdraw(path: str) -> bool:
+    """Make the address in the state file at path unusable at once, then
+    remove the file. Emptying it in place cannot be refused while readers
+    have it open (removing can, on Windows), and no reader trusts an empty
+    file. Returns False if it is left there, empty.
+
+    Raises:
+        StateError: it could be neither emptied nor removed.
+    """
     try:
-        os.remove(path)
+        fd = os.open(path, os.O_WRONLY | _SAFE)
     except FileNotFoundError:
-        pass
+        return True
+    except OSError:
+        _remove(path)  # a planted symlink, say: removed, never followed
+        return True
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+    try:
+        _remove(path)
+    except StateError:
+        return False
+    return True
 
 
 def _parse_address(address: str | int) -> tuple[str, int]:
@@ -1018,7 +1089,7 @@ class IntakeMixIn(_ServerBase):
         self.stopping = False  # set by the Process: requests get 503 "stopping"
         self.address_family = socket.AF_INET6 if ":" in server_address[0] else socket.AF_INET
         self.max_pending = _pending_cap(MAX_PENDING)
-        self.wake_r, self.wake_w = socket.socketpair()  # close() wakes serve()
+        self._closed = False  # set by close(), which then wakes serve()
         self._pending: dict[socket.socket, _Pending] = {}
         self._buffered = 0  # bytes held by self._pending
         self._listen_again: float | None = None  # after running out of descriptors
@@ -1047,7 +1118,6 @@ class IntakeMixIn(_ServerBase):
         self._selector = selectors.DefaultSelector()
         self.socket.setblocking(False)
         self._selector.register(self.socket, selectors.EVENT_READ)
-        self._selector.register(self.wake_r, selectors.EVENT_READ)
         try:
             while True:
                 try:
@@ -1064,9 +1134,9 @@ class IntakeMixIn(_ServerBase):
     def _serve_once(self) -> bool:
         """One select() and the events it reports; True once close() was called."""
         for key, _ in self._selector.select(self._next_timeout()):
-            sock = self._accept() if key.fileobj is self.socket else key.fileobj
-            if sock is self.wake_r:
+            if self._closed:
                 return True
+            sock = self._accept() if key.fileobj is self.socket else key.fileobj
             if sock in self._pending:  # not if evicted earlier in this batch
                 try:
                     self._receive(sock, self._pending[sock])
@@ -1199,14 +1269,21 @@ class IntakeMixIn(_ServerBase):
             pass
 
     def close(self, drain: float) -> None:
-        """Stop accepting; wait up to drain seconds for requests in progress."""
-        self.wake_w.send(b"x")
-        self.drain(drain)
+        """Stop accepting; wait up to drain seconds for requests in progress.
 
-    def server_close(self) -> None:
-        super().server_close()
-        self.wake_r.close()
-        self.wake_w.close()
+        serve() is woken by a connection to its own listener, never by a
+        socketpair: on Windows that is a loopback TCP pair, which anyone
+        could connect to first on 3.7-3.12 before their fixes
+        (CVE-2024-3219). A stranger's connection cannot end the loop: only
+        the flag set here does."""
+        import socket
+        self._closed = True
+        try:
+            with socket.create_connection((self.server_name, self.server_port), timeout=1) as sock:
+                sock.sendall(b"\n")  # with TCP_DEFER_ACCEPT, accepted once data comes
+        except OSError:
+            pass  # a full backlog keeps the loop awake anyway
+        self.drain(drain)
 
 
 class WorkerPoolMixIn(_ServerBase):
@@ -2018,7 +2095,7 @@ class Process:
         if _locked(fd, self.lock_file):
             return True
         if _locked(fd, self.lock_file, shared=True):  # only probes hold it
-            _unlock(fd)
+            _unlock(fd, shared=True)
             return None
         state = _read_state(self.pid_file)
         if state is None:
@@ -2030,7 +2107,7 @@ class Process:
     def _serve(self, signals: bool, waiter: bool) -> None:
         """With the lock held: listen, on_start(), serve, publish."""
         import atexit
-        _remove(self.pid_file)  # a crashed primary's address is never contacted again
+        _withdraw(self.pid_file)  # a crashed primary's address is never contacted again
         try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
             server = _server_class()(self._bind, self.wsgi, os.urandom(24).hex(), self._note)
         except OSError as exc:
@@ -2046,7 +2123,10 @@ class Process:
             self._publish(server)
             atexit.register(self._at_exit)
         except BaseException:
-            _remove(self.pid_file)  # ours, if written: we hold the lock
+            try:
+                _withdraw(self.pid_file)  # ours, if written: we hold the lock
+            except StateError:
+                pass  # what start-up raised says more
             self._client.own = self._server = None
             self._close_server(server)
             self._end_wait()
@@ -2209,27 +2289,37 @@ class Process:
             if server is None:
                 return
             server.stopping = True
-            # Withdraw the address first: a launch from now on waits for the
-            # lock and becomes the next primary (never forwards to us and is
-            # lost: tauri#1692). Only our own: if app_dir was deleted under us,
-            # the file there now belongs to a newer primary.
-            state = _read_state(self.pid_file)
-            if state is not None and state.get("token") == server.token:
-                _remove(self.pid_file)
             self._closing = server
             try:
-                self._in_on_stop = _thread.get_ident()
-                self.on_stop()
-            except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, cleanly
-                self._note(_WARNING, "%s: on_stop was interrupted", self.name)
+                self._withdraw_own_state(server.token)
             finally:
-                self._in_on_stop = None
-                self._close_server(server)
-                self._closing = None
-                self._client.own = None
-                self._release_lock()
-                self._stop_asked.open()
-                self._note(_INFO, "%s stopped", self.name)
+                self._finish_stop(server)
+
+    def _withdraw_own_state(self, token: str) -> None:
+        """Withdraw our address first: a launch from now on waits for the
+        lock and becomes the next primary (never forwards to us and is
+        lost: tauri#1692). Only our own: if app_dir was deleted under us,
+        the file there now belongs to a newer primary."""
+        state = _read_state(self.pid_file)
+        if state is not None and state.get("token") == token and not _withdraw(self.pid_file):
+            self._note(_WARNING, "%s: left %s behind, empty: another program keeps it open",
+                       self.name, self.pid_file)
+
+    def _finish_stop(self, server: IntakeMixIn) -> None:
+        """on_stop(), then stop serving and release the lock, whatever happens."""
+        try:
+            self._in_on_stop = _thread.get_ident()
+            self.on_stop()
+        except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, cleanly
+            self._note(_WARNING, "%s: on_stop was interrupted", self.name)
+        finally:
+            self._in_on_stop = None
+            self._close_server(server)
+            self._closing = None
+            self._client.own = None
+            self._release_lock()
+            self._stop_asked.open()
+            self._note(_INFO, "%s stopped", self.name)
 
     def _close_server(self, server: IntakeMixIn) -> None:
         import threading
@@ -2510,6 +2600,16 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code (see ``python -m tcbon --help``); never exits itself.
     """
+    import io
+    streams = sys.stdout, sys.stderr
+    try:  # pythonw has none: argparse and print() must not fail for it
+        sys.stdout, sys.stderr = sys.stdout or io.StringIO(), sys.stderr or io.StringIO()
+        return _cli(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _cli(argv: list[str] | None) -> int:
     import json
     parser = _cli_parser()
     try:

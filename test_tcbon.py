@@ -335,6 +335,44 @@ sys.exit(app.main())
 """
 
 
+# argv NAME APP_DIR REFUSE: Windows' sharing violations (WinError 32), simulated
+# where the OS says them: os.remove and os.replace refuse with PermissionError,
+# REFUSE = "briefly" (3 times each), "remove" (always) or "replace" (always).
+# Starts, stops and starts again; prints what happened.
+SHARING = """
+import errno, os, sys, tcbon
+name, app_dir, refuse = sys.argv[1:4]
+refused = {}
+
+def refusing(real):
+    def call(*args):
+        key = real.__name__
+        refused[key] = refused.get(key, 0) + 1
+        if refuse == key or (refuse == "briefly" and refused[key] <= 3):
+            raise PermissionError(errno.EACCES, "The process cannot access the file because "
+                                  "it is being used by another process")
+        return real(*args)
+    return call
+os.remove, os.replace = refusing(os.remove), refusing(os.replace)
+
+class App(tcbon.Process):
+    def on_stop(self):
+        print("on_stop ran")
+
+for attempt in (1, 2):
+    app = App(name, app_dir=app_dir)
+    try:
+        app.start()
+    except tcbon.StateError as exc:
+        print("start:", exc.path == app.pid_file, "keeps it open" in str(exc), app.running)
+        break
+    client = tcbon.Process(name, app_dir=app_dir)
+    print("serving", client.info()["pid"] == os.getpid())
+    app.stop()
+    print("stopped", app.running, tcbon._read_state(app.pid_file))
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -1081,6 +1119,17 @@ def test_unwritable_directories_give_a_clear_error_naming_the_path(other_user, s
     assert other_user.run(READ_ONLY, read_only, missing) == "True True\nTrue True\n"
 
 
+@pytest.mark.parametrize("refuse, expected", [
+    ("briefly", "serving True\non_stop ran\nstopped False None\n" * 2),
+    ("remove", "serving True\non_stop ran\nstopped False None\n" * 2),
+    ("replace", "start: True True False\n"),
+])
+def test_sharing_violations_never_skip_on_stop_or_keep_the_lock(name, app_dir, tmp_path,
+                                                                refuse, expected):
+    # No Windows here: its refusals are simulated at os.remove and os.replace.
+    assert run_python(SHARING, tmp_path, name, app_dir, refuse) == expected
+
+
 # WSGI -------------------------------------------------------------------------------------
 def call(app, method="GET", path="/", body=None, query="", content_type="application/json"):
     """Drive a WSGI app in-process through wsgiref.validate."""
@@ -1272,6 +1321,13 @@ def test_each_guard_refuses_with_its_own_status():
         head = tcbon._read_head(raw.encode("latin-1"), HOSTS, TOKEN)
         assert (head.refusal or (None,))[0] == GUARDED[fault], (fault, head.refusal)
     check()
+
+
+def test_only_close_ends_the_serve_loop_never_a_connection(primary, name, app_dir):
+    for data in (b"", b"\n", b"x", b"\r\n\r\n"):  # close() wakes it with one such
+        exchange(primary.address, data)
+    assert primary.wsgi_running
+    assert tcbon.Process(name, app_dir=app_dir).send("event", {"name": "echo"})["success"]
 
 
 def test_the_server_serves_any_wsgi_app_including_its_write_callable():
@@ -2727,7 +2783,7 @@ def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
 def test_cli_without_a_console_exits_with_its_code_and_no_traceback(tmp_path):
     # pythonw: sys.stdout and sys.stderr are None.
     code = "import sys, tcbon; sys.stdout = sys.stderr = None; sys.exit(tcbon.main(%r))"
-    for argv, expected in ((["a/b"], 2), (["absent-app"], 1)):
+    for argv, expected in ((["a/b"], 2), (["absent-app"], 1), (["--help"], 0), ([], 2)):
         assert ran(["-c", code % (argv,)], child_env(tmp_path)) == (expected, "", "")
 
 
