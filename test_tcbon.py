@@ -373,6 +373,100 @@ for attempt in (1, 2):
 """
 
 
+# argv NAME APP_DIR: tcbon's Windows branch, on this machine: sys.platform is
+# "win32" and msvcrt behaves as Windows' does (byte locks are mandatory and
+# have no shared mode: another handle's read of a locked byte fails; closing
+# a handle drops its locks). A prober polls while launches find a crashed
+# primary's state; prints what it saw.
+AS_WINDOWS = """
+import errno, os, sys, threading, types
+name, app_dir = sys.argv[1], sys.argv[2]
+held, table = {}, threading.Lock()  # (dev, inode, offset) -> the fd that locked it
+
+def region(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, os.lseek(fd, 0, os.SEEK_CUR)
+
+def refused():
+    return OSError(errno.EACCES, "Permission denied")
+
+def locking(fd, mode, nbytes):
+    with table:
+        key = region(fd)
+        if mode == msvcrt.LK_UNLCK:
+            if held.get(key) != fd:
+                raise refused()
+            del held[key]
+        elif key in held:  # not even its own handle may lock it twice
+            raise refused()
+        else:
+            held[key] = fd
+
+real_read, real_close = os.read, os.close
+
+def read(fd, n):
+    with table:
+        if held.get(region(fd), fd) != fd:
+            raise refused()
+    return real_read(fd, n)
+
+def close(fd):
+    with table:
+        for key in [k for k, owner in held.items() if owner == fd]:
+            del held[key]
+    real_close(fd)
+
+msvcrt = types.ModuleType("msvcrt")
+msvcrt.LK_UNLCK, msvcrt.LK_NBLCK, msvcrt.locking = 0, 2, locking
+winreg = types.ModuleType("winreg")  # the machine's id, where Windows keeps it
+winreg.HKEY_LOCAL_MACHINE, winreg.KEY_READ, winreg.KEY_WOW64_64KEY = 0x80000002, 0x20019, 0x100
+registry = {r"SOFTWARE\\Microsoft\\Cryptography": {"MachineGuid": "8C9AD4E2-37F1-4B0A"}}
+
+class Key(dict):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+winreg.OpenKey = lambda root, path, reserved, access: Key(registry[path])
+winreg.QueryValueEx = lambda key, value: (key[value], 1)
+sys.modules.update(msvcrt=msvcrt, winreg=winreg)
+os.read, os.close, sys.platform = read, close, "win32"
+import tcbon
+assert tcbon.WINDOWS
+
+primary = tcbon.Process(name, app_dir=app_dir)
+primary.start()
+locks = dict(held)
+print("machine", tcbon._machine())
+print("probe sees it", tcbon.Process(name, app_dir=app_dir).running, held == locks)
+print("lock byte", os.path.getsize(primary.lock_file))
+print("mode", oct(os.stat(app_dir).st_mode & 0o777))
+state = open(primary.pid_file).read()
+primary.stop()
+stop = threading.Event()
+
+def probe():
+    while not stop.is_set():
+        tcbon.Process(name, app_dir=app_dir).running
+prober = threading.Thread(target=probe)
+prober.start()
+failures = 0
+for attempt in range(200):
+    with open(primary.pid_file, "w") as f:
+        f.write(state)  # as a crashed primary leaves it
+    launch = tcbon.Process(name, app_dir=app_dir, timeout=5)
+    try:
+        launch.start()
+        launch.stop()
+    except tcbon.Error:
+        failures += 1
+stop.set()
+prober.join()
+print("launches refused", failures)
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -851,6 +945,22 @@ def test_paths_with_spaces_and_non_ascii_and_long_names(tmp_path):
         with tcbon.Process(name, app_dir=app_dir) as proc:
             client = tcbon.Process(name, app_dir=app_dir)
             assert client.info()["name"] == name and proc.is_primary
+
+
+@pytest.mark.skipif(not POSIX, reason="simulates Windows on a POSIX system")
+def test_the_windows_branch_probes_without_taking_the_lock(name, tmp_path):
+    app_dir = str(tmp_path / "appdata" / name)
+    out = run_python(AS_WINDOWS, tmp_path, name, app_dir).splitlines()
+    assert out[:3] == ["machine 8c9ad4e237f14b0a", "probe sees it True True", "lock byte 1"]
+    # No mode=0o700 on Windows (gh-118486): the folder inherits its parent's.
+    assert out[3] == "mode %s" % oct(0o777 & ~current_umask())
+    assert out[4] == "launches refused 0"
+
+
+def current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # State file -------------------------------------------------------------------------------
