@@ -379,7 +379,7 @@ for attempt in (1, 2):
 # a handle drops its locks). A prober polls while launches find a crashed
 # primary's state; prints what it saw.
 AS_WINDOWS = """
-import errno, os, sys, threading, types
+import errno, os, sys, threading, time, types
 name, app_dir = sys.argv[1], sys.argv[2]
 held, table = {}, threading.Lock()  # (dev, inode, offset) -> the fd that locked it
 
@@ -432,6 +432,8 @@ winreg.OpenKey = lambda root, path, reserved, access: Key(registry[path])
 winreg.QueryValueEx = lambda key, value: (key[value], 1)
 sys.modules.update(msvcrt=msvcrt, winreg=winreg)
 os.read, os.close, sys.platform = read, close, "win32"
+import signal
+signal.SIGBREAK = signal.SIGUSR1  # what console close, Ctrl-Break and logoff deliver
 import tcbon
 assert tcbon.WINDOWS
 
@@ -464,6 +466,20 @@ for attempt in range(200):
 stop.set()
 prober.join()
 print("launches refused", failures)
+
+class App(tcbon.Process):
+    def on_stop(self):
+        print("on_stop ran")
+app = App(name, app_dir=app_dir)
+
+def close_the_console():
+    deadline = time.monotonic() + 20
+    while not app.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGBREAK)
+threading.Thread(target=close_the_console).start()
+app.run_forever()
+print("returned", app.running)
 """
 
 
@@ -954,7 +970,7 @@ def test_the_windows_branch_probes_without_taking_the_lock(name, tmp_path):
     assert out[:3] == ["machine 8c9ad4e237f14b0a", "probe sees it True True", "lock byte 1"]
     # No mode=0o700 on Windows (gh-118486): the folder inherits its parent's.
     assert out[3] == "mode %s" % oct(0o777 & ~current_umask())
-    assert out[4] == "launches refused 0"
+    assert out[4:] == ["launches refused 0", "on_stop ran", "returned False"]  # SIGBREAK
 
 
 def current_umask():
