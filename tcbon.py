@@ -1165,7 +1165,7 @@ class IntakeMixIn(_ServerBase):
             return None
         except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: the listener stays readable
             if self._pending:  # room first: even logging may need a descriptor
-                self._drop(min(self._pending, key=lambda s: self._pending[s].deadline))
+                self._drop_oldest()
             else:  # nothing of ours to close: listen again a little later
                 self._selector.unregister(self.socket)
                 self._listen_again = time.monotonic() + 0.1
@@ -1174,7 +1174,7 @@ class IntakeMixIn(_ServerBase):
             return None
         sock.setblocking(False)
         while len(self._pending) >= self.max_pending:
-            self._drop(min(self._pending, key=lambda s: self._pending[s].deadline))
+            self._drop_oldest()
         self._pending[sock] = _Pending(address, time.monotonic() + REQUEST_DEADLINE)
         self._selector.register(sock, selectors.EVENT_READ)
         return sock  # to read at once: with TCP_DEFER_ACCEPT, data is there already
@@ -1198,8 +1198,8 @@ class IntakeMixIn(_ServerBase):
                 return self._refuse(sock, conn, *conn.head.refusal)
         if conn.head is not None and len(conn.buf) >= conn.head.size + conn.head.length:
             return self._dispatch(sock, conn)
-        while self._buffered > MAX_BUFFERED:  # the oldest go: an attacker's, most likely
-            self._drop(min(self._pending, key=lambda s: self._pending[s].deadline))
+        while self._buffered > MAX_BUFFERED:
+            self._drop_oldest()
 
     def _refuse(self, sock: socket.socket, conn: _Pending, status: int, message: str) -> None:
         """Answer at once, here; discard what the client still sends for a
@@ -1240,6 +1240,10 @@ class IntakeMixIn(_ServerBase):
             self._buffered -= len(conn.buf)
             self._selector.unregister(sock)
         return conn
+
+    def _drop_oldest(self) -> None:
+        """Make room: the connection waiting longest is an attacker's, most likely."""
+        self._drop(min(self._pending, key=lambda s: self._pending[s].deadline))
 
     def _drop(self, sock: socket.socket) -> None:
         """Close a pending connection; again: nothing happens."""
