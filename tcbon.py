@@ -851,7 +851,7 @@ class App:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         req = Request(environ)
-        _local.request = req
+        outer, _local.request = getattr(_local, "request", None), req  # calls may nest
         try:
             callback, kwargs = self.match(req.method, req.path)
             response = _make_response(callback(**kwargs))
@@ -863,9 +863,26 @@ class App:
             response = HTTPError(500, "%s %s failed: %s: %s"
                                  % (req.method, req.path, type(exc).__name__, exc))
         finally:
-            _local.request = None
+            _local.request = outer
         start_response(_status_line(response.status), response.headers)
         return [response.body]
+
+
+def _environ(method: str, target: str, content_type: str, body: bytes, server: tuple[str, int],
+             remote: str) -> dict[str, Any]:
+    """The WSGI environ of a request, without its HTTP_ headers."""
+    import io
+    from urllib.parse import unquote_to_bytes
+    path, _, query = target.partition("?")
+    return {
+        "REQUEST_METHOD": method, "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"), "QUERY_STRING": query,
+        "CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body)),
+        "SERVER_NAME": server[0], "SERVER_PORT": str(server[1]), "SERVER_PROTOCOL": "HTTP/1.0",
+        "REMOTE_ADDR": remote, "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr or io.StringIO(),
+        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+    }
 
 
 def _make_response(value: Any) -> Response:
@@ -1388,20 +1405,10 @@ class RequestHandler(_HandlerBase):
             self.send(*self.run_wsgi())
 
     def environ(self) -> dict[str, Any]:
-        import io
-        from urllib.parse import unquote_to_bytes
         head = self.head
-        path, _, query = head.target.partition("?")
-        environ = {
-            "REQUEST_METHOD": head.method, "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"), "QUERY_STRING": query,
-            "CONTENT_TYPE": head.get("Content-Type") or "", "CONTENT_LENGTH": str(head.length),
-            "SERVER_NAME": self.server.server_name, "SERVER_PORT": str(self.server.server_port),
-            "SERVER_PROTOCOL": "HTTP/1.0", "REMOTE_ADDR": self.client_address[0],
-            "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(self.body), "wsgi.errors": sys.stderr or io.StringIO(),
-            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
-        }
+        environ = _environ(head.method, head.target, head.get("Content-Type") or "", self.body,
+                           (self.server.server_name, self.server.server_port),
+                           self.client_address[0])
         for key, value in head.headers:
             key = key.upper()
             # With '_', X_Token and X-Token would be one key; servers drop them.
@@ -1656,18 +1663,22 @@ class _Client:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        import json
-        try:
-            body = None if payload is None else json.dumps(payload).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise Error("cannot send %r to %s: the payload is not JSON-serializable (%s)"
-                        % (payload, self.name, exc)) from None
+        body = None if payload is None else self.body(payload)
         wait = _Wait(limit)
         # Even an unbounded call gives up reconnecting after a while.
         reconnect = wait if limit is not None else _Wait(DEFAULT_TIMEOUT)
         path = "/" + route.lstrip("/")
         return reconnect.until(lambda: self._exchange(method, path, body, wait),
                                self._unreachable)[0]
+
+    def body(self, payload: Any) -> bytes:
+        """payload as a JSON body. Raises Error, before anything is sent."""
+        import json
+        try:
+            return json.dumps(payload).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise Error("cannot send %r to %s: the payload is not JSON-serializable (%s)"
+                        % (payload, self.name, exc)) from None
 
     def _exchange(self, method: str, path: str, body: bytes | None, wait: _Wait) -> Any:
         """One attempt: the decoded reply (wrapped, so that None is a reply
@@ -1685,11 +1696,15 @@ class _Client:
         reply = _decode(ctype, data)
         if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
             return None  # a withdrawn address: locate() waits, then finds what runs
+        return [self.answer(status, reply, "%s %s" % (method, path))]
+
+    def answer(self, status: int, reply: Any, what: str) -> Any:
+        """The reply, or the RequestError a 4xx or 5xx status means."""
         if status >= 400:
             error = reply.get("error") if isinstance(reply, dict) else reply
-            raise RequestError("%r answered %s %s with %d: %s" % (
-                self.name, method, path, status, error), status, reply)
-        return [reply]
+            raise RequestError("%r answered %s with %d: %s" % (self.name, what, status, error),
+                               status, reply)
+        return reply
 
     def transport_error(self, exc: Exception, state: dict, what: str,
                         limit: float | None) -> Error | None:
@@ -1745,7 +1760,10 @@ def _is_future(value: Any) -> bool:
 
 
 class MainThreadExecutor:
-    """Run submitted calls on the thread that calls run_pending() (a UI's).
+    """Run submitted calls on the thread that calls run_pending() (a UI's):
+    the thread that made it, until another calls run_pending(). A call
+    submitted from that very thread runs at once (queued, it would wait
+    for the thread that waits for it).
 
     Args:
         wake (callable): called from the submitting thread after each
@@ -1758,29 +1776,43 @@ class MainThreadExecutor:
         import collections
         self.wake = wake
         self._queue: Any = collections.deque()
+        self._owner = _thread.get_ident()
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Queue fn(*args, **kwargs); return a concurrent.futures.Future."""
+        """Queue fn(*args, **kwargs) (or, on the executor's own thread, run
+        it now); return a concurrent.futures.Future."""
         from concurrent.futures import Future
         future: Any = Future()
+        if self.is_own_thread():
+            self._run(future, fn, args, kwargs)
+            return future
         self._queue.append((future, fn, args, kwargs))
         if self.wake is not None:
             self.wake()
         return future
 
+    def is_own_thread(self) -> bool:
+        """True on the thread that runs the calls (see Process: a call
+        from there to a primary of this process is made directly)."""
+        return _thread.get_ident() == self._owner
+
     def run_pending(self) -> int:
         """Run what was submitted so far, here; return how many ran."""
+        self._owner = _thread.get_ident()
         done = 0
         while self._queue:
-            future, fn, args, kwargs = self._queue.popleft()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
-                future.set_exception(exc)
-            done += 1
+            done += self._run(*self._queue.popleft())
         return done
+
+    @staticmethod
+    def _run(future: Any, fn: Callable, args: tuple, kwargs: dict) -> int:
+        if not future.set_running_or_notify_cancel():
+            return 0
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
+            future.set_exception(exc)
+        return 1
 
 
 class AsyncioExecutor:
@@ -2063,7 +2095,7 @@ class Process:
                 if not replace:
                     raise
             try:
-                self._call(self._client.stop, wait.remaining())
+                self._stop_primary(wait.remaining())
             except ProcessDoesNotExist:
                 pass  # it stopped by itself meanwhile
             if wait.over():
@@ -2071,10 +2103,11 @@ class Process:
 
     def _take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
         global _primaries
-        if _primaries is None and hasattr(os, "register_at_fork"):
+        if _primaries is None:
             import weakref
             _primaries = weakref.WeakSet()
-            os.register_at_fork(after_in_child=_forget_primaries_after_fork)
+            if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+                os.register_at_fork(after_in_child=_forget_primaries_after_fork)
         with self._lifecycle:
             if self.is_primary:
                 return
@@ -2151,8 +2184,7 @@ class Process:
                  "started": self.started, "host": socket.gethostname(), "machine": _machine()}
         _write_state(self.pid_file, state)
         self._client.own = state
-        if _primaries is not None:
-            _primaries.add(self)
+        _primaries.add(self)
 
     # Serving until stopped ------------------------------------------------------
     def run_forever(self) -> None:
@@ -2256,7 +2288,17 @@ class Process:
         """
         if self.wsgi_thread is not None:  # this object is or was the primary
             return self._shut_down()
-        self._call(self._client.stop, self._limit(timeout))
+        self._stop_primary(self._limit(timeout))
+
+    def _stop_primary(self, limit: float | None) -> None:
+        """stop() from another Process object: in this process, directly."""
+        local = self._local_primary()
+        if local is None:
+            return self._call(self._client.stop, limit)
+        local._stop_soon()  # on the executor's thread: now, if that is this one
+        _Wait(limit).until(lambda: None if local.is_primary else True, lambda: Timeout(
+            "asked %r to stop, but it still runs after %.1f s; it may be stuck in on_stop"
+            % (self.name, limit or 0.0), self.name, limit or 0.0))
 
     def _signalled(self) -> None:
         """SIGTERM (SIGBREAK on Windows), or Ctrl-C where tcbon handles it:
@@ -2389,7 +2431,7 @@ class Process:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._call(self._client.call, "GET", route, None, self._limit(timeout))
+        return self._request("GET", route, None, timeout)
 
     def send(self, route: str, payload: Any = None, timeout: float | None = _DEFAULT) -> Any:
         """Send a POST request with a JSON payload to the specified route.
@@ -2405,12 +2447,50 @@ class Process:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._call(self._client.call, "POST", route,
-                          {} if payload is None else payload, self._limit(timeout))
+        return self._request("POST", route, {} if payload is None else payload, timeout)
 
     def info(self, timeout: float | None = _DEFAULT) -> dict:
         """Ask the primary about itself: name, pid, address, version, start time."""
         return self.get("/", timeout)
+
+    def _request(self, method: str, route: str, payload: Any, timeout: float | None) -> Any:
+        limit = self._limit(timeout)
+        local = self._local_primary()
+        if local is not None:
+            return local._dispatch(method, route, payload, limit)
+        return self._call(self._client.call, method, route, payload, limit)
+
+    def _local_primary(self) -> Process | None:
+        """The serving primary of this name in this very process whose
+        handlers run on the calling thread (an executor with is_own_thread(),
+        such as MainThreadExecutor), as when a DCC tool is relaunched from a shelf
+        button on the host's UI thread. Over HTTP, such a call would wait
+        for the thread that waits for it; it is made directly instead."""
+        for process in list(_primaries or ()):
+            own_thread = getattr(process.executor, "is_own_thread", None)
+            if (process._server is not None and process.lock_file == self.lock_file
+                    and own_thread is not None and own_thread()):
+                return process
+        return None
+
+    def _dispatch(self, method: str, route: str, payload: Any, limit: float | None) -> Any:
+        """A request to this primary's wsgi app, run on the calling thread,
+        no socket: over HTTP, a caller on the thread that runs the handlers
+        (a MainThreadExecutor's) would wait for itself until its timeout."""
+        body = b"" if payload is None else self._client.body(payload)
+        target = "/" + route.lstrip("/")
+        environ = _environ(method, target, "application/json" if body else "", body,
+                           ("127.0.0.1", 0), "in-process")
+        environ["tcbon.timeout"] = limit  # how long _route_event may wait for a handler
+        started: list = []
+        data = b"".join(self.wsgi(environ, lambda status, headers, exc_info=None:
+                                  started.extend((status, headers))))
+        status = int(started[0].split(" ", 1)[0])
+        reply = _decode(dict(started[1]).get("Content-Type", ""), data)
+        if status == 504:
+            raise Timeout("%r did not handle %s %s within %.1f s: its thread is busy or hung"
+                          % (self.name, method, target, limit or 0.0), self.name, limit or 0.0)
+        return self._client.answer(status, reply, "%s %s" % (method, target))
 
     def _limit(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)
@@ -2446,14 +2526,18 @@ class Process:
             else:
                 result = handler(event)
             # A Future (or a handler that takes long) holds the reply until
-            # it is handled: the sender chooses how long to wait.
+            # it is handled: the sender chooses how long to wait (in this
+            # process, no socket times out: it says how long).
             while _is_future(result):
-                result = result.result()
+                result = result.result(request.environ.get("tcbon.timeout"))
             if hasattr(result, "__await__"):
                 getattr(result, "close", lambda: None)()
                 raise TypeError("async def handlers need Process(executor="
                                 "tcbon.AsyncioExecutor(loop))")
         except Exception as exc:
+            from concurrent.futures import TimeoutError as FutureTimeout
+            if isinstance(exc, FutureTimeout):  # only in this process: see _dispatch
+                raise HTTPError(504, "the handler for event %r is still waiting" % name) from None
             self.log.exception("the handler for event %r failed", name)
             raise HTTPError(500, "the handler for event %r failed: %s: %s"
                             % (name, type(exc).__name__, exc)) from None

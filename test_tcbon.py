@@ -380,6 +380,10 @@ for attempt in (1, 2):
 # primary's state; prints what it saw.
 AS_WINDOWS = """
 import errno, os, sys, threading, time, types
+# The standard library keeps its own view of the platform: what the server
+# and client use is imported before anything Windows-like appears (3.7's
+# http.server would read the stand-in registry).
+import http.server, json, logging, selectors, socketserver, urllib.request  # noqa: E401,F401
 name, app_dir = sys.argv[1], sys.argv[2]
 held, table = {}, threading.Lock()  # (dev, inode, offset) -> the fd that locked it
 
@@ -480,6 +484,34 @@ def close_the_console():
 threading.Thread(target=close_the_console).start()
 app.run_forever()
 print("returned", app.running)
+"""
+
+
+# argv NAME APP_DIR: a DCC host's UI thread: a tool's primary whose handlers
+# run there (MainThreadExecutor), then the tool launched again from the same
+# thread, as a shelf button clicked twice does; prints what happened.
+SAME_PROCESS = """
+import sys, threading, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+executor = tcbon.MainThreadExecutor()
+tool = tcbon.Process(name, app_dir=app_dir, executor=executor)
+tool.on_stop = lambda: print("on_stop on the UI thread",
+                             threading.current_thread() is threading.main_thread())
+
+@tool.on("second-instance")
+def again(event):
+    on_ui = threading.current_thread() is threading.main_thread()
+    text = "again %s on the UI thread %s\\n" % (event["argv"][1:], on_ui)
+    return {"exit_code": 5, "stdout": text}
+tool.start()
+for timeout in (10, None):
+    started = time.monotonic()
+    code = tcbon.Process(name, app_dir=app_dir).main(["tool", "x"], timeout=timeout)
+    print("main", code, time.monotonic() - started < 2)
+successor = tcbon.Process(name, app_dir=app_dir, executor=executor)
+successor.start(replace=True, timeout=10)
+print("replaced", successor.is_primary, tool.is_primary)
+successor.stop()
 """
 
 
@@ -894,7 +926,9 @@ def test_default_app_dir_branches_for_every_platform(monkeypatch, tmp_path):
                                                       "Application Support")
     monkeypatch.delenv("LOCALAPPDATA")
     monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.delenv("HOME")  # before 3.8, ntpath.expanduser read it first
     assert tcbon._data_home("win32") == ntpath.join(r"C:\Users\me", "AppData", "Local")
+    monkeypatch.setenv("HOME", str(tmp_path))
     assert tcbon._data_home("linux") == os.path.join(str(tmp_path), ".local", "share")
 
 
@@ -2193,6 +2227,13 @@ def test_main_thread_executor_runs_handlers_and_on_stop_on_the_ui_thread(name, a
     assert results == [{"success": True}, "stopped"]
     assert threads == [("handler", threading.main_thread()),
                        ("on_stop", threading.main_thread())]
+
+
+def test_a_relaunch_on_the_ui_thread_of_the_same_process_runs_there_at_once(name, app_dir,
+                                                                           tmp_path):
+    out = run_python(SAME_PROCESS, tmp_path, name, app_dir).splitlines()
+    assert out == ["again ['x'] on the UI thread True", "main 5 True"] * 2 + [
+        "on_stop on the UI thread True", "replaced True False"]
 
 
 def test_asyncio_executor_accepts_async_def_handlers(name, app_dir):
