@@ -26,6 +26,7 @@ __all__ = [
     "AsyncioExecutor",
     "Error",
     "HTTPError",
+    "HostExecutor",
     "IntakeMixIn",
     "MainThreadExecutor",
     "Process",
@@ -1769,7 +1770,8 @@ class MainThreadExecutor:
         wake (callable): called from the submitting thread after each
             submit, to make the UI thread call run_pending() soon; e.g. emit
             a queued Qt signal, or ``root.event_generate('<<Wake>>',
-            when='tail')`` in Tk.
+            when='tail')`` in Tk. Not needed by a loop that blocks in
+            ``run_pending(timeout)``, nor under ``run_forever()``.
     """
 
     def __init__(self, wake: Callable[[], Any] | None = None) -> None:
@@ -1777,16 +1779,31 @@ class MainThreadExecutor:
         self.wake = wake
         self._queue: Any = collections.deque()
         self._owner = _thread.get_ident()
+        self._ran = False  # run_pending() was ever called
+        # Released when work arrives: a lock, as a signal handler may ring.
+        self._bell = _thread.allocate_lock()
+        self._bell.acquire()
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Queue fn(*args, **kwargs) (or, on the executor's own thread, run
         it now); return a concurrent.futures.Future."""
+        if not self.is_own_thread():
+            return self.submit_later(fn, *args, **kwargs)
         from concurrent.futures import Future
         future: Any = Future()
-        if self.is_own_thread():
-            self._run(future, fn, args, kwargs)
-            return future
+        self._run(future, fn, args, kwargs)
+        return future
+
+    def submit_later(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Queue fn(*args, **kwargs) for run_pending(), even from the
+        executor's own thread; return a concurrent.futures.Future."""
+        from concurrent.futures import Future
+        future: Any = Future()
         self._queue.append((future, fn, args, kwargs))
+        try:
+            self._bell.release()
+        except RuntimeError:
+            pass  # rung already
         if self.wake is not None:
             self.wake()
         return future
@@ -1796,9 +1813,22 @@ class MainThreadExecutor:
         from there to a primary of this process is made directly)."""
         return _thread.get_ident() == self._owner
 
-    def run_pending(self) -> int:
-        """Run what was submitted so far, here; return how many ran."""
-        self._owner = _thread.get_ident()
+    @property
+    def idle(self) -> bool:
+        """True while nothing has ever called run_pending()."""
+        return not self._ran
+
+    def run_pending(self, timeout: float | None = 0) -> int:
+        """Run what was submitted so far, here; return how many ran.
+
+        Args:
+            timeout (float): with nothing to run, first wait up to this long
+                for something (None: until something comes), as a script's
+                loop does: ``while app.is_primary: ex.run_pending(None)``.
+        """
+        self._owner, self._ran = _thread.get_ident(), True
+        if not self._queue and timeout != 0:
+            self._bell.acquire(timeout=-1 if timeout is None else timeout)
         done = 0
         while self._queue:
             done += self._run(*self._queue.popleft())
@@ -1813,6 +1843,87 @@ class MainThreadExecutor:
         except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
             future.set_exception(exc)
         return 1
+
+
+def _host_module(name: str) -> Any:
+    """A host application's own module (not a dependency of tcbon: it is
+    there only inside that host).
+
+    Raises:
+        Error: not inside that host.
+    """
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise Error("%s cannot be imported: this is not running inside its host "
+                    "application (%s)" % (name, exc)) from None
+
+
+class HostExecutor:
+    """Run handlers on a host application's main thread (Maya, Nuke,
+    Houdini) through its own functions: one that runs a call there and
+    returns its result, blocking the caller until then, and one that only
+    queues a call there. The handler's exception reaches the sender; a
+    call made on the main thread runs at once. HostExecutor.maya(),
+    .nuke() and .houdini() import nothing of the host before they are
+    called.
+
+    Args:
+        call_with_result (callable): call_with_result(fn, *args, **kwargs)
+            runs fn on the main thread and returns its result.
+        call_later (callable): call_later(fn) queues fn for the main thread;
+            default: call_with_result on a thread of its own.
+    """
+
+    def __init__(self, call_with_result: Callable[..., Any],
+                 call_later: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+        self.call_with_result, self.call_later = call_with_result, call_later
+
+    @classmethod
+    def maya(cls) -> HostExecutor:
+        """maya.utils.executeInMainThreadWithResult and executeDeferred."""
+        utils = _host_module("maya.utils")
+        return cls(utils.executeInMainThreadWithResult, utils.executeDeferred)
+
+    @classmethod
+    def nuke(cls) -> HostExecutor:
+        """nuke.executeInMainThreadWithResult and executeInMainThread."""
+        nuke = _host_module("nuke")
+        return cls(lambda fn, *args, **kwargs: nuke.executeInMainThreadWithResult(
+            fn, args=args, kwargs=kwargs), nuke.executeInMainThread)
+
+    @classmethod
+    def houdini(cls) -> HostExecutor:
+        """hdefereval.executeInMainThreadWithResult and executeDeferred."""
+        hdefereval = _host_module("hdefereval")
+        return cls(hdefereval.executeInMainThreadWithResult, hdefereval.executeDeferred)
+
+    def is_own_thread(self) -> bool:
+        """True on the main thread, where these hosts run their UI."""
+        import threading
+        return threading.current_thread() is threading.main_thread()
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run fn(*args, **kwargs) on the main thread; return a done Future."""
+        from concurrent.futures import Future
+        future: Any = Future()
+        try:
+            if self.is_own_thread():
+                future.set_result(fn(*args, **kwargs))
+            else:
+                future.set_result(self.call_with_result(fn, *args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
+            future.set_exception(exc)
+        return future
+
+    def submit_later(self, fn: Callable[[], Any]) -> None:
+        """Queue fn for the main thread, without waiting for it."""
+        if self.call_later is not None:
+            self.call_later(fn)
+        else:
+            import threading
+            threading.Thread(target=self.submit, args=(fn,), daemon=True).start()
 
 
 class AsyncioExecutor:
@@ -1898,6 +2009,10 @@ class _Gate:
 _primaries: Any = None  # a WeakSet of the Process objects that are primaries here
 
 
+def _nothing() -> None:
+    """A call that only wakes the thread that runs it."""
+
+
 def _forget_primaries_after_fork() -> None:
     """In a forked child: the parent's primaries are not ours. The child
     shares the parent's lock (one open file description): closing its copy
@@ -1979,6 +2094,8 @@ class Process:
         self._undo_signals: list[Callable[[], None]] = []
         self._hurried = False  # a second stop request came during the stop
         self._closing: IntakeMixIn | None = None  # the server being stopped
+        self._serving: MainThreadExecutor | None = None  # run_forever() runs its calls
+        self._warned_idle = False
         self._in_on_stop: int | None = None  # the thread running on_stop()
         self._debug = debug
         self._log: Any = None
@@ -2243,8 +2360,7 @@ class Process:
                 run()
             else:  # Ctrl-C, like SIGTERM, now stops us cleanly
                 self._undo_signals.append(_handle_signals(("SIGINT",), self._signalled))
-                while not self._stop_asked.wait(_WAIT_SLICE):
-                    pass
+                self._wait_for_stop()
         except KeyboardInterrupt:
             self._note(_INFO, "%s interrupted", self.name)
         finally:
@@ -2256,6 +2372,22 @@ class Process:
                 self._shut_down()
             finally:
                 self._end_wait()
+
+    def _wait_for_stop(self) -> None:
+        """Wait for a stop request; with a MainThreadExecutor of this
+        thread, run its calls meanwhile (a script's loop: Blender's
+        --background, a command-line tool), so that handlers run here."""
+        executor = self.executor
+        if not (isinstance(executor, MainThreadExecutor) and executor.is_own_thread()):
+            while not self._stop_asked.wait(_WAIT_SLICE):
+                pass
+            return
+        self._serving = executor
+        try:
+            while not self._stop_asked.opened:
+                executor.run_pending(_WAIT_SLICE)
+        finally:
+            self._serving = None
 
     def _end_wait(self) -> None:
         self._waiter = False
@@ -2295,10 +2427,7 @@ class Process:
         local = self._local_primary()
         if local is None:
             return self._call(self._client.stop, limit)
-        local._stop_soon()  # on the executor's thread: now, if that is this one
-        _Wait(limit).until(lambda: None if local.is_primary else True, lambda: Timeout(
-            "asked %r to stop, but it still runs after %.1f s; it may be stuck in on_stop"
-            % (self.name, limit or 0.0), self.name, limit or 0.0))
+        local._shut_down()  # here: this is the thread that runs its handlers
 
     def _signalled(self) -> None:
         """SIGTERM (SIGBREAK on Windows), or Ctrl-C where tcbon handles it:
@@ -2320,9 +2449,13 @@ class Process:
             return
         self._stop_asked.open()
         if self._waiter:
+            if self._serving is not None:
+                self._serving.submit_later(_nothing)  # wakes run_forever's loop
             return
         if self.executor is not None:
-            self.executor.submit(self._shut_down)
+            # Queued even from the executor's own thread: this may be a signal
+            # handler, which must not stop us in the middle of its thread's work.
+            getattr(self.executor, "submit_later", self.executor.submit)(self._shut_down)
         else:
             import threading
             threading.Thread(target=self._shut_down, name="tcbon-stop", daemon=True).start()
@@ -2529,7 +2662,7 @@ class Process:
             # it is handled: the sender chooses how long to wait (in this
             # process, no socket times out: it says how long).
             while _is_future(result):
-                result = result.result(request.environ.get("tcbon.timeout"))
+                result = self._result(result, name)
             if hasattr(result, "__await__"):
                 getattr(result, "close", lambda: None)()
                 raise TypeError("async def handlers need Process(executor="
@@ -2547,6 +2680,22 @@ class Process:
         elif result is not None:
             reply["result"] = result
         return reply
+
+    def _result(self, future: Any, name: str) -> Any:
+        """A handler's Future's result; said once if it waits on a
+        MainThreadExecutor that nothing has ever run."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+        limit = request.environ.get("tcbon.timeout")
+        first = 2.0 if limit is None else min(2.0, limit)
+        try:
+            return future.result(first)
+        except FutureTimeout:
+            if getattr(self.executor, "idle", False) and not self._warned_idle:
+                self._warned_idle = True
+                self._note(_WARNING, "%s: the handler for event %r waits for a "
+                           "MainThreadExecutor that nothing runs: call its run_pending() "
+                           "from your UI thread, or run_forever() on that thread", self.name, name)
+            return future.result(None if limit is None else max(0.0, limit - first))
 
     def _route_stop(self) -> dict:
         self._stop_soon()

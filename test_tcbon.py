@@ -515,6 +515,96 @@ successor.stop()
 """
 
 
+# argv NAME APP_DIR HOST: a host application's main thread, as Maya, Nuke or
+# Houdini runs it, with that host's documented main-thread functions standing
+# in for the host (simulated: never tcbon); prints what the handlers saw.
+HOST_LOOP = """
+import queue, sys, threading, types, tcbon
+name, app_dir, host = sys.argv[1:4]
+calls = queue.Queue()  # what the host's main thread runs next
+
+def with_result(fn, *args, **kwargs):  # blocks the caller until the main thread ran it
+    if threading.current_thread() is threading.main_thread():
+        return fn(*args, **kwargs)
+    done = queue.Queue()
+
+    def run():
+        try:
+            done.put((True, fn(*args, **kwargs)))
+        except Exception as exc:
+            done.put((False, exc))
+    calls.put(run)
+    ok, value = done.get()
+    if not ok:
+        raise value
+    return value
+
+def later(fn, *args, **kwargs):
+    calls.put(lambda: fn(*args, **kwargs))
+module = {"maya": "maya.utils", "nuke": "nuke", "houdini": "hdefereval"}[host]
+fake = sys.modules[module] = types.ModuleType(module)
+if host == "nuke":
+    fake.executeInMainThreadWithResult = lambda call, args=(), kwargs={}: with_result(
+        call, *args, **kwargs)
+    fake.executeInMainThread = lambda call, args=(), kwargs={}: later(call, *args, **kwargs)
+else:
+    fake.executeInMainThreadWithResult, fake.executeDeferred = with_result, later
+if host == "maya":
+    sys.modules["maya"] = types.ModuleType("maya")
+    sys.modules["maya"].utils = fake
+main = threading.main_thread()
+app = tcbon.Process(name, app_dir=app_dir, executor=getattr(tcbon.HostExecutor, host)())
+app.on_stop = lambda: print("on_stop on main", threading.current_thread() is main)
+app.on("where")(lambda event: {"main": threading.current_thread() is main})
+
+def boom(event):
+    raise ValueError("the host says no")
+app.on("boom")(boom)
+app.start()
+seen = []
+
+def client():
+    other = tcbon.Process(name, app_dir=app_dir, timeout=20)
+    seen.append(other.send("event", {"name": "where"})["main"])
+    try:
+        other.send("event", {"name": "boom"})
+    except tcbon.RequestError as exc:
+        seen.append("ValueError: the host says no" in str(exc))
+    other.stop()
+worker = threading.Thread(target=client)
+worker.start()
+while worker.is_alive() or not calls.empty():  # the host's main loop
+    try:
+        calls.get(timeout=0.05)()
+    except queue.Empty:
+        pass
+print(seen, app.running)
+"""
+
+# argv NAME APP_DIR: a script's loop (Blender --background, a command-line
+# tool): run_forever() with a MainThreadExecutor of the main thread runs the
+# handlers there until a stop; prints what happened.
+SCRIPT_LOOP = """
+import sys, threading, time, tcbon
+name, app_dir = sys.argv[1:3]
+main = threading.main_thread()
+app = tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor())
+app.on("where")(lambda event: {"main": threading.current_thread() is main})
+app.on_stop = lambda: print("on_stop on main", threading.current_thread() is main, flush=True)
+
+def client():
+    other = tcbon.Process(name, app_dir=app_dir, timeout=20)
+    deadline = time.monotonic() + 20
+    while not other.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("handler on main", other.send("event", {"name": "where"})["main"], flush=True)
+    other.stop()
+threading.Thread(target=client).start()
+app.run_forever()
+print("returned", app.running)
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -2234,6 +2324,38 @@ def test_a_relaunch_on_the_ui_thread_of_the_same_process_runs_there_at_once(name
     out = run_python(SAME_PROCESS, tmp_path, name, app_dir).splitlines()
     assert out == ["again ['x'] on the UI thread True", "main 5 True"] * 2 + [
         "on_stop on the UI thread True", "replaced True False"]
+
+
+@pytest.mark.parametrize("host", ["maya", "nuke", "houdini"])
+def test_host_executors_run_handlers_and_on_stop_on_the_hosts_main_thread(name, app_dir,
+                                                                          tmp_path, host):
+    assert run_python(HOST_LOOP, tmp_path, name, app_dir, host) == (
+        "on_stop on main True\n[True, True] False\n")
+
+
+def test_host_executors_import_nothing_outside_their_host():
+    with pytest.raises(tcbon.Error, match="not running inside its host"):
+        tcbon.HostExecutor.maya()
+
+
+def test_run_forever_runs_a_main_thread_executor_of_its_own_thread(name, app_dir, tmp_path):
+    assert run_python(SCRIPT_LOOP, tmp_path, name, app_dir) == (
+        "handler on main True\non_stop on main True\nreturned False\n")
+
+
+def test_handlers_waiting_for_an_executor_nothing_runs_say_so(name, app_dir, caplog):
+    import logging
+    caplog.set_level(logging.WARNING, logger="tcbon")
+    with tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor()) as app:
+        app.on("x")(lambda event: None)
+        errors = []
+        client = threading.Thread(target=lambda: errors.append(pytest.raises(
+            tcbon.Timeout, tcbon.Process(name, app_dir=app_dir).send, "event", {"name": "x"},
+            timeout=3)))
+        client.start()
+        client.join(30)
+        assert errors and "MainThreadExecutor that nothing runs" in caplog.text
+        app.executor.run_pending()  # lets the stuck request end
 
 
 def test_asyncio_executor_accepts_async_def_handlers(name, app_dir):
