@@ -1379,12 +1379,15 @@ class WorkerPoolMixIn(_ServerBase):
             self.spare = 0
         mine = 1 if getattr(self._workers, "active", False) else 0
         deadline = time.monotonic() + timeout
+        said = False
         with self._idle:
-            if self.busy > mine:
-                self.note(_WARNING, "waiting up to %.0f s for %d request(s) in progress; stop "
-                          "again (Ctrl-C) to end them at once", timeout, self.busy - mine)
             # In slices: hurried is set without the lock, by a signal handler.
             while self.busy > mine and not self.hurried and time.monotonic() < deadline:
+                if not said and time.monotonic() > deadline - timeout + 0.5:
+                    said = True  # not for a request that was just sending its reply
+                    self.note(_WARNING, "waiting up to %.0f s for %d request(s) in progress; "
+                              "stop again (Ctrl-C) to end them at once", timeout,
+                              self.busy - mine)
                 self._idle.wait(min(0.1, deadline - time.monotonic()))
 
 

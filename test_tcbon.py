@@ -3217,6 +3217,45 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
         assert code == 0, err
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["--background", "gui"])
+def test_blender_tool_serves_from_blenders_main_thread(tmp_path, mode, request):
+    import shutil
+    blender = shutil.which("blender")
+    if not blender:
+        require("Blender", "apt-get install blender")
+    env = child_env(tmp_path, LIBGL_ALWAYS_SOFTWARE=1)
+    args = [blender, "--factory-startup", "-noaudio"]
+    if mode == "gui":
+        env["DISPLAY"] = request.getfixturevalue("display")
+    else:
+        args.append(mode)
+    out_path = tmp_path / "blender.out"
+    app_dir = os.path.join(str(tmp_path / "xdg"), "blender_tool")
+    with open(str(out_path), "w") as out:
+        blender_proc = subprocess.Popen(args + ["--python", example("blender_tool.py")], env=env,
+                                        stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_primary("blender_tool", app_dir, 120)
+        client = tcbon.Process("blender_tool", app_dir=app_dir, timeout=60)
+        first = client.send("event", {"name": "count"})
+        added = client.send("event", {"name": "add-cube"})
+        assert (first, added) == ({"success": True, "objects": 3, "main_thread": True},
+                                  {"success": True, "objects": 4, "main_thread": True})
+        code, out, err = cli(tmp_path, "blender_tool", "send", "count", "--json",
+                             "--app-dir", app_dir)
+        assert (code, json.loads(out)["objects"]) == (0, 4), err
+        assert cli(tmp_path, "blender_tool", "stop", "--app-dir", app_dir)[0] == 0
+        wait_for(lambda: "stopping on the main thread: True" in out_path.read_text(), 60,
+                 "on_stop on Blender's main thread")
+        if mode == "--background":  # the script ends, and so does Blender
+            assert blender_proc.wait(60) == 0
+        assert "Traceback" not in out_path.read_text()
+    finally:
+        end_group(blender_proc)
+
+
 # Commands that run the test suite or the benchmark: CI runs those (.ci/run),
 # and running them here would run this test again.
 README_NOT_RUN = {
