@@ -1763,6 +1763,21 @@ def _is_future(value: Any) -> bool:
             and callable(getattr(value, "add_done_callback", None)))
 
 
+def _host_module(name: str) -> Any:
+    """A host application's own module (not a dependency of tcbon: it is
+    there only inside that host).
+
+    Raises:
+        Error: not inside that host.
+    """
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise Error("%s cannot be imported: this is not running inside its host "
+                    "application (%s)" % (name, exc)) from None
+
+
 class MainThreadExecutor:
     """Run submitted calls on the thread that calls run_pending() (a UI's):
     the thread that made it, until another calls run_pending(). A call
@@ -1786,6 +1801,21 @@ class MainThreadExecutor:
         # Released when work arrives: a lock, as a signal handler may ring.
         self._bell = _thread.allocate_lock()
         self._bell.acquire()
+
+    @classmethod
+    def blender(cls, interval: float = 0.1) -> MainThreadExecutor:
+        """One for Blender, made on its main thread: in the GUI a
+        ``bpy.app.timers`` function runs the calls every interval seconds;
+        with --background, where timers never fire, ``run_forever()`` on the
+        main thread runs them."""
+        timers = _host_module("bpy.app.timers")
+        executor = cls()
+
+        def run_pending() -> float:
+            executor.run_pending()
+            return interval
+        timers.register(run_pending, first_interval=interval, persistent=True)
+        return executor
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Queue fn(*args, **kwargs) (or, on the executor's own thread, run
@@ -1846,21 +1876,6 @@ class MainThreadExecutor:
         except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
             future.set_exception(exc)
         return 1
-
-
-def _host_module(name: str) -> Any:
-    """A host application's own module (not a dependency of tcbon: it is
-    there only inside that host).
-
-    Raises:
-        Error: not inside that host.
-    """
-    import importlib
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise Error("%s cannot be imported: this is not running inside its host "
-                    "application (%s)" % (name, exc)) from None
 
 
 class HostExecutor:

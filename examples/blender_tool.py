@@ -10,9 +10,10 @@ Then, from any terminal:
     python -m tcbon blender_tool stop
 
 Every handler runs on Blender's main thread, the only one allowed to touch
-bpy: in --background mode, where timers never fire and Blender quits when
-the script ends, run_forever() runs them until a stop; in the GUI, a timer
-does. There is deliberately no route that executes code sent to it.
+bpy (tcbon.MainThreadExecutor.blender()): in --background mode, where timers
+never fire and Blender quits when the script ends, run_forever() runs them
+until a stop; in the GUI, a timer does. There is deliberately no route that
+executes code sent to it.
 """
 import os
 import sys
@@ -23,8 +24,9 @@ import bpy
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tcbon  # noqa: E402
 
-executor = tcbon.MainThreadExecutor()
-tool = tcbon.Process('blender_tool', executor=executor)
+# Runs the handlers on Blender's main thread: a timer in the GUI, run_forever()
+# with --background.
+tool = tcbon.Process('blender_tool', executor=tcbon.MainThreadExecutor.blender())
 
 
 def on_main_thread():
@@ -49,17 +51,10 @@ def on_stop():
 tool.on_stop = on_stop
 
 
-def run_handlers():
-    """A bpy.app.timers function: run what was sent, look again in 0.1 s."""
-    executor.run_pending()
-    return 0.1 if tool.is_primary else None
-
-
 try:
     if bpy.app.background:
         tool.run_forever()  # serves here until `python -m tcbon blender_tool stop`
     else:
-        tool.start()
-        bpy.app.timers.register(run_handlers, persistent=True)
+        tool.start()  # the GUI goes on; the executor's timer runs the handlers
 except tcbon.ProcessExists as exc:
     print('blender_tool already runs: pid %s at %s' % (exc.pid, exc.address), flush=True)
