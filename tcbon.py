@@ -226,6 +226,13 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
             raise
         return True
 
+    def _allow_foreground(pid: int) -> None:
+        # Windows' focus-stealing prevention only flashes the primary's
+        # taskbar button unless the launch passes its right on (VS Code
+        # PR#13255, electron#648).
+        import ctypes
+        ctypes.windll.user32.AllowSetForegroundWindow(pid)  # type: ignore[attr-defined]
+
     def _machine_id() -> str:
         import winreg
         try:
@@ -265,6 +272,9 @@ else:
         except BlockingIOError:  # EWOULDBLOCK: held; ENOLCK, ENOTSUP...: raised
             return False
         return True
+
+    def _allow_foreground(pid: int) -> None:
+        pass  # X11 and Wayland: the activation token the event carries
 
     def _machine_id() -> str:
         for path in ("/etc/machine-id", "/var/lib/dbus/machine-id",
@@ -1679,10 +1689,14 @@ class _Client:
         """payload as a JSON body. Raises Error, before anything is sent."""
         import json
         try:
-            return json.dumps(payload).encode("utf-8")
+            body = json.dumps(payload).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise Error("cannot send %r to %s: the payload is not JSON-serializable (%s)"
                         % (payload, self.name, exc)) from None
+        if len(body) > MAX_BODY:
+            raise Error("cannot send %d bytes of JSON to %s: a request carries at most %d; "
+                        "send less, or a file name" % (len(body), self.name, MAX_BODY))
+        return body
 
     def _exchange(self, method: str, path: str, body: bytes | None, wait: _Wait) -> Any:
         """One attempt: the decoded reply (wrapped, so that None is a reply
@@ -1974,6 +1988,22 @@ def _say(stream: Any, text: str) -> None:
         stream.flush()
 
 
+def _piped_stdin() -> str | None:
+    """The text piped to this launch; None from a terminal (or none at all).
+
+    Raises:
+        ValueError: more than fits in one request; nothing was sent.
+    """
+    stream = sys.stdin
+    if stream is None or stream.isatty():
+        return None
+    text = stream.read(MAX_BODY + 1)
+    if len(text) > MAX_BODY:
+        raise ValueError("the piped input is larger than %d characters, more than a "
+                         "hand-off carries; pass a file name instead" % MAX_BODY)
+    return text
+
+
 def _this_argv() -> list[str]:
     """sys.argv, which embedded interpreters may lack or leave empty."""
     return list(getattr(sys, "argv", None) or [])
@@ -2084,6 +2114,9 @@ class Process:
             concurrent.futures-style ``submit(fn, *args)``, e.g. a
             MainThreadExecutor for a Tk or Qt app or an AsyncioExecutor.
             Default: the server's worker thread.
+        forward_env (list): names or glob patterns of the environment
+            variables a later launch hands over (``event['env']``); none by
+            default: forwarding everything leaks secrets (vscode#327454).
 
     Raises:
         ValueError: for a name that cannot be a file name, a non-loopback
@@ -2092,8 +2125,9 @@ class Process:
 
     def __init__(self, name: str, address: str | int | None = None, app_dir: str | None = None,
                  debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
-                 executor: Any = None) -> None:
+                 executor: Any = None, forward_env: Iterable[str] = ()) -> None:
         self.name = _check_name(name)
+        self.forward_env = [forward_env] if isinstance(forward_env, str) else list(forward_env)
         self._bind = _parse_address(address) if address is not None else ("127.0.0.1", 0)
         self.address = _format_address(*self._bind) if address is not None else None
         self.app_dir = app_dir or default_app_dir(name)
@@ -2333,7 +2367,7 @@ class Process:
         self._serve_until_stopped(None)
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
-             timeout: float | None = _DEFAULT) -> int:
+             timeout: float | None = _DEFAULT, forward_stdin: bool = False) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -2347,6 +2381,8 @@ class Process:
             argv (list): what to hand over; default ``sys.argv``.
             run (callable): the primary's main loop; stop() follows its return.
             timeout (float): limit for the hand-off; None waits until handled.
+            forward_stdin (bool): a later launch whose stdin is not a terminal
+                (``cmd | app -``) hands the text over as ``event['stdin']``.
 
         Returns:
             The exit code for this launch: the primary's, or, for an error
@@ -2360,10 +2396,11 @@ class Process:
                 self._become_primary(self._limit(timeout), signals=True, waiter=run is None)
             except ProcessExists:
                 try:
-                    return self._relay(self.handoff(argv, timeout=timeout))
+                    stdin = _piped_stdin() if forward_stdin else None
+                    return self._relay(self.handoff(argv, timeout=timeout, stdin=stdin))
                 except ProcessDoesNotExist:
                     continue  # it went away meanwhile: take its place
-                except Error as exc:
+                except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
                     return self._report(exc)
             except Error as exc:
                 return self._report(exc)
@@ -2412,7 +2449,7 @@ class Process:
         while self._undo_signals:
             self._undo_signals.pop()()
 
-    def _report(self, exc: Error) -> int:
+    def _report(self, exc: Exception) -> int:
         _say(sys.stderr, "%s: %s\n" % (self.name, exc))
         return _exit_code(exc)
 
@@ -2552,26 +2589,54 @@ class Process:
 
     # Talking to the primary -----------------------------------------------------
     def handoff(self, argv: list[str] | None = None, cwd: str | None = None,
-                data: Any = None, timeout: float | None = _DEFAULT) -> dict:
+                data: Any = None, timeout: float | None = _DEFAULT,
+                stdin: str | None = None) -> dict:
         """Send the ``second-instance`` event to the primary; return its reply.
 
         The event is ``{'name': 'second-instance', 'argv': argv, 'cwd': cwd,
-        'data': data}``: argv is passed as a JSON list, exactly (spaces, '|',
-        empty strings and unicode survive), with this launch's working dir.
+        'data': data, 'env': {...}, 'activation_token': ..., 'stdin': ...}``:
+        argv as a JSON list, exactly (spaces, '|', empty strings and unicode
+        survive), with this launch's working dir; ``env``, the variables
+        forward_env names; ``activation_token``, the launch's
+        ``XDG_ACTIVATION_TOKEN`` (Wayland) or else ``DESKTOP_STARTUP_ID``
+        (X11), or None, for the primary to raise its window with. Both are
+        removed from this process' environment: its children must not reuse
+        a spent token. On Windows the primary is allowed to take the focus.
 
         Args:
             argv (list): default ``sys.argv``.
             cwd (str): default ``os.getcwd()``.
             data: anything JSON-serializable.
             timeout (float): None waits until the primary has handled it.
+            stdin (str): text for the primary (see main's forward_stdin).
 
         Raises:
             ProcessDoesNotExist, Timeout, RequestError, Error: as send().
         """
+        import fnmatch
         argv = _this_argv() if argv is None else list(argv)
+        tokens = [os.environ.pop(key, None) for key in ("XDG_ACTIVATION_TOKEN",
+                                                          "DESKTOP_STARTUP_ID")]
+        env = {key: value for key, value in os.environ.items()
+               if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.forward_env)}
         event = {"name": SECOND_INSTANCE, "argv": argv,
-                 "cwd": os.getcwd() if cwd is None else cwd, "data": data}
+                 "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
+                 "activation_token": tokens[0] or tokens[1] or None, "stdin": stdin}
+        if self._local_primary() is None:
+            _allow_foreground(self._client.locate(_Wait(self._limit(timeout)))["pid"])
         return self.send("event", event, timeout=timeout)
+
+    def wait_for_exit(self, timeout: float | None = _DEFAULT) -> None:
+        """Block until no primary of this name runs, without asking it to
+        stop: for an updater or installer, which must not replace files
+        under a running app.
+
+        Raises:
+            Timeout: it still runs after timeout seconds.
+        """
+        limit = self._limit(timeout)
+        _Wait(limit).until(lambda: None if self._client.running() else True, lambda: Timeout(
+            "%r still runs after %.1f s" % (self.name, limit or 0.0), self.name, limit or 0.0))
 
     def get(self, route: str = "/", timeout: float | None = _DEFAULT) -> Any:
         """Send a GET request to the primary's wsgi server.
@@ -2766,6 +2831,7 @@ actions:
   get [ROUTE]           GET a route of the primary (default /) and print the reply
   stop                  ask the primary to stop; return once it has
   wait                  block until a primary of NAME runs (default: no time limit)
+  wait --exit           block until no primary of NAME runs, without asking it to stop
 
 exit codes:
   0 done / running        1 not running            2 usage error or bad input
@@ -2799,6 +2865,8 @@ def _cli_parser() -> Any:
     parser.add_argument("args", nargs="*", help="the action's arguments")
     parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
     parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    parser.add_argument("--exit", action="store_true",
+                        help="wait: until no primary runs (it is not asked to stop)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait at most (default: %s; wait: no limit)"
                         % DEFAULT_TIMEOUT)
@@ -2806,7 +2874,8 @@ def _cli_parser() -> Any:
     return parser
 
 
-def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None) -> Any:
+def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None,
+                until_exit: bool = False) -> Any:
     """Run one action; return what to print, or raise."""
     import json
     arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0)}
@@ -2832,6 +2901,9 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
     if action == "stop":
         proc.stop(timeout=limit)
         return {"name": proc.name, "stopped": True}
+    if action == "wait" and until_exit:
+        proc.wait_for_exit(timeout=limit)
+        return {"name": proc.name, "running": False}
     if action == "wait":
         return _Wait(limit).until(lambda: _info_if_running(proc), lambda: Timeout(
             "no %r process started within %.1f s" % (proc.name, limit or 0.0),
@@ -2884,7 +2956,7 @@ def _cli(argv: list[str] | None) -> int:
 
     try:
         proc = Process(opts.name, app_dir=opts.app_dir)
-        result = _cli_action(proc, opts.action, opts.args, opts.timeout)
+        result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit)
     except ProcessDoesNotExist:
         where = "" if opts.app_dir is None else " in %s" % proc.app_dir
         if opts.json:
@@ -2894,7 +2966,9 @@ def _cli(argv: list[str] | None) -> int:
         return EXIT_NOT_RUNNING
     except (ValueError, Error) as exc:
         return fail(_exit_code(exc), str(exc))
-    if opts.action in ("probe", "wait"):
+    if opts.action == "wait" and opts.exit:
+        result = result if opts.json else "%s is not running" % opts.name
+    elif opts.action in ("probe", "wait"):
         started = result.get("started") or time.time()
         result = {"name": result.get("name"), "running": True, "pid": result.get("pid"),
                   "address": result.get("address"), "host": result.get("host"),

@@ -435,6 +435,10 @@ class Key(dict):
 winreg.OpenKey = lambda root, path, reserved, access: Key(registry[path])
 winreg.QueryValueEx = lambda key, value: (key[value], 1)
 sys.modules.update(msvcrt=msvcrt, winreg=winreg)
+import ctypes
+allowed = []  # what user32.AllowSetForegroundWindow was given
+ctypes.windll = types.SimpleNamespace(user32=types.SimpleNamespace(
+    AllowSetForegroundWindow=allowed.append))
 os.read, os.close, sys.platform = read, close, "win32"
 import signal
 signal.SIGBREAK = signal.SIGUSR1  # what console close, Ctrl-Break and logoff deliver
@@ -447,6 +451,8 @@ locks = dict(held)
 print("machine", tcbon._machine())
 print("probe sees it", tcbon.Process(name, app_dir=app_dir).running, held == locks)
 print("lock byte", os.path.getsize(primary.lock_file))
+tcbon.Process(name, app_dir=app_dir).handoff(["again"])
+print("allowed", allowed == [os.getpid()])
 print("mode", oct(os.stat(app_dir).st_mode & 0o777))
 state = open(primary.pid_file).read()
 primary.stop()
@@ -602,6 +608,21 @@ def client():
 threading.Thread(target=client).start()
 app.run_forever()
 print("returned", app.running)
+"""
+
+
+# argv NAME APP_DIR: a later launch: main() with forward_stdin and a forward_env
+# of SHOT_* and PROJECT; prints its exit code, then what a child it starts
+# afterwards sees of the activation tokens.
+HANDOVER = """
+import subprocess, sys, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir, forward_env=["SHOT_*", "PROJECT"])
+code = app.main(["app", "-"], forward_stdin=True)
+child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get("
+                        "'XDG_ACTIVATION_TOKEN'), os.environ.get('DESKTOP_STARTUP_ID'))"],
+                       capture_output=True, text=True)
+print("exit", code, "child sees", child.stdout.strip())
 """
 
 
@@ -1091,10 +1112,11 @@ def test_paths_with_spaces_and_non_ascii_and_long_names(tmp_path):
 def test_the_windows_branch_probes_without_taking_the_lock(name, tmp_path):
     app_dir = str(tmp_path / "appdata" / name)
     out = run_python(AS_WINDOWS, tmp_path, name, app_dir).splitlines()
-    assert out[:3] == ["machine 8c9ad4e237f14b0a", "probe sees it True True", "lock byte 1"]
+    assert out[:4] == ["machine 8c9ad4e237f14b0a", "probe sees it True True", "lock byte 1",
+                       "allowed True"]  # a hand-off lets the primary take the focus
     # No mode=0o700 on Windows (gh-118486): the folder inherits its parent's.
-    assert out[3] == "mode %s" % oct(0o777 & ~current_umask())
-    assert out[4:] == ["launches refused 0", "on_stop ran", "returned False"]  # SIGBREAK
+    assert out[4] == "mode %s" % oct(0o777 & ~current_umask())
+    assert out[5:] == ["launches refused 0", "on_stop ran", "returned False"]  # SIGBREAK
 
 
 def current_umask():
@@ -2969,6 +2991,52 @@ def end_group(proc):
         except OSError:
             pass
     end(proc)
+
+
+def test_a_launch_hands_over_its_token_chosen_env_and_piped_text(primary, name, app_dir,
+                                                                 tmp_path, monkeypatch):
+    seen = []
+    primary.on("second-instance")(lambda event: seen.append(event) or {"exit_code": 0})
+    for var in ("XDG_ACTIVATION_TOKEN", "DESKTOP_STARTUP_ID"):
+        monkeypatch.delenv(var, raising=False)
+    text = "line 1\nü 日本 🎉\n\n" * 3
+
+    def launch_with(stdin, **env):
+        return subprocess.run([sys.executable, "-c", HANDOVER, name, app_dir], input=stdin,
+                              env=child_env(tmp_path, **env), capture_output=True, text=True,
+                              timeout=60)
+    done = launch_with(text, XDG_ACTIVATION_TOKEN="tok-1", DESKTOP_STARTUP_ID="id-2",
+                       SHOT_A="a", SHOT_B="b", PROJECT="p", PROJECTX="x", SECRET="s")
+    assert done.stdout == "exit 0 child sees None None\n", done.stderr
+    assert (seen[0]["activation_token"], seen[0]["stdin"]) == ("tok-1", text)
+    assert seen[0]["env"] == {"SHOT_A": "a", "SHOT_B": "b", "PROJECT": "p"}
+    done = launch_with("", DESKTOP_STARTUP_ID="id-2")  # X11's startup id alone
+    assert done.stdout == "exit 0 child sees None None\n", done.stderr
+    assert (seen[1]["activation_token"], seen[1]["env"]) == ("id-2", {})
+    done = launch_with("x" * (tcbon.MAX_BODY + 1))  # refused before anything is sent
+    assert done.stdout.startswith("exit 2 ") and "pass a file name" in done.stderr
+    assert len(seen) == 2
+
+
+def test_cli_wait_exit_blocks_until_no_primary_runs(name, app_dir, tmp_path):
+    proc = tcbon.Process(name, app_dir=app_dir)
+    proc.start()
+    try:
+        with launched(["-m", "tcbon", name, "wait", "--exit", "--app-dir", app_dir],
+                      child_env(tmp_path)) as waiter:
+            with pytest.raises(subprocess.TimeoutExpired):
+                waiter.wait(1)  # a running primary is left alone
+            assert proc.is_primary
+            proc.stop()
+            stopped = time.monotonic()
+            assert finish(waiter)[:2] == (0, "%s is not running\n" % name)
+            assert time.monotonic() - stopped < 3
+        proc.start()
+        code, out, err = cli(tmp_path, name, "wait", "--exit", "--timeout", "0.3",
+                             "--app-dir", app_dir)
+        assert code == 4 and "still runs after 0.3 s" in err
+    finally:
+        proc.stop()
 
 
 # Command line -----------------------------------------------------------------------------
