@@ -2615,6 +2615,8 @@ class Process:
         """
         import fnmatch
         argv = _this_argv() if argv is None else list(argv)
+        if self._local_primary() is None:  # found first: with none, a launch keeps its token
+            _allow_foreground(self._client.locate(_Wait(self._limit(timeout)))["pid"])
         tokens = [os.environ.pop(key, None) for key in ("XDG_ACTIVATION_TOKEN",
                                                           "DESKTOP_STARTUP_ID")]
         env = {key: value for key, value in os.environ.items()
@@ -2622,8 +2624,6 @@ class Process:
         event = {"name": SECOND_INSTANCE, "argv": argv,
                  "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
                  "activation_token": tokens[0] or tokens[1] or None, "stdin": stdin}
-        if self._local_primary() is None:
-            _allow_foreground(self._client.locate(_Wait(self._limit(timeout)))["pid"])
         return self.send("event", event, timeout=timeout)
 
     def wait_for_exit(self, timeout: float | None = _DEFAULT) -> None:

@@ -3018,6 +3018,14 @@ def test_a_launch_hands_over_its_token_chosen_env_and_piped_text(primary, name, 
     assert len(seen) == 2
 
 
+def test_a_launch_that_becomes_the_primary_keeps_its_activation_token(name, app_dir,
+                                                                      monkeypatch):
+    monkeypatch.setenv("XDG_ACTIVATION_TOKEN", "mine")
+    with pytest.raises(tcbon.ProcessDoesNotExist):  # nothing runs: main() starts instead
+        tcbon.Process(name, app_dir=app_dir).handoff(["app"])
+    assert os.environ["XDG_ACTIVATION_TOKEN"] == "mine"  # for its own first window
+
+
 def test_cli_wait_exit_blocks_until_no_primary_runs(name, app_dir, tmp_path):
     proc = tcbon.Process(name, app_dir=app_dir)
     proc.start()
