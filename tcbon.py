@@ -40,6 +40,7 @@ __all__ = [
     "Unreachable",
     "WorkerPoolMixIn",
     "abort",
+    "bring_to_front",
     "default_app_dir",
     "jsonify",
     "main",
@@ -1978,6 +1979,81 @@ class AsyncioExecutor:
             result = fn(*args, **kwargs)
             return (await result) if inspect.isawaitable(result) else result
         return asyncio.run_coroutine_threadsafe(call(), self.loop)
+
+
+# Desktop ---------------------------------------------------------------------
+# "Open it again and the running window comes up": the primary raises its own
+# window, with what the launch brought. Desktops refuse a raise they cannot
+# trace to the user: Windows flashes the taskbar unless the launch allowed it
+# (handoff() does), Wayland wants the launch's activation token (Qt reads it
+# from XDG_ACTIVATION_TOKEN in requestActivate(), then clears it).
+def bring_to_front(window: Any, event: dict | None = None) -> None:
+    """Restore, raise and focus the primary's window for a later launch.
+
+    Call it on the UI thread (handlers run there with a MainThreadExecutor),
+    from the ``second-instance`` handler, with the event::
+
+        @app.on('second-instance')
+        def opened(event):
+            open_documents(event)
+            tcbon.bring_to_front(root, event)
+
+    A minimised or withdrawn window is shown again; a maximised one stays
+    maximised. Qt on Wayland gets the event's ``activation_token`` for its
+    activation, so the compositor lets the window take the focus.
+
+    Args:
+        window: a Tk window (``tkinter.Tk`` or ``Toplevel``) or a Qt one
+            (a top-level ``QWidget`` or a ``QWindow``; PySide or PyQt).
+        event (dict): the second-instance event, or None.
+
+    Raises:
+        TypeError: window is neither a Tk nor a Qt window.
+        Error: a Qt window called from a thread other than its own.
+    """
+    token = (event or {}).get("activation_token")
+    if hasattr(window, "focus_force") and hasattr(window, "deiconify"):
+        _raise_tk(window)
+    elif hasattr(window, "requestActivate") or hasattr(window, "activateWindow"):
+        _raise_qt(window, token)
+    else:
+        raise TypeError("bring_to_front() takes a Tk or Qt window, not %s"
+                        % type(window).__name__)
+
+
+def _raise_tk(window: Any) -> None:
+    if window.state() in ("iconic", "withdrawn"):  # not "zoomed": it stays so
+        window.deiconify()
+    window.lift()
+    window.focus_force()  # on Windows too, now that the launch allowed it
+
+
+def _raise_qt(window: Any, token: str | None) -> None:
+    import importlib
+    package = type(window).__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
+    qt_core = importlib.import_module(package + ".QtCore")
+    qt_gui = importlib.import_module(package + ".QtGui")
+    if qt_core.QThread.currentThread() is not window.thread():
+        raise Error("bring_to_front() was called off the window's thread: Qt windows "
+                    "may only be touched on it; pass executor=tcbon.MainThreadExecutor"
+                    "(...) to the Process")
+    minimised = getattr(qt_core.Qt, "WindowState", qt_core.Qt).WindowMinimized
+    if hasattr(window, "activateWindow"):  # a QWidget
+        window.setWindowState(window.windowState() & ~minimised)
+        activate = window.activateWindow
+    else:  # a QWindow
+        window.setWindowStates(window.windowStates() & ~minimised)
+        activate = window.requestActivate
+    window.show()
+    window.raise_()
+    if not (token and qt_gui.QGuiApplication.platformName().startswith("wayland")):
+        activate()  # X11 and Windows: no token to give (Qt reads the startup id
+        return      # only once, when it starts)
+    os.environ["XDG_ACTIVATION_TOKEN"] = token
+    try:
+        activate()
+    finally:  # spent or unused: no child of ours may inherit it
+        os.environ.pop("XDG_ACTIVATION_TOKEN", None)
 
 
 # Process ---------------------------------------------------------------------

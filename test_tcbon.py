@@ -626,6 +626,29 @@ print("exit", code, "child sees", child.stdout.strip())
 """
 
 
+# A Qt (PySide6, offscreen) window raised by bring_to_front() from another
+# thread, then from its own; prints what each call said.
+QT_OFF_THREAD = """
+import threading, tcbon
+from PySide6 import QtWidgets
+qapp = QtWidgets.QApplication([])
+window = QtWidgets.QMainWindow()
+window.show()
+said = []
+def raise_it():
+    try:
+        tcbon.bring_to_front(window, {"activation_token": "tok-1"})
+        said.append("raised")
+    except tcbon.Error as exc:
+        said.append(str(exc))
+thread = threading.Thread(target=raise_it)
+thread.start()
+thread.join()
+window.showMinimized()
+raise_it()
+print(said, window.isMinimized())
+"""
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -2418,6 +2441,25 @@ def test_async_handlers_without_an_asyncio_executor_say_what_to_do(primary, name
         tcbon.Process(name, app_dir=app_dir).send("event", {"name": "async"})
 
 
+# Desktop ----------------------------------------------------------------------------------
+def test_bring_to_front_says_which_windows_it_takes():
+    with pytest.raises(TypeError, match="takes a Tk or Qt window, not str"):
+        tcbon.bring_to_front("my window", {"activation_token": "tok-1"})
+
+
+def test_bring_to_front_refuses_a_qt_window_off_its_thread(tmp_path):
+    try:
+        import PySide6  # noqa: F401
+    except ImportError:
+        require("PySide6")
+    status, out, err = ran(["-c", QT_OFF_THREAD],
+                           child_env(tmp_path, QT_QPA_PLATFORM="offscreen"))
+    said, minimised = out.rsplit(" ", 1)
+    assert (status, minimised) == (0, "False\n"), err  # on its thread: restored
+    assert said == str(["bring_to_front() was called off the window's thread: Qt windows may "
+                        "only be touched on it; pass executor=tcbon.MainThreadExecutor(...) "
+                        "to the Process", "raised"])
+
 # Process ----------------------------------------------------------------------------------
 def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
     other = tcbon.Process(name, app_dir=app_dir)
@@ -3230,8 +3272,9 @@ def test_example_advanced(tmp_path):
         assert f.read() == "2"
 
 
-@pytest.fixture(scope="session")
-def display():
+@contextlib.contextmanager
+def xvfb():
+    """A virtual X display of our own: its name (":N")."""
     import shutil
     xvfb = shutil.which("Xvfb")
     if not xvfb:
@@ -3250,6 +3293,12 @@ def display():
         end(server)
 
 
+@pytest.fixture(scope="session")
+def display():
+    with xvfb() as name:
+        yield name
+
+
 def listed_files(client):
     try:
         return client.get("files", timeout=5)["files"]
@@ -3257,12 +3306,11 @@ def listed_files(client):
         return None
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("toolkit", ["tk", "qt"])
-def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_path, request):
+def ui_env(toolkit, tmp_path, display=None):
+    """The environment of a UI example's child: Tk on the display, Qt on it
+    (xcb) or offscreen without one; skips if the toolkit is missing."""
     env = child_env(tmp_path)
     if toolkit == "tk":
-        env["DISPLAY"] = request.getfixturevalue("display")
         if ran(["-c", "import tkinter"], None)[0]:
             require("tkinter")
     else:
@@ -3270,7 +3318,17 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
             import PySide6  # noqa: F401
         except ImportError:
             require("PySide6")
-        env["QT_QPA_PLATFORM"] = "offscreen"
+        env["QT_QPA_PLATFORM"] = "xcb" if display else "offscreen"
+    if display:
+        env["DISPLAY"] = display
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_path, request):
+    display = request.getfixturevalue("display") if toolkit == "tk" else None
+    env = ui_env(toolkit, tmp_path, display)
     name = toolkit + "_app"
     script = example(name + ".py")
     work = tmp_path / "work dir"
@@ -3291,6 +3349,163 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
         client.stop(timeout=30)
         code, out, err = finish(first)
         assert code == 0, err
+
+
+@pytest.fixture
+def desktop(tmp_path):
+    """A display of our own with a real EWMH window manager (openbox) on it:
+    (display, x), where x(*command) runs an X tool there and gives its output."""
+    import shutil
+    tools = ("openbox", "xdotool", "wmctrl", "xprop", "xwininfo", "xwd", "xlogo")
+    if not all(shutil.which(tool) for tool in tools):
+        require("openbox", "apt-get install openbox xdotool wmctrl x11-utils x11-apps")
+    with xvfb() as display:
+        env = dict(os.environ, DISPLAY=display, XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+        def x(*command):
+            return subprocess.run(command, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True,
+                                  timeout=30).stdout.strip()
+        wm = subprocess.Popen(["openbox", "--sm-disable"], env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: "window id" in x("xprop", "-root", "_NET_SUPPORTING_WM_CHECK"),
+                     30, "openbox to manage the display")
+            yield display, x
+        finally:
+            end(wm)
+
+
+def screenshot_on_failure(x, path):
+    """Run a check; if it fails, save the screen as an X window dump (view it
+    with xwud -in PATH, or convert PATH screen.png) and say where."""
+    @contextlib.contextmanager
+    def check():
+        try:
+            yield
+        except AssertionError as exc:
+            x("xwd", "-root", "-silent", "-out", str(path))
+            raise AssertionError("%s (screenshot: %s)" % (exc, path)) from None
+    return check()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_path, desktop):
+    display, x = desktop
+    env = ui_env(toolkit, tmp_path, display)
+    name = toolkit + "_app"
+    script = example(name + ".py")
+    for file_name in ("notes.txt", "todo.txt"):
+        (tmp_path / file_name).write_text("x")
+    client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
+
+    def active():
+        return x("xdotool", "getactivewindow")
+
+    def viewable(window):
+        return "IsViewable" in x("xwininfo", "-id", window)
+
+    def on_top():  # the last of the managed windows, bottom to top, as decimal
+        stacking = x("xprop", "-root", "_NET_CLIENT_LIST_STACKING").split("#")[-1]
+        return str(int(stacking.split(",")[-1], 16)) if "0x" in stacking else None
+
+    def maximised(window):
+        return "_NET_WM_STATE_MAXIMIZED_HORZ" in x("xprop", "-id", window, "_NET_WM_STATE")
+
+    def minimised(window):
+        x("xdotool", "windowminimize", window)  # again, until the WM has done it
+        return not viewable(window)
+
+    with launched([script, "notes.txt"], env, cwd=str(tmp_path)) as first, \
+            screenshot_on_failure(x, tmp_path / "screen.xwd"):
+        wait_for(lambda: listed_files(client) == [str(tmp_path / "notes.txt")], 60,
+                 "the first window")
+        window = wait_for(lambda: x("xdotool", "search", "--onlyvisible", "--name",
+                                    "^tcbon: one window"), 30, "its X window")
+        x("wmctrl", "-i", "-r", window, "-b", "add,maximized_vert,maximized_horz")
+        wait_for(lambda: maximised(window), 30, "the window to be maximised")
+        wait_for(lambda: minimised(window), 30, "the window to be iconified")
+        cover = subprocess.Popen(["xlogo", "-geometry", "1024x768+0+0"],
+                                 env=dict(env, DISPLAY=display), stdin=subprocess.DEVNULL)
+        try:
+            covering = wait_for(lambda: x("xdotool", "search", "--onlyvisible", "--class",
+                                          "xlogo"), 30, "the covering window")
+            wait_for(lambda: active() == on_top() == covering, 30, "the cover on top, active")
+            assert not viewable(window)
+            status, out, err = ran([script, "todo.txt"], dict(env, XDG_ACTIVATION_TOKEN="tok-1"),
+                                   cwd=str(tmp_path))
+            assert (status, out) == (0, "opened 1 file(s) in the running window\n"), err
+            wait_for(lambda: active() == on_top() == window and viewable(window), 10,
+                     "the window to be mapped again, on top and active")
+            assert viewable(covering)  # raised above it, not closed
+            assert maximised(window)  # restored as it was
+        finally:
+            end(cover)
+        client.stop(timeout=30)
+        code, out, err = finish(first)
+        assert code == 0, err
+
+
+@pytest.fixture
+def wayland(tmp_path):
+    """A real Wayland compositor of our own (sway, headless, with
+    xdg-activation): the path of its socket, for WAYLAND_DISPLAY."""
+    import shutil
+    import tempfile
+    sway = shutil.which("sway")
+    if not sway:
+        require("sway", "apt-get install sway")
+    # sway refuses to run as root: then it runs as nobody, in a folder of its
+    # own (nobody cannot reach into tmp_path), which goes with it.
+    runtime = tempfile.mkdtemp(prefix="tcbon-sway-")
+    as_user = []
+    if os.geteuid() == 0:
+        os.chown(runtime, 65534, 65534)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    config = os.path.join(runtime, "config")
+    open(config, "w").close()
+    env = {"PATH": os.environ["PATH"], "HOME": runtime, "XDG_RUNTIME_DIR": runtime,
+           "WLR_BACKENDS": "headless", "WLR_LIBINPUT_NO_DEVICES": "1", "WLR_RENDERER": "pixman"}
+    with open(str(tmp_path / "sway.log"), "w+") as log:
+        compositor = subprocess.Popen(as_user + [sway, "-c", config], env=env,
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            def socket_path():
+                assert compositor.poll() is None, (tmp_path / "sway.log").read_text()
+                names = [n for n in os.listdir(runtime) if n.startswith("wayland-")]
+                return [os.path.join(runtime, n) for n in names if not n.endswith(".lock")]
+            yield wait_for(socket_path, 30, "sway's socket")[0]
+        finally:
+            end(compositor)
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_qt_example_gives_the_launch_token_to_the_wayland_compositor(tmp_path, wayland):
+    env = ui_env("qt", tmp_path)
+    env.pop("DISPLAY", None)
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env.update(QT_QPA_PLATFORM="wayland", WAYLAND_DISPLAY=wayland, XDG_RUNTIME_DIR=str(runtime),
+               WAYLAND_DEBUG="client")  # Qt's Wayland requests, on stderr
+    (tmp_path / "notes.txt").write_text("x")
+    client = tcbon.Process("qt_app", app_dir=os.path.join(str(tmp_path / "xdg"), "qt_app"))
+    log_path = tmp_path / "primary.log"
+    with open(str(log_path), "w") as log, \
+            launched([example("qt_app.py")], env, cwd=str(tmp_path), stderr=log) as first:
+        wait_for(lambda: listed_files(client) == [], 60, "the first window")
+        launch = dict(env, XDG_ACTIVATION_TOKEN="tok-1")
+        del launch["WAYLAND_DEBUG"]
+        status, out, err = ran([example("qt_app.py"), "notes.txt"], launch, cwd=str(tmp_path))
+        assert (status, out) == (0, "opened 1 file(s) in the running window\n"), err
+        # The compositor was asked to activate the window with the launch's
+        # own token (Qt asks for a token of its own when it has none).
+        wait_for(lambda: 'activate("tok-1", wl_surface@' in log_path.read_text(), 10,
+                 "the token to reach the compositor")
+        client.stop(timeout=30)
+        assert finish(first)[0] == 0
+    assert log_path.read_text().count('activate("tok-1"') == 1
 
 
 @pytest.mark.slow

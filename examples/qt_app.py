@@ -60,9 +60,7 @@ class FileList(tcbon.Process):
 
     def on_second_instance(self, event):
         paths, missing = self.open_files(event['cwd'], event['argv'][1:])
-        self.window.showNormal()
-        self.window.raise_()
-        self.window.activateWindow()
+        tcbon.bring_to_front(self.window, event)  # with the Wayland token, if any
         if missing:
             return {'exit_code': 2, 'stderr': 'no such file: %s\n' % ', '.join(missing)}
         return {'exit_code': 0,

@@ -65,9 +65,7 @@ class FileList(tcbon.Process):
 
     def on_second_instance(self, event):
         paths, missing = self.open_files(event['cwd'], event['argv'][1:])
-        self.root.deiconify()
-        self.root.lift()
-        self.root.focus_force()
+        tcbon.bring_to_front(self.root, event)  # restored, raised, focused
         if missing:
             return {'exit_code': 2, 'stderr': 'no such file: %s\n' % ', '.join(missing)}
         return {'exit_code': 0,
