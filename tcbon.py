@@ -244,6 +244,14 @@ if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
         except OSError:
             return ""
 
+    def _session_id() -> str:
+        import ctypes
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        session = ctypes.c_ulong()
+        if kernel32.ProcessIdToSessionId(kernel32.GetCurrentProcessId(), ctypes.byref(session)):
+            return str(session.value)  # Remote Desktop and fast user switching: one each
+        return ""
+
     def _unlock(fd: int, shared: bool = False) -> None:
         if not shared:  # a probe took nothing
             os.lseek(fd, 0, os.SEEK_SET)
@@ -295,6 +303,20 @@ else:
             except (OSError, AttributeError):
                 pass
         return ""
+
+    def _session_id() -> str:
+        # logind's session, else the kernel's audit session (the same number,
+        # which logind takes when there is one), else macOS' security session.
+        session = os.environ.get("XDG_SESSION_ID", "")
+        if not session:
+            try:
+                with open("/proc/self/sessionid", "rb") as f:
+                    session = f.read(16).decode("ascii", "replace").strip()
+            except OSError:
+                pass
+        if session == "4294967295":  # (u32)-1: no audit session
+            session = ""
+        return session or os.environ.get("SECURITYSESSIONID", "")
 
     def _unlock(fd: int, shared: bool = False) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -352,8 +374,11 @@ def _data_home(platform: str = sys.platform) -> str:
     import ntpath
     import posixpath
     xdg = os.environ.get("XDG_DATA_HOME", "")  # absolute, or ignored (platformdirs 4)
-    if platform == "win32" and os.environ.get("LOCALAPPDATA"):
+    snap = os.environ.get("SNAP_USER_COMMON", "")  # a Snap's $HOME and $XDG_DATA_HOME
+    if platform == "win32" and os.environ.get("LOCALAPPDATA"):  # change with every revision
         return os.environ["LOCALAPPDATA"]
+    if platform not in ("win32", "darwin") and os.environ.get("SNAP") and snap.startswith("/"):
+        return snap
     if platform not in ("win32", "darwin") and xdg.startswith("/"):
         return xdg
     paths = ntpath if platform == "win32" else posixpath
@@ -375,7 +400,8 @@ def default_app_dir(name: str) -> str:
     The same path as ``platformdirs.user_data_dir(name, appauthor=False)``
     (but on macOS, where $XDG_DATA_HOME is ignored: see _data_home): a
     place no logout or tmp cleaner wipes, unlike $XDG_RUNTIME_DIR
-    (jupyter_core#143).
+    (jupyter_core#143). Inside a Snap: $SNAP_USER_COMMON/NAME, the one
+    folder that every revision of the snap shares.
 
     Raises:
         StateError: there is no home directory to put it in.
@@ -405,6 +431,45 @@ def _check_name(name: str) -> str:
                          "(CON, PRN, AUX, NUL, COM1-9, LPT1-9) or ends with a dot or a "
                          "space; choose another" % (name,))
     return name
+
+
+def _scope_suffix(scope: Any) -> str:
+    """What a scope adds to the file names (NAME@MACHINE + this + .lock):
+    nothing for one primary per user; the login session's id; a digest of
+    the installation's path.
+
+    Raises:
+        ValueError: not 'user', 'session', 'installation' or an absolute path.
+        StateError: 'session', but no login session id is to be found.
+    """
+    if scope == "user":
+        return ""
+    if scope == "session":
+        session = _session_id()
+        if not session:
+            raise StateError("no login session id to scope the primary by: neither "
+                             "$XDG_SESSION_ID, an audit session, nor a Windows or macOS "
+                             "session; use scope='user'", "")
+        return ".session-" + "".join(c for c in session if c.isalnum())[:32]
+    path = _installation() if scope == "installation" else scope
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isabs(path):
+        raise ValueError("scope must be 'user', 'session', 'installation' or the absolute "
+                         "path of an installation, got %r" % (scope,))
+    import hashlib
+    key = os.path.normcase(os.path.realpath(path)).encode("utf-8", "surrogateescape")
+    return ".install-" + hashlib.sha256(key).hexdigest()[:12]
+
+
+def _installation() -> str:
+    """Where this copy of the app is installed: the AppImage (not its mount
+    point, which changes every run), a frozen app's executable, the folder
+    of the main script, or else the interpreter (a host application's)."""
+    if os.environ.get("APPIMAGE", "").strip():
+        return os.path.abspath(os.environ["APPIMAGE"])
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and not getattr(sys, "frozen", False):
+        return os.path.dirname(os.path.abspath(main_file))
+    return sys.executable
 
 
 def _reason(exc: OSError) -> str:
@@ -1630,9 +1695,9 @@ class _Client:
             then nothing is looked up.
     """
 
-    def __init__(self, name: str, app_dir: str) -> None:
+    def __init__(self, name: str, app_dir: str, scope: str = "") -> None:
         self.name, self.app_dir = name, app_dir
-        stem = os.path.join(app_dir, "%s@%s" % (name, _machine()))  # one per machine
+        stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope))  # one per machine
         self.lock_file, self.pid_file = stem + ".lock", stem + ".pid"
         self.found: dict | None = None
         self.own: dict | None = None
@@ -2193,19 +2258,28 @@ class Process:
         forward_env (list): names or glob patterns of the environment
             variables a later launch hands over (``event['env']``); none by
             default: forwarding everything leaks secrets (vscode#327454).
+        scope: of whom there can be only one primary: 'user' (per user and
+            machine, the default), 'session' (per login session: Remote
+            Desktop, a second graphical login), or 'installation' (per
+            installed copy: side-by-side versions, AppImages); or the
+            absolute path of an installation.
 
     Raises:
         ValueError: for a name that cannot be a file name, a non-loopback
-            address or a negative timeout.
+            address, a negative timeout or an unknown scope.
+        StateError: scope='session' where no login session id is found.
     """
 
     def __init__(self, name: str, address: str | int | None = None, app_dir: str | None = None,
                  debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
-                 executor: Any = None, forward_env: Iterable[str] = ()) -> None:
+                 executor: Any = None, forward_env: Iterable[str] = (),
+                 scope: str | os.PathLike = "user") -> None:
         self.name = _check_name(name)
         self.forward_env = [forward_env] if isinstance(forward_env, str) else list(forward_env)
         self._bind = _parse_address(address) if address is not None else ("127.0.0.1", 0)
         self.address = _format_address(*self._bind) if address is not None else None
+        self.scope = scope
+        self._scope = _scope_suffix(scope)
         self.app_dir = app_dir or default_app_dir(name)
         self.timeout = _check_timeout(timeout)
         self.executor = executor
@@ -2283,7 +2357,7 @@ class Process:
 
     @app_dir.setter
     def app_dir(self, value: str) -> None:
-        self._client = _Client(self.name, os.path.abspath(value))
+        self._client = _Client(self.name, os.path.abspath(value), self._scope)
 
     @property
     def pid_file(self) -> str:
@@ -2940,6 +3014,9 @@ def _cli_parser() -> Any:
                         help="probe (default), send, get, stop or wait")
     parser.add_argument("args", nargs="*", help="the action's arguments")
     parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
+    parser.add_argument("--scope", default="user",
+                        help="the Process' scope: user (the default), session (this login "
+                             "session's primary), or an installation's absolute path")
     parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
     parser.add_argument("--exit", action="store_true",
                         help="wait: until no primary runs (it is not asked to stop)")
@@ -3031,7 +3108,7 @@ def _cli(argv: list[str] | None) -> int:
         return code
 
     try:
-        proc = Process(opts.name, app_dir=opts.app_dir)
+        proc = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope)
         result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit)
     except ProcessDoesNotExist:
         where = "" if opts.app_dir is None else " in %s" % proc.app_dir

@@ -30,7 +30,8 @@ POSIX = os.name == "posix"
 # argv NAME APP_DIR: an app with a 'ping' handler. As the primary, run_forever()
 # (prints PRIMARY pid, then ON_STOP, RETURNED); as a later launch, one 'ping' (prints
 # EXISTS pid, REPLY json). Env: GO_FILE (start barrier), ON_START_DELAY, ON_STOP_DELAY,
-# HANDLER_DELAY, TIMEOUT, NOFILE (open-file limit), APP_FILES (files the app keeps open).
+# HANDLER_DELAY, TIMEOUT, NOFILE (open-file limit), APP_FILES (files the app keeps open),
+# SCOPE (the Process' scope).
 LAUNCH = r"""
 import json, os, sys, time
 import tcbon
@@ -57,7 +58,8 @@ class App(tcbon.Process):
         print("ON_STOP", flush=True)
         time.sleep(float(os.environ.get("ON_STOP_DELAY", 0)))
 
-app = App(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)))
+app = App(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)),
+          scope=os.environ.get("SCOPE", "user"))
 
 @app.on("ping")
 def ping(event):
@@ -437,8 +439,13 @@ winreg.QueryValueEx = lambda key, value: (key[value], 1)
 sys.modules.update(msvcrt=msvcrt, winreg=winreg)
 import ctypes
 allowed = []  # what user32.AllowSetForegroundWindow was given
-ctypes.windll = types.SimpleNamespace(user32=types.SimpleNamespace(
-    AllowSetForegroundWindow=allowed.append))
+
+def session_of(pid, session):  # kernel32.ProcessIdToSessionId: Remote Desktop session 2
+    session._obj.value = 2 if pid == os.getpid() else 0
+    return 1
+ctypes.windll = types.SimpleNamespace(
+    user32=types.SimpleNamespace(AllowSetForegroundWindow=allowed.append),
+    kernel32=types.SimpleNamespace(GetCurrentProcessId=os.getpid, ProcessIdToSessionId=session_of))
 os.read, os.close, sys.platform = read, close, "win32"
 import signal
 signal.SIGBREAK = signal.SIGUSR1  # what console close, Ctrl-Break and logoff deliver
@@ -490,6 +497,7 @@ def close_the_console():
 threading.Thread(target=close_the_console).start()
 app.run_forever()
 print("returned", app.running)
+print("session", os.path.basename(tcbon.Process(name, app_dir=app_dir, scope="session").pid_file))
 """
 
 
@@ -1139,7 +1147,8 @@ def test_the_windows_branch_probes_without_taking_the_lock(name, tmp_path):
                        "allowed True"]  # a hand-off lets the primary take the focus
     # No mode=0o700 on Windows (gh-118486): the folder inherits its parent's.
     assert out[4] == "mode %s" % oct(0o777 & ~current_umask())
-    assert out[5:] == ["launches refused 0", "on_stop ran", "returned False"]  # SIGBREAK
+    assert out[5:8] == ["launches refused 0", "on_stop ran", "returned False"]  # SIGBREAK
+    assert out[8:] == ["session %s@8c9ad4e237f14b0a.session-2.pid" % name]
 
 
 def current_umask():
@@ -2933,6 +2942,95 @@ def test_a_primary_in_another_network_namespace_is_unreachable_not_hung(name, ap
 
 
 @pytest.mark.slow
+def test_scope_session_gives_each_login_session_its_own_primary(name, app_dir, tmp_path):
+    def session(number):
+        return child_env(tmp_path, SCOPE="session", XDG_SESSION_ID=number)
+
+    def probe(number):  # python -m tcbon NAME --scope session, in that session
+        code, out, err = ran(["-m", "tcbon", name, "--app-dir", app_dir, "--scope", "session",
+                              "--json"], session(number))
+        return json.loads(out).get("pid") if code in (0, 1) else err
+
+    with launched(["-c", LAUNCH, name, app_dir], session("7")) as first:
+        assert first.stdout.readline().startswith("PRIMARY")
+        status, out, err = ran(["-c", LAUNCH, name, app_dir], session("7"))
+        assert out.startswith("EXISTS %d\n" % first.pid), err  # the same session hands over
+        with launched(["-c", LAUNCH, name, app_dir], session("8")) as second:
+            assert second.stdout.readline().startswith("PRIMARY")  # its own
+            assert (probe("7"), probe("8"), probe("9")) == (first.pid, second.pid, None)
+            assert cli(tmp_path, name, "--app-dir", app_dir)[0] == 1  # none per user
+
+
+def test_scope_session_without_a_session_id_says_what_to_do(tmp_path):
+    env = child_env(tmp_path)
+    for variable in ("XDG_SESSION_ID", "SECURITYSESSIONID"):
+        env.pop(variable, None)
+    status, out, err = ran(["-c", "import tcbon; print(tcbon.Process('app', scope='session')"
+                            ".pid_file)"], env)
+    try:
+        with open("/proc/self/sessionid") as f:
+            audit = f.read().strip()
+    except OSError:
+        audit = "4294967295"
+    if audit == "4294967295":  # no audit session either (a container, a service)
+        assert status == 1 and err.rstrip().endswith(
+            "tcbon.StateError: no login session id to scope the primary by: neither "
+            "$XDG_SESSION_ID, an audit session, nor a Windows or macOS session; use "
+            "scope='user'"), err
+    else:  # the kernel's, which logind takes as its own
+        assert (status, out.endswith(".session-%s.pid\n" % audit)) == (0, True), err
+
+
+def test_scope_installation_follows_the_appimage_not_its_mount_point(name, app_dir, tmp_path):
+    # An AppImage runs from a new mount point every time, /tmp/.mount_XXXX:
+    # two copies of the same script stand for two runs of one AppImage, or
+    # for two installed versions when no $APPIMAGE says otherwise.
+    mounts = []
+    for number in (1, 2):
+        mount = tmp_path / (".mount_%d" % number)
+        mount.mkdir()
+        (mount / "app.py").write_text(LAUNCH)
+        mounts.append(str(mount / "app.py"))
+
+    def run(mount, **env):
+        return ran([mounts[mount], name, app_dir], child_env(tmp_path, SCOPE="installation", **env))
+
+    with launched([mounts[0], name, app_dir], child_env(tmp_path, SCOPE="installation")) as one:
+        assert one.stdout.readline().startswith("PRIMARY")
+        assert run(0)[1].startswith("EXISTS %d\n" % one.pid)  # the same installation
+        with launched([mounts[1], name, app_dir], child_env(tmp_path, SCOPE="installation")) \
+                as two:
+            assert two.stdout.readline().startswith("PRIMARY")  # another one
+            code, out, err = cli(tmp_path, name, "--app-dir", app_dir, "--scope",
+                                 os.path.dirname(mounts[1]), "--json")
+            assert (code, json.loads(out)["pid"]) == (0, two.pid), err
+    appimage = str(tmp_path / "My_App-x86_64.AppImage")
+    with launched([mounts[0], name, app_dir], child_env(tmp_path, SCOPE="installation",
+                                                        APPIMAGE=appimage)) as first:
+        assert first.stdout.readline().startswith("PRIMARY")
+        status, out, err = run(1, APPIMAGE=appimage)  # mounted elsewhere, the same AppImage
+        assert out.startswith("EXISTS %d\n" % first.pid), err
+
+
+@pytest.mark.parametrize("scope", ["users", "relative/path", 3])
+def test_an_unknown_scope_is_a_value_error(scope):
+    with pytest.raises(ValueError, match="scope must be 'user', 'session', 'installation' or "
+                                         "the absolute path of an installation, got "):
+        tcbon.Process("app", scope=scope)
+
+
+def test_inside_a_snap_the_default_folder_is_the_one_all_revisions_share(tmp_path):
+    common = str(tmp_path / "snap" / "my-app" / "common")
+    env = child_env(tmp_path, SNAP="/snap/my-app/12", SNAP_USER_COMMON=common,
+                    HOME=str(tmp_path / "snap" / "my-app" / "12"),  # as snapd sets them
+                    XDG_DATA_HOME=str(tmp_path / "snap" / "my-app" / "12" / ".local" / "share"))
+    status, out, err = ran(["-c", "import tcbon; print(tcbon.Process('app').app_dir)"], env)
+    assert (status, out) == (0, os.path.join(common, "app") + "\n"), err
+    del env["SNAP"]  # SNAP_USER_COMMON alone is not a snap
+    status, out, err = ran(["-c", "import tcbon; print(tcbon.Process('app').app_dir)"], env)
+    assert (status, out) == (0, os.path.join(env["XDG_DATA_HOME"], "app") + "\n"), err
+
+
 def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, tmp_path):
     app_dir = str(tmp_path / "home" / name)  # one directory, seen by both machines
     env = child_env(tmp_path)
