@@ -2079,7 +2079,8 @@ def bring_to_front(window: Any, event: dict | None = None) -> None:
     token = (event or {}).get("activation_token")
     if hasattr(window, "focus_force") and hasattr(window, "deiconify"):
         _raise_tk(window)
-    elif hasattr(window, "requestActivate") or hasattr(window, "activateWindow"):
+    elif any(klass.__module__.endswith((".QtWidgets", ".QtGui"))
+             for klass in type(window).__mro__) and hasattr(window, "raise_"):
         _raise_qt(window, token)
     else:
         raise TypeError("bring_to_front() takes a Tk or Qt window, not %s"
@@ -2095,7 +2096,9 @@ def _raise_tk(window: Any) -> None:
 
 def _raise_qt(window: Any, token: str | None) -> None:
     import importlib
-    package = type(window).__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
+    package = next(klass.__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
+                   for klass in type(window).__mro__  # past the app's own subclasses
+                   if klass.__module__.endswith((".QtWidgets", ".QtGui")))
     qt_core = importlib.import_module(package + ".QtCore")
     qt_gui = importlib.import_module(package + ".QtGui")
     if qt_core.QThread.currentThread() is not window.thread():
