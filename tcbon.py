@@ -2064,26 +2064,30 @@ def bring_to_front(window: Any, event: dict | None = None) -> None:
             tcbon.bring_to_front(root, event)
 
     A minimised or withdrawn window is shown again; a maximised one stays
-    maximised. Qt on Wayland gets the event's ``activation_token`` for its
-    activation, so the compositor lets the window take the focus.
+    maximised. The event's ``activation_token`` goes where the toolkit can
+    use it: Qt on Wayland, GTK on Wayland and X11 (the startup id), so
+    that the desktop lets the window take the focus.
 
     Args:
-        window: a Tk window (``tkinter.Tk`` or ``Toplevel``) or a Qt one
-            (a top-level ``QWidget`` or a ``QWindow``; PySide or PyQt).
+        window: a Tk window (``tkinter.Tk`` or ``Toplevel``), a Qt one
+            (a top-level ``QWidget`` or a ``QWindow``; PySide or PyQt) or
+            a GTK one (``Gtk.Window``, PyGObject).
         event (dict): the second-instance event, or None.
 
     Raises:
-        TypeError: window is neither a Tk nor a Qt window.
+        TypeError: window is not a Tk, Qt or GTK window.
         Error: a Qt window called from a thread other than its own.
     """
     token = (event or {}).get("activation_token")
     if hasattr(window, "focus_force") and hasattr(window, "deiconify"):
         _raise_tk(window)
+    elif hasattr(window, "set_startup_id") and hasattr(window, "present"):
+        _raise_gtk(window, token)
     elif any(klass.__module__.endswith((".QtWidgets", ".QtGui"))
              for klass in type(window).__mro__) and hasattr(window, "raise_"):
         _raise_qt(window, token)
     else:
-        raise TypeError("bring_to_front() takes a Tk or Qt window, not %s"
+        raise TypeError("bring_to_front() takes a Tk, Qt or GTK window, not %s"
                         % type(window).__name__)
 
 
@@ -2092,6 +2096,12 @@ def _raise_tk(window: Any) -> None:
         window.deiconify()
     window.lift()
     window.focus_force()  # on Windows too, now that the launch allowed it
+
+
+def _raise_gtk(window: Any, token: str | None) -> None:
+    if token:  # X11: the window gets the launch's startup id, whose time stamp
+        window.set_startup_id(token)  # lets the WM raise it; Wayland: the token
+    window.present()  # deiconified, raised, focused
 
 
 def _raise_qt(window: Any, token: str | None) -> None:

@@ -660,6 +660,37 @@ raise_it()
 print(said, window.isMinimized())
 """
 
+# argv NAME APP_DIR: a GTK 3 app with one window, "tcbon: a GTK window"; a later
+# launch's hand-off brings it to the front (bring_to_front) and prints "raised".
+GTK_APP = """
+import sys, tcbon
+import gi
+gi.require_version("Gtk", "3.0")
+from gi.repository import GLib, Gtk
+name, app_dir = sys.argv[1], sys.argv[2]
+
+def run_pending():
+    executor.run_pending()
+    return False  # once per wake-up
+executor = tcbon.MainThreadExecutor(wake=lambda: GLib.idle_add(run_pending))
+app = tcbon.Process(name, app_dir=app_dir, executor=executor)
+window = None
+
+@app.on("second-instance")
+def again(event):
+    tcbon.bring_to_front(window, event)
+    return {"exit_code": 0, "stdout": "raised\\n"}
+
+def on_start():
+    global window
+    window = Gtk.Window(title="tcbon: a GTK window")
+    window.set_default_size(400, 300)
+    window.show_all()
+app.on_start = on_start
+app.on_stop = Gtk.main_quit
+sys.exit(app.main(run=Gtk.main))
+"""
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -2455,7 +2486,7 @@ def test_async_handlers_without_an_asyncio_executor_say_what_to_do(primary, name
 
 # Desktop ----------------------------------------------------------------------------------
 def test_bring_to_front_says_which_windows_it_takes():
-    with pytest.raises(TypeError, match="takes a Tk or Qt window, not str"):
+    with pytest.raises(TypeError, match="takes a Tk, Qt or GTK window, not str"):
         tcbon.bring_to_front("my window", {"activation_token": "tok-1"})
 
 
@@ -3456,100 +3487,171 @@ def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_pat
         assert code == 0, err
 
 
+class Desktop:
+    """An X display with a real EWMH window manager (openbox) on it, seen
+    and driven through the X tools (xdotool, wmctrl, xprop, xwininfo)."""
+
+    def __init__(self, display, env, screenshot):
+        self.display, self.env, self.screenshot = display, env, screenshot
+
+    def x(self, *command):
+        """Run an X tool on the display; its output."""
+        return subprocess.run(command, env=self.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, timeout=30).stdout.strip()
+
+    def window(self, title):
+        """The id of the visible window whose title starts with title."""
+        return wait_for(lambda: self.x("xdotool", "search", "--onlyvisible", "--name",
+                                       "^" + title), 30, "the window %r" % title)
+
+    def active(self):
+        return self.x("xdotool", "getactivewindow")
+
+    def viewable(self, window):
+        return "IsViewable" in self.x("xwininfo", "-id", window)
+
+    def on_top(self):
+        """The last of the managed windows, bottom to top, as a decimal id."""
+        stacking = self.x("xprop", "-root", "_NET_CLIENT_LIST_STACKING").split("#")[-1]
+        return str(int(stacking.split(",")[-1], 16)) if "0x" in stacking else None
+
+    def maximised(self, window):
+        return "_NET_WM_STATE_MAXIMIZED_HORZ" in self.x("xprop", "-id", window, "_NET_WM_STATE")
+
+    def maximise(self, window):
+        self.x("wmctrl", "-i", "-r", window, "-b", "add,maximized_vert,maximized_horz")
+        wait_for(lambda: self.maximised(window), 30, "the window to be maximised")
+
+    def iconify(self, window):
+        def iconified():
+            self.x("xdotool", "windowminimize", window)  # again, until the WM has done it
+            return not self.viewable(window)
+        wait_for(iconified, 30, "the window to be iconified")
+
+    @contextlib.contextmanager
+    def covered(self):
+        """A full-screen window on top of the others, active: its id."""
+        cover = subprocess.Popen(["xlogo", "-geometry", "1024x768+0+0"], env=self.env,
+                                 stdin=subprocess.DEVNULL)
+        try:
+            covering = wait_for(lambda: self.x("xdotool", "search", "--onlyvisible", "--class",
+                                               "xlogo"), 30, "the covering window")
+            wait_for(lambda: self.active() == self.on_top() == covering, 30,
+                     "the cover on top, active")
+            yield covering
+            assert self.viewable(covering)  # only raised above, never closed
+        finally:
+            end(cover)
+
+    def wait_in_front(self, window):
+        wait_for(lambda: self.active() == self.on_top() == window and self.viewable(window),
+                 10, "the window to be mapped again, on top and active")
+
+    @contextlib.contextmanager
+    def screenshot_on_failure(self):
+        """If the block fails, save the screen as an X window dump in the
+        test's folder (view it with xwud -in PATH, or convert PATH x.png) and
+        say where."""
+        try:
+            yield
+        except AssertionError as exc:
+            self.x("xwd", "-root", "-silent", "-out", self.screenshot)
+            raise AssertionError("%s (screenshot: %s)" % (exc, self.screenshot)) from None
+
+
 @pytest.fixture
 def desktop(tmp_path):
-    """A display of our own with a real EWMH window manager (openbox) on it:
-    (display, x), where x(*command) runs an X tool there and gives its output."""
+    """A display of our own with openbox managing it: a Desktop."""
     import shutil
     tools = ("openbox", "xdotool", "wmctrl", "xprop", "xwininfo", "xwd", "xlogo")
     if not all(shutil.which(tool) for tool in tools):
         require("openbox", "apt-get install openbox xdotool wmctrl x11-utils x11-apps")
     with xvfb() as display:
         env = dict(os.environ, DISPLAY=display, XDG_CACHE_HOME=str(tmp_path / "cache"))
-
-        def x(*command):
-            return subprocess.run(command, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True,
-                                  timeout=30).stdout.strip()
         wm = subprocess.Popen(["openbox", "--sm-disable"], env=env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: "window id" in x("xprop", "-root", "_NET_SUPPORTING_WM_CHECK"),
+            desk = Desktop(display, env, str(tmp_path / "screen.xwd"))
+            wait_for(lambda: "window id" in desk.x("xprop", "-root", "_NET_SUPPORTING_WM_CHECK"),
                      30, "openbox to manage the display")
-            yield display, x
+            yield desk
         finally:
             end(wm)
-
-
-def screenshot_on_failure(x, path):
-    """Run a check; if it fails, save the screen as an X window dump (view it
-    with xwud -in PATH, or convert PATH screen.png) and say where."""
-    @contextlib.contextmanager
-    def check():
-        try:
-            yield
-        except AssertionError as exc:
-            x("xwd", "-root", "-silent", "-out", str(path))
-            raise AssertionError("%s (screenshot: %s)" % (exc, path)) from None
-    return check()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("toolkit", ["tk", "qt"])
 def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_path, desktop):
-    display, x = desktop
-    env = ui_env(toolkit, tmp_path, display)
+    env = ui_env(toolkit, tmp_path, desktop.display)
     name = toolkit + "_app"
     script = example(name + ".py")
     for file_name in ("notes.txt", "todo.txt"):
         (tmp_path / file_name).write_text("x")
     client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
-
-    def active():
-        return x("xdotool", "getactivewindow")
-
-    def viewable(window):
-        return "IsViewable" in x("xwininfo", "-id", window)
-
-    def on_top():  # the last of the managed windows, bottom to top, as decimal
-        stacking = x("xprop", "-root", "_NET_CLIENT_LIST_STACKING").split("#")[-1]
-        return str(int(stacking.split(",")[-1], 16)) if "0x" in stacking else None
-
-    def maximised(window):
-        return "_NET_WM_STATE_MAXIMIZED_HORZ" in x("xprop", "-id", window, "_NET_WM_STATE")
-
-    def minimised(window):
-        x("xdotool", "windowminimize", window)  # again, until the WM has done it
-        return not viewable(window)
-
     with launched([script, "notes.txt"], env, cwd=str(tmp_path)) as first, \
-            screenshot_on_failure(x, tmp_path / "screen.xwd"):
+            desktop.screenshot_on_failure():
         wait_for(lambda: listed_files(client) == [str(tmp_path / "notes.txt")], 60,
                  "the first window")
-        window = wait_for(lambda: x("xdotool", "search", "--onlyvisible", "--name",
-                                    "^tcbon: one window"), 30, "its X window")
-        x("wmctrl", "-i", "-r", window, "-b", "add,maximized_vert,maximized_horz")
-        wait_for(lambda: maximised(window), 30, "the window to be maximised")
-        wait_for(lambda: minimised(window), 30, "the window to be iconified")
-        cover = subprocess.Popen(["xlogo", "-geometry", "1024x768+0+0"],
-                                 env=dict(env, DISPLAY=display), stdin=subprocess.DEVNULL)
-        try:
-            covering = wait_for(lambda: x("xdotool", "search", "--onlyvisible", "--class",
-                                          "xlogo"), 30, "the covering window")
-            wait_for(lambda: active() == on_top() == covering, 30, "the cover on top, active")
-            assert not viewable(window)
+        window = desktop.window("tcbon: one window")
+        desktop.maximise(window)
+        desktop.iconify(window)
+        with desktop.covered():
             status, out, err = ran([script, "todo.txt"], dict(env, XDG_ACTIVATION_TOKEN="tok-1"),
                                    cwd=str(tmp_path))
             assert (status, out) == (0, "opened 1 file(s) in the running window\n"), err
-            wait_for(lambda: active() == on_top() == window and viewable(window), 10,
-                     "the window to be mapped again, on top and active")
-            assert viewable(covering)  # raised above it, not closed
-            assert maximised(window)  # restored as it was
-        finally:
-            end(cover)
+            desktop.wait_in_front(window)
+            assert desktop.maximised(window)  # restored as it was
         client.stop(timeout=30)
         code, out, err = finish(first)
         assert code == 0, err
+
+
+def gtk_python():
+    """An interpreter with PyGObject and GTK 3: ours, or Debian's (python3-gi
+    is a system package)."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        if os.path.exists(python) and subprocess.run(
+                [python, "-c", "import gi; gi.require_version('Gtk', '3.0')"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            return python
+    require("PyGObject", "apt-get install python3-gi gir1.2-gtk-3.0")
+
+
+@contextlib.contextmanager
+def started(python, args, env):
+    """A child of another interpreter in the background, always ended."""
+    proc = subprocess.Popen([python] + args, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        end(proc)
+
+
+@pytest.mark.slow
+def test_a_gtk_window_gets_the_launch_startup_id_and_comes_to_the_front(tmp_path, desktop,
+                                                                        name, app_dir):
+    python = gtk_python()
+    env = child_env(tmp_path, DISPLAY=desktop.display, NO_AT_BRIDGE="1")
+    with started(python, ["-c", GTK_APP, name, app_dir], env) as first, \
+            desktop.screenshot_on_failure():
+        window = desktop.window("tcbon: a GTK window")
+        desktop.iconify(window)
+        with desktop.covered():
+            launch = dict(env, DESKTOP_STARTUP_ID="launcher-42_TIME4242")  # as a launcher sets it
+            done = subprocess.run([python, "-c", GTK_APP, name, app_dir], env=launch,
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=60)
+            assert (done.returncode, done.stdout) == (0, "raised\n"), done.stderr
+            desktop.wait_in_front(window)
+            # GTK put the startup id on the window, and its time stamp is the
+            # window's last user time: what a WM weighs against focus stealing.
+            assert desktop.x("xprop", "-id", window, "_NET_STARTUP_ID", "_NET_WM_USER_TIME") == (
+                '_NET_STARTUP_ID(UTF8_STRING) = "launcher-42_TIME4242"\n'
+                "_NET_WM_USER_TIME(CARDINAL) = 4242")
+        tcbon.Process(name, app_dir=app_dir).stop(timeout=30)
+        out, err = first.communicate(timeout=30)
+        assert first.returncode == 0 and "Traceback" not in err, err
 
 
 @pytest.fixture
