@@ -374,9 +374,10 @@ def _data_home(platform: str = sys.platform) -> str:
     import ntpath
     import posixpath
     xdg = os.environ.get("XDG_DATA_HOME", "")  # absolute, or ignored (platformdirs 4)
-    snap = os.environ.get("SNAP_USER_COMMON", "")  # a Snap's $HOME and $XDG_DATA_HOME
-    if platform == "win32" and os.environ.get("LOCALAPPDATA"):  # change with every revision
+    snap = os.environ.get("SNAP_USER_COMMON", "")
+    if platform == "win32" and os.environ.get("LOCALAPPDATA"):
         return os.environ["LOCALAPPDATA"]
+    # In a Snap, $HOME and $XDG_DATA_HOME change with every revision.
     if platform not in ("win32", "darwin") and os.environ.get("SNAP") and snap.startswith("/"):
         return snap
     if platform not in ("win32", "darwin") and xdg.startswith("/"):
@@ -1695,9 +1696,9 @@ class _Client:
             then nothing is looked up.
     """
 
-    def __init__(self, name: str, app_dir: str, scope: str = "") -> None:
+    def __init__(self, name: str, app_dir: str, scope_suffix: str = "") -> None:
         self.name, self.app_dir = name, app_dir
-        stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope))  # one per machine
+        stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope_suffix))  # per machine
         self.lock_file, self.pid_file = stem + ".lock", stem + ".pid"
         self.found: dict | None = None
         self.own: dict | None = None
@@ -2079,13 +2080,15 @@ def bring_to_front(window: Any, event: dict | None = None) -> None:
         Error: a Qt window called from a thread other than its own.
     """
     token = (event or {}).get("activation_token")
+    qt_package = next((klass.__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
+                       for klass in type(window).__mro__  # past the app's own subclasses
+                       if klass.__module__.endswith((".QtWidgets", ".QtGui"))), None)
     if hasattr(window, "focus_force") and hasattr(window, "deiconify"):
         _raise_tk(window)
     elif hasattr(window, "set_startup_id") and hasattr(window, "present"):
         _raise_gtk(window, token)
-    elif any(klass.__module__.endswith((".QtWidgets", ".QtGui"))
-             for klass in type(window).__mro__) and hasattr(window, "raise_"):
-        _raise_qt(window, token)
+    elif qt_package and hasattr(window, "raise_"):
+        _raise_qt(window, token, qt_package)
     else:
         raise TypeError("bring_to_front() takes a Tk, Qt or GTK window, not %s"
                         % type(window).__name__)
@@ -2104,11 +2107,8 @@ def _raise_gtk(window: Any, token: str | None) -> None:
     window.present()  # deiconified, raised, focused
 
 
-def _raise_qt(window: Any, token: str | None) -> None:
+def _raise_qt(window: Any, token: str | None, package: str) -> None:
     import importlib
-    package = next(klass.__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
-                   for klass in type(window).__mro__  # past the app's own subclasses
-                   if klass.__module__.endswith((".QtWidgets", ".QtGui")))
     qt_core = importlib.import_module(package + ".QtCore")
     qt_gui = importlib.import_module(package + ".QtGui")
     if qt_core.QThread.currentThread() is not window.thread():

@@ -751,10 +751,11 @@ def child_env(tmp_path, **extra):
 
 
 @contextlib.contextmanager
-def launched(args, env, cwd=None, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, via=()):
+def launched(args, env, cwd=None, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, via=(),
+             python=sys.executable):
     """A child interpreter in the background (python ARGS, run via a command
     such as nsenter if given), always ended and reaped."""
-    proc = subprocess.Popen(list(via) + [sys.executable] + [str(a) for a in args], env=env,
+    proc = subprocess.Popen(list(via) + [python] + [str(a) for a in args], env=env,
                             cwd=cwd, text=True, stdin=stdin, stdout=subprocess.PIPE,
                             stderr=stderr)
     try:
@@ -763,11 +764,11 @@ def launched(args, env, cwd=None, stdin=subprocess.DEVNULL, stderr=subprocess.PI
         end(proc)
 
 
-def ran(args, env, cwd=None, timeout=60, text=True, via=()):
+def ran(args, env, cwd=None, timeout=60, text=True, via=(), python=sys.executable):
     """A child interpreter (python ARGS, via a command if given) run to its
     end: (exit code, stdout, stderr). env None: this process' environment."""
     args = [a if isinstance(a, bytes) else str(a) for a in args]
-    done = subprocess.run(list(via) + [sys.executable] + args, env=env, cwd=cwd,
+    done = subprocess.run(list(via) + [python] + args, env=env, cwd=cwd,
                           stdin=subprocess.DEVNULL, capture_output=True, text=text,
                           timeout=timeout)
     return done.returncode, done.stdout, done.stderr
@@ -3617,32 +3618,19 @@ def gtk_python():
     require("PyGObject", "apt-get install python3-gi gir1.2-gtk-3.0")
 
 
-@contextlib.contextmanager
-def started(python, args, env):
-    """A child of another interpreter in the background, always ended."""
-    proc = subprocess.Popen([python] + args, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc
-    finally:
-        end(proc)
-
-
 @pytest.mark.slow
 def test_a_gtk_window_gets_the_launch_startup_id_and_comes_to_the_front(tmp_path, desktop,
                                                                         name, app_dir):
     python = gtk_python()
     env = child_env(tmp_path, DISPLAY=desktop.display, NO_AT_BRIDGE="1")
-    with started(python, ["-c", GTK_APP, name, app_dir], env) as first, \
+    with launched(["-c", GTK_APP, name, app_dir], env, python=python) as first, \
             desktop.screenshot_on_failure():
         window = desktop.window("tcbon: a GTK window")
         desktop.iconify(window)
         with desktop.covered():
             launch = dict(env, DESKTOP_STARTUP_ID="launcher-42_TIME4242")  # as a launcher sets it
-            done = subprocess.run([python, "-c", GTK_APP, name, app_dir], env=launch,
-                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=60)
-            assert (done.returncode, done.stdout) == (0, "raised\n"), done.stderr
+            status, out, err = ran(["-c", GTK_APP, name, app_dir], launch, python=python)
+            assert (status, out) == (0, "raised\n"), err
             desktop.wait_in_front(window)
             # GTK put the startup id on the window, and its time stamp is the
             # window's last user time: what a WM weighs against focus stealing.
