@@ -2077,7 +2077,8 @@ def bring_to_front(window: Any, event: dict | None = None) -> None:
 
     Raises:
         TypeError: window is not a Tk, Qt or GTK window.
-        Error: a Qt window called from a thread other than its own.
+        Error: a Qt or GTK window called from a thread other than its own
+            (GTK's: the thread that runs its main loop).
     """
     token = (event or {}).get("activation_token")
     qt_package = next((klass.__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
@@ -2094,6 +2095,12 @@ def bring_to_front(window: Any, event: dict | None = None) -> None:
                         % type(window).__name__)
 
 
+def _off_its_thread(toolkit: str) -> Error:
+    return Error("bring_to_front() was called off the window's thread: %s windows may only "
+                 "be touched on it; pass executor=tcbon.MainThreadExecutor(...) to the "
+                 "Process" % toolkit)
+
+
 def _raise_tk(window: Any) -> None:
     if window.state() in ("iconic", "withdrawn"):  # not "zoomed": it stays so
         window.deiconify()
@@ -2102,9 +2109,16 @@ def _raise_tk(window: Any) -> None:
 
 
 def _raise_gtk(window: Any, token: str | None) -> None:
-    if token:  # X11: the window gets the launch's startup id, whose time stamp
-        window.set_startup_id(token)  # lets the WM raise it; Wayland: the token
-    window.present()  # deiconified, raised, focused
+    import importlib
+    context = importlib.import_module("gi.repository.GLib").MainContext.default()
+    if not context.acquire():  # another thread runs the main loop
+        raise _off_its_thread("GTK")
+    try:
+        if token:  # X11: the window gets the launch's startup id, whose time
+            window.set_startup_id(token)  # stamp lets the WM raise it; Wayland: the token
+        window.present()  # deiconified, raised, focused
+    finally:
+        context.release()
 
 
 def _raise_qt(window: Any, token: str | None, package: str) -> None:
@@ -2112,9 +2126,7 @@ def _raise_qt(window: Any, token: str | None, package: str) -> None:
     qt_core = importlib.import_module(package + ".QtCore")
     qt_gui = importlib.import_module(package + ".QtGui")
     if qt_core.QThread.currentThread() is not window.thread():
-        raise Error("bring_to_front() was called off the window's thread: Qt windows "
-                    "may only be touched on it; pass executor=tcbon.MainThreadExecutor"
-                    "(...) to the Process")
+        raise _off_its_thread("Qt")
     minimised = getattr(qt_core.Qt, "WindowState", qt_core.Qt).WindowMinimized
     if hasattr(window, "activateWindow"):  # a QWidget
         window.setWindowState(window.windowState() & ~minimised)

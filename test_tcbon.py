@@ -661,6 +661,33 @@ raise_it()
 print(said, window.isMinimized())
 """
 
+# A GTK 3 window raised by bring_to_front() from another thread while the
+# main loop runs, then from the loop's own thread; prints what each call said.
+GTK_OFF_THREAD = """
+import threading, tcbon
+import gi
+gi.require_version("Gtk", "3.0")
+from gi.repository import GLib, Gtk
+window = Gtk.Window(title="tcbon: off its thread")
+window.show_all()
+said = []
+def raise_it():
+    try:
+        tcbon.bring_to_front(window, {"activation_token": "tok-1"})
+        said.append("raised")
+    except tcbon.Error as exc:
+        said.append(str(exc))
+def from_both():
+    thread = threading.Thread(target=raise_it)
+    thread.start()
+    thread.join()
+    raise_it()
+    Gtk.main_quit()
+GLib.idle_add(from_both)
+Gtk.main()
+print(said)
+"""
+
 # argv NAME APP_DIR: a GTK 3 app with one window, "tcbon: a GTK window"; a later
 # launch's hand-off brings it to the front (bring_to_front) and prints "raised".
 GTK_APP = """
@@ -2504,6 +2531,15 @@ def test_bring_to_front_refuses_a_qt_window_off_its_thread(tmp_path):
     assert said == str(["bring_to_front() was called off the window's thread: Qt windows may "
                         "only be touched on it; pass executor=tcbon.MainThreadExecutor(...) "
                         "to the Process", "raised"])
+
+def test_bring_to_front_refuses_a_gtk_window_off_its_main_loop_thread(tmp_path, display):
+    status, out, err = ran(["-c", GTK_OFF_THREAD],
+                           child_env(tmp_path, DISPLAY=display, NO_AT_BRIDGE="1"),
+                           python=gtk_python())
+    assert status == 0, err
+    assert out == str(["bring_to_front() was called off the window's thread: GTK windows may "
+                       "only be touched on it; pass executor=tcbon.MainThreadExecutor(...) "
+                       "to the Process", "raised"]) + "\n"
 
 # Process ----------------------------------------------------------------------------------
 def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
