@@ -635,6 +635,22 @@ print("exit", code, "child sees", child.stdout.strip())
 """
 
 
+# The part of the two below that raises `window` with bring_to_front(): from
+# the calling thread (raise_it) or from a new one; `said` has what each said.
+RAISE_IT = """
+said = []
+def raise_it():
+    try:
+        tcbon.bring_to_front(window, {"activation_token": "tok-1"})
+        said.append("raised")
+    except tcbon.Error as exc:
+        said.append(str(exc))
+def raise_it_from_another_thread():
+    thread = threading.Thread(target=raise_it)
+    thread.start()
+    thread.join()
+"""
+
 # A Qt (PySide6, offscreen) window raised by bring_to_front() from another
 # thread, then from its own; prints what each call said.
 QT_OFF_THREAD = """
@@ -646,16 +662,8 @@ class Window(QtWidgets.QMainWindow):  # an app's own, as usual
     pass
 window = Window()
 window.show()
-said = []
-def raise_it():
-    try:
-        tcbon.bring_to_front(window, {"activation_token": "tok-1"})
-        said.append("raised")
-    except tcbon.Error as exc:
-        said.append(str(exc))
-thread = threading.Thread(target=raise_it)
-thread.start()
-thread.join()
+""" + RAISE_IT + """
+raise_it_from_another_thread()
 window.showMinimized()
 raise_it()
 print(said, window.isMinimized())
@@ -670,17 +678,9 @@ gi.require_version("Gtk", "3.0")
 from gi.repository import GLib, Gtk
 window = Gtk.Window(title="tcbon: off its thread")
 window.show_all()
-said = []
-def raise_it():
-    try:
-        tcbon.bring_to_front(window, {"activation_token": "tok-1"})
-        said.append("raised")
-    except tcbon.Error as exc:
-        said.append(str(exc))
+""" + RAISE_IT + """
 def from_both():
-    thread = threading.Thread(target=raise_it)
-    thread.start()
-    thread.join()
+    raise_it_from_another_thread()
     raise_it()
     Gtk.main_quit()
 GLib.idle_add(from_both)
