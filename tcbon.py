@@ -2066,8 +2066,9 @@ def bring_to_front(window: Any, event: dict | None = None) -> None:
 
     A minimised or withdrawn window is shown again; a maximised one stays
     maximised. The event's ``activation_token`` goes where the toolkit can
-    use it: Qt on Wayland, GTK on Wayland and X11 (the startup id), so
-    that the desktop lets the window take the focus.
+    use it: Qt on Wayland, GTK on Wayland and X11 (the startup id), Tk on
+    X11 (the startup id's time stamp, in the activation request it makes),
+    so that the desktop lets the window take the focus.
 
     Args:
         window: a Tk window (``tkinter.Tk`` or ``Toplevel``), a Qt one
@@ -2085,7 +2086,7 @@ def bring_to_front(window: Any, event: dict | None = None) -> None:
                        for klass in type(window).__mro__  # past the app's own subclasses
                        if klass.__module__.endswith((".QtWidgets", ".QtGui"))), None)
     if hasattr(window, "focus_force") and hasattr(window, "deiconify"):
-        _raise_tk(window)
+        _raise_tk(window, token)
     elif hasattr(window, "set_startup_id") and hasattr(window, "present"):
         _raise_gtk(window, token)
     elif qt_package and hasattr(window, "raise_"):
@@ -2101,11 +2102,70 @@ def _off_its_thread(toolkit: str) -> Error:
                  "Process" % toolkit)
 
 
-def _raise_tk(window: Any) -> None:
+def _raise_tk(window: Any, token: str | None) -> None:
     if window.state() in ("iconic", "withdrawn"):  # not "zoomed": it stays so
         window.deiconify()
     window.lift()
     window.focus_force()  # on Windows too, now that the launch allowed it
+    if window.tk.call("tk", "windowingsystem") == "x11":
+        # A WM that prevents focus stealing (metacity, mutter) ignores lift()
+        # from an app that is not active; it honours an activation request
+        # with the time of the launch.
+        window.update_idletasks()  # Tk's own requests first
+        _x11_activate(window.winfo_screen(), window.winfo_id(), token)
+
+
+def _x11_activate(screen: str, window_id: int, token: str | None) -> None:
+    """Ask the window manager to activate the top-level window that holds
+    window_id (an EWMH _NET_ACTIVE_WINDOW request, through libX11) with the
+    time stamp of the launch's startup id, else 0: "now" to the WM."""
+    import ctypes
+    import re
+    try:
+        xlib = ctypes.CDLL("libX11.so.6")
+    except OSError:
+        return
+    ulong, pointer = ctypes.c_ulong, ctypes.c_void_p
+    xlib.XOpenDisplay.restype = pointer
+    xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    xlib.XInternAtom.restype = ulong
+    xlib.XInternAtom.argtypes = [pointer, ctypes.c_char_p, ctypes.c_int]
+    xlib.XQueryTree.argtypes = [pointer, ulong, ctypes.POINTER(ulong), ctypes.POINTER(ulong),
+                                ctypes.POINTER(pointer), ctypes.POINTER(ctypes.c_uint)]
+    xlib.XDefaultRootWindow.restype = ulong
+    xlib.XDefaultRootWindow.argtypes = [pointer]
+    xlib.XSendEvent.argtypes = [pointer, ulong, ctypes.c_int, ctypes.c_long, pointer]
+    for name in ("XFree", "XFlush", "XCloseDisplay"):
+        getattr(xlib, name).argtypes = [pointer]
+
+    class ClientMessage(ctypes.Structure):  # XClientMessageEvent, in an XEvent's room
+        _fields_ = [("type", ctypes.c_int), ("serial", ulong), ("send_event", ctypes.c_int),
+                    ("display", pointer), ("window", ulong), ("message_type", ulong),
+                    ("format", ctypes.c_int), ("data", ctypes.c_long * 5),
+                    ("rest", ctypes.c_long * 12)]  # sizeof(XEvent): 24 longs
+
+    display = xlib.XOpenDisplay(screen.encode())
+    if not display:
+        return
+    try:
+        # Tk's toplevel sits in a wrapper: the window the WM manages.
+        root, parent, children, count = ulong(), ulong(), pointer(), ctypes.c_uint()
+        if not xlib.XQueryTree(display, window_id, ctypes.byref(root), ctypes.byref(parent),
+                               ctypes.byref(children), ctypes.byref(count)):
+            return
+        if children:
+            xlib.XFree(children)
+        stamp = re.search(r"_TIME([0-9]+)$", token or "")
+        event = ClientMessage(type=33, send_event=1, display=display, window=parent.value,
+                              message_type=xlib.XInternAtom(display, b"_NET_ACTIVE_WINDOW", 0),
+                              format=32)
+        event.data[0] = 1  # from an application
+        event.data[1] = int(stamp.group(1)) & 0xFFFFFFFF if stamp else 0
+        xlib.XSendEvent(display, xlib.XDefaultRootWindow(display), 0,
+                        (1 << 19) | (1 << 20), ctypes.byref(event))  # SubstructureNotify|Redirect
+        xlib.XFlush(display)
+    finally:
+        xlib.XCloseDisplay(display)
 
 
 def _raise_gtk(window: Any, token: str | None) -> None:
