@@ -2112,13 +2112,15 @@ def _raise_tk(window: Any, token: str | None) -> None:
         # from an app that is not active; it honours an activation request
         # with the time of the launch.
         window.update_idletasks()  # Tk's own requests first
-        _x11_activate(window.winfo_screen(), window.winfo_id(), token)
+        _x11_activate(window.winfo_screen(), window.winfo_id(), token, wrapped=True)
 
 
-def _x11_activate(screen: str, window_id: int, token: str | None) -> None:
-    """Ask the window manager to activate the top-level window that holds
-    window_id (an EWMH _NET_ACTIVE_WINDOW request, through libX11) with the
-    time stamp of the launch's startup id, else 0: "now" to the WM."""
+def _x11_activate(screen: str | None, window_id: int, token: str | None,
+                  wrapped: bool = False) -> None:
+    """Ask the window manager to activate a top-level window (an EWMH
+    _NET_ACTIVE_WINDOW request, through libX11) with the time stamp of the
+    launch's startup id, else 0: "now" to the WM. wrapped: window_id is
+    the child of the window the WM manages (Tk's wrapper)."""
     import ctypes
     import re
     try:
@@ -2144,19 +2146,21 @@ def _x11_activate(screen: str, window_id: int, token: str | None) -> None:
                     ("format", ctypes.c_int), ("data", ctypes.c_long * 5),
                     ("rest", ctypes.c_long * 12)]  # sizeof(XEvent): 24 longs
 
-    display = xlib.XOpenDisplay(screen.encode())
+    display = xlib.XOpenDisplay(screen and screen.encode())  # None: $DISPLAY
     if not display:
         return
     try:
-        # Tk's toplevel sits in a wrapper: the window the WM manages.
-        root, parent, children, count = ulong(), ulong(), pointer(), ctypes.c_uint()
-        if not xlib.XQueryTree(display, window_id, ctypes.byref(root), ctypes.byref(parent),
-                               ctypes.byref(children), ctypes.byref(count)):
-            return
-        if children:
-            xlib.XFree(children)
+        if wrapped:
+            root, parent, children, count = ulong(), ulong(), pointer(), ctypes.c_uint()
+            if not xlib.XQueryTree(display, window_id, ctypes.byref(root),
+                                   ctypes.byref(parent), ctypes.byref(children),
+                                   ctypes.byref(count)):
+                return
+            if children:
+                xlib.XFree(children)
+            window_id = parent.value
         stamp = re.search(r"_TIME([0-9]+)$", token or "")
-        event = ClientMessage(type=33, send_event=1, display=display, window=parent.value,
+        event = ClientMessage(type=33, send_event=1, display=display, window=window_id,
                               message_type=xlib.XInternAtom(display, b"_NET_ACTIVE_WINDOW", 0),
                               format=32)
         event.data[0] = 1  # from an application
@@ -2196,9 +2200,19 @@ def _raise_qt(window: Any, token: str | None, package: str) -> None:
         activate = window.requestActivate
     window.show()
     window.raise_()
-    if not (token and qt_gui.QGuiApplication.platformName().startswith("wayland")):
-        activate()  # X11 and Windows: no token to give (Qt reads the startup id
-        return      # only once, when it starts)
+    platform = qt_gui.QGuiApplication.platformName()
+    if platform == "xcb":
+        # Qt's own request carries the time of its last X event; a WM that
+        # prevents focus stealing wants the launch's (see _raise_tk).
+        activate()
+        sync = getattr(qt_gui.QGuiApplication, "sync", None)  # not in older Qt
+        if sync:
+            sync()  # Qt's requests reach the X server before ours
+        _x11_activate(None, int(window.winId()), token)
+        return
+    if not (token and platform.startswith("wayland")):
+        activate()  # Windows: the launch has allowed it
+        return
     os.environ["XDG_ACTIVATION_TOKEN"] = token
     try:
         activate()

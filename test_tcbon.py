@@ -688,6 +688,20 @@ Gtk.main()
 print(said)
 """
 
+# A full-screen GTK 3 window, "tcbon: cover", with a text field to type in.
+GTK_COVER = """
+import gi
+gi.require_version("Gtk", "3.0")
+from gi.repository import Gtk
+window = Gtk.Window(title="tcbon: cover")
+window.move(0, 0)
+window.set_default_size(1024, 768)
+window.add(Gtk.Entry())
+window.connect("destroy", Gtk.main_quit)
+window.show_all()
+Gtk.main()
+"""
+
 # argv NAME APP_DIR: a GTK 3 app with one window, "tcbon: a GTK window"; a later
 # launch's hand-off brings it to the front (bring_to_front) and prints "raised".
 GTK_APP = """
@@ -3577,14 +3591,24 @@ class Desktop:
 
     @contextlib.contextmanager
     def covered(self):
-        """A full-screen window on top of the others, active: its id."""
-        cover = subprocess.Popen(["xlogo", "-geometry", "1024x768+0+0"], env=self.env,
+        """A full-screen GTK window on top of the others, active, in which
+        the user has just typed: its id. A WM that prevents focus stealing
+        weighs later activation requests against that key press."""
+        cover = subprocess.Popen([gtk_python(), "-c", GTK_COVER], env=self.env,
                                  stdin=subprocess.DEVNULL)
         try:
-            covering = wait_for(lambda: self.x("xdotool", "search", "--onlyvisible", "--class",
-                                               "xlogo"), 30, "the covering window")
+            covering = wait_for(lambda: self.x("xdotool", "search", "--onlyvisible", "--name",
+                                               "^tcbon: cover"), 30, "the covering window")
             wait_for(lambda: self.active() == self.on_top() == covering, 30,
                      "the cover on top, active")
+            # GTK puts the time of the user's last action on the window, or
+            # on a window of its own where the WM supports that (metacity).
+            clocks = [covering, self.x("xprop", "-id", covering,
+                                       "_NET_WM_USER_TIME_WINDOW").split("#")[-1].strip()]
+            self.x("xdotool", "type", "--delay", "20", "hi")  # real key presses (XTEST)
+            wait_for(lambda: any("=" in self.x("xprop", "-id", clock, "_NET_WM_USER_TIME")
+                                 for clock in clocks if clock),
+                     30, "the key presses to count as the user's last action")
             yield covering
             assert self.viewable(covering)  # only raised above, never closed
         finally:
@@ -3615,11 +3639,12 @@ def desktop(tmp_path, request):
     manager = getattr(request, "param", "openbox")
     if not shutil.which(manager):
         require(manager, "apt-get install " + manager)
-    tools = ("xdotool", "wmctrl", "xprop", "xwininfo", "xwd", "xlogo")
+    tools = ("xdotool", "wmctrl", "xprop", "xwininfo", "xwd")
     if not all(shutil.which(tool) for tool in tools):
         require("openbox", "apt-get install xdotool wmctrl x11-utils x11-apps")
     with xvfb() as display:
-        env = dict(os.environ, DISPLAY=display, XDG_CACHE_HOME=str(tmp_path / "cache"))
+        env = dict(os.environ, DISPLAY=display, XDG_CACHE_HOME=str(tmp_path / "cache"),
+                   NO_AT_BRIDGE="1")
         desk = Desktop(display, env, str(tmp_path / "screen.xwd"))
         log = tmp_path / (manager + ".log")
         wm = None
