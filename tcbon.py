@@ -2052,7 +2052,8 @@ class AsyncioExecutor:
 # window, with what the launch brought. Desktops refuse a raise they cannot
 # trace to the user: Windows flashes the taskbar unless the launch allowed it
 # (handoff() does), Wayland wants the launch's activation token (Qt reads it
-# from XDG_ACTIVATION_TOKEN in requestActivate(), then clears it).
+# from XDG_ACTIVATION_TOKEN in requestActivate(), then clears it), and an X11
+# WM that prevents focus stealing an activation request with the launch's time.
 def bring_to_front(window: Any, event: dict | None = None) -> None:
     """Restore, raise and focus the primary's window for a later launch.
 
@@ -2201,23 +2202,21 @@ def _raise_qt(window: Any, token: str | None, package: str) -> None:
     window.show()
     window.raise_()
     platform = qt_gui.QGuiApplication.platformName()
+    if token and platform.startswith("wayland"):
+        os.environ["XDG_ACTIVATION_TOKEN"] = token
+        try:
+            activate()
+        finally:  # spent or unused: no child of ours may inherit it
+            os.environ.pop("XDG_ACTIVATION_TOKEN", None)
+        return
+    activate()  # Windows: the launch has allowed it
     if platform == "xcb":
         # Qt's own request carries the time of its last X event; a WM that
         # prevents focus stealing wants the launch's (see _raise_tk).
-        activate()
         sync = getattr(qt_gui.QGuiApplication, "sync", None)  # not in older Qt
         if sync:
             sync()  # Qt's requests reach the X server before ours
         _x11_activate(None, int(window.winId()), token)
-        return
-    if not (token and platform.startswith("wayland")):
-        activate()  # Windows: the launch has allowed it
-        return
-    os.environ["XDG_ACTIVATION_TOKEN"] = token
-    try:
-        activate()
-    finally:  # spent or unused: no child of ours may inherit it
-        os.environ.pop("XDG_ACTIVATION_TOKEN", None)
 
 
 # Process ---------------------------------------------------------------------
