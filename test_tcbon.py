@@ -3468,7 +3468,10 @@ def xvfb():
     if not xvfb:
         require("Xvfb")
     read, write = os.pipe()
-    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-nolisten", "tcp",
+    # -noreset: by default the server resets whenever its last client leaves;
+    # a client connecting during a reset can fail. Once in CI, openbox could
+    # not open a display that xdpyinfo opened right after: likely this.
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-nolisten", "tcp", "-noreset",
                                "-screen", "0", "1024x768x24"], pass_fds=[write],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write)
