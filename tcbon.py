@@ -567,20 +567,49 @@ def _primary_holds(lock_path: str) -> bool:
 
 
 def _write_state(path: str, state: dict) -> None:
-    """Write state atomically (temp file + os.replace), readable by us only."""
+    """Write state, readable by us only: atomically (a temp file, then
+    os.replace) where the system lets us, else in place.
+
+    Windows refuses to replace a file that another program has open (a
+    backup tool, an editor, a scanner: issue 20); but such readers let it
+    be written, so the next primary is never locked out by them. Written in
+    place, a reader may see it empty or in part: that is what it sees of a
+    primary still starting (see _read_state), and it looks again. It never
+    sees an older primary's address: that was withdrawn before this
+    primary took over (Process._serve)."""
     import json
+    data = json.dumps(state).encode("utf-8")
     # Short: a valid name must never make a path longer than Windows' MAX_PATH.
     tmp = os.path.join(os.path.dirname(path), ".%s.tmp" % os.urandom(6).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
                  0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(state).encode("utf-8"))
-        # Replaces a planted symlink itself, never its target.
-        _retrying(lambda: os.replace(tmp, path), path)
+            f.write(data)
+        _retrying(lambda: _replace_or_overwrite(tmp, path, data), path)
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _replace_or_overwrite(tmp: str, path: str, data: bytes) -> None:
+    """os.replace(tmp, path), or else write data over path's content and
+    remove tmp."""
+    try:
+        os.replace(tmp, path)  # replaces a planted symlink itself, never its target
+    except PermissionError as refused:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | _SAFE)  # PermissionError: retried
+        except FileNotFoundError:
+            raise refused from None  # nothing to write over (an antivirus holds tmp?)
+        try:
+            os.write(fd, data)  # one write of a few hundred bytes
+        finally:
+            os.close(fd)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass  # a hidden file left behind; the state is written
 
 
 def _read_state(path: str) -> dict | None:

@@ -340,7 +340,8 @@ sys.exit(app.main())
 
 # argv NAME APP_DIR REFUSE: Windows' sharing violations (WinError 32), simulated
 # where the OS says them: os.remove and os.replace refuse with PermissionError,
-# REFUSE = "briefly" (3 times each), "remove" (always) or "replace" (always).
+# REFUSE = "briefly" (3 times each), "remove" (always) or "held" (both, always, once
+# the file exists, as while a reader holds it).
 # Starts, stops and starts again; prints what happened.
 SHARING = """
 import errno, os, sys, tcbon
@@ -351,7 +352,8 @@ def refusing(real):
     def call(*args):
         key = real.__name__
         refused[key] = refused.get(key, 0) + 1
-        if refuse == key or (refuse == "briefly" and refused[key] <= 3):
+        held = refuse == "held" and os.path.exists(args[-1])
+        if refuse == key or held or (refuse == "briefly" and refused[key] <= 3):
             raise PermissionError(errno.EACCES, "The process cannot access the file because "
                                   "it is being used by another process")
         return real(*args)
@@ -1500,10 +1502,44 @@ def test_unwritable_directories_give_a_clear_error_naming_the_path(other_user, s
     assert other_user.run(READ_ONLY, read_only, missing) == "True True\nTrue True\n"
 
 
+def test_a_reader_holding_the_state_file_never_blocks_the_next_primary(name, app_dir):
+    # Issue 20: Windows refuses to remove or replace a file that another
+    # handle has open without FILE_SHARE_DELETE, as the C runtime's open()
+    # does (a backup tool, an editor, a scanner): every later launch failed.
+    # This handle is that reader (a handle of this process counts the same).
+    stops = []
+
+    class App(tcbon.Process):
+        def on_stop(self):
+            stops.append(self.pid)
+
+    first = App(name, app_dir=app_dir)
+    first.start()
+    reader = os.open(first.pid_file, os.O_RDONLY)
+    try:
+        first.stop()
+        assert stops == [os.getpid()] and not tcbon.Process(name, app_dir=app_dir).running
+        # What a primary killed before it could withdraw its address leaves:
+        stale = dict(tcbon._read_state(first.pid_file) or {}, tcbon=tcbon.PROTOCOL, pid=1,
+                     address="127.0.0.1:9", token="stale")
+        with open(first.pid_file, "w") as f:
+            json.dump(stale, f)
+        second = App(name, app_dir=app_dir)
+        second.start()
+        try:
+            info = tcbon.Process(name, app_dir=app_dir).info()
+            assert (info["pid"], info["address"]) == (os.getpid(), second.address)
+        finally:
+            second.stop()
+        assert stops == [os.getpid()] * 2
+    finally:
+        os.close(reader)
+
+
 @pytest.mark.parametrize("refuse, expected", [
     ("briefly", "serving True\non_stop ran\nstopped False None\n" * 2),
     ("remove", "serving True\non_stop ran\nstopped False None\n" * 2),
-    ("replace", "start: True True False\n"),
+    ("held", "serving True\non_stop ran\nstopped False None\n" * 2),  # written in place
 ])
 def test_sharing_violations_never_skip_on_stop_or_keep_the_lock(name, app_dir, tmp_path,
                                                                 refuse, expected):
