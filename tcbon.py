@@ -1041,6 +1041,10 @@ else:  # the mix-ins' real base is in their combination; the handler needs none
 _MAX_HEADERS = 100  #: as http.client's
 _LINGER = 1.0  # seconds a refused request may go on sending what is discarded
 _WARN_EVERY = 10.0  # seconds between two warnings of one kind
+# accept() failures that are ours, not the connection's: out of descriptors
+# or buffers (on Windows, sockets say WSAEMFILE and WSAENOBUFS).
+_OUT_OF_RESOURCES = frozenset(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "WSAEMFILE",
+                               "WSAENOBUFS"])
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
                          "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -1243,10 +1247,9 @@ class IntakeMixIn(_ServerBase):
         self.socket.setblocking(False)
         self._selector.register(self.socket, selectors.EVENT_READ)
         try:
-            while True:
+            while not self._closed:  # checked on every path, failures included
                 try:
-                    if self._serve_once():
-                        return
+                    self._serve_once()
                 except Exception:  # noqa: BLE001 - logged; the loop must go on
                     self._warn("loop", "the intake loop failed; going on", exc_info=True)
                     time.sleep(0.01)  # never spin on a failure that persists
@@ -1255,11 +1258,17 @@ class IntakeMixIn(_ServerBase):
                 self._drop(sock)
             self._selector.close()
 
-    def _serve_once(self) -> bool:
-        """One select() and the events it reports; True once close() was called."""
-        for key, _ in self._selector.select(self._next_timeout()):
+    def _serve_once(self) -> None:
+        """One select() and the events it reports, until close() is called."""
+        timeout = self._next_timeout()
+        if self._selector.get_map():
+            events = self._selector.select(timeout)
+        else:  # not listening for a moment: Windows' select() refuses empty sets
+            time.sleep(timeout or 0.0)  # (WinError 10022), as Python's docs warn
+            events = []
+        for key, _ in events:
             if self._closed:
-                return True
+                return
             sock = self._accept() if key.fileobj is self.socket else key.fileobj
             if sock in self._pending:  # not if evicted earlier in this batch
                 try:
@@ -1269,7 +1278,6 @@ class IntakeMixIn(_ServerBase):
                                "error", exc_info=True)
                     self._drop(sock)
         self._expire()
-        return False
 
     def _next_timeout(self) -> float | None:
         times = [p.deadline for p in self._pending.values()]
@@ -1282,12 +1290,21 @@ class IntakeMixIn(_ServerBase):
         # once if more wait. An accept-until-empty loop never gets back to
         # select() while connections keep coming, and requests whose body
         # follows their head (as urllib sends them) starve into the deadline.
+        import errno
         import selectors
         try:
             sock, address = self.socket.accept()
         except (BlockingIOError, InterruptedError):
             return None
-        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: the listener stays readable
+        except OSError as exc:
+            if errno.errorcode.get(exc.errno or 0) not in _OUT_OF_RESOURCES:
+                # That connection's own end, before we took it: reset or
+                # aborted (Windows reports a client's RST as WSAECONNRESET
+                # here). The listener is fine and keeps listening.
+                self.note(_DEBUG, "a connection ended before it was accepted: %s",
+                          _reason(exc))
+                return None
+            # EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable.
             if self._pending:  # room first: even logging may need a descriptor
                 self._drop_oldest()
             else:  # nothing of ours to close: listen again a little later

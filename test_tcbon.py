@@ -1889,6 +1889,27 @@ def test_idle_connections_do_not_block_a_legitimate_event(primary, name, app_dir
             sock.close()
 
 
+def test_connections_reset_before_accept_never_take_the_listener_away(name, app_dir,
+                                                                     tmp_path):
+    # Issue 20: on Windows, accept() of a connection its client reset fails
+    # (WSAECONNRESET); the intake then stopped listening, select() on an
+    # empty set failed on every turn (WinError 10022) and the loop spun
+    # without ever seeing close(): every call timed out, stop() never
+    # returned. The primary is a child: a hung one is ended, never waited for.
+    with launch(name, app_dir, tmp_path) as proc:
+        host, port = wait_primary(name, app_dir)["address"].rsplit(":", 1)
+        with launched(["-c", FLOOD, host, port, "300"], child_env(tmp_path),
+                      stdin=subprocess.PIPE) as flood:
+            assert flood.stdout.readline() == "ready\n", flood.stderr.read()
+            flood.stdin.write("go\n")
+            flood.stdin.flush()
+            assert finish(flood, timeout=120)[0] == 0
+        assert ping(name, app_dir, timeout=10)["pid"] == proc.pid
+        tcbon.Process(name, app_dir=app_dir).stop(timeout=10)
+        code, out, err = finish(proc)
+        assert (code, out.split()[-2:]) == (0, ["ON_STOP", "RETURNED"]), err
+
+
 def test_a_stopping_primary_refuses_new_requests(name, app_dir):
     entered, release = threading.Event(), threading.Event()
 
