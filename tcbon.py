@@ -1580,8 +1580,22 @@ _server_classes: list[type] = []
 
 def _server_class() -> type[IntakeMixIn]:
     """ThreadingHTTPServer with the intake and the worker pool mixed in,
-    combined on first use: ``import tcbon`` does not load http.server."""
+    combined on first use: ``import tcbon`` does not load http.server.
+
+    Also imports, here, on the thread that starts the server, every module
+    that its threads import later: with a zipped standard library (the
+    embeddable CPython, DCC hosts) the zipimport of 3.8 and 3.9 is not
+    thread-safe, and a module two threads import at once can be seen half
+    made ("module 'json' has no attribute 'dumps'", issue 20)."""
     if not _server_classes:
+        import concurrent.futures  # noqa: F401 - for the threads, as said above
+        import errno  # noqa: F401
+        import http  # noqa: F401
+        import io  # noqa: F401
+        import json  # noqa: F401
+        import re  # noqa: F401
+        import selectors  # noqa: F401
+        import urllib.parse  # noqa: F401
         from http.server import ThreadingHTTPServer
         _server_classes.append(type("Server", (IntakeMixIn, WorkerPoolMixIn,
                                                ThreadingHTTPServer), {
@@ -1696,28 +1710,45 @@ def _connection(host: str, timeout: float | None = None, **kwargs: Any) -> Any:
     return conn
 
 
-_opener = None
+_openers: list = []
+_opening = _thread.allocate_lock()
+
+
+def _opener() -> Any:
+    """urllib's opener for the primary's address, made once, with every
+    module a call imports. Under a lock: with a zipped standard library the
+    zipimport of 3.8 and 3.9 is not thread-safe, and the first calls of two
+    threads at once failed ("module 'json' has no attribute 'dumps'",
+    "cannot import name '_has_surrogates'"; issue 20)."""
+    if not _openers:
+        with _opening:
+            if not _openers:
+                import http.client  # noqa: F401 - for the calls, as said above
+                import json  # noqa: F401
+                import socket  # noqa: F401
+                import urllib.request
+                # No ProxyHandler({}) means urllib sends loopback requests (and the
+                # token) through $http_proxy. No redirect handler: nothing to follow.
+                handler = urllib.request.HTTPHandler()
+                handler.http_open = lambda req: handler.do_open(_connection, req)  # type: ignore
+                opener = urllib.request.OpenerDirector()
+                for each in (urllib.request.ProxyHandler({}), handler):
+                    opener.add_handler(each)
+                _openers.append(opener)
+    return _openers[0]
 
 
 def _open(url: str, method: str, body: bytes | None, token: str,
           timeout: float | None) -> tuple[int, str, bytes]:
     """One HTTP exchange through urllib.request, within timeout seconds in
     all; returns status, type, body."""
-    global _opener
     import urllib.request
-    if _opener is None:
-        # No ProxyHandler({}) means urllib sends loopback requests (and the
-        # token) through $http_proxy. No redirect handler: nothing to follow.
-        handler = urllib.request.HTTPHandler()
-        handler.http_open = lambda req: handler.do_open(_connection, req)  # type: ignore
-        _opener = urllib.request.OpenerDirector()
-        for each in (urllib.request.ProxyHandler({}), handler):
-            _opener.add_handler(each)
+    opener = _opener()
     headers = {TOKEN_HEADER: token}
     if body is not None:
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=body, headers=headers, method=method)
-    with _opener.open(req, timeout=timeout) as reply:
+    with opener.open(req, timeout=timeout) as reply:
         return reply.status, reply.headers.get("Content-Type", ""), reply.read()
 
 
@@ -1762,6 +1793,7 @@ class _Client:
         """
         if self.own is not None:
             return self.own
+        _opener()  # every module a call imports, before it uses any (see there)
         if not self._dir_checked:  # once: only its owner could loosen it later
             try:
                 _ensure_private_dir(self.app_dir, create=False)
@@ -1790,6 +1822,7 @@ class _Client:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
+        _opener()  # every module a call imports, before it uses any (see there)
         body = None if payload is None else self.body(payload)
         wait = _Wait(limit)
         # Even an unbounded call gives up reconnecting after a while.

@@ -107,6 +107,36 @@ print(sorted(heavy & set(sys.modules)))
 """
 
 
+# argv NAME APP_DIR: a primary, then 8 threads whose first calls to it start at
+# once, while its own threads serve them; prints each thread's result and
+# which loader imported json (zipimporter: the standard library was a zip).
+FIRST_CALLS_AT_ONCE = """
+import sys, threading, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir, timeout=30)
+app.register_event_handler("echo", lambda event: {"got": event.get("data")})
+app.start()
+results = [None] * 8
+go = threading.Barrier(8)
+
+def call(i):
+    go.wait()
+    try:
+        results[i] = tcbon.Process(name, app_dir=app_dir, timeout=30).send(
+            "event", {"name": "echo", "data": i})["got"]
+    except Exception as exc:
+        results[i] = repr(exc)
+
+threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(60)
+app.stop()
+print(results, type(sys.modules["json"].__loader__).__name__)
+"""
+
+
 # argv NAME APP_DIR: a host without sys.argv and with a foreign sys.executable
 # starts a primary and hands over; prints 'ok'.
 EMBEDDED = """
@@ -2329,6 +2359,20 @@ def test_proxy_variables_are_ignored(primary, name, app_dir, monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("no_proxy", "")
     assert tcbon.Process(name, app_dir=app_dir).send("event", {"name": "echo"})["success"]
+
+
+@pytest.mark.skipif(not os.environ.get("TCBON_STDLIB_ZIP"), reason=(
+    "needs a zip of this interpreter's standard library in TCBON_STDLIB_ZIP, as embeddable "
+    "CPython ships it (.ci/windows/run.sh sets it)"))
+def test_first_calls_from_many_threads_at_once_with_a_zipped_standard_library(
+        name, app_dir, tmp_path):
+    # Issue 20: the zipimport of 3.8 and 3.9 is not thread-safe; the lazy
+    # imports of the server's and the clients' threads failed at once.
+    env = child_env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([os.environ["TCBON_STDLIB_ZIP"], env["PYTHONPATH"]])
+    for _ in range(3):  # each child imports afresh; the race does not always show
+        assert ran(["-c", FIRST_CALLS_AT_ONCE, name, app_dir], env) == (
+            0, "%s zipimporter\n" % list(range(8)), "")
 
 
 def test_calls_with_nothing_running_raise_process_does_not_exist(name, app_dir):
