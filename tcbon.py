@@ -193,88 +193,77 @@ def _exit_code(exc: BaseException) -> int:
 
 
 # Platform --------------------------------------------------------------------
-# The only sys.platform branch in this file. A lock is held by an open file
-# description and dies with its process: nothing stale after kill -9, unlike
-# shared memory (SingleApplication#190) or pid files (onionshare#1152).
-# flock, not lockf: closing any other descriptor of the file must not release
-# it, and the lock file is never deleted (filelock#574).
+# Two small classes with the same methods, one per platform, one picked
+# once at import: the only sys.platform branch in this file. A lock is held
+# by an open file description and dies with its process: nothing stale after
+# kill -9, unlike shared memory (SingleApplication#190) or pid files
+# (onionshare#1152). flock, not lockf: closing any other descriptor of the
+# file must not release it, and the lock file is never deleted (filelock#574).
 WINDOWS = sys.platform == "win32"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _SAFE = _NOFOLLOW | _CLOEXEC | _BINARY  # every open() of our files
 
-if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
-    import msvcrt
 
-    def _lock(fd: int, shared: bool = False) -> bool:
-        # msvcrt has no shared lock, and a probe that took the exclusive one
-        # for a moment could make a launch believe a primary runs. Windows
-        # byte locks are mandatory instead: a probe reads the locked byte,
-        # which fails while another process holds it, and takes nothing.
-        import errno
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            if shared:
-                os.read(fd, 1)
-            else:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-                if os.fstat(fd).st_size == 0:  # a byte for probes to read: written
-                    os.write(fd, b"\0")  # once, under the lock; never truncated
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EDEADLK):  # the UCRT's "held"
-                return False
-            raise
-        return True
+class _Platform:
+    """What tcbon needs from the system, the same on each: one subclass per
+    platform, picked once below (as filelock picks UnixFileLock or
+    WindowsFileLock). The sections below call these, through the names
+    bound after the subclasses, and know no platform.
 
-    def _allow_foreground(pid: int) -> None:
-        # Windows' focus-stealing prevention only flashes the primary's
-        # taskbar button unless the launch passes its right on (VS Code
-        # PR#13255, electron#648).
-        import ctypes
-        ctypes.windll.user32.AllowSetForegroundWindow(pid)  # type: ignore[attr-defined]
+    Attributes:
+        private_dir (dict): os.makedirs' keywords for a directory only the
+            user can enter.
+        reuse_address (bool): SO_REUSEADDR on the listening socket.
+        wait_slice (float or None): longest wait in one call, so that
+            Ctrl-C is seen (None: one wait without timeout).
+        stop_signals (tuple): names of the signals that ask a primary to stop.
+    """
 
-    def _machine_id() -> str:
-        import winreg
-        try:
-            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE,  # type: ignore[attr-defined]
-                                r"SOFTWARE\Microsoft\Cryptography", 0,
-                                winreg.KEY_READ | winreg.KEY_WOW64_64KEY) as key:  # type: ignore
-                return str(winreg.QueryValueEx(key, "MachineGuid")[0])  # type: ignore
-        except OSError:
-            return ""
+    private_dir: dict[str, int] = {}
+    reuse_address = False
+    wait_slice: float | None = None
+    stop_signals: tuple[str, ...] = ("SIGTERM",)
 
-    def _session_id() -> str:
-        import ctypes
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        session = ctypes.c_ulong()
-        if kernel32.ProcessIdToSessionId(kernel32.GetCurrentProcessId(), ctypes.byref(session)):
-            return str(session.value)  # Remote Desktop and fast user switching: one each
+    def lock(self, fd: int, shared: bool = False) -> bool:
+        """Take fd's lock without waiting: True if taken, False if another
+        process holds it; other failures raise OSError. shared: a probe,
+        which never makes a launch believe that a primary runs."""
+        raise NotImplementedError
+
+    def unlock(self, fd: int, shared: bool = False) -> None:
+        """Release what lock(fd, shared) took."""
+        raise NotImplementedError
+
+    def allow_foreground(self, pid: int) -> None:
+        """Let process pid (the primary) take the focus from this launch."""
+
+    def machine_id(self) -> str:
+        """This machine's id, stable while it runs; "" if none is found."""
         return ""
 
-    def _unlock(fd: int, shared: bool = False) -> None:
-        if not shared:  # a probe took nothing
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+    def session_id(self) -> str:
+        """The login session's id; "" if none is found."""
+        return ""
 
-    def _owner_problem(st: os.stat_result) -> str | None:
-        return None  # NTFS ACLs of the profile directory do this job
+    def owner_problem(self, st: os.stat_result) -> str | None:
+        """Why a directory or file (its stat) is not safely ours, or None."""
+        return None
 
-    def _pending_cap(wanted: int) -> int:
-        return min(wanted, 448)  # select() takes 512 sockets on Windows
+    def pending_cap(self, wanted: int) -> int:
+        """How many connections may be pending at once: wanted, or fewer."""
+        return wanted
 
-    # No mode: since 3.12.4 os.makedirs(mode=0o700) sets a protected ACL
-    # (gh-118486, CVE-2024-4030); made by an elevated first run, the user
-    # could never open it again. Inherit %LOCALAPPDATA%'s, as platformdirs.
-    _PRIVATE_DIR: dict[str, int] = {}
-    _REUSE_ADDRESS = False  # on Windows it lets others bind our port: cpython#85307
-    _WAIT_SLICE: float | None = 0.25  # a wait without timeout ignores Ctrl-C on Windows
-    # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
-    _STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGBREAK")
-else:
-    import fcntl
 
-    def _lock(fd: int, shared: bool = False) -> bool:
+class _UnixPlatform(_Platform):
+    """Linux, macOS and the BSDs: flock, file modes and owners."""
+
+    private_dir = {"mode": 0o700}
+    reuse_address = True  # restart on a fixed port despite TIME_WAIT
+
+    def lock(self, fd: int, shared: bool = False) -> bool:
+        import fcntl
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -282,10 +271,14 @@ else:
             return False
         return True
 
-    def _allow_foreground(pid: int) -> None:
+    def unlock(self, fd: int, shared: bool = False) -> None:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def allow_foreground(self, pid: int) -> None:
         pass  # X11 and Wayland: the activation token the event carries
 
-    def _machine_id() -> str:
+    def machine_id(self) -> str:
         for path in ("/etc/machine-id", "/var/lib/dbus/machine-id",
                      "/proc/sys/kernel/random/boot_id"):  # the last: stable while it runs
             try:
@@ -304,7 +297,7 @@ else:
                 pass
         return ""
 
-    def _session_id() -> str:
+    def session_id(self) -> str:
         # logind's session, else the kernel's audit session (the same number,
         # which logind takes when there is one), else macOS' security session.
         session = os.environ.get("XDG_SESSION_ID", "")
@@ -318,10 +311,7 @@ else:
             session = ""
         return session or os.environ.get("SECURITYSESSIONID", "")
 
-    def _unlock(fd: int, shared: bool = False) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _owner_problem(st: os.stat_result) -> str | None:
+    def owner_problem(self, st: os.stat_result) -> str | None:
         if st.st_uid != os.geteuid():
             return "is owned by uid %d, not by you (uid %d)" % (st.st_uid, os.geteuid())
         if st.st_mode & 0o022:
@@ -329,20 +319,94 @@ else:
             return "is writable by other users (mode %o); run chmod go-w on it" % mode
         return None
 
-    def _pending_cap(wanted: int) -> int:
-        """How many connections may be pending at once: wanted, or fewer
-        under a low open-file limit (macOS's default is 256), leaving room
-        for the workers and the app's own files."""
+    def pending_cap(self, wanted: int) -> int:
+        """Fewer under a low open-file limit (macOS's default is 256),
+        leaving room for the workers and the app's own files."""
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft == resource.RLIM_INFINITY:
             return wanted
         return max(8, min(wanted, (soft - MAX_WORKERS) // 2))
 
-    _PRIVATE_DIR = {"mode": 0o700}
-    _REUSE_ADDRESS = True  # restart on a fixed port despite TIME_WAIT
-    _WAIT_SLICE = None
-    _STOP_SIGNALS = ("SIGTERM",)
+
+class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/windows)
+    """Windows: msvcrt byte locks, the registry, the session of the process."""
+
+    # No mode: since 3.12.4 os.makedirs(mode=0o700) sets a protected ACL
+    # (gh-118486, CVE-2024-4030); made by an elevated first run, the user
+    # could never open it again. Inherit %LOCALAPPDATA%'s, as platformdirs.
+    private_dir: dict[str, int] = {}
+    reuse_address = False  # on Windows it lets others bind our port: cpython#85307
+    wait_slice = 0.25  # a wait without timeout ignores Ctrl-C on Windows
+    # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
+    stop_signals = ("SIGTERM", "SIGBREAK")
+
+    def lock(self, fd: int, shared: bool = False) -> bool:
+        # msvcrt has no shared lock, and a probe that took the exclusive one
+        # for a moment could make a launch believe a primary runs. Windows
+        # byte locks are mandatory instead: a probe reads the locked byte,
+        # which fails while another process holds it, and takes nothing.
+        import errno
+        import msvcrt
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            if shared:
+                os.read(fd, 1)
+            else:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+                if os.fstat(fd).st_size == 0:  # a byte for probes to read: written
+                    os.write(fd, b"\0")  # once, under the lock; never truncated
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EDEADLK):  # the UCRT's "held"
+                return False
+            raise
+        return True
+
+    def unlock(self, fd: int, shared: bool = False) -> None:
+        import msvcrt
+        if not shared:  # a probe took nothing
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+    def allow_foreground(self, pid: int) -> None:
+        # Windows' focus-stealing prevention only flashes the primary's
+        # taskbar button unless the launch passes its right on (VS Code
+        # PR#13255, electron#648).
+        import ctypes
+        ctypes.windll.user32.AllowSetForegroundWindow(pid)  # type: ignore[attr-defined]
+
+    def machine_id(self) -> str:
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE,  # type: ignore[attr-defined]
+                                r"SOFTWARE\Microsoft\Cryptography", 0,
+                                winreg.KEY_READ | winreg.KEY_WOW64_64KEY) as key:  # type: ignore
+                return str(winreg.QueryValueEx(key, "MachineGuid")[0])  # type: ignore
+        except OSError:
+            return ""
+
+    def session_id(self) -> str:
+        import ctypes
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        session = ctypes.c_ulong()
+        if kernel32.ProcessIdToSessionId(kernel32.GetCurrentProcessId(), ctypes.byref(session)):
+            return str(session.value)  # Remote Desktop and fast user switching: one each
+        return ""
+
+    def owner_problem(self, st: os.stat_result) -> str | None:
+        return None  # NTFS ACLs of the profile directory do this job
+
+    def pending_cap(self, wanted: int) -> int:
+        return min(wanted, 448)  # select() takes 512 sockets on Windows
+
+
+_platform: _Platform = _WindowsPlatform() if WINDOWS else _UnixPlatform()
+# The names the sections below use.
+_lock, _unlock, _allow_foreground = _platform.lock, _platform.unlock, _platform.allow_foreground
+_machine_id, _session_id = _platform.machine_id, _platform.session_id
+_owner_problem, _pending_cap = _platform.owner_problem, _platform.pending_cap
+_PRIVATE_DIR, _REUSE_ADDRESS = _platform.private_dir, _platform.reuse_address
+_WAIT_SLICE, _STOP_SIGNALS = _platform.wait_slice, _platform.stop_signals
 
 
 _machines: list[str] = []
