@@ -1653,6 +1653,7 @@ def _server_class() -> type[IntakeMixIn]:
     made ("module 'json' has no attribute 'dumps'", issue 20)."""
     if not _server_classes:
         import concurrent.futures  # noqa: F401 - for the threads, as said above
+        import encodings.idna  # noqa: F401 - getaddrinfo() imports it on first use
         import errno  # noqa: F401
         import http  # noqa: F401
         import io  # noqa: F401
@@ -1787,7 +1788,10 @@ def _opener() -> Any:
     if not _openers:
         with _opening:
             if not _openers:
-                import http.client  # noqa: F401 - for the calls, as said above
+                # For the calls, as said above; encodings.idna: getaddrinfo() looks
+                # up this codec, so imports it, on first use.
+                import encodings.idna  # noqa: F401
+                import http.client  # noqa: F401
                 import json  # noqa: F401
                 import socket  # noqa: F401
                 import urllib.request
