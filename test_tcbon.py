@@ -22,6 +22,9 @@ import tcbon
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 POSIX = os.name == "posix"
+WINDOWS = sys.platform == "win32"
+LOCALAPPDATA = os.environ.get("LOCALAPPDATA", "")  # the real one: tests use their own
+LINUX = sys.platform.startswith("linux")  # gate /proc on this: under Wine, Z:\\proc exists
 
 
 # Child scripts ----------------------------------------------------------------------------
@@ -98,7 +101,8 @@ sys.exit(app.main())
 # imports tcbon: no signal handler changes; prints which heavy modules it loaded.
 IMPORT_ONLY = """
 import signal, sys
-catchable = [s for s in signal.Signals if s.name not in ("SIGKILL", "SIGSTOP")]
+catchable = [s for s in signal.Signals  # Windows lists its console events there too
+             if s.name not in ("SIGKILL", "SIGSTOP", "CTRL_C_EVENT", "CTRL_BREAK_EVENT")]
 before = {s: signal.getsignal(s) for s in catchable}
 import tcbon
 assert {s: signal.getsignal(s) for s in catchable} == before
@@ -783,6 +787,7 @@ def name():
 def private_home(tmp_path, monkeypatch):
     """Default app dirs go under tmp_path, never into the real home."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "xdg"))  # Windows' (no XDG there)
 
 
 @pytest.fixture
@@ -801,7 +806,17 @@ def require(what, how=".ci/run installs it"):
     (TCBON_REQUIRE=Xvfb,tkinter,... as .ci/run sets it): then fail."""
     if what in os.environ.get("TCBON_REQUIRE", "").split(","):
         pytest.fail("%s is required here (TCBON_REQUIRE), and missing" % what)
+    if WINDOWS and what in LINUX_TOOLS:
+        pytest.skip("%s is Linux's (X11, Wayland, GTK, network namespaces, Debian's "
+                    "packages): Windows has none" % what)
+    if WINDOWS:
+        how = ("python.org's embeddable Windows CPython has no tkinter, and .ci/windows "
+               "installs only pytest and hypothesis")
     pytest.skip("%s is missing; %s" % (what, how))
+
+
+LINUX_TOOLS = {"Xvfb", "openbox", "metacity", "sway", "PyGObject", "slowhttptest", "namespaces",
+               "Blender"}
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
@@ -819,7 +834,7 @@ def wait_for(predicate, timeout=20.0, what="condition"):
 def child_env(tmp_path, **extra):
     env = dict(os.environ)
     env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
-    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    env["XDG_DATA_HOME"] = env["LOCALAPPDATA"] = str(tmp_path / "xdg")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -997,7 +1012,10 @@ def unread_by_server(server_port, client_port):
     return None
 
 
-LINUX_PROC = os.path.isdir("/proc/self/fd")
+LINUX_PROC = LINUX and os.path.isdir("/proc/self/fd")
+NO_PROC = "reads Linux's /proc, which Windows and macOS do not have"
+NO_SIGNALS = ("POSIX signals: Windows delivers no SIGTERM and sends Ctrl-C and Ctrl-Break to a "
+              "console's process group, not to a pid")
 
 
 @contextlib.contextmanager
@@ -1134,6 +1152,7 @@ def test_any_address_is_refused_clearly_or_is_loopback():
     check()
 
 
+@pytest.mark.skipif(WINDOWS, reason="Windows has no XDG_DATA_HOME or HOME: see the next test")
 def test_default_app_dir_is_the_per_user_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert tcbon.default_app_dir("my app") == os.path.join(str(tmp_path / "data"), "my app")
@@ -1159,13 +1178,17 @@ def home_and_xdg(monkeypatch, home, xdg):
 def test_default_app_dir_equals_platformdirs(monkeypatch, tmp_path, xdg):
     platformdirs = pytest.importorskip("platformdirs")
     home_and_xdg(monkeypatch, tmp_path, xdg)
+    if WINDOWS:  # platformdirs asks Windows for the folder, not %LOCALAPPDATA%: the real one
+        monkeypatch.setenv("LOCALAPPDATA", LOCALAPPDATA)
     assert tcbon.default_app_dir("some app") == \
         platformdirs.user_data_dir("some app", appauthor=False, ensure_exists=False)
 
 
-def test_default_app_dir_branches_for_every_platform(monkeypatch, tmp_path):
+def test_default_app_dir_branches_for_every_platform(monkeypatch):
     import ntpath
-    monkeypatch.setenv("HOME", str(tmp_path))
+    import posixpath
+    home = "/home/me"  # a POSIX home on every system: the function is pure
+    monkeypatch.setenv("HOME", home)
     monkeypatch.setenv("USERPROFILE", r"C:\Users\me")
     monkeypatch.setenv("LOCALAPPDATA", r"C:\Users\me\AppData\Local")
     monkeypatch.setenv("XDG_DATA_HOME", "/xdg")
@@ -1173,14 +1196,13 @@ def test_default_app_dir_branches_for_every_platform(monkeypatch, tmp_path):
     assert tcbon._data_home("linux") == "/xdg"
     # macOS: not $XDG_DATA_HOME, set in ~/.zshrc, which a Finder or Dock launch
     # never reads: the folder must not depend on how the app was launched.
-    assert tcbon._data_home("darwin") == os.path.join(str(tmp_path), "Library",
-                                                      "Application Support")
+    assert tcbon._data_home("darwin") == posixpath.join(home, "Library", "Application Support")
     monkeypatch.delenv("LOCALAPPDATA")
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.delenv("HOME")  # before 3.8, ntpath.expanduser read it first
     assert tcbon._data_home("win32") == ntpath.join(r"C:\Users\me", "AppData", "Local")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert tcbon._data_home("linux") == os.path.join(str(tmp_path), ".local", "share")
+    monkeypatch.setenv("HOME", home)
+    assert tcbon._data_home("linux") == posixpath.join(home, ".local", "share")
 
 
 def test_no_home_directory_is_a_state_error_not_the_working_directory(monkeypatch):
@@ -1194,11 +1216,13 @@ def test_no_home_directory_is_a_state_error_not_the_working_directory(monkeypatc
     import posixpath
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setattr(posixpath, "expanduser", lambda path: path)
-    with pytest.raises(tcbon.StateError, match=r"\$HOME is set.*pass app_dir"):
+    with pytest.raises(tcbon.StateError, match=r"(\$HOME|%USERPROFILE%) is set.*pass app_dir"):
         tcbon.Process("x")
     assert tcbon.main(["x"]) == tcbon.EXIT_STATE
 
 
+@pytest.mark.skipif(WINDOWS, reason="on Windows, platformdirs' macOS class expands '~' with "
+                    "ntpath (%USERPROFILE%), not as macOS does")
 @pytest.mark.parametrize("xdg", [None, "relative", "/abs/data"])
 def test_default_app_dir_on_macos_equals_platformdirs(monkeypatch, tmp_path, xdg):
     macos = pytest.importorskip("platformdirs.macos")
@@ -1306,7 +1330,7 @@ def test_lock_file_is_never_truncated_or_removed(name, app_dir):
 @pytest.mark.parametrize("content", [b"", b"{", b"\x00\xff\xfe", b"[1, 2]", b"null",
                                      b'{"pid": "12\\n", "address": "x", "token": "t"}',
                                      b'{"pid": 1, "address": "a"}', b"pid=1\naddress=x\n",
-                                     b"{" * 100000])
+                                     b"{" * 100000], ids=lambda content: repr(content[:40]))
 def test_reading_state_tolerates_partial_and_foreign_content(tmp_path, content):
     path = tmp_path / "x.pid"
     path.write_bytes(content)
@@ -1334,7 +1358,7 @@ def test_two_names_in_one_app_dir_do_not_collide(app_dir):
             proc.stop()
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX permission bits")
+@pytest.mark.skipif(not POSIX, reason="POSIX permission bits: on Windows, NTFS ACLs decide")
 def test_app_dir_writable_by_others_is_refused(name, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -1395,7 +1419,7 @@ def test_an_app_dir_that_cannot_be_created_names_the_path(name, tmp_path):
     assert info.value.path == target and target in str(info.value)
 
 
-@pytest.mark.skipif(not POSIX, reason="deleting an open lock file")
+@pytest.mark.skipif(not POSIX, reason="Windows refuses to delete an open file (the lock file is)")
 def test_deleting_the_state_directory_under_a_running_primary(name, app_dir, tmp_path):
     """Documented: it is like deleting any lock. The next launch becomes the
     primary; when the old one stops it leaves the new one's state alone."""
@@ -1432,11 +1456,14 @@ class OtherUser:
 
 @pytest.fixture(scope="session")
 def other_user(tmp_path_factory):
+    if WINDOWS:
+        pytest.skip("another Windows user meets the NTFS ACLs of %LOCALAPPDATA%, which only "
+                    "a second account shows (the README says so)")
+    if not POSIX or os.geteuid() != 0:
+        pytest.skip("needs root, to create and become a second user")
     import pwd
     import shutil
     import tempfile
-    if not POSIX or os.geteuid() != 0:
-        pytest.skip("needs root, to create and become a second user")
     login = "tcbon-test-other"
     created = False
     try:
@@ -1966,7 +1993,7 @@ def test_a_stopping_primary_refuses_new_requests(name, app_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
 def test_16_clients_x_1000_events_each_handled_exactly_once(name, app_dir, tmp_path):
     seen = {}
     lock = threading.Lock()
@@ -2111,7 +2138,7 @@ def test_a_connection_that_never_finishes_its_request_is_closed(primary, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
 def test_a_queue_of_new_connections_does_not_starve_a_request_in_progress(
         primary, tmp_path, monkeypatch):
     # The app's own thread computes, so each accept waits for the GIL, and
@@ -2200,7 +2227,7 @@ def test_the_token_never_appears_in_logs_errors_or_replies(primary, name, app_di
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
 def test_evicting_a_connection_of_the_same_select_batch_keeps_the_server_alive(
         name, app_dir, tmp_path):
     # More half-sent requests than the server keeps, then, many times, new
@@ -2224,7 +2251,7 @@ def test_evicting_a_connection_of_the_same_select_batch_keeps_the_server_alive(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
 def test_unauthenticated_bodies_are_refused_on_their_head_and_never_kept(
         name, app_dir, tmp_path):
     head = ("POST /event HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
@@ -2254,7 +2281,7 @@ def test_unauthenticated_bodies_are_refused_on_their_head_and_never_kept(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
 @pytest.mark.parametrize("app_files", [0, 200])
 def test_at_a_256_open_file_limit_the_primary_neither_spins_nor_refuses(
         name, app_dir, tmp_path, app_files):
@@ -2290,7 +2317,7 @@ def slowhttptest(address, mode, seconds):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc")
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
 @pytest.mark.parametrize("mode", ["-H", "-B"])  # slowloris, slow body (R-U-Dead-Yet)
 def test_slowhttptest_cannot_take_the_primary_down(name, app_dir, tmp_path, mode):
     with child_primary(name, app_dir, tmp_path) as (child, address, _):
@@ -2333,7 +2360,7 @@ def test_a_bare_lf_head_whose_body_holds_crlfcrlf_is_complete(primary):
     assert assert_well_formed(reply) == 200 and b'"got": 7' in reply
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs /proc/net/tcp")
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
 @pytest.mark.parametrize("later", [False, True])
 def test_a_zero_padded_content_length_means_the_same_in_any_packet(primary, later):
     body = b'{"name": "echo", "data": 3}'
@@ -2468,9 +2495,9 @@ def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
                 conn.sendall(b" ")
     server = threading.Thread(target=trickle, daemon=True)
     server.start()
-    import fcntl
-    with open(tcbon.Process(name, app_dir=app_dir).lock_file, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = tcbon._open_lock(tcbon.Process(name, app_dir=app_dir).lock_file)
+    assert tcbon._lock(lock)  # as a primary holds it
+    try:
         tcbon._write_state(tcbon.Process(name, app_dir=app_dir).pid_file, {
             "tcbon": 1, "pid": os.getpid(), "token": "t" * 48,
             "address": "127.0.0.1:%d" % listener.getsockname()[1]})
@@ -2481,6 +2508,9 @@ def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
         client.join(20)
         stop.set()
         alive = client.is_alive()
+    finally:
+        tcbon._unlock(lock)
+        os.close(lock)
     listener.close()
     server.join(5)
     assert not alive and len(errors) == 1, "the call outlived its timeout"
@@ -2749,7 +2779,7 @@ def test_stop_from_another_process_object_waits_until_gone(name, app_dir, tmp_pa
         assert out.splitlines()[-2:] == ["ON_STOP", "RETURNED"]
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signals_make_run_forever_return_cleanly(name, app_dir, tmp_path, signum):
     with launch(name, app_dir, tmp_path) as child:
@@ -2761,7 +2791,7 @@ def test_signals_make_run_forever_return_cleanly(name, app_dir, tmp_path, signum
         assert not os.path.exists(tcbon.Process(name, app_dir=app_dir).pid_file)
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 def test_sigterm_during_start_up_stops_the_primary_once_it_has_started(name, app_dir,
                                                                        tmp_path):
     # A service manager or a logout may stop an app that is still starting;
@@ -2776,7 +2806,7 @@ def test_sigterm_during_start_up_stops_the_primary_once_it_has_started(name, app
     assert not tcbon.Process(name, app_dir=app_dir).running
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 def test_ctrl_c_during_start_up_cancels_it_and_leaves_nothing_behind(name, app_dir,
                                                                     tmp_path):
     with launch(name, app_dir, tmp_path, ON_START_DELAY=30) as child:
@@ -2867,7 +2897,7 @@ def test_a_launch_during_shutdown_becomes_the_next_primary(name, app_dir, tmp_pa
         assert finish(first)[0] == 0
 
 
-@pytest.mark.skipif(not POSIX, reason="raw bytes in argv")
+@pytest.mark.skipif(not POSIX, reason="Windows' argv is UTF-16 text: it has no raw bytes")
 def test_handoff_forwards_argv_and_cwd_exactly_and_relays_the_reply(name, app_dir, tmp_path):
     seen = []
 
@@ -2921,7 +2951,7 @@ def test_start_replace_takes_over_from_a_running_primary(name, app_dir, tmp_path
             successor.stop()
 
 
-@pytest.mark.skipif(not POSIX, reason="SIGSTOP")
+@pytest.mark.skipif(not POSIX, reason="SIGSTOP: Windows cannot stop a process by a signal")
 def test_a_stopped_primary_gives_a_timeout_never_a_second_primary(name, app_dir, tmp_path):
     with launch(name, app_dir, tmp_path) as child:
         wait_primary(name, app_dir)
@@ -2984,13 +3014,12 @@ def test_start_and_run_forever_work_from_a_non_main_thread(name, app_dir, tmp_pa
     assert run_python(OFF_MAIN_THREAD, tmp_path, name, app_dir) == "ok\n"
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 def test_run_forever_and_main_put_the_apps_sigterm_handler_back(name, app_dir, tmp_path):
     assert run_python(SIGTERM_HANDLER_PUT_BACK, tmp_path, name, app_dir) == "ok\n"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSIX, reason="SIGKILL")
 @pytest.mark.parametrize("phase", ["on_start", "serving", "handling", "on_stop"])
 def test_kill_9_at_any_point_lets_the_next_launch_take_over_at_once(name, app_dir, tmp_path,
                                                                      phase):
@@ -3032,7 +3061,7 @@ def test_a_forked_child_never_unlocks_or_withdraws_the_parents_primary(name, app
     assert run_python(FORK, tmp_path, name, app_dir) == "ok\n"
 
 
-@pytest.mark.skipif(not POSIX, reason="flock")
+@pytest.mark.skipif(not POSIX, reason="injects NFS's errors at fcntl.flock, which Windows has not")
 @pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "EINVAL"])
 def test_a_file_system_without_locks_is_a_state_error_never_held(name, app_dir, tmp_path, code):
     # No lock-less file system can be mounted here, so the errno that NFS
@@ -3041,7 +3070,7 @@ def test_a_file_system_without_locks_is_a_state_error_never_held(name, app_dir, 
     assert out == "start True True True\nsend True True True\ncli 5\n"
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 @pytest.mark.parametrize("slow", ["handler", "on_stop"])
 @pytest.mark.parametrize("first, second", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGTERM"),
                                            ("SIGTERM", "SIGINT")])
@@ -3129,8 +3158,9 @@ def test_a_primary_in_another_network_namespace_is_unreachable_not_hung(name, ap
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSIX, reason="a Windows session id is the system's (seen through "
-                                        "the seam in test_the_windows_branch_...)")
+@pytest.mark.skipif(not POSIX, reason="a Windows session id is the system's: only a second "
+                                        "login (Remote Desktop) has another; see "
+                                        "test_windows_machine_id_is_the_registrys_...")
 def test_scope_session_gives_each_login_session_its_own_primary(name, app_dir, tmp_path):
     def session(number):
         return child_env(tmp_path, SCOPE="session", XDG_SESSION_ID=number)
@@ -3277,7 +3307,7 @@ def frozen(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSIX, reason="process groups and POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 @pytest.mark.parametrize("mode", ["onefile", "onedir"])
 @pytest.mark.parametrize("stop", ["SIGINT to the group", "SIGTERM to the parent",
                                   "SIGTERM to the app"])
@@ -3332,10 +3362,10 @@ def test_a_launch_hands_over_its_token_chosen_env_and_piped_text(primary, name, 
         monkeypatch.delenv(var, raising=False)
     text = "line 1\nü 日本 🎉\n\n" * 3
 
-    def launch_with(stdin, **env):
+    def launch_with(stdin, **env):  # UTF-8 both ways: Windows' pipes default to cp1252
         return subprocess.run([sys.executable, "-c", HANDOVER, name, app_dir], input=stdin,
-                              env=child_env(tmp_path, **env), capture_output=True, text=True,
-                              timeout=60)
+                              env=child_env(tmp_path, PYTHONIOENCODING="utf-8", **env),
+                              capture_output=True, encoding="utf-8", timeout=60)
     done = launch_with(text, XDG_ACTIVATION_TOKEN="tok-1", DESKTOP_STARTUP_ID="id-2",
                        SHOT_A="a", SHOT_B="b", PROJECT="p", PROJECTX="x", SECRET="s")
     assert done.stdout == "exit 0 child sees None None\n", done.stderr
@@ -3414,7 +3444,7 @@ def test_cli_probe_send_get_stop_against_a_real_primary(name, app_dir, tmp_path)
         1, json.dumps({"name": name, "running": False}) + "\n")
 
 
-@pytest.mark.skipif(not POSIX, reason="needs sh")
+@pytest.mark.skipif(not POSIX, reason="a POSIX shell script: Windows has no sh")
 def test_cli_shell_scripts_can_rely_on_the_exit_code(name, app_dir, tmp_path):
     script = '"$0" -m tcbon "$1" --app-dir "$2" >/dev/null && echo running || echo absent'
     def run():
@@ -3440,7 +3470,7 @@ def test_cli_wait_blocks_until_a_primary_runs(name, app_dir, tmp_path):
 
 
 def test_cli_console_script_does_the_same(name, app_dir, tmp_path):
-    script = os.path.join(os.path.dirname(sys.executable), "tcbon")
+    script = os.path.join(os.path.dirname(sys.executable), "tcbon.exe" if WINDOWS else "tcbon")
     if not os.path.exists(script):
         pytest.skip("tcbon is not installed next to this interpreter (pip install -e .)")
     def run(*args):
@@ -3507,7 +3537,7 @@ def test_cli_unresponsive_primary_times_out_with_code_4(name, app_dir, capsys):
             release.set()
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX permission bits")
+@pytest.mark.skipif(not POSIX, reason="POSIX permission bits: on Windows, NTFS ACLs decide")
 def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsys):
     # Another user could plant a lock and an address there and receive our events.
     shared = tmp_path / "shared"
@@ -4062,6 +4092,8 @@ README_NOT_RUN = {
     "bash .ci/run", "python -m venv .venv", "python bench_tcbon.py",
     '.venv/bin/python -m pip install -e ".[test]"', ".venv/bin/python -m pytest test_tcbon.py",
     '.venv/bin/python -m pytest test_tcbon.py -m "not slow"',
+    "bash .ci/windows/setup.sh", ".ci/windows/suite.sh 3.13",
+    '.ci/windows/suite.sh 3.8 -m "not slow"',
 }
 
 
@@ -4096,7 +4128,7 @@ def readme_script(commands):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell")
+@pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell: Windows has none")
 def test_readme_commands_work_as_written(tmp_path, request):
     import shutil
     commands = readme_commands()
