@@ -141,6 +141,24 @@ print(results, type(sys.modules["json"].__loader__).__name__)
 """
 
 
+# argv NAME APP_DIR LOG ...: sys.exit(app.main()); the primary's second-instance
+# handler appends [argv[4:], whether its sys.stdout is None] to LOG, then answers
+# exit code 3 and some stdout (for a launch that has nowhere to write it).
+PYTHONW_APP = """
+import json, sys, tcbon
+name, app_dir, log = sys.argv[1:4]
+app = tcbon.Process(name, app_dir=app_dir, timeout=30)
+
+@app.on("second-instance")
+def second(event):
+    with open(log, "a") as f:
+        f.write(json.dumps([event["argv"][4:], sys.stdout is None]) + "\\n")
+    return {"exit_code": 3, "stdout": "handled\\n"}
+
+sys.exit(app.main())
+"""
+
+
 # argv NAME APP_DIR: a host without sys.argv and with a foreign sys.executable
 # starts a primary and hands over; prints 'ok'.
 EMBEDDED = """
@@ -409,132 +427,6 @@ for attempt in (1, 2):
     print("serving", client.info()["pid"] == os.getpid())
     app.stop()
     print("stopped", app.running, tcbon._read_state(app.pid_file))
-"""
-
-
-# argv NAME APP_DIR: tcbon's Windows branch, on this machine: sys.platform is
-# "win32" and msvcrt behaves as Windows' does (byte locks are mandatory and
-# have no shared mode: another handle's read of a locked byte fails; closing
-# a handle drops its locks). A prober polls while launches find a crashed
-# primary's state; prints what it saw.
-AS_WINDOWS = """
-import errno, os, sys, threading, time, types
-# The standard library keeps its own view of the platform: what the server
-# and client use is imported before anything Windows-like appears (3.7's
-# http.server would read the stand-in registry).
-import http.server, json, logging, selectors, socketserver, urllib.request  # noqa: E401,F401
-name, app_dir = sys.argv[1], sys.argv[2]
-held, table = {}, threading.Lock()  # (dev, inode, offset) -> the fd that locked it
-
-def region(fd):
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino, os.lseek(fd, 0, os.SEEK_CUR)
-
-def refused():
-    return OSError(errno.EACCES, "Permission denied")
-
-def locking(fd, mode, nbytes):
-    with table:
-        key = region(fd)
-        if mode == msvcrt.LK_UNLCK:
-            if held.get(key) != fd:
-                raise refused()
-            del held[key]
-        elif key in held:  # not even its own handle may lock it twice
-            raise refused()
-        else:
-            held[key] = fd
-
-real_read, real_close = os.read, os.close
-
-def read(fd, n):
-    with table:
-        if held.get(region(fd), fd) != fd:
-            raise refused()
-    return real_read(fd, n)
-
-def close(fd):
-    with table:
-        for key in [k for k, owner in held.items() if owner == fd]:
-            del held[key]
-    real_close(fd)
-
-msvcrt = types.ModuleType("msvcrt")
-msvcrt.LK_UNLCK, msvcrt.LK_NBLCK, msvcrt.locking = 0, 2, locking
-winreg = types.ModuleType("winreg")  # the machine's id, where Windows keeps it
-winreg.HKEY_LOCAL_MACHINE, winreg.KEY_READ, winreg.KEY_WOW64_64KEY = 0x80000002, 0x20019, 0x100
-registry = {r"SOFTWARE\\Microsoft\\Cryptography": {"MachineGuid": "8C9AD4E2-37F1-4B0A"}}
-
-class Key(dict):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-winreg.OpenKey = lambda root, path, reserved, access: Key(registry[path])
-winreg.QueryValueEx = lambda key, value: (key[value], 1)
-sys.modules.update(msvcrt=msvcrt, winreg=winreg)
-import ctypes
-allowed = []  # what user32.AllowSetForegroundWindow was given
-
-def session_of(pid, session):  # kernel32.ProcessIdToSessionId: Remote Desktop session 2
-    session._obj.value = 2 if pid == os.getpid() else 0
-    return 1
-ctypes.windll = types.SimpleNamespace(
-    user32=types.SimpleNamespace(AllowSetForegroundWindow=allowed.append),
-    kernel32=types.SimpleNamespace(GetCurrentProcessId=os.getpid, ProcessIdToSessionId=session_of))
-os.read, os.close, sys.platform = read, close, "win32"
-import signal
-signal.SIGBREAK = signal.SIGUSR1  # what console close, Ctrl-Break and logoff deliver
-import tcbon
-assert tcbon.WINDOWS
-
-primary = tcbon.Process(name, app_dir=app_dir)
-primary.start()
-locks = dict(held)
-print("machine", tcbon._machine())
-print("probe sees it", tcbon.Process(name, app_dir=app_dir).running, held == locks)
-print("lock byte", os.path.getsize(primary.lock_file))
-tcbon.Process(name, app_dir=app_dir).handoff(["again"])
-print("allowed", allowed == [os.getpid()])
-print("mode", oct(os.stat(app_dir).st_mode & 0o777))
-state = open(primary.pid_file).read()
-primary.stop()
-stop = threading.Event()
-
-def probe():
-    while not stop.is_set():
-        tcbon.Process(name, app_dir=app_dir).running
-prober = threading.Thread(target=probe)
-prober.start()
-failures = 0
-for attempt in range(200):
-    with open(primary.pid_file, "w") as f:
-        f.write(state)  # as a crashed primary leaves it
-    launch = tcbon.Process(name, app_dir=app_dir, timeout=5)
-    try:
-        launch.start()
-        launch.stop()
-    except tcbon.Error:
-        failures += 1
-stop.set()
-prober.join()
-print("launches refused", failures)
-
-class App(tcbon.Process):
-    def on_stop(self):
-        print("on_stop ran")
-app = App(name, app_dir=app_dir)
-
-def close_the_console():
-    deadline = time.monotonic() + 20
-    while not app.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(os.getpid(), signal.SIGBREAK)
-threading.Thread(target=close_the_console).start()
-app.run_forever()
-print("returned", app.running)
-print("session", os.path.basename(tcbon.Process(name, app_dir=app_dir, scope="session").pid_file))
 """
 
 
@@ -880,6 +772,17 @@ def end(proc, grace=3.0):
             stream.close()
 
 
+def hard_kill(proc):
+    """End a child at once, nothing run on its way out: kill -9 on POSIX,
+    taskkill /F on Windows (TerminateProcess); reap it."""
+    if WINDOWS:
+        subprocess.run(["taskkill", "/F", "/PID", str(proc.pid)], capture_output=True,
+                       check=True, timeout=60)
+    else:
+        proc.kill()
+    proc.wait(30)
+
+
 def finish(proc, timeout=30):
     """Wait for a child to exit by itself; return (code, stdout, stderr)."""
     out, err = proc.communicate(timeout=timeout)
@@ -1165,6 +1068,17 @@ def test_default_app_dir_is_the_per_user_data_dir(monkeypatch, tmp_path):
     assert tcbon.Process("x").app_dir == expected
 
 
+@pytest.mark.skipif(not WINDOWS, reason="Windows' %LOCALAPPDATA%")
+def test_default_app_dir_on_windows_is_under_localappdata(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "Local"))
+    expected = os.path.join(str(tmp_path / "Local"), "my app")
+    assert tcbon.default_app_dir("my app") == tcbon.Process("my app").app_dir == expected
+    monkeypatch.delenv("LOCALAPPDATA")
+    monkeypatch.setenv("USERPROFILE", str(tmp_path / "me"))
+    assert tcbon.default_app_dir("x") == os.path.join(str(tmp_path / "me"), "AppData", "Local",
+                                                      "x")
+
+
 def home_and_xdg(monkeypatch, home, xdg):
     """Set HOME, and XDG_DATA_HOME to xdg (None: unset)."""
     monkeypatch.setenv("HOME", str(home))
@@ -1272,22 +1186,29 @@ def test_paths_with_spaces_and_non_ascii_and_long_names(tmp_path):
             assert client.info()["name"] == name and proc.is_primary
 
 
-@pytest.mark.skipif(not POSIX, reason="simulates Windows on a POSIX system")
-def test_the_windows_branch_probes_without_taking_the_lock(name, tmp_path):
-    app_dir = str(tmp_path / "appdata" / name)
-    out = run_python(AS_WINDOWS, tmp_path, name, app_dir).splitlines()
-    assert out[:4] == ["machine 8c9ad4e237f14b0a", "probe sees it True True", "lock byte 1",
-                       "allowed True"]  # a hand-off lets the primary take the focus
-    # No mode=0o700 on Windows (gh-118486): the folder inherits its parent's.
-    assert out[4] == "mode %s" % oct(0o777 & ~current_umask())
-    assert out[5:8] == ["launches refused 0", "on_stop ran", "returned False"]  # SIGBREAK
-    assert out[8:] == ["session %s@8c9ad4e237f14b0a.session-2.pid" % name]
-
-
-def current_umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+@pytest.mark.skipif(not WINDOWS, reason="Windows' registry and msvcrt locks")
+def test_windows_machine_id_is_the_registrys_and_a_probe_takes_no_lock(name, app_dir,
+                                                                       tmp_path):
+    # The registry through reg.exe, not through the code under test.
+    out = subprocess.run(["reg", "query", r"HKLM\SOFTWARE\Microsoft\Cryptography", "/v",
+                          "MachineGuid"], capture_output=True, text=True, check=True).stdout
+    guid = out.split()[-1]
+    assert tcbon._machine() == "".join(c for c in guid.lower() if c.isalnum())[:16]
+    with tcbon.Process(name, app_dir=app_dir) as primary:
+        assert os.path.basename(primary.lock_file) == "%s@%s.lock" % (name, tcbon._machine())
+        assert os.path.getsize(primary.lock_file) == 1  # the byte a probe reads
+        # Another process' probe reads the locked byte and takes nothing:
+        # the launch after it still finds the primary.
+        assert run_python("import sys, tcbon; print(tcbon.Process(sys.argv[1], app_dir=sys.argv[2])"
+                          ".running)",
+                          tmp_path, name, app_dir) == "True\n"
+        with pytest.raises(tcbon.ProcessExists):
+            tcbon.Process(name, app_dir=app_dir).start()
+    assert not tcbon.Process(name, app_dir=app_dir).running
+    session = tcbon._session_id()
+    assert session.isdigit()  # Remote Desktop and fast user switching: one each
+    scoped = tcbon.Process(name, app_dir=app_dir, scope="session")
+    assert scoped.pid_file.endswith(".session-%s.pid" % session)
 
 
 # State file -------------------------------------------------------------------------------
@@ -1946,6 +1867,16 @@ def test_idle_connections_do_not_block_a_legitimate_event(primary, name, app_dir
             sock.close()
 
 
+def test_600_idle_connections_then_a_legitimate_call(name, app_dir, tmp_path):
+    # More than Windows' select() takes (512 sockets): the intake keeps fewer
+    # pending, the oldest go, and a real call still gets through.
+    with launch(name, app_dir, tmp_path) as proc, many_sockets() as idle:
+        address = wait_primary(name, app_dir)["address"]
+        for _ in range(600):
+            idle.append(connect(address, b"P"))  # a request begun, never finished
+        assert ping(name, app_dir, timeout=10)["pid"] == proc.pid
+
+
 def test_connections_reset_before_accept_never_take_the_listener_away(name, app_dir,
                                                                      tmp_path):
     # Issue 20: on Windows, accept() of a connection its client reset fails
@@ -2451,12 +2382,10 @@ def test_a_wedged_start_up_gives_timeout_not_a_second_primary(name, app_dir, tmp
             other.send("event", {"name": "ping"})
 
 
-@pytest.mark.skipif(not POSIX, reason="SIGKILL")
 def test_a_stale_address_on_a_reused_port_is_never_contacted(name, app_dir, tmp_path):
     with launch(name, app_dir, tmp_path) as child:
         host, port = wait_primary(name, app_dir)["address"].rsplit(":", 1)
-        child.kill()
-        child.wait()
+        hard_kill(child)
     # Another program takes the dead primary's port: the address in the state
     # file must not be trusted once the lock is free (python-pidfile#12: pid reuse).
     foreign = socket.socket()
@@ -2865,12 +2794,10 @@ def test_simultaneous_launches_give_exactly_one_primary(name, app_dir, tmp_path,
         assert code == 0 and out.startswith("PRIMARY"), err
 
 
-@pytest.mark.skipif(not POSIX, reason="SIGKILL")
 def test_kill_9_then_the_next_launch_takes_over_at_once(name, app_dir, tmp_path):
     with launch(name, app_dir, tmp_path) as child:
         dead_address = wait_primary(name, app_dir)["address"]
-        child.kill()
-        child.wait()
+        hard_kill(child)  # taskkill /F on Windows
     # The stale state file is still there; the lock died with its process.
     assert tcbon._read_state(tcbon.Process(name, app_dir=app_dir).pid_file)["pid"] == child.pid
     client = tcbon.Process(name, app_dir=app_dir)
@@ -3006,6 +2933,33 @@ def test_process_main_and_the_cli_give_one_code_one_meaning(name, tmp_path, caps
     assert (tcbon.EXIT_NOT_RUNNING, tcbon.EXIT_TIMEOUT, tcbon.EXIT_ERROR) == (1, 4, 6)
 
 
+@pytest.mark.skipif(not WINDOWS, reason="pythonw.exe is Windows'")
+def test_pythonw_as_the_primary_and_as_a_later_launch(name, app_dir, tmp_path):
+    # As Explorer starts it: no console, no standard streams (sys.stdout is None).
+    pythonw = os.path.join(os.path.dirname(sys.executable), "pythonw.exe")
+    log = str(tmp_path / "log.txt")
+
+    def start(*args):
+        return subprocess.Popen([pythonw, "-c", PYTHONW_APP, name, app_dir, log] + list(args),
+                                env=child_env(tmp_path), close_fds=True,
+                                creationflags=subprocess.DETACHED_PROCESS
+                                | subprocess.CREATE_NEW_PROCESS_GROUP)
+    primary = start()
+    try:
+        assert wait_primary(name, app_dir)["pid"] == primary.pid
+        later = start("a b", "ünï ✓", "")
+        try:
+            assert later.wait(60) == 3  # the primary's answer, relayed
+        finally:
+            end(later)
+        with open(log, encoding="utf-8") as f:
+            assert json.loads(f.read()) == [["a b", "ünï ✓", ""], True]
+        tcbon.Process(name, app_dir=app_dir).stop()
+        assert primary.wait(30) == 0
+    finally:
+        end(primary)
+
+
 def test_an_embedded_host_without_argv_or_a_python_executable(name, app_dir, tmp_path):
     assert run_python(EMBEDDED, tmp_path, name, app_dir) == "ok\n"
 
@@ -3045,8 +2999,7 @@ def test_kill_9_at_any_point_lets_the_next_launch_take_over_at_once(name, app_di
         if phase == "on_stop":
             threading.Thread(target=lambda: client.send("stop")).start()
             assert child.stdout.readline() == "ON_STOP\n"
-        child.kill()
-        child.wait()
+        hard_kill(child)  # taskkill /F on Windows
     if sender is not None:  # the sender learns it, promptly, and is not lied to
         sender.join(30)
         assert len(failures) == 1 and "may or may not have been handled" in str(failures[0])
@@ -3056,7 +3009,7 @@ def test_kill_9_at_any_point_lets_the_next_launch_take_over_at_once(name, app_di
         assert client.info()["pid"] == os.getpid()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: Windows cannot fork")
 def test_a_forked_child_never_unlocks_or_withdraws_the_parents_primary(name, app_dir, tmp_path):
     assert run_python(FORK, tmp_path, name, app_dir) == "ok\n"
 
