@@ -20,12 +20,12 @@ rm -rf "$work" && mkdir -p "$work"
 cp -r "$SRC/tcbon.py" "$SRC/test_tcbon.py" "$SRC/setup.cfg" "$SRC/README.rst" "$SRC/examples" "$work/"
 cp "$RIG/rig_watchdog.py" "$work/"
 cd "$work" || exit 2
-# Temporary files go to the copy too: pytest's tmp_path is under TEMP.
+# Temporary files go to the copy too (Wine sets TEMP from its own registry).
 mkdir -p tmp
-export TEMP=$(winepath -w "$work/tmp" 2>/dev/null) TMP=$(winepath -w "$work/tmp" 2>/dev/null)
 export PYTHONDONTWRITEBYTECODE=1
 timeout --kill-after=30 "${RIG_SUITE_LIMIT:-2400}" \
-    "$RIG/run.sh" "$v" -m pytest -p rig_watchdog test_tcbon.py -p no:cacheprovider "$@" </dev/null
+    "$RIG/run.sh" "$v" -m pytest -p rig_watchdog test_tcbon.py -p no:cacheprovider \
+    --basetemp "$(winepath -w "$work/tmp" 2>/dev/null)" "$@" </dev/null
 status=$?
 cd / && rm -rf "$work"
 exit $status
