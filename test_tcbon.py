@@ -702,13 +702,12 @@ def require(what, how=".ci/run installs it"):
         pytest.skip("%s is Linux's (X11, Wayland, GTK, network namespaces, Debian's "
                     "packages): Windows has none" % what)
     if WINDOWS:
-        how = ("python.org's embeddable Windows CPython has no tkinter, and .ci/windows "
-               "installs only pytest and hypothesis")
+        how = ("python.org's embeddable Windows CPython has no tkinter" if what == "tkinter"
+               else ".ci/windows installs only pytest and hypothesis into Windows CPython")
     pytest.skip("%s is missing; %s" % (what, how))
 
 
-LINUX_TOOLS = {"Xvfb", "openbox", "metacity", "sway", "PyGObject", "slowhttptest", "namespaces",
-               "Blender"}
+LINUX_TOOLS = {"Xvfb", "openbox", "metacity", "sway", "PyGObject", "slowhttptest", "namespaces"}
 
 
 def wait_for(predicate, timeout=20.0, what="condition"):
