@@ -869,8 +869,14 @@ def raw_request(address, method="GET", path="/", body=None, headers=None):
     return int(status_line.split()[1]), (json.loads(data) if data else None), reply_headers
 
 
+def token_of(proc):
+    """A primary's token, as its clients read it: from the state file."""
+    with open(proc.pid_file) as f:
+        return json.load(f)["token"]
+
+
 def good_headers(proc, **extra):
-    headers = {"Host": proc.address, tcbon.TOKEN_HEADER: proc._token}
+    headers = {"Host": proc.address, tcbon.TOKEN_HEADER: token_of(proc)}
     headers.update(extra)
     return headers
 
@@ -1760,7 +1766,7 @@ def test_index_describes_the_primary_without_its_token(primary, name, app_dir):
     info = tcbon.Process(name, app_dir=app_dir).get()
     assert info["name"] == name and info["pid"] == os.getpid()
     assert info["address"] == primary.address and info["version"] == tcbon.__version__
-    assert primary._token not in json.dumps(info)
+    assert token_of(primary) not in json.dumps(info)
 
 
 def test_custom_routes_flask_style(name, app_dir):
@@ -1792,9 +1798,9 @@ def test_requests_need_the_token(primary):
     assert raw_request(primary.address, headers=ok)[0] == 200
     no_token = {"Host": primary.address}
     assert raw_request(primary.address, headers=no_token)[0] == 401
-    wrong = dict(ok, **{tcbon.TOKEN_HEADER: "x" * len(primary._token)})
+    wrong = dict(ok, **{tcbon.TOKEN_HEADER: "x" * len(token_of(primary))})
     status, body, _ = raw_request(primary.address, headers=wrong)
-    assert status == 401 and primary._token not in json.dumps(body)
+    assert status == 401 and token_of(primary) not in json.dumps(body)
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "", "localhost6",
@@ -1834,7 +1840,7 @@ def test_oversized_bodies_are_refused_before_reading(primary):
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         head = ("POST /event HTTP/1.1\r\nHost: %s\r\n%s: %s\r\nContent-Type: application/json"
                 "\r\nContent-Length: %d\r\n\r\n" % (primary.address, tcbon.TOKEN_HEADER,
-                                                    primary._token, tcbon.MAX_BODY + 1))
+                                                    token_of(primary), tcbon.MAX_BODY + 1))
         sock.sendall(head.encode())  # and never the body
         reply = sock.recv(65536).decode()
     assert reply.startswith("HTTP/1.0 413")
@@ -1864,7 +1870,7 @@ def test_a_stopping_primary_refuses_new_requests(name, app_dir):
     proc = Slow(name, app_dir=app_dir)
     proc.register_event_handler("echo", lambda event: {})
     proc.start()
-    address, token = proc.address, proc._token  # as read by a client just before
+    address, token = proc.address, token_of(proc)  # as read by a client just before
     stopper = threading.Thread(target=proc.stop)
     stopper.start()
     try:
@@ -1946,7 +1952,7 @@ def build_request(spec, primary):
     if spec["host"]:
         lines.append("Host: " + primary.address)
     if spec["token"]:
-        lines.append("%s: %s" % (tcbon.TOKEN_HEADER, spec["token"].replace("GOOD", primary._token)))
+        lines.append("%s: %s" % (tcbon.TOKEN_HEADER, spec["token"].replace("GOOD", token_of(primary))))
     if spec["json"]:
         lines.append("Content-Type: application/json")
     lines += ["%s: %s" % pair for pair in spec["headers"]]
@@ -1996,7 +2002,7 @@ def test_raw_garbage_bytes_get_an_error_or_a_closed_connection(primary, name, ap
 
 def head_for(primary, extra=""):
     return ("POST /event HTTP/1.1\r\nHost: %s\r\n%s: %s\r\nContent-Type: application/json\r\n%s"
-            % (primary.address, tcbon.TOKEN_HEADER, primary._token, extra))
+            % (primary.address, tcbon.TOKEN_HEADER, token_of(primary), extra))
 
 
 def test_chunked_bodies_are_refused(primary):
@@ -2106,10 +2112,10 @@ def test_the_token_never_appears_in_logs_errors_or_replies(primary, name, app_di
         texts.append(repr(info.value))
     release.set()
     for headers in ({"Host": primary.address},
-                    {"Host": "evil", tcbon.TOKEN_HEADER: primary._token}):
+                    {"Host": "evil", tcbon.TOKEN_HEADER: token_of(primary)}):
         texts.append(json.dumps(raw_request(primary.address, headers=headers)[1]))
     texts += [r.getMessage() for r in caplog.records] + [caplog.text, repr(client), repr(primary)]
-    assert caplog.records and primary._token not in "\n".join(texts)
+    assert caplog.records and token_of(primary) not in "\n".join(texts)
 
 
 @pytest.mark.slow
@@ -2228,7 +2234,7 @@ def test_slowhttptest_cannot_take_the_primary_down(name, app_dir, tmp_path, mode
 
 def crafted(primary, lines, body, sep="\r\n"):
     head = ["POST /event HTTP/1.1", "Host: " + primary.address,
-            "%s: %s" % (tcbon.TOKEN_HEADER, primary._token), "Content-Type: application/json"]
+            "%s: %s" % (tcbon.TOKEN_HEADER, token_of(primary)), "Content-Type: application/json"]
     return (sep.join(head + lines) + sep + sep).encode("latin-1") + body
 
 
@@ -2444,7 +2450,8 @@ def test_main_thread_executor_runs_handlers_and_on_stop_on_the_ui_thread(name, a
             executor.run_pending()
     finally:
         worker.join(20)
-        proc.stop()
+        if proc.is_primary:
+            proc.stop()
     assert results == [{"success": True}, "stopped"]
     assert threads == [("handler", threading.main_thread()),
                        ("on_stop", threading.main_thread())]
@@ -2561,7 +2568,9 @@ def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
     with pytest.raises(tcbon.ProcessExists) as info:
         other.start()
     assert info.value.pid == os.getpid() and info.value.address == primary.address
-    assert other.address == primary.address and other.running and not other.is_primary
+    assert "this process (pid %d) is already the primary" % os.getpid() in str(info.value)
+    # What a client call learns is not written over the object's own identity.
+    assert (other.address, other.pid) == (None, None) and other.running and not other.is_primary
     # Probing opened and closed the lock file; the primary still holds the lock.
     with pytest.raises(tcbon.ProcessExists):
         other.start()
@@ -2574,7 +2583,8 @@ def test_stop_releases_everything_and_can_restart(name, app_dir):
     proc.start()  # already the primary: nothing happens
     thread = proc.wsgi_thread
     proc.stop()
-    proc.stop()  # idempotent
+    with pytest.raises(tcbon.ProcessDoesNotExist):
+        proc.stop()  # nothing runs now: as from any other object
     assert not thread.is_alive() and not proc.wsgi_running and not proc.running
     assert not os.path.exists(proc.pid_file) and os.path.exists(proc.lock_file)
     with tcbon.Process(name, app_dir=app_dir) as again:
@@ -2601,7 +2611,8 @@ def test_hooks_run_once_in_order(name, app_dir):
     proc = Hooked(name, app_dir=app_dir)
     proc.start()
     proc.stop()
-    proc.stop()
+    with pytest.raises(tcbon.ProcessDoesNotExist):
+        proc.stop()
     assert calls == ["setup_logger", "setup_wsgi", ("on_start", False), ("on_stop", True)]
 
 
