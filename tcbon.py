@@ -2629,8 +2629,13 @@ class _Primary:
         self.asked.open()
         if self.server is not None:
             self.server.stopping = True
-        if self.serving is not None:
-            self.serving.submit_later(_nothing)
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake the thread waiting in wait(), whatever it runs meanwhile."""
+        serving = self.serving
+        if serving is not None:
+            serving.submit_later(_nothing)
 
     def stop_soon(self) -> None:
         """Stop after this (the /stop route, SIGTERM, stop() in a handler):
@@ -2715,6 +2720,7 @@ class _Primary:
             os.close(self.fd)
             self.process._primary_ended(self)
             self.done.open()
+            self._ring()
 
     def at_exit(self) -> None:
         if not self.done.opened:
@@ -3151,8 +3157,7 @@ class Process:
         elif _in_a_handler():
             primary.stop_soon()
         else:
-            if primary.drain is None or (limit is not None and limit < primary.drain):
-                primary.drain = limit if limit is not None else primary.drain
+            primary.drain = limit  # for requests in progress, unless a stop runs already
             primary.stop()
 
     # Talking to the primary -----------------------------------------------------
