@@ -1952,7 +1952,8 @@ def build_request(spec, primary):
     if spec["host"]:
         lines.append("Host: " + primary.address)
     if spec["token"]:
-        lines.append("%s: %s" % (tcbon.TOKEN_HEADER, spec["token"].replace("GOOD", token_of(primary))))
+        token = spec["token"].replace("GOOD", token_of(primary))
+        lines.append("%s: %s" % (tcbon.TOKEN_HEADER, token))
     if spec["json"]:
         lines.append("Content-Type: application/json")
     lines += ["%s: %s" % pair for pair in spec["headers"]]
