@@ -1801,13 +1801,16 @@ class _Client:
                        "end that process" % (self.name, limit or 0.0, phase),
                        self.name, limit or 0.0)
 
-    def call(self, method: str, route: str, payload: Any, wait: _Wait) -> Any:
+    def call(self, method: str, route: str, payload: Any, wait: _Wait,
+             follow: bool = True) -> Any:
         """One request to whoever is primary now, within wait. Tried again
         only where nothing was handled: a refused connection, a primary
         that answered "stopping", or one cut off after it withdrew its
         address (a stop closes its listener; what was queued there was
         never read). A cut from a primary that did not withdraw (it
-        crashed) is an Error: the request may have been handled.
+        crashed) is an Error: the request may have been handled. Without
+        follow, a primary that stops (or is gone) is waited for, and no
+        next one is asked: the call returns None.
 
         Raises:
             ProcessDoesNotExist, Timeout, Unreachable, RequestError (a
@@ -1815,6 +1818,7 @@ class _Client:
         """
         body = None if payload is None else self.body(payload)
         path = "/" + route.lstrip("/")
+        follow = follow and (method, path) != ("POST", "/stop")  # a stop is for that one
         past: str | None = None  # the token of a primary that is stopping
         refused: _Wait | None = None  # even an unbounded call stops reconnecting
         while True:
@@ -1827,6 +1831,12 @@ class _Client:
                 refused.pause()
             elif isinstance(result, str):  # stopping or withdrawn: on to the next primary
                 past = state["token"]
+                if not follow:  # or only until this one is gone
+                    try:
+                        self.locate(wait, past)
+                    except ProcessDoesNotExist:
+                        pass
+                    return None
             else:
                 return self.answer(result[0], result[1], "%s %s" % (method, path))
 
@@ -2344,6 +2354,16 @@ def _piped_stdin() -> str | None:
     return text
 
 
+def _relay(reply: Any) -> int:
+    """Write a launch's reply's stdout and stderr here; return its exit_code."""
+    reply = reply if isinstance(reply, dict) else {}
+    for key, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        if isinstance(reply.get(key), str):
+            _say(stream, reply[key])
+    code = reply.get("exit_code")
+    return code if isinstance(code, int) else EXIT_OK
+
+
 def _this_argv() -> list[str]:
     """sys.argv, which embedded interpreters may lack or leave empty."""
     return list(getattr(sys, "argv", None) or [])
@@ -2502,6 +2522,7 @@ class _Primary:
         self.drain: float | None = process.drain_limit()  # for requests in progress
         self._undo: list[Callable[[], None]] = []
         self._stopper: int | None = None  # the thread running the stop sequence
+        self.exit_code = EXIT_OK  # what the first launch's own handler said (main())
         self._once = _thread.allocate_lock()  # the stop sequence runs once
 
     # Starting -----------------------------------------------------------------
@@ -2738,6 +2759,21 @@ class _Primary:
         self.process._lifecycle = _thread.RLock()  # another thread may have held it
 
     # Serving -------------------------------------------------------------------
+    def took_own_launch(self, result: Any) -> None:
+        """What the handler said to the first launch (main()'s own argv):
+        its stdout and stderr are written here, its exit_code kept for
+        main() to return; a Future is followed until it is done."""
+        if not _is_future(result):
+            self.exit_code = _relay(result)
+        elif not result.done():
+            result.add_done_callback(self.took_own_launch)
+        elif result.cancelled() or result.exception() is not None:
+            self.process._note(_ERROR, "%s: the handler of the first launch failed: %r",
+                               self.process.name, None if result.cancelled()
+                               else result.exception())
+        else:
+            self.took_own_launch(result.result())
+
     def handler(self, handler: Callable, event: dict) -> Callable[[], Any]:
         """handler(event) as the executor runs it: not at all once a stop
         was asked for (the closing app must not tell a launch that it took
@@ -3046,7 +3082,8 @@ class Process:
         self._serve_until_stopped(None)
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
-             timeout: float | None = _DEFAULT, forward_stdin: bool = False) -> int:
+             timeout: float | None = _DEFAULT, forward_stdin: bool = False,
+             own_launch: bool = True) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -3055,6 +3092,12 @@ class Process:
         primary (see handoff), writes the reply's ``stdout`` and ``stderr`` to
         its own streams and returns the reply's ``exit_code`` (0 if absent).
         A launch while the primary shuts down waits and becomes the next one.
+
+        Every launch goes through one door: the first one's own ``argv``
+        reaches the ``second-instance`` handler too, before ``run()``, on
+        the executor's thread, with ``event['primary']`` True (and no
+        ``stdin``); its reply's ``stdout`` and ``stderr`` are written here,
+        and its ``exit_code`` is what main() returns once the primary stops.
 
         SIGTERM (and Ctrl-C) stop the primary cleanly, also while ``run()``
         idles in a Tk, Qt or GTK main loop, if the Process has an executor
@@ -3067,6 +3110,8 @@ class Process:
                 None waits until handled.
             forward_stdin (bool): a later launch whose stdin is not a terminal
                 (``cmd | app -``) hands the text over as ``event['stdin']``.
+            own_launch (bool): False keeps the first launch's argv from the
+                handler (for an app that opens it in on_start itself).
 
         Returns:
             The exit code for this launch: the primary's, or, for an error
@@ -3082,17 +3127,17 @@ class Process:
             except ProcessExists:
                 try:
                     stdin = _piped_stdin() if forward_stdin else None
-                    return self._relay(self._handoff(argv, None, None, stdin, wait))
+                    return _relay(self._handoff(argv, None, None, stdin, wait))
                 except ProcessDoesNotExist:
                     continue  # it went away meanwhile: take its place
                 except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
                     return self._report(exc)
             except Error as exc:
                 return self._report(exc)
-            self._serve_until_stopped(run)
-            return EXIT_OK
+            return self._serve_until_stopped(run, argv if own_launch else None)
 
-    def _serve_until_stopped(self, run: Callable[[], Any] | None) -> None:
+    def _serve_until_stopped(self, run: Callable[[], Any] | None,
+                             own_argv: list[str] | None = None) -> int:
         """Run the app's main loop, or wait for a stop request; then stop.
         Ctrl-C's handler is in place before run(): the first stops (or,
         without an executor to run the stop, interrupts run() once), later
@@ -3100,10 +3145,12 @@ class Process:
         more: pyinstaller#2483)."""
         primary = self._primary
         if primary is None:  # stopped during on_start, from another thread
-            return
+            return EXIT_OK
         try:
             primary.handle_signals(("SIGINT",), interrupt=run is not None
                                    and self.executor is None)
+            if own_argv is not None:
+                self._open_own_launch(primary, own_argv)
             if run is not None:
                 run()
             else:
@@ -3115,18 +3162,31 @@ class Process:
                 primary.stop()
             finally:
                 primary.end_wait()
+        return primary.exit_code
+
+    def _open_own_launch(self, primary: _Primary, argv: list[str]) -> None:
+        """The first launch's argv, through the door of every later one:
+        the second-instance handler, on the executor's thread (now, if
+        that is this one; else once its loop runs)."""
+        handler = self.event_handlers.get(SECOND_INSTANCE)
+        if handler is None:
+            return
+        call = primary.handler(handler, self._launch_event(argv, None, None, None, True))
+        executor = self.executor
+        if executor is None or getattr(executor, "is_own_thread", _nothing)():
+            try:
+                result = call()
+            except Exception:  # noqa: BLE001 - logged, as a later launch's would be
+                return self._note(_ERROR, "%s: the handler of the first launch failed",
+                                  self.name, exc_info=True)
+            return primary.took_own_launch(result)
+        future = _submit_later(executor, call)
+        if _is_future(future):
+            future.add_done_callback(primary.took_own_launch)
 
     def _report(self, exc: Exception) -> int:
         _say(sys.stderr, "%s: %s\n" % (self.name, exc))
         return _exit_code(exc)
-
-    def _relay(self, reply: Any) -> int:
-        reply = reply if isinstance(reply, dict) else {}
-        for key, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-            if isinstance(reply.get(key), str):
-                _say(stream, reply[key])
-        code = reply.get("exit_code")
-        return code if isinstance(code, int) else EXIT_OK
 
     # Stopping ---------------------------------------------------------------
     def stop(self, timeout: float | None = _DEFAULT) -> None:
@@ -3191,18 +3251,24 @@ class Process:
 
     def _handoff(self, argv: list[str] | None, cwd: str | None, data: Any,
                  stdin: str | None, wait: _Wait) -> dict:
-        import fnmatch
-        argv = _this_argv() if argv is None else list(argv)
         if self._local_primary() is None:  # found first: with none, a launch keeps its token
             _allow_foreground(self._client.locate(wait)["pid"])
         tokens = [os.environ.pop(key, None) for key in ("XDG_ACTIVATION_TOKEN",
                                                           "DESKTOP_STARTUP_ID")]
+        event = self._launch_event(argv, cwd, data, stdin)
+        event["activation_token"] = tokens[0] or tokens[1] or None
+        return self._request("POST", "event", event, wait)
+
+    def _launch_event(self, argv: list[str] | None, cwd: str | None, data: Any,
+                      stdin: str | None, primary: bool = False) -> dict:
+        """The second-instance event of a launch: this one's, or (primary)
+        the primary's own, which keeps its activation token for its window."""
+        import fnmatch
         env = {key: value for key, value in os.environ.items()
                if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.forward_env)}
-        event = {"name": SECOND_INSTANCE, "argv": argv,
-                 "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
-                 "activation_token": tokens[0] or tokens[1] or None, "stdin": stdin}
-        return self._request("POST", "event", event, wait)
+        return {"name": SECOND_INSTANCE, "argv": _this_argv() if argv is None else list(argv),
+                "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
+                "activation_token": None, "stdin": stdin, "primary": primary}
 
     def wait_for_exit(self, timeout: float | None = _DEFAULT) -> None:
         """Block until no primary of this name runs, without asking it to
