@@ -452,7 +452,7 @@ def _scope_suffix(scope: Any) -> str:
         if not session:
             raise StateError("no login session id to scope the primary by: neither "
                              "$XDG_SESSION_ID, an audit session, nor a Windows or macOS "
-                             "session; use scope='user'", "")
+                             "session; use the 'user' scope", "")
         return ".session-" + "".join(c for c in session if c.isalnum())[:32]
     path = _installation() if scope == "installation" else scope
     if not isinstance(path, (str, os.PathLike)) or not os.path.isabs(path):
@@ -3001,7 +3001,10 @@ class Process:
             StateError: app_dir or its files cannot be used safely.
             Error: the server cannot listen on the address given.
         """
-        self._become_primary(_Wait(self._limit(timeout)), replace)
+        try:
+            self._become_primary(_Wait(self._limit(timeout)), replace)
+        except ProcessExists as exc:  # the usual answer: a traceback of this call alone
+            raise exc.with_traceback(None) from None
 
     def _become_primary(self, wait: _Wait, replace: bool = False, signals: bool = False,
                         waiter: bool = False) -> None:
@@ -3078,7 +3081,10 @@ class Process:
         Raises:
             ProcessExists: another instance is the primary.
         """
-        self._become_primary(_Wait(self.timeout), signals=True, waiter=True)
+        try:
+            self._become_primary(_Wait(self.timeout), signals=True, waiter=True)
+        except ProcessExists as exc:  # the usual answer: a traceback of this call alone
+            raise exc.with_traceback(None) from None
         self._serve_until_stopped(None)
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
@@ -3503,10 +3509,16 @@ def _uptime(seconds: float) -> str:
     return "%dh%02dm" % (hours, minutes) if hours else "%dm%02ds" % (minutes, secs)
 
 
+def _cli_name() -> str:
+    """The command as it was invoked: the console script, or python -m."""
+    program = os.path.basename((_this_argv() or [""])[0]).lower()
+    return "tcbon" if program in ("tcbon", "tcbon.exe", "tcbon-script.py") else "python -m tcbon"
+
+
 def _cli_parser() -> Any:
     import argparse
     parser = argparse.ArgumentParser(
-        prog="python -m tcbon", description="Probe and talk to the primary instance of NAME.",
+        prog=_cli_name(), description="Probe and talk to the primary instance of NAME.",
         epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the application name, as given to tcbon.Process")
     parser.add_argument("action", nargs="?", default="probe",
@@ -3593,8 +3605,13 @@ def _cli(argv: list[str] | None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         if not argv:  # argparse would say that 'args' is required too: it is not
-            parser.error("NAME is required: python -m tcbon NAME [ACTION ...]")
+            parser.error("NAME is required: %s NAME [ACTION ...]" % parser.prog)
         opts = parser.parse_intermixed_args(argv)
+        if opts.exit and opts.action != "wait":
+            parser.error("--exit goes with wait only: %s %s wait --exit"
+                         % (parser.prog, opts.name))
+        if opts.timeout is not None and not opts.timeout >= 0:  # NaN too
+            parser.error("--timeout must be a number of seconds >= 0, got %s" % opts.timeout)
     except SystemExit as exc:  # --help, --version or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 import warnings
 import wsgiref.util
@@ -2572,6 +2573,10 @@ def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
         other.start()
     assert info.value.pid == os.getpid() and info.value.address == primary.address
     assert "this process (pid %d) is already the primary" % os.getpid() in str(info.value)
+    assert "start(replace=True)" in str(info.value)
+    # A notebook re-runs its cell: the traceback is the call's, not tcbon's insides.
+    assert [frame.name for frame in traceback.extract_tb(info.value.__traceback__)] == [
+        "test_a_second_process_object_gets_process_exists", "start"]
     # What a client call learns is not written over the object's own identity.
     assert (other.address, other.pid) == (None, None) and other.running and not other.is_primary
     # Probing opened and closed the lock file; the primary still holds the lock.
@@ -3078,8 +3083,8 @@ def test_scope_session_without_a_session_id_says_what_to_do(tmp_path):
     if audit == "4294967295":  # no audit session either (a container, a service)
         assert status == 1 and err.rstrip().endswith(
             "tcbon.StateError: no login session id to scope the primary by: neither "
-            "$XDG_SESSION_ID, an audit session, nor a Windows or macOS session; use "
-            "scope='user'"), err
+            "$XDG_SESSION_ID, an audit session, nor a Windows or macOS session; use the "
+            "'user' scope"), err
     else:  # the kernel's, which logind takes as its own
         assert (status, out.endswith(".session-%s.pid\n" % audit)) == (0, True), err
 
@@ -3364,6 +3369,9 @@ def test_cli_console_script_does_the_same(name, app_dir, tmp_path):
     with tcbon.Process(name, app_dir=app_dir) as proc:
         done = run("--json")
         assert done.returncode == 0 and json.loads(done.stdout)["pid"] == proc.pid
+    usage = run("stop", "--exit")  # usage speaks of the command as it was typed
+    assert usage.returncode == 2 and "usage: tcbon " in usage.stderr
+    assert "tcbon %s wait --exit" % name in usage.stderr
 
 
 def test_cli_console_script_is_declared():
@@ -3382,6 +3390,9 @@ def test_cli_console_script_is_declared():
     (["x", "stop", "extra"], 2, "stop takes 0 argument(s)"),
     (["a/b"], 2, "cannot be used as a file name"),
     (["x", "--timeout", "soon"], 2, "invalid float"),
+    (["x", "wait", "--timeout", "-1"], 2, "--timeout must be a number of seconds >= 0"),
+    (["x", "--exit"], 2, "--exit goes with wait only: python -m tcbon x wait --exit"),
+    (["x", "stop", "--exit"], 2, "--exit goes with wait only"),
 ])
 def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
     assert tcbon.main(argv) == code
