@@ -219,12 +219,14 @@ class _Platform:
         wait_slice (float or None): longest wait in one call, so that
             Ctrl-C is seen (None: one wait without timeout).
         stop_signals (tuple): names of the signals that ask a primary to stop.
+        signal_wake (bool): signal.set_wakeup_fd takes a pipe's descriptor.
     """
 
     private_dir: dict[str, int] = {}
     reuse_address = False
     wait_slice: float | None = None
     stop_signals: tuple[str, ...] = ("SIGTERM",)
+    signal_wake = True
 
     def lock(self, fd: int, shared: bool = False) -> bool:
         """Take fd's lock without waiting: True if taken, False if another
@@ -340,6 +342,7 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
     wait_slice = 0.25  # a wait without timeout ignores Ctrl-C on Windows
     # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
     stop_signals = ("SIGTERM", "SIGBREAK")
+    signal_wake = False  # set_wakeup_fd wants a socket here: see _wake_on_signals
 
     def lock(self, fd: int, shared: bool = False) -> bool:
         # msvcrt has no shared lock, and a probe that took the exclusive one
@@ -407,6 +410,7 @@ _machine_id, _session_id = _platform.machine_id, _platform.session_id
 _owner_problem, _pending_cap = _platform.owner_problem, _platform.pending_cap
 _PRIVATE_DIR, _REUSE_ADDRESS = _platform.private_dir, _platform.reuse_address
 _WAIT_SLICE, _STOP_SIGNALS = _platform.wait_slice, _platform.stop_signals
+_SIGNAL_WAKE = _platform.signal_wake
 
 
 _machines: list[str] = []
@@ -514,7 +518,7 @@ def _scope_suffix(scope: Any) -> str:
         if not session:
             raise StateError("no login session id to scope the primary by: neither "
                              "$XDG_SESSION_ID, an audit session, nor a Windows or macOS "
-                             "session; use scope='user'", "")
+                             "session; use the 'user' scope", "")
         return ".session-" + "".join(c for c in session if c.isalnum())[:32]
     path = _installation() if scope == "installation" else scope
     if not isinstance(path, (str, os.PathLike)) or not os.path.isabs(path):
@@ -1241,6 +1245,11 @@ def _error_reply(status: int, message: str, head_only: bool = False) -> bytes:
     return _reply(status, [("Content-Type", "application/json")], body.encode(), head_only)
 
 
+def _waits_for_stop(head: _Head) -> bool:
+    """A stop request: served while stopping too, answered once stopped."""
+    return head.method == "POST" and head.target == "/stop"
+
+
 class _Pending:
     """A connection still sending its request."""
 
@@ -1271,14 +1280,19 @@ class IntakeMixIn(_ServerBase):
     """
 
     reserve_worker: Callable[[], bool]  # from WorkerPoolMixIn
-    drain: Callable[[float], None]
+    drain: Callable[[float | None], None]
+    claim_reply: Callable[[Any], bool]
+    answer_stop_requests: Callable[[float], None]
     hurried: bool
 
     def __init__(self, server_address: tuple[str, int], app: Callable, token: str,
                  note: Callable[..., None]) -> None:
         import socket
         self.app, self.token, self.note = app, token, note
-        self.stopping = False  # set by the Process: requests get 503 "stopping"
+        # Set once a stop is asked for: requests get 503 "stopping" from then
+        # on (never a reset, never a handler of the closing app), but a stop
+        # request, which is answered once stopped.
+        self.stopping = False
         self.address_family = socket.AF_INET6 if ":" in server_address[0] else socket.AF_INET
         self.max_pending = _pending_cap(MAX_PENDING)
         self._closed = False  # set by close(), which then wakes serve()
@@ -1424,10 +1438,12 @@ class IntakeMixIn(_ServerBase):
     def _dispatch(self, sock: socket.socket, conn: _Pending) -> None:
         """Hand a whole request that passed the guards to a worker."""
         import socket
-        if not self.reserve_worker():
-            return self._refuse(sock, conn, 503, "too many requests at once; retry")
         head = conn.head
         assert head is not None
+        if self.stopping and not _waits_for_stop(head):
+            return self._refuse(sock, conn, 503, "stopping")  # the client goes on to the next
+        if not self.reserve_worker():
+            return self._refuse(sock, conn, 503, "too many requests at once; retry")
         body = bytes(conn.buf[head.size:head.size + head.length])
         self._forget(sock)
         sock.setblocking(True)
@@ -1477,8 +1493,9 @@ class IntakeMixIn(_ServerBase):
         except Exception:  # noqa: BLE001 - e.g. out of descriptors: the loop comes first
             pass
 
-    def close(self, drain: float) -> None:
-        """Stop accepting; wait up to drain seconds for requests in progress.
+    def close(self, drain: float | None) -> None:
+        """Stop accepting; wait up to drain seconds (None: no limit) for
+        requests in progress.
 
         serve() is woken by a connection to its own listener, never by a
         socketpair: on Windows that is a loopback TCP pair, which anyone
@@ -1486,7 +1503,7 @@ class IntakeMixIn(_ServerBase):
         (CVE-2024-3219). A stranger's connection cannot end the loop: only
         the flag set here does."""
         import socket
-        self._closed = True
+        self.stopping = self._closed = True
         try:
             with socket.create_connection((self.server_name, self.server_port), timeout=1) as sock:
                 sock.sendall(b"\n")  # with TCP_DEFER_ACCEPT, accepted once data comes
@@ -1499,7 +1516,12 @@ class WorkerPoolMixIn(_ServerBase):
     """Mix-in for a socketserver.TCPServer: a request runs on the one spare
     worker thread, or on a new thread; at most MAX_WORKERS at once. The
     spare waits without a timeout: an idle server makes no wake-ups, and
-    starting a thread per request would cost more than the rest of it."""
+    starting a thread per request would cost more than the rest of it.
+
+    A stop drains it: requests in progress get drain()'s time to finish;
+    those still running then are answered at once with a 503 that says so
+    (their handlers' late replies are dropped), so that no client is left
+    with a reset that it could not tell from "never handled"."""
 
     note: Callable[..., None]  # from IntakeMixIn
 
@@ -1512,6 +1534,8 @@ class WorkerPoolMixIn(_ServerBase):
         self._queue: queue.SimpleQueue[tuple[_Request | None, Any]] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._workers = threading.local()
+        self._answered: dict[Any, bool] = {}  # connection of a request in progress -> replied
+        self._stop_waiters: set[Any] = set()  # stop requests: answered once stopped
         super().__init__(*args, **kwargs)
 
     def reserve_worker(self) -> bool:
@@ -1526,6 +1550,9 @@ class WorkerPoolMixIn(_ServerBase):
         """Hand a reserved request to the spare worker, or to a new thread."""
         import threading
         with self._idle:
+            self._answered[request[0]] = False
+            if _waits_for_stop(request[1]):
+                self._stop_waiters.add(request[0])
             if self.spare:
                 self.spare -= 1
                 return self._queue.put((request, client_address))
@@ -1533,8 +1560,8 @@ class WorkerPoolMixIn(_ServerBase):
                          daemon=True).start()
 
     def _work(self, request: _Request | None, client_address: Any) -> None:
-        self._workers.active = True
         while request is not None:
+            self._workers.connection = request[0]
             try:
                 self.finish_request(request, client_address)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - logged; the server goes on
@@ -1542,12 +1569,22 @@ class WorkerPoolMixIn(_ServerBase):
             finally:
                 self.shutdown_request(request)
             with self._idle:
+                self._answered.pop(request[0], None)
+                self._stop_waiters.discard(request[0])
                 self.busy -= 1
                 self._idle.notify_all()
                 if self.spare or self.closing:
                     return
                 self.spare += 1
             request, client_address = self._queue.get()
+
+    def claim_reply(self, connection: Any) -> bool:
+        """True once per request: its reply is the caller's to send."""
+        with self._idle:
+            if self._answered.get(connection):
+                return False
+            self._answered[connection] = True
+            return True
 
     def shutdown_request(self, request: _Request) -> None:  # type: ignore[override]
         super().shutdown_request(request[0])
@@ -1556,26 +1593,50 @@ class WorkerPoolMixIn(_ServerBase):
         self.note(_ERROR, "error while handling a request from %s", client_address[0],
                   exc_info=True)
 
-    def drain(self, timeout: float) -> None:
-        """Let workers end; wait up to timeout seconds for requests in
-        progress (not counting one the calling worker itself handles)."""
+    def _in_progress(self) -> list[Any]:
+        """Requests still to be answered, but stop requests and the calling
+        worker's own (called with _idle held)."""
+        mine = getattr(self._workers, "connection", None)
+        return [conn for conn, replied in self._answered.items()
+                if not replied and conn is not mine and conn not in self._stop_waiters]
+
+    def drain(self, timeout: float | None) -> None:
+        """Let workers end; wait up to timeout seconds (None: no limit) for
+        requests in progress, then answer those still running with a 503."""
         with self._idle:
             self.closing = True
             for _ in range(self.spare):
                 self._queue.put((None, None))
             self.spare = 0
-        mine = 1 if getattr(self._workers, "active", False) else 0
-        deadline = time.monotonic() + timeout
-        said = False
-        with self._idle:
+            start, said = time.monotonic(), False
+            deadline = start + (timeout if timeout is not None else float("inf"))
             # In slices: hurried is set without the lock, by a signal handler.
-            while self.busy > mine and not self.hurried and time.monotonic() < deadline:
-                if not said and time.monotonic() > deadline - timeout + 0.5:
+            while self._in_progress() and not self.hurried and time.monotonic() < deadline:
+                if not said and time.monotonic() > start + 0.5:
                     said = True  # not for a request that was just sending its reply
-                    self.note(_WARNING, "waiting up to %.0f s for %d request(s) in progress; "
+                    self.note(_WARNING, "waiting up to %s s for %d request(s) in progress; "
                               "stop again (Ctrl-C) to end them at once", timeout,
-                              self.busy - mine)
-                self._idle.wait(min(0.1, deadline - time.monotonic()))
+                              len(self._in_progress()))
+                self._idle.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            abandoned = self._in_progress()
+            for conn in abandoned:
+                self._answered[conn] = True
+        for conn in abandoned:
+            try:
+                conn.sendall(_error_reply(503, "the primary stopped before this request's "
+                                               "handler finished; it may have done part of "
+                                               "its work"))
+            except OSError:
+                pass
+        if abandoned:
+            self.note(_WARNING, "stopped with %d request(s) still being handled", len(abandoned))
+
+    def answer_stop_requests(self, timeout: float) -> None:
+        """Wait up to timeout seconds while stop requests send their replies."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._stop_waiters and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
 
 
 class RequestHandler(_HandlerBase):
@@ -1590,7 +1651,7 @@ class RequestHandler(_HandlerBase):
                  server: IntakeMixIn) -> None:
         self.connection, self.head, self.body = request
         self.client_address, self.server = client_address, server
-        if server.stopping:
+        if server.stopping and not _waits_for_stop(self.head):  # queued before the stop
             self.send(_error_reply(503, "stopping", self.head.method == "HEAD"), 503)
         else:
             self.send(*self.run_wsgi())
@@ -1631,6 +1692,8 @@ class RequestHandler(_HandlerBase):
             return _error_reply(500, "the application failed", head_only), 500
 
     def send(self, reply: bytes, status: int) -> None:
+        if not self.server.claim_reply(self.connection):  # type: ignore[attr-defined]
+            return  # the stop has answered it already
         self.server.note(_DEBUG, "%s %s %s -> %d", self.client_address[0], self.head.method,
                          self.head.target.partition("?")[0], status)
         try:
@@ -1833,12 +1896,12 @@ def _decode(content_type: str, data: bytes) -> Any:
 
 
 class _Client:
-    """Talks to the primary of name in app_dir, wherever it runs.
+    """Talks to whoever is the primary of name in app_dir now, wherever it
+    runs. Every call keeps to one _Wait, through every phase: waiting for a
+    primary in its start-up, connecting, the handler, a stop.
 
     Attributes:
         found (dict): the primary's published state, as last located.
-        own (dict): this process' own primary's state, while it is one:
-            then nothing is looked up.
     """
 
     def __init__(self, name: str, app_dir: str, scope_suffix: str = "") -> None:
@@ -1846,21 +1909,19 @@ class _Client:
         stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope_suffix))  # per machine
         self.lock_file, self.pid_file = stem + ".lock", stem + ".pid"
         self.found: dict | None = None
-        self.own: dict | None = None
         self._dir_checked = False
 
     def running(self) -> bool:
-        return self.own is not None or _primary_holds(self.lock_file)
+        return _primary_holds(self.lock_file)
 
-    def locate(self, wait: _Wait) -> dict:
-        """The primary's published state, waiting through its start-up.
+    def locate(self, wait: _Wait, past: str | None = None) -> dict:
+        """The primary's published state, waiting through its start-up, and
+        past the primary whose token is past (it said it is stopping).
 
         Raises:
             ProcessDoesNotExist: no primary holds the lock.
-            Timeout: one holds it but published no address in time.
+            Timeout: one holds it but published no (other) address in time.
         """
-        if self.own is not None:
-            return self.own
         _opener()  # every module a call imports, before it uses any (see there)
         if not self._dir_checked:  # once: only its owner could loosen it later
             try:
@@ -1868,36 +1929,88 @@ class _Client:
                 self._dir_checked = True
             except FileNotFoundError:
                 pass  # then there is no lock file either
-        self.found = wait.until(self._published, lambda: self.no_address(wait.limit))
+        self.found = wait.until(lambda: self._published(past),
+                                lambda: self.no_address(wait.limit, past))
         return self.found
 
-    def _published(self) -> dict | None:
+    def _published(self, past: str | None = None) -> dict | None:
         if not _primary_holds(self.lock_file):
             raise ProcessDoesNotExist("no %r process is running (looked in %s); start one "
                                       "first" % (self.name, self.app_dir),
                                       self.name, self.app_dir)
-        return _read_state(self.pid_file)
+        state = _read_state(self.pid_file)
+        return None if state is None or state["token"] == past else state
 
-    def no_address(self, limit: float | None) -> Timeout:
-        return Timeout("%r holds its lock (%s) but published no address within %.1f s: it "
-                       "is starting up or shutting down slowly, or is hung; retry with a "
-                       "longer timeout, or end that process" % (
-                           self.name, self.lock_file, limit or 0.0), self.name, limit or 0.0)
+    def no_address(self, limit: float | None, past: str | None = None) -> Timeout:
+        phase = ("the primary it reached is stopping, and no next primary answered"
+                 if past else "it holds its lock (%s) but published no address" % self.lock_file)
+        return Timeout("%r did not become reachable within %.1f s: %s; it is starting up or "
+                       "shutting down slowly, or is hung; retry with a longer timeout, or "
+                       "end that process" % (self.name, limit or 0.0, phase),
+                       self.name, limit or 0.0)
 
-    def call(self, method: str, route: str, payload: Any, limit: float | None) -> Any:
-        """One request to the primary, retried only where that is safe.
+    def call(self, method: str, route: str, payload: Any, wait: _Wait,
+             follow: bool = True) -> Any:
+        """One request to whoever is primary now, within wait. Tried again
+        only where nothing was handled: a refused connection, a primary
+        that answered "stopping", or one cut off after it withdrew its
+        address (a stop closes its listener; what was queued there was
+        never read). A cut from a primary that did not withdraw (it
+        crashed) is an Error: the request may have been handled. Without
+        follow, a primary that stops (or is gone) is waited for, and no
+        next one is asked: the call returns None.
 
         Raises:
-            ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
+            ProcessDoesNotExist, Timeout, Unreachable, RequestError (a
+            4xx/5xx answer), Error.
         """
         _opener()  # every module a call imports, before it uses any (see there)
         body = None if payload is None else self.body(payload)
-        wait = _Wait(limit)
-        # Even an unbounded call gives up reconnecting after a while.
-        reconnect = wait if limit is not None else _Wait(DEFAULT_TIMEOUT)
         path = "/" + route.lstrip("/")
-        return reconnect.until(lambda: self._exchange(method, path, body, wait),
-                               self._unreachable)[0]
+        follow = follow and (method, path) != ("POST", "/stop")  # a stop is for that one
+        past: str | None = None  # the token of a primary that is stopping
+        refused: _Wait | None = None  # even an unbounded call stops reconnecting
+        while True:
+            state = self.locate(wait, past)
+            result = self._exchange(state, method, path, body, wait)
+            if result == "refused":
+                refused = refused or (wait if wait.limit is not None else _Wait(DEFAULT_TIMEOUT))
+                if refused.over():
+                    raise self.unreachable(state)
+                refused.pause()
+            elif isinstance(result, str):  # stopping or withdrawn: on to the next primary
+                past = state["token"]
+                if not follow:  # or only until this one is gone
+                    try:
+                        self.locate(wait, past)
+                    except ProcessDoesNotExist:
+                        pass
+                    return None
+            else:
+                return self.answer(result[0], result[1], "%s %s" % (method, path))
+
+    def _exchange(self, state: dict, method: str, path: str, body: bytes | None,
+                  wait: _Wait) -> tuple[int, Any] | str:
+        """One exchange with the primary that published state: its status
+        and decoded reply, or "refused", "stopping" or "withdrawn" when
+        nothing was handled.
+
+        Raises:
+            Timeout, Error: see transport_error.
+        """
+        import http.client
+        try:
+            status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
+                                        body, state["token"], wait.remaining())
+        except (OSError, http.client.HTTPException) as exc:
+            kind = self.transport_error(exc, state, "%s %s" % (method, path), wait.limit)
+            if isinstance(kind, str):
+                return kind
+            raise kind from None
+        reply = _decode(ctype, data)
+        if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
+            return "stopping"
+        return status, reply
 
     def body(self, payload: Any) -> bytes:
         """payload as a JSON body. Raises Error, before anything is sent."""
@@ -1912,24 +2025,6 @@ class _Client:
                         "send less, or a file name" % (len(body), self.name, MAX_BODY))
         return body
 
-    def _exchange(self, method: str, path: str, body: bytes | None, wait: _Wait) -> Any:
-        """One attempt: the decoded reply (wrapped, so that None is a reply
-        too), or None to try again."""
-        import http.client
-        state = self.locate(wait)
-        try:
-            status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
-                                        body, state["token"], wait.remaining())
-        except (OSError, http.client.HTTPException) as exc:
-            error = self.transport_error(exc, state, "%s %s" % (method, path), wait.limit)
-            if error is not None:
-                raise error from None
-            return None  # refused: nothing was delivered
-        reply = _decode(ctype, data)
-        if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
-            return None  # a withdrawn address: locate() waits, then finds what runs
-        return [self.answer(status, reply, "%s %s" % (method, path))]
-
     def answer(self, status: int, reply: Any, what: str) -> Any:
         """The reply, or the RequestError a 4xx or 5xx status means."""
         if status >= 400:
@@ -1939,30 +2034,36 @@ class _Client:
         return reply
 
     def transport_error(self, exc: Exception, state: dict, what: str,
-                        limit: float | None) -> Error | None:
+                        limit: float | None) -> Error | str:
         """What a failed exchange means: Timeout (no answer in time), Error
-        (cut off after sending, or not HTTP), or None: refused, so nothing
-        was delivered and it may be tried again."""
+        (cut off by a primary that did not withdraw its address, or not
+        HTTP), "refused" or "withdrawn": nothing was handled, try again."""
         import http.client
         import socket
         reason = getattr(exc, "reason", exc)  # urllib wraps some in URLError
         where = "%r (pid %s at %s)" % (self.name, state.get("pid"), state["address"])
+        if (isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout)) and (
+                what == "POST /stop"):
+            return Timeout("asked %s to stop, but it still runs after %.1f s: it may be stuck "
+                           "in on_stop or a handler; end pid %s if it never stops"
+                           % (where, limit or 0.0, state.get("pid")), self.name, limit or 0.0)
         if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
             return Timeout("%s did not answer %s within %.1f s: it is busy or hung; retry "
                            "with a longer timeout, or stop it (python -m tcbon %s stop)"
                            % (where, what, limit or 0.0, self.name), self.name, limit or 0.0)
         if isinstance(reason, ConnectionRefusedError):
-            self.found = state
-            return None
+            return "refused"
         if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
             return Error("%s sent a reply that is not HTTP (%s): is another program using "
                          "its port?" % (where, exc))
+        now = _read_state(self.pid_file)
+        if now is None or now["token"] != state["token"]:
+            return "withdrawn"  # a stop's closed listener: never read, never handled
         return Error("lost the connection to %s during %s (%s): it may have exited; the "
                      "request may or may not have been handled" % (where, what, reason))
 
-    def _unreachable(self) -> Unreachable:
+    def unreachable(self, state: dict) -> Unreachable:
         import socket
-        state = self.found or {}
         pid, address, host = state.get("pid"), state.get("address"), state.get("host")
         where = "" if host in (None, socket.gethostname()) else " on host %s" % host
         return Unreachable(
@@ -1972,15 +2073,27 @@ class _Client:
             "its server has died; stop or end it where it runs" % (
                 self.name, pid, where, address, self.app_dir), self.name, pid, str(address), host)
 
-    def stop(self, limit: float | None) -> None:
-        """Ask the primary to stop; return once it has released its lock."""
-        wait = _Wait(limit)
-        self.call("POST", "stop", {}, limit)
-        pid = self.found.get("pid") if self.found else None
-        wait.until(lambda: None if _primary_holds(self.lock_file) else True, lambda: Timeout(
-            "asked %r to stop, but it still runs after %.1f s; it may be stuck in on_stop; "
-            "end pid %s if it never stops" % (self.name, limit or 0.0, pid),
-            self.name, limit or 0.0))
+    def stop(self, wait: _Wait) -> None:
+        """Stop whoever is primary now; return once it has stopped (its
+        lock released: a primary answers /stop only then), even if another
+        launch is the next primary by then.
+
+        Raises:
+            ProcessDoesNotExist: none runs.
+            Timeout: it did not stop within wait.
+        """
+        self.call("POST", "stop", {}, wait)
+
+    def stop_one(self, state: dict, wait: _Wait) -> None:
+        """Ask the primary that published state, and no other, to stop;
+        return once it has, or is stopping already.
+
+        Raises:
+            Timeout, RequestError, Error.
+        """
+        result = self._exchange(state, "POST", "/stop", b"{}", wait)
+        if not isinstance(result, str):
+            self.answer(result[0], result[1], "POST /stop")
 
 
 # Executors -------------------------------------------------------------------
@@ -2390,6 +2503,16 @@ def _piped_stdin() -> str | None:
     return text
 
 
+def _relay(reply: Any) -> int:
+    """Write a launch's reply's stdout and stderr here; return its exit_code."""
+    reply = reply if isinstance(reply, dict) else {}
+    for key, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        if isinstance(reply.get(key), str):
+            _say(stream, reply[key])
+    code = reply.get("exit_code")
+    return code if isinstance(code, int) else EXIT_OK
+
+
 def _this_argv() -> list[str]:
     """sys.argv, which embedded interpreters may lack or leave empty."""
     return list(getattr(sys, "argv", None) or [])
@@ -2413,6 +2536,60 @@ def _handle_signals(names: tuple[str, ...], handler: Callable[[], Any]) -> Calla
     def undo() -> None:
         for signum, old in previous.items():
             signal.signal(signum, old)
+    return undo
+
+
+def _wake_on_signals(wake: Callable[[], Any]) -> Callable[[], None]:
+    """Call wake() from a thread of its own whenever a signal arrives;
+    return what undoes it. Python runs a signal handler only once the main
+    thread runs Python code, and a Tk, Qt or GTK main loop idles in C: wake
+    (the executor's) makes the loop run a Python call at once, and the
+    handler with it. The signal module writes each signal's number to the
+    wake-up descriptor; one set before (asyncio's) still gets every byte.
+    Not on Windows, where it must be a socket: a loopback pair that others
+    could connect to first (CVE-2024-3219)."""
+    import signal
+    import threading
+    if not _SIGNAL_WAKE or threading.current_thread() is not threading.main_thread():
+        return _nothing
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        before = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except (ValueError, OSError):  # pragma: no cover - an embedding host's choice
+        os.close(read)
+        os.close(write)
+        return _nothing
+
+    def watch() -> None:
+        while True:
+            try:
+                data = os.read(read, 64)
+            except OSError:
+                return
+            if not data or data.endswith(b"\0"):  # undone
+                break
+            if before != -1:
+                try:
+                    os.write(before, data)
+                except OSError:
+                    pass
+            try:
+                wake()
+            except Exception:  # noqa: BLE001 - the loop may be gone: nothing to wake
+                pass
+        os.close(read)
+
+    threading.Thread(target=watch, name="tcbon-signals", daemon=True).start()
+
+    def undo() -> None:
+        if signal.set_wakeup_fd(before, warn_on_full_buffer=False) != write:
+            signal.set_wakeup_fd(write, warn_on_full_buffer=False)  # someone chained to us
+            return
+        try:
+            os.write(write, b"\0")
+        finally:
+            os.close(write)
     return undo
 
 
@@ -2440,7 +2617,7 @@ class _Gate:
         return self.opened
 
 
-_primaries: Any = None  # a WeakSet of the Process objects that are primaries here
+_primaries: Any = None  # a WeakSet of the _Primary parts of this process
 
 
 def _nothing() -> None:
@@ -2452,8 +2629,318 @@ def _forget_primaries_after_fork() -> None:
     shares the parent's lock (one open file description): closing its copy
     of the descriptor is harmless, unlocking would free the parent's lock,
     and so would removing its state or stopping its server at exit."""
-    for process in list(_primaries or ()):
-        process._forget_primary()
+    for primary in list(_primaries or ()):
+        primary.forget()
+
+
+def _in_a_handler() -> bool:
+    """True on a thread that is handling a request of a primary of this
+    process: a route, or an event handler run by an executor."""
+    return (getattr(_local, "request", None) is not None
+            or getattr(_local, "handling", False))
+
+
+class _Stopping(Exception):
+    """A handler queued before a stop was asked for is not run: its sender
+    goes on to the next primary."""
+
+
+class _Primary:
+    """This process as the primary of one name. It exists from the lock
+    taken to the lock released, and owns both, the server and its thread,
+    the published state and the stop sequence: what happens when a primary
+    stops is stop(), below.
+
+    Attributes:
+        process (Process): whose hooks, handlers and settings it uses.
+        state (dict): what it published (pid, address, token, ...).
+        asked (_Gate): opened by the first stop request.
+        done (_Gate): opened once it has stopped (its lock released).
+    """
+
+    def __init__(self, process: Process, fd: int) -> None:
+        self.process, self.fd = process, fd
+        self.state: dict = {}
+        self.server: IntakeMixIn | None = None
+        self.thread: Any = None
+        self.started, self.asked, self.done = _Gate(), _Gate(), _Gate()
+        self._starter = _thread.get_ident()
+        self.hurried = False  # a second stop request came during the stop
+        self.waiter = False  # a thread waits in run_forever()/main() to stop us
+        self.serving: Any = None  # the executor whose calls that thread runs
+        self.drain: float | None = process.drain_limit()  # for requests in progress
+        self._undo: list[Callable[[], None]] = []
+        self._stopper: int | None = None  # the thread running the stop sequence
+        self.exit_code = EXIT_OK  # what the first launch's own handler said (main())
+        self._once = _thread.allocate_lock()  # the stop sequence runs once
+
+    # Starting -----------------------------------------------------------------
+    def start(self, signals: bool, waiter: bool) -> None:
+        """With the lock held: listen, on_start(), serve, publish; if any of
+        it fails, withdraw, stop listening and release the lock (on_stop
+        does not run). signals: SIGTERM stops us from on_start() on (a stop
+        asked for then is carried out right after it); waiter: a thread
+        will wait for a stop.
+
+        Raises:
+            Error: the server cannot listen; whatever on_start raised.
+        """
+        import atexit
+        process = self.process
+        try:
+            _withdraw(process.pid_file)  # a crashed primary's address is never contacted again
+            self.server = self._listen()
+            if signals:
+                self.waiter = waiter
+                self.handle_signals(_STOP_SIGNALS)
+            process.on_start()
+            self._publish(self.server)
+            atexit.register(self.at_exit)
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            self.started.open()  # a stop asked for meanwhile may go on
+        process._note(_INFO, "%s serving at %s (pid %d)", process.name, self.state["address"],
+                      self.state["pid"])
+
+    def _listen(self) -> IntakeMixIn:
+        process = self.process
+        try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
+            return _server_class()(process._bind, process.wsgi, os.urandom(24).hex(),
+                                   process._note)
+        except OSError as exc:
+            raise Error("%r cannot listen on %s: %s; pass another address, or none to let "
+                        "the system pick a free port" % (
+                            process.name, _format_address(*process._bind), _reason(exc))) from exc
+
+    def _abort(self) -> None:
+        """Undo a start that failed half-way."""
+        self._once.acquire()  # no stop sequence: stops wait for the start
+        try:
+            if self.state:
+                _withdraw(self.process.pid_file)  # ours: we hold the lock
+        except StateError:
+            pass  # what start-up raised says more
+        finally:
+            try:
+                if self.server is not None:
+                    self._close(self.server)
+            finally:
+                self.end_wait()
+                self._release()
+
+    def _publish(self, server: IntakeMixIn) -> None:
+        import socket
+        import threading
+        process = self.process
+        self.thread = threading.Thread(target=server.serve, daemon=True,
+                                       name="tcbon-%s" % process.name)
+        self.thread.start()
+        self.state = {"tcbon": PROTOCOL, "version": __version__, "name": process.name,
+                      "pid": os.getpid(),
+                      "address": _format_address(server.server_name, server.server_port),
+                      "token": server.token, "started": time.time(),
+                      "host": socket.gethostname(), "machine": _machine()}
+        _write_state(process.pid_file, self.state)
+        _primaries.add(self)
+
+    # Signals and waiting ---------------------------------------------------------
+    def handle_signals(self, names: tuple[str, ...], interrupt: bool = False) -> None:
+        """Let these signals stop us (see signalled); wake the executor's
+        loop when one arrives, so that its handler runs at once."""
+        self._undo.append(_handle_signals(names, lambda: self.signalled(interrupt)))
+        executor = self.process.executor
+        if executor is not None and len(self._undo) == 1:
+            self._undo.append(_wake_on_signals(lambda: _submit_later(executor, _nothing)))
+
+    def signalled(self, interrupt: bool = False) -> None:
+        """SIGTERM (SIGBREAK on Windows), or Ctrl-C where tcbon handles it:
+        the first stops us cleanly (interrupt: by KeyboardInterrupt, out of
+        a main loop that nothing else could end); a later one hurries the
+        stop."""
+        if not self.asked.opened:
+            if not interrupt:
+                return self.stop_soon()
+            self.ask()
+            raise KeyboardInterrupt
+        self.hurried = True
+        if self.server is not None:
+            self.server.hurried = True  # ends the wait for requests in progress
+        if self._stopper == _thread.get_ident():
+            raise KeyboardInterrupt  # a slow on_stop, here: stop() goes on
+
+    def wait(self, gate: _Gate) -> None:
+        """Wait until gate opens; with a MainThreadExecutor of this thread,
+        run its calls meanwhile (a script's loop: Blender's --background,
+        a command-line tool), so that handlers and on_stop run here."""
+        executor = self.process.executor
+        if not (isinstance(executor, MainThreadExecutor) and executor.is_own_thread()):
+            while not gate.wait(_WAIT_SLICE):
+                pass
+            return
+        self.serving = executor
+        try:
+            while not gate.opened:
+                executor.run_pending(_WAIT_SLICE)
+        finally:
+            self.serving = None
+
+    def end_wait(self) -> None:
+        self.waiter = False
+        while self._undo:
+            self._undo.pop()()
+
+    # Stopping ----------------------------------------------------------------
+    def ask(self) -> None:
+        """Note a stop request: from now on requests are answered
+        "stopping" and go on to the next primary, and a thread that waits
+        for the request wakes up."""
+        self.asked.open()
+        if self.server is not None:
+            self.server.stopping = True
+        self._ring()
+
+    def _ring(self) -> None:
+        """Wake the thread waiting in wait(), whatever it runs meanwhile."""
+        serving = self.serving
+        if serving is not None:
+            serving.submit_later(_nothing)
+
+    def stop_soon(self) -> None:
+        """Stop after this (the /stop route, SIGTERM, stop() in a handler):
+        on the thread waiting in run_forever() or main() if there is one,
+        else through the executor (on_stop then runs on the UI thread),
+        else on a thread of its own."""
+        if self.asked.opened:
+            return
+        self.ask()
+        if self.waiter:
+            return
+        executor = self.process.executor
+        if executor is not None:
+            # Queued even from the executor's own thread: this may be a signal
+            # handler, which must not stop us in the middle of its thread's work.
+            _submit_later(executor, self.stop)
+        else:
+            import threading
+            threading.Thread(target=self.stop, name="tcbon-stop", daemon=True).start()
+
+    def stop(self) -> None:
+        """The stop sequence, once: withdraw the address (a launch from now
+        on waits for the lock and becomes the next primary: tauri#1692),
+        on_stop(), stop serving (waiting up to self.drain for requests in
+        progress), release the lock, then answer the stop requests. A
+        second call waits for the first to end, running the executor's
+        calls if it is this thread's."""
+        if not self.started.opened:
+            if self._starter == _thread.get_ident():  # from on_start: after the start
+                return self.stop_soon()
+            self.started.wait()
+        if not self._once.acquire(False):
+            if self._stopper != _thread.get_ident():  # on_stop may call stop()
+                self.wait(self.done)
+            return
+        if self.done.opened:  # the start failed and let go of everything
+            return
+        self._stopper = _thread.get_ident()
+        process, server = self.process, self.server
+        self.ask()
+        try:
+            self._withdraw()
+            process.on_stop()
+        except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, cleanly
+            process._note(_WARNING, "%s: on_stop was interrupted", process.name)
+        finally:
+            self._stopper = None
+            if server is not None:
+                self._close(server)
+            self._release()
+            process._note(_INFO, "%s stopped", process.name)
+            if server is not None:
+                server.answer_stop_requests(1.0)
+
+    def _withdraw(self) -> None:
+        """Only our own: if app_dir was deleted under us, the file there now
+        belongs to a newer primary."""
+        path = self.process.pid_file
+        state = _read_state(path)
+        if state is not None and state.get("token") == self.state.get("token") and not (
+                _withdraw(path)):
+            self.process._note(_WARNING, "%s: left %s behind, empty: another program keeps "
+                               "it open", self.process.name, path)
+
+    def _close(self, server: IntakeMixIn) -> None:
+        import threading
+        server.hurried = server.hurried or self.hurried
+        server.close(drain=self.drain)
+        thread = self.thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join()
+        server.server_close()
+
+    def _release(self) -> None:
+        import atexit
+        atexit.unregister(self.at_exit)
+        if _primaries is not None:
+            _primaries.discard(self)
+        try:
+            _unlock(self.fd)
+        finally:
+            os.close(self.fd)
+            self.process._primary_ended(self)
+            self.done.open()
+            self._ring()
+
+    def at_exit(self) -> None:
+        if not self.done.opened:
+            self.stop()
+
+    def forget(self) -> None:
+        """After fork, in the child: not the primary, without unlocking,
+        withdrawing or stopping anything of the parent's."""
+        import atexit
+        atexit.unregister(self.at_exit)
+        os.close(self.fd)  # the child's copy only
+        _primaries.discard(self)
+        self.process._primary_ended(self)
+        self.process._inherited = True  # its stop() must not stop the parent
+        self.process._lifecycle = _thread.RLock()  # another thread may have held it
+
+    # Serving -------------------------------------------------------------------
+    def took_own_launch(self, result: Any) -> None:
+        """What the handler said to the first launch (main()'s own argv):
+        its stdout and stderr are written here, its exit_code kept for
+        main() to return; a Future is followed until it is done."""
+        if not _is_future(result):
+            self.exit_code = _relay(result)
+        elif not result.done():
+            result.add_done_callback(self.took_own_launch)
+        elif result.cancelled() or result.exception() is not None:
+            self.process._note(_ERROR, "%s: the handler of the first launch failed: %r",
+                               self.process.name, None if result.cancelled()
+                               else result.exception())
+        else:
+            self.took_own_launch(result.result())
+
+    def handler(self, handler: Callable, event: dict) -> Callable[[], Any]:
+        """handler(event) as the executor runs it: not at all once a stop
+        was asked for (the closing app must not tell a launch that it took
+        its work), and known there as a handler (see Process.stop)."""
+        def call() -> Any:
+            if self.asked.opened:
+                raise _Stopping()
+            outer, _local.handling = getattr(_local, "handling", False), True
+            try:
+                return handler(event)
+            finally:
+                _local.handling = outer
+        return call
+
+
+def _submit_later(executor: Any, fn: Callable[[], Any]) -> Any:
+    """Queue fn on an executor, never running it in the calling frame."""
+    return getattr(executor, "submit_later", executor.submit)(fn)
 
 
 class _LazyLog:
@@ -2475,17 +2962,19 @@ class Process:
     the same user) get ProcessExists from start() and can talk to the primary
     with get(), send() and stop(). Events are dicts with at least a "name".
 
-    A primary's life: start() (lock, server, on_start, publish), serving,
-    then stop() (withdraw the address, on_stop, stop serving, unlock), once.
-    run_forever() and main() add waiting for a stop (stop() from anywhere,
-    Ctrl-C, SIGTERM) in between.
+    One object, two roles: while it is the primary it has a primary part
+    (_Primary: the lock, the server, the published state, the stop
+    sequence), gone once it stops; as a client (get, send, handoff, stop,
+    info) it always talks to whoever is the primary now, which may be
+    itself, another object or another process. Nothing a client call
+    learns changes the object itself.
 
     Attributes:
         log (logging.Logger): the Process' logger.
         wsgi (App): the Flask-like WSGI app; add routes with ``wsgi.route``.
         wsgi_thread (threading.Thread): the thread serving wsgi, once started.
         event_handlers (dict): event name -> handler(event) -> dict or None.
-        name, app_dir, address, pid, timeout: as given or as found.
+        name, app_dir, timeout: as given.
 
     Args:
         name (str): name of the application (a file name: no '/', '..', NUL).
@@ -2494,8 +2983,10 @@ class Process:
         app_dir (str): directory for the lock and state files; default:
             the per-user data directory (see default_app_dir).
         debug (bool): log at DEBUG level (to stderr if logging is not set up).
-        timeout (float): default limit, in seconds, for client calls and
-            waits; None waits without limit.
+        timeout (float): default limit, in seconds, for each call (every
+            phase of it: finding a primary in its start-up, its handler, a
+            stop) and for the wait for requests in progress when this
+            primary stops; None waits without limit.
         executor: where event handlers run: any object with a
             concurrent.futures-style ``submit(fn, *args)``, e.g. a
             MainThreadExecutor for a Tk or Qt app or an AsyncioExecutor.
@@ -2522,28 +3013,17 @@ class Process:
         self.name = _check_name(name)
         self.forward_env = [forward_env] if isinstance(forward_env, str) else list(forward_env)
         self._bind = _parse_address(address) if address is not None else ("127.0.0.1", 0)
-        self.address = _format_address(*self._bind) if address is not None else None
         self.scope = scope
         self._scope = _scope_suffix(scope)
         self.app_dir = app_dir or default_app_dir(name)
         self.timeout = _check_timeout(timeout)
         self.executor = executor
-        self.pid: int | None = None
-        self.started: float | None = None
         self.event_handlers: dict[str, Callable] = {SECOND_INSTANCE: self.on_second_instance}
         self.wsgi_thread: Any = None
-        self._server: IntakeMixIn | None = None  # while serving
-        self._lock_fd: int | None = None  # while the primary
-        self._token: str | None = None
-        self._lifecycle = _thread.RLock()  # start and stop, one at a time
-        self._stop_asked = _Gate()  # opened by the first stop request
-        self._waiter = False  # a thread waits in run_forever()/main() to stop us
-        self._undo_signals: list[Callable[[], None]] = []
-        self._hurried = False  # a second stop request came during the stop
-        self._closing: IntakeMixIn | None = None  # the server being stopped
-        self._serving: MainThreadExecutor | None = None  # run_forever() runs its calls
+        self._primary: _Primary | None = None  # while this object is the primary
+        self._inherited = False  # a forked child's copy of a primary (see stop)
+        self._lifecycle = _thread.RLock()  # becoming the primary, one at a time
         self._warned_idle = False
-        self._in_on_stop: int | None = None  # the thread running on_stop()
         self._debug = debug
         self._log: Any = None
         if debug or type(self).setup_logger is not Process.setup_logger:
@@ -2563,8 +3043,9 @@ class Process:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.is_primary:
-            self.stop()
+        primary = self._primary  # unless stopped already (remotely, say)
+        if primary is not None:
+            primary.stop()
 
     @property
     def log(self) -> Any:
@@ -2594,7 +3075,7 @@ class Process:
             return
         self.log.log(level, message, *args, exc_info=exc_info)
 
-    # Where things are ---------------------------------------------------------
+    # What it is -----------------------------------------------------------------
     @property
     def app_dir(self) -> str:
         """The directory of the lock and state files."""
@@ -2616,8 +3097,27 @@ class Process:
 
     @property
     def is_primary(self) -> bool:
-        """True while this object is the running primary."""
-        return self._lock_fd is not None
+        """True while this object is the primary (until its stop has released the lock)."""
+        return self._primary is not None
+
+    @property
+    def address(self) -> str | None:
+        """While the primary: the address it serves on; else the one asked
+        for (None: any free port)."""
+        if self._primary is not None and self._primary.state:
+            return self._primary.state["address"]
+        return None if self._bind == ("127.0.0.1", 0) else _format_address(*self._bind)
+
+    @property
+    def pid(self) -> int | None:
+        """While the primary: this process' id; else None (ProcessExists
+        and info() tell the primary's)."""
+        return (self._primary.state.get("pid") if self._primary is not None else None)
+
+    @property
+    def started(self) -> float | None:
+        """While the primary: when it started serving (time.time())."""
+        return (self._primary.state.get("started") if self._primary is not None else None)
 
     @property
     def wsgi_running(self) -> bool:
@@ -2629,41 +3129,50 @@ class Process:
         """True while a primary of this name runs, from any Process object."""
         return self.is_primary or self._client.running()
 
+    def drain_limit(self) -> float:
+        """How long a stop waits for requests in progress, unless told."""
+        return DEFAULT_TIMEOUT if self.timeout is None else self.timeout
+
     # Becoming the primary -----------------------------------------------------
     def start(self, timeout: float | None = _DEFAULT, replace: bool = False) -> None:
         """Become the primary: take the lock, serve wsgi, publish the address.
 
         If the lock is held but the holder has not published its address yet
         (starting up) or has withdrawn it (stopping), waits for one or the
-        other, at most ``timeout`` seconds. With ``replace``, asks a running
-        primary to stop and takes its place (like GApplication's --replace).
+        other, at most ``timeout`` seconds. With ``replace``, stops the
+        running primary and takes its place (like GApplication's --replace);
+        if another launch takes it first, that one stays.
 
         Raises:
             ProcessExists: another instance is the primary (it has the pid
-                and address; this object's address and pid are set too).
+                and address), or this process is already (it says so).
             Timeout: the lock stayed held with no address for too long.
             StateError: app_dir or its files cannot be used safely.
             Error: the server cannot listen on the address given.
         """
-        self._become_primary(self._limit(timeout), replace)
+        try:
+            self._become_primary(_Wait(self._limit(timeout)), replace)
+        except ProcessExists as exc:  # the usual answer: a traceback of this call alone
+            raise exc.with_traceback(None) from None
 
-    def _become_primary(self, limit: float | None, replace: bool = False,
-                        signals: bool = False, waiter: bool = False) -> None:
-        """start(). signals: SIGTERM stops us from on_start() on (run_forever
-        and main); waiter: a thread will wait in _serve_until_stopped()."""
-        wait = _Wait(limit)
+    def _become_primary(self, wait: _Wait, replace: bool = False, signals: bool = False,
+                        waiter: bool = False) -> None:
+        replaced = False
         while True:
             try:
                 return self._take_over(wait, signals, waiter)
-            except ProcessExists:
-                if not replace:
+            except ProcessExists as exc:
+                if not replace or replaced:
                     raise
-            try:
-                self._stop_primary(wait.remaining())
-            except ProcessDoesNotExist:
-                pass  # it stopped by itself meanwhile
-            if wait.over():
-                raise self._client.no_address(limit)
+                found = exc
+            replaced = True  # once: a launch that took over meanwhile stays
+            local = self._local_primary()
+            state = _read_state(self.pid_file)
+            if local is not None:
+                local.stop()
+            elif state is not None and (state["pid"], state["address"]) == (found.pid,
+                                                                            found.address):
+                self._client.stop_one(state, wait)
 
     def _take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
         global _primaries
@@ -2673,21 +3182,20 @@ class Process:
             if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
                 os.register_at_fork(after_in_child=_forget_primaries_after_fork)
         with self._lifecycle:
-            if self.is_primary:
+            if self._primary is not None:
                 return
             _ensure_private_dir(self.app_dir)
             fd = _open_lock(self.lock_file)
             try:
-                wait.until(lambda: self._try_lock(fd), lambda: self._client.no_address(wait.limit))
+                wait.until(lambda: self._try_lock(fd),
+                           lambda: self._client.no_address(wait.limit))
             except BaseException:
                 os.close(fd)
                 raise
-            self._lock_fd = fd
-            try:
-                self._serve(signals, waiter)
-            except BaseException:
-                self._release_lock()
-                raise
+            primary = self._primary = _Primary(self, fd)
+            primary.start(signals, waiter)  # on failure, it lets go of everything
+            self._inherited = False
+            self.wsgi_thread = primary.thread
 
     def _try_lock(self, fd: int) -> bool | None:
         """True once ours; None to look again (the holder is a probe, or a
@@ -2701,68 +3209,36 @@ class Process:
         state = _read_state(self.pid_file)
         if state is None:
             return None
-        self.pid, self.address = state["pid"], state["address"]
-        raise ProcessExists("%r is already running (pid %d at %s)" % (
-            self.name, self.pid, self.address), self.name, self.pid, self.address)
+        here = any(p.state.get("token") == state["token"] for p in list(_primaries or ()))
+        message = ("this process (pid %d) is already the primary of %r, through another "
+                   "Process object; stop() that one first, or use start(replace=True)"
+                   % (state["pid"], self.name) if here else
+                   "%r is already running (pid %d at %s)" % (self.name, state["pid"],
+                                                             state["address"]))
+        raise ProcessExists(message, self.name, state["pid"], state["address"])
 
-    def _serve(self, signals: bool, waiter: bool) -> None:
-        """With the lock held: listen, on_start(), serve, publish."""
-        import atexit
-        _withdraw(self.pid_file)  # a crashed primary's address is never contacted again
-        try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
-            server = _server_class()(self._bind, self.wsgi, os.urandom(24).hex(), self._note)
-        except OSError as exc:
-            raise Error("%r cannot listen on %s: %s; pass another address, or none to let "
-                        "the system pick a free port" % (
-                            self.name, _format_address(*self._bind), _reason(exc))) from exc
-        self._stop_asked, self._hurried = _Gate(), False
-        if signals:  # a stop asked for during on_start() is carried out right after it
-            self._waiter = waiter
-            self._undo_signals.append(_handle_signals(_STOP_SIGNALS, self._signalled))
-        try:
-            self.on_start()
-            self._publish(server)
-            atexit.register(self._at_exit)
-        except BaseException:
-            try:
-                _withdraw(self.pid_file)  # ours, if written: we hold the lock
-            except StateError:
-                pass  # what start-up raised says more
-            self._client.own = self._server = None
-            self._close_server(server)
-            self._end_wait()
-            raise
-        self._note(_INFO, "%s serving at %s (pid %d)", self.name, self.address, self.pid)
-
-    def _publish(self, server: IntakeMixIn) -> None:
-        import threading
-        self._server, self._token = server, server.token
-        self.address = _format_address(server.server_name, server.server_port)
-        self.pid, self.started = os.getpid(), time.time()
-        self.wsgi_thread = threading.Thread(target=server.serve, daemon=True,
-                                            name="tcbon-%s" % self.name)
-        self.wsgi_thread.start()
-        import socket
-        state = {"tcbon": PROTOCOL, "version": __version__, "name": self.name,
-                 "pid": self.pid, "address": self.address, "token": server.token,
-                 "started": self.started, "host": socket.gethostname(), "machine": _machine()}
-        _write_state(self.pid_file, state)
-        self._client.own = state
-        _primaries.add(self)
+    def _primary_ended(self, primary: _Primary) -> None:
+        """The primary part's last word, once its lock is released."""
+        if self._primary is primary:
+            self._primary = None
 
     # Serving until stopped ------------------------------------------------------
     def run_forever(self) -> None:
-        """Start, then serve until stopped: by stop() (from here or another
-        process), Ctrl-C or SIGTERM. Returns once stopped.
+        """Start, then serve until stopped: by stop() (from here, another
+        thread or another process), Ctrl-C or SIGTERM. Returns once stopped.
 
         Raises:
             ProcessExists: another instance is the primary.
         """
-        self._become_primary(self.timeout, signals=True, waiter=True)
+        try:
+            self._become_primary(_Wait(self.timeout), signals=True, waiter=True)
+        except ProcessExists as exc:  # the usual answer: a traceback of this call alone
+            raise exc.with_traceback(None) from None
         self._serve_until_stopped(None)
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
-             timeout: float | None = _DEFAULT, forward_stdin: bool = False) -> int:
+             timeout: float | None = _DEFAULT, forward_stdin: bool = False,
+             own_launch: bool = True) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -2772,12 +3248,25 @@ class Process:
         its own streams and returns the reply's ``exit_code`` (0 if absent).
         A launch while the primary shuts down waits and becomes the next one.
 
+        Every launch goes through one door: the first one's own ``argv``
+        reaches the ``second-instance`` handler too, before ``run()``, on
+        the executor's thread, with ``event['primary']`` True (and no
+        ``stdin``); its reply's ``stdout`` and ``stderr`` are written here,
+        and its ``exit_code`` is what main() returns once the primary stops.
+
+        SIGTERM (and Ctrl-C) stop the primary cleanly, also while ``run()``
+        idles in a Tk, Qt or GTK main loop, if the Process has an executor
+        (its wake-up runs the handler at once); a later one hurries the stop.
+
         Args:
             argv (list): what to hand over; default ``sys.argv``.
             run (callable): the primary's main loop; stop() follows its return.
-            timeout (float): limit for the hand-off; None waits until handled.
+            timeout (float): limit for the whole launch, every phase of it;
+                None waits until handled.
             forward_stdin (bool): a later launch whose stdin is not a terminal
                 (``cmd | app -``) hands the text over as ``event['stdin']``.
+            own_launch (bool): False keeps the first launch's argv from the
+                handler (for an app that opens it in on_start itself).
 
         Returns:
             The exit code for this launch: the primary's, or, for an error
@@ -2786,201 +3275,105 @@ class Process:
             6 any other failure.
         """
         argv = _this_argv() if argv is None else list(argv)
+        wait = _Wait(self._limit(timeout))
         while True:
             try:
-                self._become_primary(self._limit(timeout), signals=True, waiter=run is None)
+                self._become_primary(wait, signals=True, waiter=run is None)
             except ProcessExists:
                 try:
                     stdin = _piped_stdin() if forward_stdin else None
-                    return self._relay(self.handoff(argv, timeout=timeout, stdin=stdin))
+                    return _relay(self._handoff(argv, None, None, stdin, wait))
                 except ProcessDoesNotExist:
                     continue  # it went away meanwhile: take its place
                 except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
                     return self._report(exc)
             except Error as exc:
                 return self._report(exc)
-            self._serve_until_stopped(run)
-            return EXIT_OK
+            return self._serve_until_stopped(run, argv if own_launch else None)
 
-    def _serve_until_stopped(self, run: Callable[[], Any] | None) -> None:
+    def _serve_until_stopped(self, run: Callable[[], Any] | None,
+                             own_argv: list[str] | None = None) -> int:
         """Run the app's main loop, or wait for a stop request; then stop.
-        Ctrl-C stops cleanly here (during start-up it cancels the start)."""
+        Ctrl-C's handler is in place before run(): the first stops (or,
+        without an executor to run the stop, interrupts run() once), later
+        ones only hurry the stop (a frozen app's bootloader forwards one
+        more: pyinstaller#2483)."""
+        primary = self._primary
+        if primary is None:  # stopped during on_start, from another thread
+            return EXIT_OK
         try:
+            primary.handle_signals(("SIGINT",), interrupt=run is not None
+                                   and self.executor is None)
+            if own_argv is not None:
+                self._open_own_launch(primary, own_argv)
             if run is not None:
                 run()
-            else:  # Ctrl-C, like SIGTERM, now stops us cleanly
-                self._undo_signals.append(_handle_signals(("SIGINT",), self._signalled))
-                self._wait_for_stop()
+            else:
+                primary.wait(primary.asked)
         except KeyboardInterrupt:
             self._note(_INFO, "%s interrupted", self.name)
         finally:
-            # A stop request during the stop (a second Ctrl-C: a frozen app's
-            # bootloader forwards one more, pyinstaller#2483) hurries it.
-            self._undo_signals.append(_handle_signals(("SIGINT",) + _STOP_SIGNALS,
-                                                      self._signalled))
             try:
-                self._shut_down()
+                primary.stop()
             finally:
-                self._end_wait()
+                primary.end_wait()
+        return primary.exit_code
 
-    def _wait_for_stop(self) -> None:
-        """Wait for a stop request; with a MainThreadExecutor of this
-        thread, run its calls meanwhile (a script's loop: Blender's
-        --background, a command-line tool), so that handlers run here."""
-        executor = self.executor
-        if not (isinstance(executor, MainThreadExecutor) and executor.is_own_thread()):
-            while not self._stop_asked.wait(_WAIT_SLICE):
-                pass
+    def _open_own_launch(self, primary: _Primary, argv: list[str]) -> None:
+        """The first launch's argv, through the door of every later one:
+        the second-instance handler, on the executor's thread (now, if
+        that is this one; else once its loop runs)."""
+        handler = self.event_handlers.get(SECOND_INSTANCE)
+        if handler is None:
             return
-        self._serving = executor
-        try:
-            while not self._stop_asked.opened:
-                executor.run_pending(_WAIT_SLICE)
-        finally:
-            self._serving = None
-
-    def _end_wait(self) -> None:
-        self._waiter = False
-        while self._undo_signals:
-            self._undo_signals.pop()()
+        call = primary.handler(handler, self._launch_event(argv, None, None, None, True))
+        executor = self.executor
+        if executor is None or getattr(executor, "is_own_thread", _nothing)():
+            try:
+                result = call()
+            except Exception:  # noqa: BLE001 - logged, as a later launch's would be
+                return self._note(_ERROR, "%s: the handler of the first launch failed",
+                                  self.name, exc_info=True)
+            return primary.took_own_launch(result)
+        future = _submit_later(executor, call)
+        if _is_future(future):
+            future.add_done_callback(primary.took_own_launch)
 
     def _report(self, exc: Exception) -> int:
         _say(sys.stderr, "%s: %s\n" % (self.name, exc))
         return _exit_code(exc)
 
-    def _relay(self, reply: Any) -> int:
-        reply = reply if isinstance(reply, dict) else {}
-        for key, stream in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-            if isinstance(reply.get(key), str):
-                _say(stream, reply[key])
-        code = reply.get("exit_code")
-        return code if isinstance(code, int) else EXIT_OK
-
     # Stopping ---------------------------------------------------------------
     def stop(self, timeout: float | None = _DEFAULT) -> None:
-        """Stop the primary.
+        """Stop whoever is the primary now, and return once it has stopped.
 
-        On the primary: runs on_stop once, stops the server, withdraws the
-        state file and releases the lock (again: nothing happens). Elsewhere:
-        asks the primary to stop and waits until it has released its lock.
+        On the primary: withdraws the state file, runs on_stop once, stops
+        the server (waiting up to timeout for requests in progress; those
+        still running then get an error reply) and releases the lock;
+        called again meanwhile, it waits for that. Called from a handler
+        (a route or an event handler) of this process' primary, it only
+        asks: the reply goes out first, the stop follows at once.
+        Elsewhere: asks the primary to stop and returns once it has
+        released its lock, even if another launch is the primary by then.
+        In a child forked from the primary, the object the child inherited
+        does nothing: the parent is the primary, and the child's clean-up
+        (a ``with`` block, a ``finally``) must not stop it.
 
         Raises:
             ProcessDoesNotExist: nothing runs under this name.
             Timeout: the primary did not stop in time.
         """
-        if self.wsgi_thread is not None:  # this object is or was the primary
-            return self._shut_down()
-        self._stop_primary(self._limit(timeout))
-
-    def _stop_primary(self, limit: float | None) -> None:
-        """stop() from another Process object: in this process, directly."""
-        local = self._local_primary()
-        if local is None:
-            return self._call(self._client.stop, limit)
-        local._shut_down()  # here: this is the thread that runs its handlers
-
-    def _signalled(self) -> None:
-        """SIGTERM (SIGBREAK on Windows), or Ctrl-C where tcbon handles it:
-        the first stops us cleanly; one during the stop hurries it."""
-        if not self._stop_asked.opened:
-            return self._stop_soon()
-        self._hurried = True
-        server = self._closing
-        if server is not None:
-            server.hurried = True  # ends the wait for requests in progress
-        if self._in_on_stop == _thread.get_ident():
-            raise KeyboardInterrupt  # a slow on_stop, here: _shut_down() goes on
-
-    def _stop_soon(self) -> None:
-        """Stop soon (the /stop route, SIGTERM): on the thread waiting in
-        run_forever() or main() if there is one, else through the executor
-        (on_stop then runs on the UI thread), else on a thread of its own."""
-        if self._stop_asked.opened:
+        limit = self._limit(timeout)
+        primary = self._primary or self._local_primary()
+        if self._inherited:
             return
-        self._stop_asked.open()
-        if self._waiter:
-            if self._serving is not None:
-                self._serving.submit_later(_nothing)  # wakes run_forever's loop
-            return
-        if self.executor is not None:
-            # Queued even from the executor's own thread: this may be a signal
-            # handler, which must not stop us in the middle of its thread's work.
-            getattr(self.executor, "submit_later", self.executor.submit)(self._shut_down)
+        if primary is None:
+            self._client.stop(_Wait(limit))
+        elif _in_a_handler():
+            primary.stop_soon()
         else:
-            import threading
-            threading.Thread(target=self._shut_down, name="tcbon-stop", daemon=True).start()
-
-    def _shut_down(self) -> None:
-        """Stop this primary, once: withdraw the address, on_stop(), stop
-        serving, release the lock."""
-        with self._lifecycle:
-            server, self._server = self._server, None
-            if server is None:
-                return
-            server.stopping = True
-            self._closing = server
-            try:
-                self._withdraw_own_state(server.token)
-            finally:
-                self._finish_stop(server)
-
-    def _withdraw_own_state(self, token: str) -> None:
-        """Withdraw our address first: a launch from now on waits for the
-        lock and becomes the next primary (never forwards to us and is
-        lost: tauri#1692). Only our own: if app_dir was deleted under us,
-        the file there now belongs to a newer primary."""
-        state = _read_state(self.pid_file)
-        if state is not None and state.get("token") == token and not _withdraw(self.pid_file):
-            self._note(_WARNING, "%s: left %s behind, empty: another program keeps it open",
-                       self.name, self.pid_file)
-
-    def _finish_stop(self, server: IntakeMixIn) -> None:
-        """on_stop(), then stop serving and release the lock, whatever happens."""
-        try:
-            self._in_on_stop = _thread.get_ident()
-            self.on_stop()
-        except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, cleanly
-            self._note(_WARNING, "%s: on_stop was interrupted", self.name)
-        finally:
-            self._in_on_stop = None
-            self._close_server(server)
-            self._closing = None
-            self._client.own = None
-            self._release_lock()
-            self._stop_asked.open()
-            self._note(_INFO, "%s stopped", self.name)
-
-    def _close_server(self, server: IntakeMixIn) -> None:
-        import threading
-        server.close(drain=self.timeout if self.timeout is not None else DEFAULT_TIMEOUT)
-        thread = self.wsgi_thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join()
-        server.server_close()
-
-    def _release_lock(self) -> None:
-        import atexit
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            try:
-                _unlock(fd)
-            finally:
-                os.close(fd)
-        atexit.unregister(self._at_exit)
-
-    def _at_exit(self) -> None:
-        if self.is_primary:
-            self._shut_down()
-
-    def _forget_primary(self) -> None:
-        """After fork, in the child: not the primary, without unlocking,
-        withdrawing or stopping anything of the parent's."""
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # the child's copy only
-        self._server = self._client.own = None
-        self._lifecycle = _thread.RLock()  # another thread may have held it
-        _primaries.discard(self)
+            primary.drain = limit  # for requests in progress, unless a stop runs already
+            primary.stop()
 
     # Talking to the primary -----------------------------------------------------
     def handoff(self, argv: list[str] | None = None, cwd: str | None = None,
@@ -3002,24 +3395,35 @@ class Process:
             argv (list): default ``sys.argv``.
             cwd (str): default ``os.getcwd()``.
             data: anything JSON-serializable.
-            timeout (float): None waits until the primary has handled it.
+            timeout (float): for the whole hand-off; None waits until the
+                primary has handled it.
             stdin (str): text for the primary (see main's forward_stdin).
 
         Raises:
             ProcessDoesNotExist, Timeout, RequestError, Error: as send().
         """
-        import fnmatch
-        argv = _this_argv() if argv is None else list(argv)
+        return self._handoff(argv, cwd, data, stdin, _Wait(self._limit(timeout)))
+
+    def _handoff(self, argv: list[str] | None, cwd: str | None, data: Any,
+                 stdin: str | None, wait: _Wait) -> dict:
         if self._local_primary() is None:  # found first: with none, a launch keeps its token
-            _allow_foreground(self._client.locate(_Wait(self._limit(timeout)))["pid"])
+            _allow_foreground(self._client.locate(wait)["pid"])
         tokens = [os.environ.pop(key, None) for key in ("XDG_ACTIVATION_TOKEN",
                                                           "DESKTOP_STARTUP_ID")]
+        event = self._launch_event(argv, cwd, data, stdin)
+        event["activation_token"] = tokens[0] or tokens[1] or None
+        return self._request("POST", "event", event, wait)
+
+    def _launch_event(self, argv: list[str] | None, cwd: str | None, data: Any,
+                      stdin: str | None, primary: bool = False) -> dict:
+        """The second-instance event of a launch: this one's, or (primary)
+        the primary's own, which keeps its activation token for its window."""
+        import fnmatch
         env = {key: value for key, value in os.environ.items()
                if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.forward_env)}
-        event = {"name": SECOND_INSTANCE, "argv": argv,
-                 "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
-                 "activation_token": tokens[0] or tokens[1] or None, "stdin": stdin}
-        return self.send("event", event, timeout=timeout)
+        return {"name": SECOND_INSTANCE, "argv": _this_argv() if argv is None else list(argv),
+                "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
+                "activation_token": None, "stdin": stdin, "primary": primary}
 
     def wait_for_exit(self, timeout: float | None = _DEFAULT) -> None:
         """Block until no primary of this name runs, without asking it to
@@ -3042,7 +3446,7 @@ class Process:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._request("GET", route, None, timeout)
+        return self._request("GET", route, None, _Wait(self._limit(timeout)))
 
     def send(self, route: str, payload: Any = None, timeout: float | None = _DEFAULT) -> Any:
         """Send a POST request with a JSON payload to the specified route.
@@ -3058,33 +3462,34 @@ class Process:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._request("POST", route, {} if payload is None else payload, timeout)
+        payload = {} if payload is None else payload
+        return self._request("POST", route, payload, _Wait(self._limit(timeout)))
 
     def info(self, timeout: float | None = _DEFAULT) -> dict:
         """Ask the primary about itself: name, pid, address, version, start time."""
         return self.get("/", timeout)
 
-    def _request(self, method: str, route: str, payload: Any, timeout: float | None) -> Any:
-        limit = self._limit(timeout)
+    def _request(self, method: str, route: str, payload: Any, wait: _Wait) -> Any:
         local = self._local_primary()
         if local is not None:
-            return local._dispatch(method, route, payload, limit)
-        return self._call(self._client.call, method, route, payload, limit)
+            return local.process._call_directly(method, route, payload, wait.remaining())
+        return self._client.call(method, route, payload, wait)
 
-    def _local_primary(self) -> Process | None:
+    def _local_primary(self) -> _Primary | None:
         """The serving primary of this name in this very process whose
         handlers run on the calling thread (an executor with is_own_thread(),
         such as MainThreadExecutor), as when a DCC tool is relaunched from a shelf
         button on the host's UI thread. Over HTTP, such a call would wait
         for the thread that waits for it; it is made directly instead."""
-        for process in list(_primaries or ()):
-            own_thread = getattr(process.executor, "is_own_thread", None)
-            if (process._server is not None and process.lock_file == self.lock_file
+        for primary in list(_primaries or ()):
+            own_thread = getattr(primary.process.executor, "is_own_thread", None)
+            if (not primary.asked.opened and primary.process.lock_file == self.lock_file
                     and own_thread is not None and own_thread()):
-                return process
+                return primary
         return None
 
-    def _dispatch(self, method: str, route: str, payload: Any, limit: float | None) -> Any:
+    def _call_directly(self, method: str, route: str, payload: Any,
+                       limit: float | None) -> Any:
         """A request to this primary's wsgi app, run on the calling thread,
         no socket: over HTTP, a caller on the thread that runs the handlers
         (a MainThreadExecutor's) would wait for itself until its timeout."""
@@ -3106,21 +3511,13 @@ class Process:
     def _limit(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)
 
-    def _call(self, action: Callable[..., Any], *args: Any) -> Any:
-        """A client action; then the primary's pid and address, as found."""
-        try:
-            return action(*args)
-        finally:
-            found = self._client.found
-            if found is not None and not self.is_primary:
-                self.pid, self.address = found["pid"], found["address"]
-
     # Routes and events -------------------------------------------------------
     def _route_index(self) -> dict:
-        own = self._client.own or {}
-        return {"success": True, "name": self.name, "pid": self.pid, "address": self.address,
-                "version": __version__, "protocol": PROTOCOL, "started": self.started,
-                "argv": _this_argv(), "host": own.get("host")}
+        state = self._primary.state if self._primary is not None else {}
+        return {"success": True, "name": self.name, "pid": state.get("pid"),
+                "address": state.get("address"), "version": __version__,
+                "protocol": PROTOCOL, "started": state.get("started"),
+                "argv": _this_argv(), "host": state.get("host")}
 
     def _route_event(self) -> dict:
         event = request.get_json()
@@ -3131,9 +3528,10 @@ class Process:
         if handler is None:
             raise HTTPError(404, "no handler for event %r; registered: %s"
                             % (name, ", ".join(sorted(self.event_handlers)) or "none"))
+        primary = self._primary
         try:
-            if self.executor is not None:
-                result = self.executor.submit(handler, event)
+            if self.executor is not None and primary is not None:
+                result = self.executor.submit(primary.handler(handler, event))
             else:
                 result = handler(event)
             # A Future (or a handler that takes long) holds the reply until
@@ -3145,9 +3543,11 @@ class Process:
                 getattr(result, "close", lambda: None)()
                 raise TypeError("async def handlers need Process(executor="
                                 "tcbon.AsyncioExecutor(loop))")
+        except _Stopping:
+            raise HTTPError(503, "stopping") from None
         except Exception as exc:
             from concurrent.futures import TimeoutError as FutureTimeout
-            if isinstance(exc, FutureTimeout):  # only in this process: see _dispatch
+            if isinstance(exc, FutureTimeout):  # only in this process: see _call_directly
                 raise HTTPError(504, "the handler for event %r is still waiting" % name) from None
             self.log.exception("the handler for event %r failed", name)
             raise HTTPError(500, "the handler for event %r failed: %s: %s"
@@ -3176,8 +3576,17 @@ class Process:
             return future.result(None if limit is None else max(0.0, limit - first))
 
     def _route_stop(self) -> dict:
-        self._stop_soon()
-        return {"success": True, "message": "%s is stopping" % self.name}
+        """Stop; answer once stopped (the lock released), so that the
+        sender knows this primary is gone, whoever runs next."""
+        primary = self._primary
+        if primary is None:
+            raise HTTPError(503, "stopping")
+        if request.environ.get("REMOTE_ADDR") == "in-process":
+            primary.stop()  # on the thread that runs the handlers: here
+        else:
+            primary.stop_soon()
+            primary.done.wait()
+        return {"success": True, "stopped": True, "message": "%s stopped" % self.name}
 
     def register_event_handler(self, event: str, handler: Callable) -> None:
         """Call handler(event_dict) for events named ``event``; its dict
@@ -3249,10 +3658,16 @@ def _uptime(seconds: float) -> str:
     return "%dh%02dm" % (hours, minutes) if hours else "%dm%02ds" % (minutes, secs)
 
 
+def _cli_name() -> str:
+    """The command as it was invoked: the console script, or python -m."""
+    program = os.path.basename((_this_argv() or [""])[0]).lower()
+    return "tcbon" if program in ("tcbon", "tcbon.exe", "tcbon-script.py") else "python -m tcbon"
+
+
 def _cli_parser() -> Any:
     import argparse
     parser = argparse.ArgumentParser(
-        prog="python -m tcbon", description="Probe and talk to the primary instance of NAME.",
+        prog=_cli_name(), description="Probe and talk to the primary instance of NAME.",
         epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the application name, as given to tcbon.Process")
     parser.add_argument("action", nargs="?", default="probe",
@@ -3302,18 +3717,17 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
     if action == "wait" and until_exit:
         proc.wait_for_exit(timeout=limit)
         return {"name": proc.name, "running": False}
-    if action == "wait":
-        return _Wait(limit).until(lambda: _info_if_running(proc), lambda: Timeout(
-            "no %r process started within %.1f s" % (proc.name, limit or 0.0),
-            proc.name, limit or 0.0))
+    if action == "wait":  # one deadline, through a long on_start too
+        wait = _Wait(limit)
+
+        def running() -> dict | None:
+            try:
+                return proc.info(timeout=wait.remaining())
+            except ProcessDoesNotExist:
+                return None
+        return wait.until(running, lambda: Timeout("no %r process started within %.1f s" % (
+            proc.name, limit or 0.0), proc.name, limit or 0.0))
     return proc.info(timeout=limit)
-
-
-def _info_if_running(proc: Process) -> dict | None:
-    try:
-        return proc.info(timeout=DEFAULT_TIMEOUT)
-    except ProcessDoesNotExist:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -3340,8 +3754,13 @@ def _cli(argv: list[str] | None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         if not argv:  # argparse would say that 'args' is required too: it is not
-            parser.error("NAME is required: python -m tcbon NAME [ACTION ...]")
+            parser.error("NAME is required: %s NAME [ACTION ...]" % parser.prog)
         opts = parser.parse_intermixed_args(argv)
+        if opts.exit and opts.action != "wait":
+            parser.error("--exit goes with wait only: %s %s wait --exit"
+                         % (parser.prog, opts.name))
+        if opts.timeout is not None and not opts.timeout >= 0:  # NaN too
+            parser.error("--timeout must be a number of seconds >= 0, got %s" % opts.timeout)
     except SystemExit as exc:  # --help, --version or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 import warnings
 import wsgiref.util
@@ -383,6 +384,8 @@ app = tcbon.Process("frozen_app", timeout=20)
 
 @app.on("second-instance")
 def second(event):
+    if event["primary"]:  # its own launch: nothing to say
+        return None
     return {"exit_code": 3, "stdout": "handled %s\\n" % " ".join(event["argv"][1:])}
 
 
@@ -818,8 +821,14 @@ def raw_request(address, method="GET", path="/", body=None, headers=None):
     return int(status_line.split()[1]), (json.loads(data) if data else None), reply_headers
 
 
+def token_of(proc):
+    """A primary's token, as its clients read it: from the state file."""
+    with open(proc.pid_file) as f:
+        return json.load(f)["token"]
+
+
 def good_headers(proc, **extra):
-    headers = {"Host": proc.address, tcbon.TOKEN_HEADER: proc._token}
+    headers = {"Host": proc.address, tcbon.TOKEN_HEADER: token_of(proc)}
     headers.update(extra)
     return headers
 
@@ -1773,7 +1782,7 @@ def test_index_describes_the_primary_without_its_token(primary, name, app_dir):
     info = tcbon.Process(name, app_dir=app_dir).get()
     assert info["name"] == name and info["pid"] == os.getpid()
     assert info["address"] == primary.address and info["version"] == tcbon.__version__
-    assert primary._token not in json.dumps(info)
+    assert token_of(primary) not in json.dumps(info)
 
 
 def test_custom_routes_flask_style(name, app_dir):
@@ -1805,9 +1814,9 @@ def test_requests_need_the_token(primary):
     assert raw_request(primary.address, headers=ok)[0] == 200
     no_token = {"Host": primary.address}
     assert raw_request(primary.address, headers=no_token)[0] == 401
-    wrong = dict(ok, **{tcbon.TOKEN_HEADER: "x" * len(primary._token)})
+    wrong = dict(ok, **{tcbon.TOKEN_HEADER: "x" * len(token_of(primary))})
     status, body, _ = raw_request(primary.address, headers=wrong)
-    assert status == 401 and primary._token not in json.dumps(body)
+    assert status == 401 and token_of(primary) not in json.dumps(body)
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "", "localhost6",
@@ -1847,7 +1856,7 @@ def test_oversized_bodies_are_refused_before_reading(primary):
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         head = ("POST /event HTTP/1.1\r\nHost: %s\r\n%s: %s\r\nContent-Type: application/json"
                 "\r\nContent-Length: %d\r\n\r\n" % (primary.address, tcbon.TOKEN_HEADER,
-                                                    primary._token, tcbon.MAX_BODY + 1))
+                                                    token_of(primary), tcbon.MAX_BODY + 1))
         sock.sendall(head.encode())  # and never the body
         reply = sock.recv(65536).decode()
     assert reply.startswith("HTTP/1.0 413")
@@ -1908,7 +1917,7 @@ def test_a_stopping_primary_refuses_new_requests(name, app_dir):
     proc = Slow(name, app_dir=app_dir)
     proc.register_event_handler("echo", lambda event: {})
     proc.start()
-    address, token = proc.address, proc._token  # as read by a client just before
+    address, token = proc.address, token_of(proc)  # as read by a client just before
     stopper = threading.Thread(target=proc.stop)
     stopper.start()
     try:
@@ -1990,7 +1999,8 @@ def build_request(spec, primary):
     if spec["host"]:
         lines.append("Host: " + primary.address)
     if spec["token"]:
-        lines.append("%s: %s" % (tcbon.TOKEN_HEADER, spec["token"].replace("GOOD", primary._token)))
+        token = spec["token"].replace("GOOD", token_of(primary))
+        lines.append("%s: %s" % (tcbon.TOKEN_HEADER, token))
     if spec["json"]:
         lines.append("Content-Type: application/json")
     lines += ["%s: %s" % pair for pair in spec["headers"]]
@@ -2040,7 +2050,7 @@ def test_raw_garbage_bytes_get_an_error_or_a_closed_connection(primary, name, ap
 
 def head_for(primary, extra=""):
     return ("POST /event HTTP/1.1\r\nHost: %s\r\n%s: %s\r\nContent-Type: application/json\r\n%s"
-            % (primary.address, tcbon.TOKEN_HEADER, primary._token, extra))
+            % (primary.address, tcbon.TOKEN_HEADER, token_of(primary), extra))
 
 
 def test_chunked_bodies_are_refused(primary):
@@ -2150,10 +2160,10 @@ def test_the_token_never_appears_in_logs_errors_or_replies(primary, name, app_di
         texts.append(repr(info.value))
     release.set()
     for headers in ({"Host": primary.address},
-                    {"Host": "evil", tcbon.TOKEN_HEADER: primary._token}):
+                    {"Host": "evil", tcbon.TOKEN_HEADER: token_of(primary)}):
         texts.append(json.dumps(raw_request(primary.address, headers=headers)[1]))
     texts += [r.getMessage() for r in caplog.records] + [caplog.text, repr(client), repr(primary)]
-    assert caplog.records and primary._token not in "\n".join(texts)
+    assert caplog.records and token_of(primary) not in "\n".join(texts)
 
 
 @pytest.mark.slow
@@ -2272,7 +2282,7 @@ def test_slowhttptest_cannot_take_the_primary_down(name, app_dir, tmp_path, mode
 
 def crafted(primary, lines, body, sep="\r\n"):
     head = ["POST /event HTTP/1.1", "Host: " + primary.address,
-            "%s: %s" % (tcbon.TOKEN_HEADER, primary._token), "Content-Type: application/json"]
+            "%s: %s" % (tcbon.TOKEN_HEADER, token_of(primary)), "Content-Type: application/json"]
     return (sep.join(head + lines) + sep + sep).encode("latin-1") + body
 
 
@@ -2503,7 +2513,8 @@ def test_main_thread_executor_runs_handlers_and_on_stop_on_the_ui_thread(name, a
             executor.run_pending()
     finally:
         worker.join(20)
-        proc.stop()
+        if proc.is_primary:
+            proc.stop()
     assert results == [{"success": True}, "stopped"]
     assert threads == [("handler", threading.main_thread()),
                        ("on_stop", threading.main_thread())]
@@ -2620,7 +2631,13 @@ def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
     with pytest.raises(tcbon.ProcessExists) as info:
         other.start()
     assert info.value.pid == os.getpid() and info.value.address == primary.address
-    assert other.address == primary.address and other.running and not other.is_primary
+    assert "this process (pid %d) is already the primary" % os.getpid() in str(info.value)
+    assert "start(replace=True)" in str(info.value)
+    # A notebook re-runs its cell: the traceback is the call's, not tcbon's insides.
+    assert [frame.name for frame in traceback.extract_tb(info.value.__traceback__)] == [
+        "test_a_second_process_object_gets_process_exists", "start"]
+    # What a client call learns is not written over the object's own identity.
+    assert (other.address, other.pid) == (None, None) and other.running and not other.is_primary
     # Probing opened and closed the lock file; the primary still holds the lock.
     with pytest.raises(tcbon.ProcessExists):
         other.start()
@@ -2633,7 +2650,8 @@ def test_stop_releases_everything_and_can_restart(name, app_dir):
     proc.start()  # already the primary: nothing happens
     thread = proc.wsgi_thread
     proc.stop()
-    proc.stop()  # idempotent
+    with pytest.raises(tcbon.ProcessDoesNotExist):
+        proc.stop()  # nothing runs now: as from any other object
     assert not thread.is_alive() and not proc.wsgi_running and not proc.running
     assert not os.path.exists(proc.pid_file) and os.path.exists(proc.lock_file)
     with tcbon.Process(name, app_dir=app_dir) as again:
@@ -2660,7 +2678,8 @@ def test_hooks_run_once_in_order(name, app_dir):
     proc = Hooked(name, app_dir=app_dir)
     proc.start()
     proc.stop()
-    proc.stop()
+    with pytest.raises(tcbon.ProcessDoesNotExist):
+        proc.stop()
     assert calls == ["setup_logger", "setup_wsgi", ("on_start", False), ("on_stop", True)]
 
 
@@ -3147,8 +3166,8 @@ def test_scope_session_without_a_session_id_says_what_to_do(tmp_path):
     if audit == "4294967295":  # no audit session either (a container, a service)
         assert status == 1 and err.rstrip().endswith(
             "tcbon.StateError: no login session id to scope the primary by: neither "
-            "$XDG_SESSION_ID, an audit session, nor a Windows or macOS session; use "
-            "scope='user'"), err
+            "$XDG_SESSION_ID, an audit session, nor a Windows or macOS session; use the "
+            "'user' scope"), err
     else:  # the kernel's, which logind takes as its own
         assert (status, out.endswith(".session-%s.pid\n" % audit)) == (0, True), err
 
@@ -3433,6 +3452,9 @@ def test_cli_console_script_does_the_same(name, app_dir, tmp_path):
     with tcbon.Process(name, app_dir=app_dir) as proc:
         done = run("--json")
         assert done.returncode == 0 and json.loads(done.stdout)["pid"] == proc.pid
+    usage = run("stop", "--exit")  # usage speaks of the command as it was typed
+    assert usage.returncode == 2 and "usage: tcbon " in usage.stderr
+    assert "tcbon %s wait --exit" % name in usage.stderr
 
 
 def test_cli_console_script_is_declared():
@@ -3451,6 +3473,9 @@ def test_cli_console_script_is_declared():
     (["x", "stop", "extra"], 2, "stop takes 0 argument(s)"),
     (["a/b"], 2, "cannot be used as a file name"),
     (["x", "--timeout", "soon"], 2, "invalid float"),
+    (["x", "wait", "--timeout", "-1"], 2, "--timeout must be a number of seconds >= 0"),
+    (["x", "--exit"], 2, "--exit goes with wait only: python -m tcbon x wait --exit"),
+    (["x", "stop", "--exit"], 2, "--exit goes with wait only"),
 ])
 def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
     assert tcbon.main(argv) == code

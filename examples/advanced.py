@@ -76,14 +76,12 @@ if __name__ == '__main__':
     try:
         # run_forever() would do; start() shows how to compose a Process into
         # a larger application (a Qt app, say) that has its own main loop.
-        advanced.start()
-        try:
-            while advanced.wsgi_running:  # until stopped, here or remotely
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            advanced.stop()
+        with advanced:  # start(); on the way out stop(), unless stopped already
+            try:
+                while advanced.wsgi_running:  # until stopped, here or remotely
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
 
     except tcbon.ProcessExists:
 
