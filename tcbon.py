@@ -481,7 +481,8 @@ def default_app_dir(name: str) -> str:
 # State file ------------------------------------------------------------------
 # Two files per name in app_dir: NAME.lock (held, never written, truncated or
 # unlinked) and NAME.pid (JSON: pid, address, token, ...), trusted only while
-# the lock is held.
+# the lock is held; on Windows, while a program that shares no writing holds
+# NAME.pid, a third: NAME.pid~, its shadow (see _SHADOW).
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a tcbon name must be a non-empty string, got %r" % (name,))
@@ -634,19 +635,28 @@ def _primary_holds(lock_path: str) -> bool:
         os.close(fd)
 
 
+# Windows refuses to remove or replace a file that another program has open
+# (a backup tool, an editor, a scanner), and one that shares no writing
+# refuses even being written (issue 20). Readers must never keep the next
+# primary from starting, nor make a client trust an old address: a state file
+# that can be neither emptied nor removed is shadowed by NAME.pid~, which
+# readers take instead of it while it exists (empty: no address).
+_SHADOW = "~"
+
+
 def _write_state(path: str, state: dict) -> None:
     """Write state, readable by us only: atomically (a temp file, then
-    os.replace) where the system lets us, else in place.
+    os.replace) where the system lets us, else in place, else in the shadow
+    file (see _SHADOW).
 
-    Windows refuses to replace a file that another program has open (a
-    backup tool, an editor, a scanner: issue 20); but such readers let it
-    be written, so the next primary is never locked out by them. Written in
-    place, a reader may see it empty or in part: that is what it sees of a
-    primary still starting (see _read_state), and it looks again. It never
-    sees an older primary's address: that was withdrawn before this
-    primary took over (Process._serve)."""
+    Written in place, a reader may see it empty or in part: that is what
+    it sees of a primary still starting (see _read_state), and it looks
+    again. It never sees an older primary's address: that was withdrawn
+    before this primary published (_withdraw)."""
     import json
     data = json.dumps(state).encode("utf-8")
+    shadow = path + _SHADOW
+    target = shadow if os.path.lexists(shadow) else path
     # Short: a valid name must never make a path longer than Windows' MAX_PATH.
     tmp = os.path.join(os.path.dirname(path), ".%s.tmp" % os.urandom(6).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
@@ -654,7 +664,12 @@ def _write_state(path: str, state: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        _retrying(lambda: _replace_or_overwrite(tmp, path, data), path)
+        try:
+            _retrying(lambda: _replace_or_overwrite(tmp, target, data), target)
+        except StateError:
+            if target == shadow:
+                raise
+            _retrying(lambda: _replace_or_overwrite(tmp, shadow, data), shadow)
     except BaseException:
         _remove(tmp)
         raise
@@ -681,24 +696,38 @@ def _replace_or_overwrite(tmp: str, path: str, data: bytes) -> None:
 
 
 def _read_state(path: str) -> dict | None:
-    """Return the published state, or None if missing, partial or foreign."""
+    """Return the published state, or None if missing, partial or foreign.
+    Its shadow (see _SHADOW) is read instead of it while one exists."""
     import json
+    data = _read_bytes(path + _SHADOW)
+    if data is None:
+        data = _read_bytes(path)
     try:
-        fd = os.open(path, os.O_RDONLY | _SAFE)
-    except OSError:
+        state = json.loads(data or b"null")
+    except (ValueError, RecursionError):
         return None
-    try:
-        state = json.loads(os.read(fd, MAX_HEAD))
-    except (OSError, ValueError, RecursionError):
-        return None
-    finally:
-        os.close(fd)
     ok = (isinstance(state, dict)
           and isinstance(state.get("pid"), int)
           and isinstance(state.get("address"), str)
           and isinstance(state.get("token"), str)
           and isinstance(state.get("tcbon"), int))
     return state if ok else None
+
+
+def _read_bytes(path: str) -> bytes | None:
+    """The start of a file; None if it is missing, b"" if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _SAFE)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, MAX_HEAD)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _retrying(action: Callable[[], None], path: str, limit: float = 1.0) -> None:
@@ -736,29 +765,48 @@ def _remove(path: str) -> None:
 
 def _withdraw(path: str) -> bool:
     """Make the address in the state file at path unusable at once, then
-    remove the file. Emptying it in place cannot be refused while readers
-    have it open (removing can, on Windows), and no reader trusts an empty
-    file. Returns False if it is left there, empty.
+    remove the file, and its shadow (see _SHADOW). Emptying a file in place
+    is refused only by a reader that shares no writing (removing, by any
+    reader, on Windows), and no reader trusts an empty file. A file that
+    can be neither emptied nor removed is shadowed by an empty one. Returns
+    False if anything is left there, empty or shadowed.
 
     Raises:
-        StateError: it could be neither emptied nor removed.
+        StateError: neither the file nor its shadow can be made unusable.
     """
+    shadow = path + _SHADOW
+    left = _empty_or_remove(path)
+    if left == "stuck":  # as it is, and shadowed from now on
+        _retrying(lambda: os.close(os.open(shadow, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                           | _SAFE, 0o600)), shadow)
+        return False
+    shadow_left = _empty_or_remove(shadow)
+    if shadow_left == "stuck":
+        raise StateError("cannot empty or remove %s: another program keeps it open without "
+                         "sharing it (a backup tool, a scanner?); end that program" % shadow,
+                         shadow)
+    return left == shadow_left == "gone"
+
+
+def _empty_or_remove(path: str) -> str:
+    """Empty the file at path, then remove it: 'gone', 'empty' (it could
+    not be removed) or 'stuck' (neither)."""
     try:
         fd = os.open(path, os.O_WRONLY | _SAFE)
     except FileNotFoundError:
-        return True
-    except OSError:
-        _remove(path)  # a planted symlink, say: removed, never followed
-        return True
-    try:
-        os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
+        return "gone"
+    except OSError:  # a planted symlink, say: removed, never followed
+        fd = None
+    if fd is not None:
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
     try:
         _remove(path)
     except StateError:
-        return False
-    return True
+        return "stuck" if fd is None else "empty"
+    return "gone"
 
 
 def _parse_address(address: str | int) -> tuple[str, int]:

@@ -395,8 +395,9 @@ sys.exit(app.main())
 
 # argv NAME APP_DIR REFUSE: Windows' sharing violations (WinError 32), simulated
 # where the OS says them: os.remove and os.replace refuse with PermissionError,
-# REFUSE = "briefly" (3 times each), "remove" (always) or "held" (both, always, once
-# the file exists, as while a reader holds it).
+# REFUSE = "briefly" (3 times each), "remove" (always), "held" (both, always, once
+# the file exists, as while a reader holds it) or "sealed" (as "held", and writing
+# the .pid file too, as while a reader that shares no writing holds it).
 # Starts, stops and starts again; prints what happened.
 SHARING = """
 import errno, os, sys, tcbon
@@ -407,13 +408,22 @@ def refusing(real):
     def call(*args):
         key = real.__name__
         refused[key] = refused.get(key, 0) + 1
-        held = refuse == "held" and os.path.exists(args[-1])
+        held = refuse in ("held", "sealed") and os.path.exists(args[-1])
         if refuse == key or held or (refuse == "briefly" and refused[key] <= 3):
             raise PermissionError(errno.EACCES, "The process cannot access the file because "
                                   "it is being used by another process")
         return real(*args)
     return call
 os.remove, os.replace = refusing(os.remove), refusing(os.replace)
+real_open = os.open
+
+def sealed_open(path, flags, *args):
+    writing = flags & (os.O_WRONLY | os.O_RDWR)
+    if refuse == "sealed" and writing and path.endswith(".pid") and os.path.exists(path):
+        raise PermissionError(errno.EACCES, "The process cannot access the file because it "
+                              "is being used by another process")
+    return real_open(path, flags, *args)
+os.open = sealed_open
 
 class App(tcbon.Process):
     def on_stop(self):
@@ -1522,11 +1532,44 @@ def test_a_reader_holding_the_state_file_never_blocks_the_next_primary(name, app
         os.close(reader)
 
 
+@pytest.mark.skipif(not WINDOWS, reason="Windows' share modes")
+def test_a_reader_that_shares_no_writing_never_blocks_the_next_primary(name, app_dir):
+    # .NET's File.OpenRead shares reading only: while it is open, the state
+    # file can be neither removed, replaced nor written. The next primary
+    # publishes in a shadow file that readers take instead (NAME.pid~).
+    import ctypes
+    from ctypes import wintypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateFileW.restype = wintypes.HANDLE
+    kernel32.CreateFileW.argtypes = [wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD,
+                                     ctypes.c_void_p, wintypes.DWORD, wintypes.DWORD,
+                                     wintypes.HANDLE]
+    first = tcbon.Process(name, app_dir=app_dir)
+    first.start()
+    old = tcbon._read_state(first.pid_file)
+    # GENERIC_READ, FILE_SHARE_READ, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL
+    handle = kernel32.CreateFileW(first.pid_file, 0x80000000, 1, None, 3, 0x80, None)
+    assert handle not in (None, wintypes.HANDLE(-1).value), ctypes.get_last_error()
+    try:
+        first.stop()
+        assert not tcbon.Process(name, app_dir=app_dir).running
+        with tcbon.Process(name, app_dir=app_dir) as second:
+            info = tcbon.Process(name, app_dir=app_dir).info()
+            assert info["address"] == second.address
+            assert tcbon._read_state(second.pid_file)["token"] != old["token"]
+    finally:
+        kernel32.CloseHandle(wintypes.HANDLE(handle))
+    with tcbon.Process(name, app_dir=app_dir) as third:  # the reader has let go
+        assert tcbon.Process(name, app_dir=app_dir).info()["address"] == third.address
+        assert not os.path.exists(third.pid_file + "~")
+
+
 @pytest.mark.parametrize("refuse, expected", [
     ("briefly", "serving True\non_stop ran\nstopped False None\n" * 2),
     ("remove", "serving True\non_stop ran\nstopped False None\n" * 2),
     ("held", "serving True\non_stop ran\nstopped False None\n" * 2),  # written in place
-])
+    ("sealed", "serving True\non_stop ran\nstopped False None\n" * 2),  # in the shadow
+], ids=["briefly", "remove", "held", "sealed"])
 def test_sharing_violations_never_skip_on_stop_or_keep_the_lock(name, app_dir, tmp_path,
                                                                 refuse, expected):
     # No Windows here: its refusals are simulated at os.remove and os.replace.
