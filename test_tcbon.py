@@ -144,7 +144,8 @@ print(results, type(sys.modules["json"].__loader__).__name__)
 
 # argv NAME APP_DIR LOG ...: sys.exit(app.main()); the primary's second-instance
 # handler appends [argv[4:], whether its sys.stdout is None] to LOG, then answers
-# exit code 3 and some stdout (for a launch that has nowhere to write it).
+# some stdout (for a launch that has nowhere to write it) and exit code 3 to a launch
+# with arguments (0 to the first launch's own, which main() hands it too).
 PYTHONW_APP = """
 import json, sys, tcbon
 name, app_dir, log = sys.argv[1:4]
@@ -154,7 +155,7 @@ app = tcbon.Process(name, app_dir=app_dir, timeout=30)
 def second(event):
     with open(log, "a") as f:
         f.write(json.dumps([event["argv"][4:], sys.stdout is None]) + "\\n")
-    return {"exit_code": 3, "stdout": "handled\\n"}
+    return {"exit_code": 3 if event["argv"][4:] else 0, "stdout": "handled\\n"}
 
 sys.exit(app.main())
 """
@@ -3013,8 +3014,8 @@ def test_pythonw_as_the_primary_and_as_a_later_launch(name, app_dir, tmp_path):
             assert later.wait(60) == 3  # the primary's answer, relayed
         finally:
             end(later)
-        with open(log, encoding="utf-8") as f:
-            assert json.loads(f.read()) == [["a b", "ünï ✓", ""], True]
+        with open(log, encoding="utf-8") as f:  # its own launch first (main()), then the later
+            assert [json.loads(line) for line in f] == [[[], True], [["a b", "ünï ✓", ""], True]]
         tcbon.Process(name, app_dir=app_dir).stop()
         assert primary.wait(30) == 0
     finally:
