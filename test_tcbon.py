@@ -733,6 +733,112 @@ app.on_stop = Gtk.main_quit
 sys.exit(app.main(run=Gtk.main))
 """
 
+# Issue 19's findings: a script's loop with a MainThreadExecutor of its main
+# thread, argv NAME APP_DIR HOW STOP. HOW: "run_forever" or "main" (without run).
+# STOP: "thread" (app.stop() from another thread once it answers) or "handler"
+# (a 'quit' event, handled on the main thread, calls app.stop()). Prints PRIMARY
+# pid from on_start, then RETURNED, the seconds since app.stop() was called, and
+# main()'s exit code (0 for run_forever()).
+EXECUTOR_STOP = r"""
+import os, sys, threading, time, tcbon
+name, app_dir, how, stop = sys.argv[1:5]
+app = tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor())
+app.on_start = lambda: print("PRIMARY", os.getpid(), flush=True)
+asked = []
+
+def stop_now():
+    asked.append(time.monotonic())
+    app.stop()
+
+@app.on("quit")
+def quit_(event):
+    stop_now()
+    return {"on_main": threading.current_thread() is threading.main_thread()}
+
+def once_it_answers():
+    client = tcbon.Process(name, app_dir=app_dir)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            client.info(timeout=1)
+            break
+        except tcbon.Error:
+            time.sleep(0.01)
+    stop_now()
+if stop == "thread":
+    threading.Thread(target=once_it_answers, daemon=True).start()
+code = app.main([]) if how == "main" else app.run_forever() or 0
+print("RETURNED %.3f %d" % (time.monotonic() - asked[0], code), flush=True)
+"""
+
+
+# argv NAME APP_DIR DONE_FILE: a user launching the app again and again, fast:
+# Process.main() of a new object each time (one that becomes the primary serves
+# until stopped), until DONE_FILE exists. Prints FAILED, the exit code and what the
+# launch said, for each launch that did not return 0, then "launches N".
+RELAUNCHER = r"""
+import io, os, sys, tcbon
+name, app_dir, done = sys.argv[1:4]
+launches = 0
+while not os.path.exists(done):
+    said, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        code = tcbon.Process(name, app_dir=app_dir, timeout=10).main(["app", str(launches)])
+    finally:
+        said, sys.stderr = sys.stderr.getvalue(), said
+    launches += 1
+    if code != 0:
+        print("FAILED", code, said.strip().replace("\n", " | "), flush=True)
+print("launches", launches, flush=True)
+"""
+
+
+# argv NAME APP_DIR: after the GO_FILE barrier, start(replace=True, timeout=10) of
+# a new object; prints PRIMARY and the seconds it took, EXISTS and the seconds, or
+# ERROR and what was raised. The primary serves until stopped by anyone (at most
+# 60 s), then prints STOPPED.
+REPLACER = r"""
+import os, sys, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+go = os.environ["GO_FILE"]
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.001)
+app = tcbon.Process(name, app_dir=app_dir, timeout=10)
+started = time.monotonic()
+try:
+    app.start(replace=True)
+except tcbon.ProcessExists:
+    print("EXISTS %.3f" % (time.monotonic() - started), flush=True)
+    sys.exit(0)
+except Exception as exc:
+    print("ERROR %.3f %s: %s" % (time.monotonic() - started, type(exc).__name__, exc), flush=True)
+    sys.exit(0)
+print("PRIMARY %.3f" % (time.monotonic() - started), flush=True)
+deadline = time.monotonic() + 60
+while app.is_primary and time.monotonic() < deadline:
+    time.sleep(0.01)
+app.stop()
+print("STOPPED", flush=True)
+"""
+
+
+# argv NAME APP_DIR: run_forever() of a primary whose on_start takes ON_START_DELAY
+# seconds (it prints PRIMARY pid first) and whose 'second-instance' handler takes
+# HANDLER_DELAY seconds.
+SLOW_HANDOFF = r"""
+import os, sys, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir)
+
+def on_start():
+    print("PRIMARY", os.getpid(), flush=True)
+    time.sleep(float(os.environ["ON_START_DELAY"]))
+app.on_start = on_start
+app.on("second-instance")(lambda event: time.sleep(float(os.environ["HANDLER_DELAY"])))
+app.run_forever()
+"""
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -3275,6 +3381,299 @@ def test_cli_wait_exit_blocks_until_no_primary_runs(name, app_dir, tmp_path):
         assert code == 4 and "still runs after 0.3 s" in err
     finally:
         proc.stop()
+
+
+# Issue 19: one object, one role; every stop, timeout and signal keeps the
+# README's promise. One regression test per finding, then the model.
+@pytest.mark.parametrize("how", ["run_forever", "main"])
+def test_a_stop_from_another_thread_ends_a_main_thread_executors_loop(name, app_dir,
+                                                                      tmp_path, how):
+    # Finding 1: Blender --background's pattern; nothing woke run_pending().
+    with launched(["-c", EXECUTOR_STOP, name, app_dir, how, "thread"],
+                  child_env(tmp_path)) as child:
+        wait_for(lambda: child.poll() is not None, 15,
+                 "%s() to return after app.stop() from another thread" % how)
+        code, out, err = finish(child)
+        assert code == 0, err
+        returned, status = out.splitlines()[-1].split()[1:]
+        assert float(returned) < 1 and status == "0", out
+    assert not tcbon.Process(name, app_dir=app_dir).running
+
+
+@pytest.mark.parametrize("how", ["run_forever", "main"])
+def test_a_handler_on_the_ui_thread_that_stops_the_app_replies_first(name, app_dir, tmp_path,
+                                                                     how):
+    # Finding 2: the stop waited for requests in progress, this one included.
+    with launched(["-c", EXECUTOR_STOP, name, app_dir, how, "handler"],
+                  child_env(tmp_path)) as child:
+        wait_primary(name, app_dir)
+        client = tcbon.Process(name, app_dir=app_dir, timeout=4)
+        started = time.monotonic()
+        assert client.send("event", {"name": "quit"}) == {"success": True, "on_main": True}
+        assert time.monotonic() - started < 1.5
+        wait_for(lambda: child.poll() is not None, 10, "the primary to exit")
+        code, out, err = finish(child)
+        assert code == 0 and out.splitlines()[-1].endswith(" 0"), err
+        assert not client.running
+
+
+def test_no_launch_is_lost_while_primaries_stop_one_after_another(name, app_dir, tmp_path):
+    # Finding 3: a launch reaching a primary that shuts down was reset.
+    done = tmp_path / "done"
+    client = tcbon.Process(name, app_dir=app_dir, timeout=10)
+
+    def identity():
+        try:
+            info = client.info(timeout=2)
+            return info["pid"], info["started"]
+        except tcbon.Error:
+            return None
+    with contextlib.ExitStack() as stack:
+        launchers = [stack.enter_context(launched(["-c", RELAUNCHER, name, app_dir, done],
+                                                  child_env(tmp_path))) for _ in range(6)]
+        stops = 0
+        while stops < 10:
+            serving = wait_for(identity, 30, "a primary")
+            try:
+                client.send("stop")
+            except tcbon.ProcessDoesNotExist:
+                continue
+            stops += 1
+            wait_for(lambda was=serving: identity() != was, 20, "the primary to stop")
+        done.touch()
+
+        def all_ended():
+            with contextlib.suppress(tcbon.Error):
+                client.send("stop", timeout=2)
+            return all(launcher.poll() is not None for launcher in launchers)
+        wait_for(all_ended, 60, "the launchers to end")
+        failed, launches = [], 0
+        for launcher in launchers:
+            code, out, err = finish(launcher)
+            assert code == 0, err
+            failed += [line for line in out.splitlines() if line.startswith("FAILED")]
+            launches += int(out.splitlines()[-1].split()[1])
+        assert failed == [], "%d of %d launches failed" % (len(failed), launches)
+
+
+def test_two_concurrent_replacements_leave_one_primary_and_no_error(name, app_dir, tmp_path):
+    # Finding 3 (and 4): two start(replace=True) raced: one was reset, or
+    # waited out its timeout. Ten rounds; what each replacer said, per round.
+    said = []
+    for round_ in range(10):
+        go = tmp_path / ("go%d" % round_)
+        with launch(name, app_dir, tmp_path) as first, contextlib.ExitStack() as stack:
+            wait_primary(name, app_dir)
+            replacers = [stack.enter_context(launched(["-c", REPLACER, name, app_dir],
+                                                      child_env(tmp_path, GO_FILE=go)))
+                         for _ in range(2)]
+            go.touch()
+            words = [replacer.stdout.readline().split() for replacer in replacers]
+            said.append([" ".join(w[:4]) for w in words])
+            assert finish(first)[0] == 0
+            # One primary at the end: a replacer; the other has ended.
+            pid = wait_primary(name, app_dir)["pid"]
+            winner = next(r for r in replacers if r.pid == pid)
+            loser = next(r for r in replacers if r is not winner)
+            wait_for(lambda ended=loser: ended.poll() is not None, 20, "the other replacer to end")
+            tcbon.Process(name, app_dir=app_dir, timeout=20).stop()
+            assert finish(winner)[:2] == (0, "STOPPED\n")
+    bad = [(round_, what) for round_, what in enumerate(said)
+           if not all(w.split()[0] in ("PRIMARY", "EXISTS") and float(w.split()[1]) < 5
+                      for w in what)]
+    assert bad == [], "rounds whose replacers failed: %s" % bad
+
+
+def test_a_clients_stop_returns_once_that_primary_exited_whoever_runs_next(name, app_dir,
+                                                                          tmp_path):
+    # Finding 4: it waited for a free lock, which the next primary holds: here
+    # one that takes it within a millisecond of its release, as a busy user's
+    # next launch may.
+    outcome, nxt = [], tcbon.Process(name, app_dir=app_dir)
+
+    def stop():
+        started = time.monotonic()
+        try:
+            tcbon.Process(name, app_dir=app_dir).stop(timeout=8)
+            outcome.append(("returned", time.monotonic() - started))
+        except tcbon.Error as exc:
+            outcome.append((repr(exc), time.monotonic() - started))
+
+    def take_over():
+        deadline = time.monotonic() + 20
+        while not nxt.is_primary and time.monotonic() < deadline:
+            with contextlib.suppress(tcbon.ProcessExists, tcbon.Timeout):
+                nxt.start(timeout=0)
+            time.sleep(0.0005)
+    with launch(name, app_dir, tmp_path, ON_STOP_DELAY=1.0) as first:
+        wait_primary(name, app_dir)
+        stopper, taker = threading.Thread(target=stop), threading.Thread(target=take_over)
+        stopper.start()
+        try:
+            assert first.stdout.readline().startswith("PRIMARY")
+            assert first.stdout.readline() == "ON_STOP\n"
+            taker.start()
+            assert finish(first)[0] == 0
+            exited = time.monotonic()
+            stopper.join(20)
+            taker.join(20)
+            assert nxt.is_primary
+            assert outcome and outcome[0][0] == "returned", outcome
+            assert time.monotonic() - exited < 1.5
+        finally:
+            stopper.join(20)
+            taker.join(20)
+            nxt.stop()
+
+
+def test_an_object_that_was_the_primary_stops_whoever_runs_now(name, app_dir, tmp_path):
+    # Finding 5: its stop() returned silently, as if it still were the primary.
+    former = tcbon.Process(name, app_dir=app_dir)
+    former.start()
+    former.stop()
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        former.stop(timeout=10)
+        assert child.poll() is not None, "stop() returned, and the other primary still runs"
+        code, out, err = finish(child)
+        assert code == 0 and out.splitlines()[-2:] == ["ON_STOP", "RETURNED"], err
+    assert not former.running and not former.is_primary
+    for proc in (former, tcbon.Process(name, app_dir=app_dir)):
+        with pytest.raises(tcbon.ProcessDoesNotExist):
+            proc.stop()
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+@pytest.mark.parametrize("call", ["info", "send"])
+def test_the_primary_object_as_a_client_during_its_own_stop(name, app_dir, call, limit):
+    # Finding 6: Unreachable "(pid None) ... address None", from its own state.
+    # Its on_stop takes 1.5 s: a shorter call may time out, a longer one finds
+    # that nothing runs; none says "unreachable" or outlives its timeout.
+    class Slow(tcbon.Process):
+        def on_stop(self):
+            entered.set()
+            time.sleep(1.5)
+    entered = threading.Event()
+    proc = Slow(name, app_dir=app_dir, timeout=limit)
+    proc.on("ping")(lambda event: {"pong": True})
+    proc.start()
+    stopper = threading.Thread(target=proc.stop)
+    stopper.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        expected = (tcbon.ProcessDoesNotExist, tcbon.Timeout) if limit < 1.5 else \
+            tcbon.ProcessDoesNotExist
+        with pytest.raises(expected):
+            if call == "info":
+                proc.info()
+            else:
+                proc.send("event", {"name": "ping"})
+        assert time.monotonic() - started < limit + 0.5
+    finally:
+        stopper.join(20)
+    assert not proc.is_primary and not proc.running
+
+
+def test_handoff_keeps_one_deadline_through_start_up_and_handling(name, app_dir, tmp_path):
+    # Finding 7: 0.9 s to find the address, then a new 1 s for the reply.
+    with launched(["-c", SLOW_HANDOFF, name, app_dir],
+                  child_env(tmp_path, ON_START_DELAY=0.9, HANDLER_DELAY=0.9)) as child:
+        assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
+        started = time.monotonic()
+        try:
+            outcome = tcbon.Process(name, app_dir=app_dir).handoff(["app"], timeout=1)
+        except tcbon.Timeout:
+            outcome = "Timeout"
+        assert (outcome, time.monotonic() - started < 1.5) == ("Timeout", True), (
+            time.monotonic() - started)
+
+
+def test_stop_on_the_primary_object_keeps_its_timeout(name, app_dir):
+    # Finding 7: stop(timeout=0.5) waited for a 3 s request to end.
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(event):
+        entered.set()
+        release.wait(3)
+    proc = tcbon.Process(name, app_dir=app_dir)
+    proc.on("slow")(slow)
+    proc.start()
+    def send_slow():
+        with contextlib.suppress(tcbon.Error):  # what it gets is not the point here
+            tcbon.Process(name, app_dir=app_dir, timeout=10).send("event", {"name": "slow"})
+    sender = threading.Thread(target=send_slow)
+    sender.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        proc.stop(timeout=0.5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        release.set()
+        sender.join(20)
+        proc.stop()
+    assert not proc.running
+
+
+@pytest.mark.parametrize("limit", [["--timeout", "40"], []])
+def test_cli_wait_waits_through_a_long_start_up(name, app_dir, tmp_path, limit):
+    # Finding 7: wait gave up after the 5 s default of its probe, exit 4.
+    with launch(name, app_dir, tmp_path, ON_START_DELAY=7) as child:
+        assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
+        started = time.monotonic()
+        code, out, err = cli(tmp_path, name, "wait", "--app-dir", app_dir, *limit)
+        assert code == 0 and out.startswith("%s is running: pid %d " % (name, child.pid)), (
+            code, err, time.monotonic() - started)
+        assert time.monotonic() - started > 5
+        tcbon.Process(name, app_dir=app_dir).stop(timeout=20)
+        assert finish(child)[0] == 0
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, request):
+    # Finding 8: Python runs signal handlers only between bytecodes, and an
+    # idle main loop sits in C.
+    display = request.getfixturevalue("display") if toolkit == "tk" else None
+    env = ui_env(toolkit, tmp_path, display)
+    name = toolkit + "_app"
+    client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
+    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app:
+        wait_for(lambda: listed_files(client) is not None, 60, "the window")
+        app.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        wait_for(lambda: app.poll() is not None, 10, "%s to exit after SIGTERM" % name)
+        took = time.monotonic() - signalled
+        code, out, err = finish(app)
+        assert (code, "Traceback" in err) == (0, False), err
+        assert took < 2
+    assert not client.running
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="process groups and POSIX signals")
+def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(frozen, tmp_path):
+    # Finding 8: the second SIGINT (the bootloader forwards one more,
+    # pyinstaller#2483) landed before the handler was back: a traceback.
+    env = child_env(tmp_path)
+    app_dir = os.path.join(str(tmp_path / "xdg"), "frozen_app")
+    client = tcbon.Process("frozen_app", app_dir=app_dir)
+    failures = []
+    for attempt in range(20):
+        app = subprocess.Popen([frozen["onefile"]], env=env, stdin=subprocess.DEVNULL, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)  # as a terminal starts it
+        try:
+            wait_primary("frozen_app", app_dir, 60)
+            os.killpg(app.pid, signal.SIGINT)
+            os.killpg(app.pid, signal.SIGINT)
+            code, out, err = finish(app)
+            if code != 0 or "Traceback" in err or client.running:
+                failures.append((attempt, code, err[-300:], client.running))
+        finally:
+            end_group(app)
+    assert failures == []
 
 
 # Command line -----------------------------------------------------------------------------
