@@ -839,6 +839,19 @@ app.on("second-instance")(lambda event: time.sleep(float(os.environ["HANDLER_DEL
 app.run_forever()
 """
 
+# The frozen app of the double Ctrl-C test: main() with its own loop, in Python
+# (a KeyboardInterrupt can end it), which on_stop ends too.
+FROZEN_LOOP_APP = """
+import sys
+import threading
+import tcbon
+
+app = tcbon.Process("frozen_loop", timeout=20)
+stopped = threading.Event()
+app.on_stop = stopped.set
+sys.exit(app.main(run=stopped.wait))
+"""
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -3651,30 +3664,266 @@ def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, reque
     assert not client.running
 
 
+@pytest.fixture(scope="session")
+def frozen_loop(tmp_path_factory):
+    """FROZEN_LOOP_APP built --onefile by the real PyInstaller: its path."""
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        require("PyInstaller", "pip install pyinstaller")
+    work = tmp_path_factory.mktemp("frozen_loop")
+    (work / "frozen_loop.py").write_text(FROZEN_LOOP_APP)
+    status, out, err = ran(["-m", "PyInstaller", "--onefile", "--noconfirm", "--log-level", "WARN",
+                            "--paths", HERE, "--distpath", work / "dist", "--workpath",
+                            work / "build", "--specpath", work, work / "frozen_loop.py"], None,
+                           timeout=600)
+    assert status == 0, err
+    return str(work / "dist" / "frozen_loop")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="process groups and POSIX signals")
-def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(frozen, tmp_path):
+@pytest.mark.parametrize("loop", ["serving", "its own"])
+def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(loop, tmp_path, request):
     # Finding 8: the second SIGINT (the bootloader forwards one more,
-    # pyinstaller#2483) landed before the handler was back: a traceback.
+    # pyinstaller#2483) landed between the first's KeyboardInterrupt and the
+    # handler installed after it: a traceback. main() serving, or running
+    # the app's own loop (main(run=...)).
+    if loop == "serving":
+        path, app_name = request.getfixturevalue("frozen")["onefile"], "frozen_app"
+    else:
+        path, app_name = request.getfixturevalue("frozen_loop"), "frozen_loop"
     env = child_env(tmp_path)
-    app_dir = os.path.join(str(tmp_path / "xdg"), "frozen_app")
-    client = tcbon.Process("frozen_app", app_dir=app_dir)
+    app_dir = os.path.join(str(tmp_path / "xdg"), app_name)
+    client = tcbon.Process(app_name, app_dir=app_dir)
     failures = []
     for attempt in range(20):
-        app = subprocess.Popen([frozen["onefile"]], env=env, stdin=subprocess.DEVNULL, text=True,
+        app = subprocess.Popen([path], env=env, stdin=subprocess.DEVNULL, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)  # as a terminal starts it
         try:
-            wait_primary("frozen_app", app_dir, 60)
+            wait_primary(app_name, app_dir, 60)
             os.killpg(app.pid, signal.SIGINT)
             os.killpg(app.pid, signal.SIGINT)
             code, out, err = finish(app)
             if code != 0 or "Traceback" in err or client.running:
-                failures.append((attempt, code, err[-300:], client.running))
+                failures.append((attempt, code, err[-200:], client.running))
         finally:
             end_group(app)
     assert failures == []
 
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="SIGKILL and SIGTERM to child primaries")
+def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
+    # Issue 19's model: three Process objects here, LAUNCH primaries in
+    # children; the README's promises are its invariants.
+    import functools
+    import select
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                     run_state_machine_as_test)
+    limit, margin = 2.0, 1.5  # every call's timeout; how far past it a call may return
+    documented = (tcbon.ProcessExists, tcbon.ProcessDoesNotExist, tcbon.Timeout)
+    threads_before = set(threading.enumerate())
+
+    class Here(tcbon.Process):
+        on_stop_delay = 0.0
+
+        def on_stop(self):
+            time.sleep(self.on_stop_delay)
+
+    def pid_of(primary):
+        return os.getpid() if isinstance(primary, tcbon.Process) else primary.pid
+
+    def attempt(what, action):
+        """(what, result, exception, seconds): never raises."""
+        started = time.monotonic()
+        try:
+            result, exc = action(), None
+        except Exception as error:  # noqa: BLE001 - checked by kept()
+            result, exc = None, error
+        return what, result, exc, time.monotonic() - started
+
+    def kept(outcome):
+        """A call's (result, exception), if it kept its promises: only a
+        documented exception, and no more than margin past its timeout."""
+        what, result, exc, took = outcome
+        if exc is not None and not isinstance(exc, documented):
+            raise AssertionError("%s raised %r" % (what, exc)) from exc
+        assert took < limit + margin, "%s took %.1f s with a %.1f s timeout" % (what, took, limit)
+        return result, exc
+
+    def logged(step):
+        """A rule or invariant whose failure lists the steps of its example
+        (the system is concurrent: a replay may not fail the same way)."""
+        @functools.wraps(step)
+        def run(self, **kwargs):
+            if step.__name__ != "one_primary_and_each_object_knows_the_facts":
+                self.steps.append("%s(%s)" % (step.__name__, ", ".join(
+                    "%s=%r" % item for item in sorted(kwargs.items()))))
+            try:
+                return step(self, **kwargs)
+            except AssertionError as exc:
+                raise AssertionError("%s\nafter: %s" % (exc, "; ".join(self.steps))) from exc
+        return run
+
+    class Lifecycle(RuleBasedStateMachine):
+        """The model: who is the primary now: one of self.objects, a child
+        (Popen) or None."""
+
+        def __init__(self):
+            super().__init__()
+            self.name = "t-" + uuid.uuid4().hex[:12]
+            self.app_dir = str(tmp_path / self.name)
+            self.objects = [Here(self.name, app_dir=self.app_dir, timeout=limit)
+                            for _ in range(3)]
+            for obj in self.objects:
+                obj.on("ping")(lambda event: {"pid": os.getpid()})
+            self.children, self.primary, self.steps, self.errors = [], None, [], {}
+
+        def ended(self, was):
+            """The primary that was asked to stop has stopped (a child: exited 0)."""
+            if isinstance(was, tcbon.Process):
+                assert not was.is_primary
+            else:
+                wait_for(lambda: was.poll() is not None, 5, "the stopped child to exit")
+                assert was.returncode == 0
+
+        def talk(self, obj, what):
+            return {"info": lambda: obj.info()["pid"],
+                    "ping": lambda: obj.send("event", {"name": "ping"})["pid"],
+                    "handoff": lambda: None if obj.handoff(["app"]) == {"success": True}
+                    else "another reply"}[what]
+
+        @rule(i=st.integers(0, 2), replace=st.booleans())
+        @logged
+        def start(self, i, replace):
+            obj, was = self.objects[i], self.primary
+            result, exc = kept(attempt("start", lambda: obj.start(replace=replace)))
+            if was is None or was is obj or replace:
+                assert exc is None, exc
+                if was not in (None, obj):
+                    self.ended(was)
+                self.primary = obj
+            else:
+                assert isinstance(exc, tcbon.ProcessExists) and exc.pid == pid_of(was), exc
+
+        @rule(i=st.integers(0, 2))
+        @logged
+        def stop(self, i):
+            was = self.primary
+            result, exc = kept(attempt("stop", self.objects[i].stop))
+            if was is None:
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+            else:
+                assert exc is None, exc
+                self.ended(was)
+                self.primary = None
+
+        @rule(i=st.integers(0, 2), what=st.sampled_from(["info", "ping", "handoff"]))
+        @logged
+        def send(self, i, what):
+            result, exc = kept(attempt(what, self.talk(self.objects[i], what)))
+            if self.primary is None:
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+            else:
+                assert exc is None and result in (None, pid_of(self.primary)), (result, exc)
+
+        @rule(i=st.integers(0, 2), j=st.integers(0, 2), what=st.sampled_from(["info", "ping"]),
+              slow=st.booleans())
+        @logged
+        def stop_while_another_talks(self, i, j, what, slow):
+            was, done = self.primary, []
+            for obj in self.objects:
+                obj.on_stop_delay = 0.5 if slow else 0.0
+            stopper = threading.Thread(target=lambda: done.append(
+                attempt("stop", self.objects[i].stop)))
+            stopper.start()
+            try:
+                result, exc = kept(attempt(what, self.talk(self.objects[j], what)))
+            finally:
+                stopper.join(limit + margin + 5)
+            assert done, "stop() from a thread did not return"
+            stopped, stop_exc = kept(done[0])
+            if was is None:
+                assert isinstance(stop_exc, tcbon.ProcessDoesNotExist), stop_exc
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+                return
+            assert stop_exc is None, stop_exc
+            self.ended(was)
+            self.primary = None
+            assert result == pid_of(was) or isinstance(exc, (tcbon.ProcessDoesNotExist,
+                                                             tcbon.Timeout)), (result, exc)
+
+        @precondition(lambda self: len(self.children) < 4)
+        @rule(slow=st.booleans())
+        @logged
+        def launch_child(self, slow):
+            env = child_env(tmp_path, TIMEOUT=limit, ON_STOP_DELAY=0.3 if slow else 0)
+            path = "%s.%d.err" % (self.app_dir, len(self.children))
+            with open(path, "w") as err:
+                child = subprocess.Popen([sys.executable, "-c", LAUNCH, self.name, self.app_dir],
+                                         env=env, text=True, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=err)
+            self.children.append(child)
+            self.errors[child] = path
+            assert select.select([child.stdout], [], [], 20)[0], "the child said nothing"
+            line = child.stdout.readline()
+            if self.primary is None:
+                assert line == "PRIMARY %d\n" % child.pid, line
+                self.primary = child
+            else:
+                assert line == "EXISTS %d\n" % pid_of(self.primary), line
+                wait_for(lambda: child.poll() is not None, 10, "the later launch to end")
+                assert child.returncode == 0
+
+        @precondition(lambda self: isinstance(self.primary, subprocess.Popen))
+        @rule(how=st.sampled_from(["SIGTERM", "SIGKILL"]))
+        @logged
+        def end_child(self, how):
+            child, self.primary = self.primary, None
+            child.send_signal(getattr(signal, how))
+            try:
+                wait_for(lambda: child.poll() is not None, 10, "the child to exit after " + how)
+            except AssertionError:
+                with open(self.errors[child]) as err:
+                    raise AssertionError("%s did not end it; its stderr: %s" % (
+                        how, err.read()[-1000:])) from None
+            assert child.returncode == (0 if how == "SIGTERM" else -signal.SIGKILL)
+
+        @invariant()
+        @logged
+        def one_primary_and_each_object_knows_the_facts(self):
+            live = [c for c in self.children if c is self.primary and c.poll() is None]
+            here = [obj for obj in self.objects if obj.is_primary]
+            assert len(here) + len(live) <= 1, (here, live)
+            for obj in self.objects:
+                assert obj.is_primary == (obj is self.primary)
+                assert obj.running == (self.primary is not None)
+
+        @logged
+        def teardown(self):
+            try:
+                for obj in self.objects:
+                    if obj.is_primary:
+                        obj.stop()
+                for child in self.children:
+                    if child.poll() is None:
+                        child.terminate()
+                wait_for(lambda: all(c.poll() is not None for c in self.children), 10,
+                         "every child to exit")
+                wait_for(lambda: set(threading.enumerate()) <= threads_before, 10,
+                         "tcbon's threads to end")
+            finally:
+                for child in self.children:
+                    end(child)
+
+    run_state_machine_as_test(Lifecycle, settings=settings(
+        max_examples=15, stateful_step_count=20, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate]))  # each step is real: no shrinking
 
 # Command line -----------------------------------------------------------------------------
 def cli(tmp_path, *args, timeout=60):
