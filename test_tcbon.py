@@ -3712,7 +3712,7 @@ def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(loop, tmp_p
                 failures.append((attempt, code, err[-200:], client.running))
         finally:
             end_group(app)
-    assert failures == []
+    assert failures == [], "%d of 20 tries failed: %s" % (len(failures), failures)
 
 
 @pytest.mark.slow
