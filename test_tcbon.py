@@ -821,7 +821,8 @@ print("PRIMARY %.3f" % (time.monotonic() - started), flush=True)
 deadline = time.monotonic() + 60
 while app.is_primary and time.monotonic() < deadline:
     time.sleep(0.01)
-app.stop()
+if app.is_primary:  # not stopped by anyone within the minute
+    app.stop()
 print("STOPPED", flush=True)
 """
 
