@@ -856,6 +856,59 @@ app.on_stop = stopped.set
 sys.exit(app.main(run=stopped.wait))
 """
 
+# argv NAME APP_DIR ARGS...: main() whose second-instance handler prints each
+# event it gets (OPENED primary argv stdin token, and the startup id left in its
+# own environment), the first launch's own included; it answers 3 to itself.
+ONE_DOOR = r"""
+import json, os, sys, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir, timeout=20)
+
+
+@app.on("second-instance")
+def opened(event):
+    print("OPENED", json.dumps([event["primary"], event["argv"][3:], event["stdin"],
+                                event["activation_token"],
+                                os.environ.get("DESKTOP_STARTUP_ID")]), flush=True)
+    return {"exit_code": 3 if event["primary"] else 0,
+            "stdout": "said to %s\n" % ("me" if event["primary"] else "you")}
+
+
+sys.exit(app.main())
+"""
+
+# A frozen app with a spawn pool in on_start, and multiprocessing.freeze_support()
+# in the right place (before main(), with FREEZE_FIRST=1) or in the wrong one (in
+# on_start, after main() took the lock: every worker then starts as a launch).
+MP_APP = """
+import multiprocessing
+import os
+import sys
+
+import tcbon
+
+
+def square(x):
+    return x * x
+
+
+if os.environ.get("FREEZE_FIRST"):
+    multiprocessing.freeze_support()
+app = tcbon.Process("mp_app", timeout=20)
+
+
+def on_start():
+    multiprocessing.freeze_support()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        print("squares", pool.map(square, range(4)), flush=True)
+    app.stop()  # carried out once started
+
+
+app.on_start = on_start
+sys.exit(app.main())
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -3947,6 +4000,61 @@ def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.reuse, Phase.generate]))  # each step is real: no shrinking
 
+def test_every_launch_goes_through_one_door_the_first_ones_own_too(name, app_dir,
+                                                                    tmp_path):
+    env = child_env(tmp_path, DESKTOP_STARTUP_ID="first_TIME42")
+    with launched(["-c", ONE_DOOR, name, app_dir, "first.txt"], env) as first:
+        # Its own argv, marked primary, no stdin; its startup id stays its own.
+        assert first.stdout.readline() == (
+            'OPENED [true, ["first.txt"], null, null, "first_TIME42"]\n')
+        assert first.stdout.readline() == "said to me\n"
+        wait_primary(name, app_dir)
+        status, out, err = ran(["-c", ONE_DOOR, name, app_dir, "second.txt"],
+                               child_env(tmp_path))
+        assert (status, out) == (0, "said to you\n"), err
+        assert first.stdout.readline() == 'OPENED [false, ["second.txt"], null, null, ' \
+            '"first_TIME42"]\n'
+        assert cli(tmp_path, name, "stop", "--app-dir", app_dir)[0] == 0
+        assert finish(first)[0] == 3  # what its handler said to its own launch
+
+
+@pytest.fixture(scope="session")
+def frozen_mp(tmp_path_factory):
+    """MP_APP built by the real PyInstaller, --onefile: its path."""
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        require("PyInstaller", "pip install pyinstaller")
+    work = tmp_path_factory.mktemp("frozen_mp")
+    (work / "mp_app.py").write_text(MP_APP)
+    status, out, err = ran(["-m", "PyInstaller", "--onefile", "--noconfirm", "--log-level",
+                            "WARN", "--paths", HERE, "--distpath", work / "dist", "--workpath",
+                            work / "build", "--specpath", work, work / "mp_app.py"], None,
+                           timeout=600)
+    assert status == 0, err
+    return str(work / "dist" / "mp_app")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="process groups (the frozen app's workers end with them)")
+@pytest.mark.parametrize("place", ["right", "wrong"])
+def test_a_frozen_apps_multiprocessing_workers_are_never_launches(frozen_mp, place, tmp_path):
+    env = child_env(tmp_path, FREEZE_FIRST="1" if place == "right" else "")
+    app = subprocess.Popen([frozen_mp], env=env, stdin=subprocess.DEVNULL, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    try:
+        code, out, err = finish(app, timeout=60)  # before: workers waited 20 s each, in turn
+        assert (code, out) == (0, "squares [0, 1, 4, 9]\n"), err
+        said = err.count("this process is a multiprocessing worker, not a launch")
+        if place == "right":
+            assert said == 0, err
+        else:  # each worker and the resource tracker said it once: no storm
+            assert 1 <= said <= 3 and "call multiprocessing.freeze_support() first" in err, err
+    finally:
+        end_group(app)
+
+
 # Command line -----------------------------------------------------------------------------
 def cli(tmp_path, *args, timeout=60):
     """Run the real ``python -m tcbon``; return (code, stdout, stderr)."""
@@ -4377,6 +4485,30 @@ def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_p
         client.stop(timeout=30)
         code, out, err = finish(first)
         assert code == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_closing_a_ui_examples_window_stops_it_cleanly(toolkit, tmp_path, desktop):
+    env = ui_env(toolkit, tmp_path, desktop.display)
+    name = toolkit + "_app"
+    client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
+    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app, \
+            desktop.screenshot_on_failure():
+        wait_for(lambda: listed_files(client) == [], 60, "the window")
+        desktop.x("wmctrl", "-i", "-c", desktop.window("tcbon: one window"))  # as its X does
+        code, out, err = finish(app)
+        assert (code, err) == (0, "") and not client.running
+
+
+def test_the_tk_example_without_a_display_says_so_in_one_line(tmp_path):
+    env = ui_env("tk", tmp_path)
+    env.pop("DISPLAY", None)
+    started = time.monotonic()
+    status, out, err = ran([example("tk_app.py"), "notes.txt"], env, cwd=str(tmp_path))
+    assert status == 1 and err.startswith("tk_app: ") and err.count("\n") == 1, err
+    client = tcbon.Process("tk_app", app_dir=os.path.join(str(tmp_path / "xdg"), "tk_app"))
+    assert time.monotonic() - started < 10 and not client.running
 
 
 @pytest.mark.slow
