@@ -2538,6 +2538,7 @@ class _Primary:
         self.drain: float | None = process.drain_limit()  # for requests in progress
         self._undo: list[Callable[[], None]] = []
         self._stopper: int | None = None  # the thread running the stop sequence
+        self._in_on_stop: int | None = None  # the same, while in on_stop()
         self.exit_code = EXIT_OK  # what the first launch's own handler said (main())
         self._once = _thread.allocate_lock()  # the stop sequence runs once
 
@@ -2634,7 +2635,7 @@ class _Primary:
         self.hurried = True
         if self.server is not None:
             self.server.hurried = True  # ends the wait for requests in progress
-        if self._stopper == _thread.get_ident():
+        if self._in_on_stop == _thread.get_ident():
             raise KeyboardInterrupt  # a slow on_stop, here: stop() goes on
 
     def wait(self, gate: _Gate) -> None:
@@ -2712,11 +2713,14 @@ class _Primary:
             return
         self._stopper = _thread.get_ident()
         process, server = self.process, self.server
-        self.ask()
         try:
+            self.ask()
             self._withdraw()
+            self._in_on_stop = self._stopper
             process.on_stop()
-        except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, cleanly
+            self._in_on_stop = None
+        except KeyboardInterrupt:  # a second Ctrl-C in a slow on_stop: the stop goes on
+            self._in_on_stop = None
             process._note(_WARNING, "%s: on_stop was interrupted", process.name)
         finally:
             self._stopper = None

@@ -3348,23 +3348,24 @@ def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, 
 @pytest.fixture(scope="session")
 def frozen(tmp_path_factory):
     """FROZEN_APP built by the real PyInstaller: {'onefile': path, 'onedir': path}."""
+    return {mode: pyinstaller(tmp_path_factory.mktemp("frozen"), "frozen_app", FROZEN_APP, mode)
+            for mode in ("onefile", "onedir")}
+
+
+def pyinstaller(work, name, source, mode="onefile"):
+    """source, as name.py, built in work by the real PyInstaller: its executable."""
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
         require("PyInstaller", "pip install pyinstaller")
-    work = tmp_path_factory.mktemp("frozen")
-    (work / "frozen_app.py").write_text(FROZEN_APP)
-    built = {}
-    for mode in ("onefile", "onedir"):
-        status, out, err = ran(["-m", "PyInstaller", "--" + mode, "--noconfirm", "--log-level",
-                                "WARN", "--paths", HERE, "--distpath", work / mode / "dist",
-                                "--workpath", work / mode / "build", "--specpath", work / mode,
-                                work / "frozen_app.py"], None, timeout=600)
-        assert status == 0, err
-        built[mode] = str(work / mode / "dist" / "frozen_app")
-        if mode == "onedir":
-            built[mode] = os.path.join(built[mode], "frozen_app")
-    return built
+    (work / (name + ".py")).write_text(source)
+    status, out, err = ran(["-m", "PyInstaller", "--" + mode, "--noconfirm", "--log-level",
+                            "WARN", "--paths", HERE, "--distpath", work / "dist", "--workpath",
+                            work / "build", "--specpath", work, work / (name + ".py")], None,
+                           timeout=600)
+    assert status == 0, err
+    built = work / "dist" / name
+    return str(built / name if mode == "onedir" else built)
 
 
 @pytest.mark.slow
@@ -3742,18 +3743,7 @@ def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, reque
 @pytest.fixture(scope="session")
 def frozen_loop(tmp_path_factory):
     """FROZEN_LOOP_APP built --onefile by the real PyInstaller: its path."""
-    try:
-        import PyInstaller  # noqa: F401
-    except ImportError:
-        require("PyInstaller", "pip install pyinstaller")
-    work = tmp_path_factory.mktemp("frozen_loop")
-    (work / "frozen_loop.py").write_text(FROZEN_LOOP_APP)
-    status, out, err = ran(["-m", "PyInstaller", "--onefile", "--noconfirm", "--log-level", "WARN",
-                            "--paths", HERE, "--distpath", work / "dist", "--workpath",
-                            work / "build", "--specpath", work, work / "frozen_loop.py"], None,
-                           timeout=600)
-    assert status == 0, err
-    return str(work / "dist" / "frozen_loop")
+    return pyinstaller(tmp_path_factory.mktemp("frozen_loop"), "frozen_loop", FROZEN_LOOP_APP)
 
 
 @pytest.mark.slow
@@ -4021,18 +4011,7 @@ def test_every_launch_goes_through_one_door_the_first_ones_own_too(name, app_dir
 @pytest.fixture(scope="session")
 def frozen_mp(tmp_path_factory):
     """MP_APP built by the real PyInstaller, --onefile: its path."""
-    try:
-        import PyInstaller  # noqa: F401
-    except ImportError:
-        require("PyInstaller", "pip install pyinstaller")
-    work = tmp_path_factory.mktemp("frozen_mp")
-    (work / "mp_app.py").write_text(MP_APP)
-    status, out, err = ran(["-m", "PyInstaller", "--onefile", "--noconfirm", "--log-level",
-                            "WARN", "--paths", HERE, "--distpath", work / "dist", "--workpath",
-                            work / "build", "--specpath", work, work / "mp_app.py"], None,
-                           timeout=600)
-    assert status == 0, err
-    return str(work / "dist" / "mp_app")
+    return pyinstaller(tmp_path_factory.mktemp("frozen_mp"), "mp_app", MP_APP)
 
 
 @pytest.mark.slow
