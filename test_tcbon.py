@@ -4724,15 +4724,16 @@ def test_blender_tool_serves_from_blenders_main_thread(tmp_path, mode, request):
                                         stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_primary("blender_tool", app_dir, 120)
-        client = tcbon.Process("blender_tool", app_dir=app_dir, timeout=60)
-        first = client.send("event", {"name": "count"})
-        added = client.send("event", {"name": "add-cube"})
-        assert (first, added) == ({"success": True, "objects": 3, "main_thread": True},
-                                  {"success": True, "objects": 4, "main_thread": True})
-        code, out, err = cli(tmp_path, "blender_tool", "send", "count", "--json",
-                             "--app-dir", app_dir)
-        assert (code, json.loads(out)["objects"]) == (0, 4), err
-        assert cli(tmp_path, "blender_tool", "stop", "--app-dir", app_dir)[0] == 0
+        # What the example's docstring shows, as it shows it.
+        said = [cli(tmp_path, "blender_tool", *(args + ("--app-dir", app_dir)))[:2]
+                for args in (("send", "count", "--json"), ("send", "add-cube", "--json"),
+                             ("stop",))]
+        assert said == [(0, '{"success": true, "objects": 3, "main_thread": true}\n'),
+                        (0, '{"success": true, "objects": 4, "main_thread": true}\n'),
+                        (0, "blender_tool stopped\n")]
+        with open(example("blender_tool.py")) as f:
+            shown = f.read()
+        assert all(out in shown for _, out in said)
         wait_for(lambda: "stopping on the main thread: True" in out_path.read_text(), 60,
                  "on_stop on Blender's main thread")
         if mode == "--background":  # the script ends, and so does Blender
