@@ -4777,6 +4777,10 @@ README_NOT_RUN = {
     '.venv/bin/python -m pip install -e ".[test]"', ".venv/bin/python -m pytest test_tcbon.py",
     '.venv/bin/python -m pytest test_tcbon.py -m "not slow"',
 }
+# What the commands may leave in the clone (a path with one of these parts):
+# the README's virtual environment, what pip install . and the vendoring
+# example build, bytecode; all of them in .gitignore.
+README_LEAVES = {".venv", "build", "tcbon.egg-info", "__pycache__"}
 
 
 def readme_commands(pages=README_PAGES):
@@ -4848,6 +4852,30 @@ def readme_script(steps, clone):
     return "\n".join(lines) + "\n"
 
 
+def readme_output_missing(steps, output):
+    """The first output line the pages show that the session did not print,
+    in order, as "page:line: shown line"; '...' in it stands for anything.
+    None if all were printed."""
+    import re
+    printed = [line.rstrip() for line in output.splitlines()]
+    at = 0
+    for step in steps:
+        for shown in step[4] if step[0] == "$" else ():
+            pattern = re.compile(".*".join(re.escape(part) for part in shown.split("...")))
+            while at < len(printed) and not pattern.fullmatch(printed[at]):
+                at += 1
+            if at == len(printed):
+                return "%s: %s" % (step[1], shown)
+            at += 1
+    return None
+
+
+def clone_files(root):
+    """Every file and folder under root, relative to it."""
+    return {os.path.relpath(os.path.join(folder, name), root)
+            for folder, folders, files in os.walk(root) for name in folders + files}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell")
 def test_readme_commands_work_as_written(tmp_path, request):
@@ -4857,13 +4885,14 @@ def test_readme_commands_work_as_written(tmp_path, request):
     bare = {c[2]: c[2].split("  #")[0].strip() for c in commands}  # without comments
     assert set(bare.values()) >= README_NOT_RUN  # the list is not stale
     steps = [s for s in steps if s[0] != "$" or bare[s[2]] not in README_NOT_RUN]
-    assert len(commands) > 30
+    assert len(commands) > 30 and sum(len(c[4]) for c in commands) > 15
     assert {s[0] for s in steps} == {"cd", "$", "save", "run"}
     # A fresh copy of the checkout, and a fresh virtual environment whose
     # python comes first on PATH, as in a newcomer's terminal.
     copy = str(tmp_path / "tcbon")
     shutil.copytree(HERE, copy, ignore=shutil.ignore_patterns(
         ".git", ".venv*", "__pycache__", ".*_cache", ".hypothesis", "*.egg-info", "build"))
+    before = clone_files(copy)
     venv = str(tmp_path / "venv")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
     os.mkdir(str(tmp_path / "tmp"))  # for mktemp -d
@@ -4884,5 +4913,8 @@ def test_readme_commands_work_as_written(tmp_path, request):
         log.seek(0)
         output = log.read()
     assert code == 0 and "Traceback" not in output, output[-3000:]
-    assert "{'success': True, 'message': 'Hello there!'}" in output
-    assert "opened 1 file(s) in the running window" in output
+    missing = readme_output_missing(steps, output)
+    assert missing is None, "not printed: %s\n%s" % (missing, output[-3000:])
+    left = {path for path in clone_files(copy) ^ before
+            if not README_LEAVES.intersection(path.split(os.sep))}
+    assert not left, "the commands left (or removed) in the clone: %s" % sorted(left)
