@@ -4743,68 +4743,146 @@ def test_blender_tool_serves_from_blenders_main_thread(tmp_path, mode, request):
         end_group(blender_proc)
 
 
+# The pages whose commands the README test runs, in this order, each from the
+# clone's top folder (CONTRIBUTING.rst says how to write them).
+README_PAGES = (
+    "README.rst", "docs/api.rst", "docs/cli.rst", "docs/desktop.rst", "docs/dcc.rst",
+    "docs/security.rst", "docs/portability.rst", "docs/how-it-works.rst",
+    "docs/performance.rst", "CONTRIBUTING.rst",
+)
 # Commands that run the test suite or the benchmark: CI runs those (.ci/run),
 # and running them here would run this test again.
 README_NOT_RUN = {
-    "bash .ci/run", "python -m venv .venv", "python bench_tcbon.py",
+    "bash .ci/run", "python bench_tcbon.py",
     '.venv/bin/python -m pip install -e ".[test]"', ".venv/bin/python -m pytest test_tcbon.py",
     '.venv/bin/python -m pytest test_tcbon.py -m "not slow"',
 }
+# What the commands may leave in the clone (a path with one of these parts):
+# the README's virtual environment, what pip install . and the vendoring
+# example build, bytecode; all of them in .gitignore.
+README_LEAVES = {".venv", "build", "tcbon.egg-info", "__pycache__"}
 
 
-def readme_commands():
-    """Every '$ ' line of README.rst, in order: (line number, command,
-    expected exit code: 0 unless its comment says 'exit code N')."""
+def readme_commands(pages=README_PAGES):
+    """The steps of the pages, in order: ("cd", page) first for each page;
+    ("$", where, command, expected exit code: 0 unless its comment says
+    'exit code N', the output lines shown after it); for a Python block
+    after '.. test: save as NAME', ("save", where, NAME, code); after
+    '.. test: run this', ("run", where, code). where is "page:line"."""
     import re
-    commands = []
-    with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.startswith("    $ "):
-                command = line[6:].rstrip("\n")
+    steps = []
+    for page in pages:
+        steps.append(("cd", page))
+        with open(os.path.join(HERE, page), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        shown = None  # the output lines of the last command, while its block lasts
+        marker = block = None
+        for number, line in enumerate(lines, 1):
+            where = "%s:%d" % (page, number)
+            if line.strip() and not line.startswith("    "):
+                shown = None
+                if block is not None:  # the Python block ended
+                    steps.append(marker + ("\n".join(block).strip("\n") + "\n",))
+                    marker = block = None
+            test = re.match(r"\.\. test: (run this|save as (\S+))$", line)
+            if test:
+                marker = ("run", where) if test.group(2) is None else ("save", where, test.group(2))
+            elif marker is not None and line == ".. code-block:: python":
+                block = []
+            elif block is not None:
+                block.append(line[4:])
+            elif line.startswith("    $ "):
+                command = line[6:]
                 code = re.search(r"#.*\bexit code (\d+)", command)
-                commands.append((number, command, int(code.group(1)) if code else 0))
-    return commands
+                shown = []
+                steps.append(("$", where, command, int(code.group(1)) if code else 0, shown))
+            elif shown is not None and line.strip():
+                shown.append(line[4:].rstrip())
+        assert block is None and marker is None, "%s: a '.. test:' without its block" % page
+    return steps
 
 
-def readme_script(commands):
-    """A bash session typing the commands; it stops at the first one whose
-    exit code is not the expected one, and waits for what it started with &."""
+def readme_script(steps, clone):
+    """A bash session typing the commands (and saving and running the
+    Python blocks); it stops at the first one whose exit code is not the
+    expected one, and waits for what it started with &."""
+    import shlex
     lines = ["set -u", "started=()"]
-    for number, command, code in commands:
-        lines.append(command)
-        if command.split("  #")[0].rstrip().endswith("&"):
-            lines.append("started+=($!)")
+    for step in steps:
+        kind, where = step[:2]
+        if kind == "cd":
+            lines.append("cd %s  # %s" % (shlex.quote(clone), where))
+            continue
+        if kind == "save":
+            lines.append("cat > %s <<'TCBON_EOF'\n%sTCBON_EOF" % (shlex.quote(step[2]), step[3]))
+            continue
+        if kind == "run":
+            lines.append("python - <<'TCBON_EOF'\n%sTCBON_EOF" % step[2])
+            code = 0
         else:
-            lines.append('code=$?; [ $code = %d ] || { echo "README.rst:%d exited $code, not %d"'
-                         ' >&2; exit 99; }' % (code, number, code))
+            command, code = step[2:4]
+            lines.append(command)
+            if command.split("  #")[0].rstrip().endswith("&"):
+                lines.append("started+=($!)")
+                continue
+        lines.append('code=$?; [ $code = %d ] || { echo "%s exited $code, not %d"'
+                     ' >&2; exit 99; }' % (code, where, code))
     lines.append('for pid in "${started[@]}"; do wait "$pid" || '
                  '{ echo "a command started with & exited $?" >&2; exit 98; }; done')
     return "\n".join(lines) + "\n"
+
+
+def readme_output_missing(steps, output):
+    """The first output line the pages show that the session did not print,
+    in order, as "page:line: shown line"; '...' in it stands for anything.
+    None if all were printed."""
+    import re
+    printed = [line.rstrip() for line in output.splitlines()]
+    at = 0
+    for step in steps:
+        for shown in step[4] if step[0] == "$" else ():
+            pattern = re.compile(".*".join(re.escape(part) for part in shown.split("...")))
+            while at < len(printed) and not pattern.fullmatch(printed[at]):
+                at += 1
+            if at == len(printed):
+                return "%s: %s" % (step[1], shown)
+            at += 1
+    return None
+
+
+def clone_files(root):
+    """Every file and folder under root, relative to it."""
+    return {os.path.relpath(os.path.join(folder, name), root)
+            for folder, folders, files in os.walk(root) for name in folders + files}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell")
 def test_readme_commands_work_as_written(tmp_path, request):
     import shutil
-    commands = readme_commands()
-    bare = {c[1]: c[1].split("  #")[0].strip() for c in commands}  # without comments
+    steps = readme_commands()
+    commands = [step for step in steps if step[0] == "$"]
+    bare = {c[2]: c[2].split("  #")[0].strip() for c in commands}  # without comments
     assert set(bare.values()) >= README_NOT_RUN  # the list is not stale
-    commands = [c for c in commands if bare[c[1]] not in README_NOT_RUN]
-    assert len(commands) > 15
+    steps = [s for s in steps if s[0] != "$" or bare[s[2]] not in README_NOT_RUN]
+    assert len(commands) > 30 and sum(len(c[4]) for c in commands) > 15
+    assert {s[0] for s in steps} == {"cd", "$", "save", "run"}
     # A fresh copy of the checkout, and a fresh virtual environment whose
     # python comes first on PATH, as in a newcomer's terminal.
     copy = str(tmp_path / "tcbon")
     shutil.copytree(HERE, copy, ignore=shutil.ignore_patterns(
         ".git", ".venv*", "__pycache__", ".*_cache", ".hypothesis", "*.egg-info", "build"))
+    before = clone_files(copy)
     venv = str(tmp_path / "venv")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+    os.mkdir(str(tmp_path / "tmp"))  # for mktemp -d
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(PATH=os.path.join(venv, "bin") + os.pathsep + env.get("PATH", ""),
                XDG_DATA_HOME=str(tmp_path / "data"), HOME=str(tmp_path),
-               DISPLAY=request.getfixturevalue("display"))
+               TMPDIR=str(tmp_path / "tmp"), DISPLAY=request.getfixturevalue("display"))
     with open(str(tmp_path / "session.log"), "w+") as log:
-        session = subprocess.Popen(["bash", "-c", readme_script(commands)], cwd=copy, env=env,
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        session = subprocess.Popen(["bash", "-c", readme_script(steps, copy)], cwd=copy,
+                                   env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
         try:
             code = session.wait(600)
@@ -4815,5 +4893,8 @@ def test_readme_commands_work_as_written(tmp_path, request):
         log.seek(0)
         output = log.read()
     assert code == 0 and "Traceback" not in output, output[-3000:]
-    assert "{'success': True, 'message': 'Hello there!'}" in output
-    assert "opened 1 file(s) in the running window" in output
+    missing = readme_output_missing(steps, output)
+    assert missing is None, "not printed: %s\n%s" % (missing, output[-3000:])
+    left = {path for path in clone_files(copy) ^ before
+            if not README_LEAVES.intersection(path.split(os.sep))}
+    assert not left, "the commands left (or removed) in the clone: %s" % sorted(left)
