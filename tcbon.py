@@ -2561,6 +2561,22 @@ def _relay(reply: Any) -> int:
     return code if isinstance(code, int) else EXIT_OK
 
 
+def _worker_sign() -> str | None:
+    """What shows that this process is a multiprocessing worker or helper,
+    not a launch of the app: a frozen app's worker started again from the
+    app's executable, before freeze_support() ran (pyinstaller#7438), or a
+    spawned worker importing the main script again (as __mp_main__), which
+    multiprocessing itself tells by _inheriting (its
+    _check_not_importing_main)."""
+    for arg in _this_argv()[1:]:
+        if arg.startswith(("--multiprocessing-fork", "from multiprocessing.")):
+            return "its command line has %r" % arg[:60]
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None and getattr(process.current_process(), "_inheriting", False):
+        return "multiprocessing is importing the main script again in it"  # as its own check
+    return None
+
+
 def _this_argv() -> list[str]:
     """sys.argv, which embedded interpreters may lack or leave empty."""
     return list(getattr(sys, "argv", None) or [])
@@ -2719,6 +2735,7 @@ class _Primary:
         self.drain: float | None = process.drain_limit()  # for requests in progress
         self._undo: list[Callable[[], None]] = []
         self._stopper: int | None = None  # the thread running the stop sequence
+        self._in_on_stop: int | None = None  # the same, while in on_stop()
         self.exit_code = EXIT_OK  # what the first launch's own handler said (main())
         self._once = _thread.allocate_lock()  # the stop sequence runs once
 
@@ -2815,7 +2832,7 @@ class _Primary:
         self.hurried = True
         if self.server is not None:
             self.server.hurried = True  # ends the wait for requests in progress
-        if self._stopper == _thread.get_ident():
+        if self._in_on_stop == _thread.get_ident():
             raise KeyboardInterrupt  # a slow on_stop, here: stop() goes on
 
     def wait(self, gate: _Gate) -> None:
@@ -2893,11 +2910,14 @@ class _Primary:
             return
         self._stopper = _thread.get_ident()
         process, server = self.process, self.server
-        self.ask()
         try:
+            self.ask()
             self._withdraw()
+            self._in_on_stop = self._stopper
             process.on_stop()
-        except KeyboardInterrupt:  # a second Ctrl-C: the stop goes on, cleanly
+            self._in_on_stop = None
+        except KeyboardInterrupt:  # a second Ctrl-C in a slow on_stop: the stop goes on
+            self._in_on_stop = None
             process._note(_WARNING, "%s: on_stop was interrupted", process.name)
         finally:
             self._stopper = None
@@ -2964,10 +2984,11 @@ class _Primary:
             self.exit_code = _relay(result)
         elif not result.done():
             result.add_done_callback(self.took_own_launch)
-        elif result.cancelled() or result.exception() is not None:
+        elif result.cancelled() or isinstance(result.exception(), _Stopping):
+            pass  # stopped before its loop ran it: nothing to open
+        elif result.exception() is not None:
             self.process._note(_ERROR, "%s: the handler of the first launch failed: %r",
-                               self.process.name, None if result.cancelled()
-                               else result.exception())
+                               self.process.name, result.exception())
         else:
             self.took_own_launch(result.result())
 
@@ -3322,6 +3343,9 @@ class Process:
             3 refused, 4 not answering in time, 5 state directory unusable,
             6 any other failure.
         """
+        worker = _worker_sign()
+        if worker is not None:
+            return self._not_a_launch(worker)
         argv = _this_argv() if argv is None else list(argv)
         wait = _Wait(self._limit(timeout))
         while True:
@@ -3379,6 +3403,8 @@ class Process:
         if executor is None or getattr(executor, "is_own_thread", _nothing)():
             try:
                 result = call()
+            except _Stopping:
+                return None  # stopped during on_start: nothing to open
             except Exception:  # noqa: BLE001 - logged, as a later launch's would be
                 return self._note(_ERROR, "%s: the handler of the first launch failed",
                                   self.name, exc_info=True)
@@ -3386,6 +3412,20 @@ class Process:
         future = _submit_later(executor, call)
         if _is_future(future):
             future.add_done_callback(primary.took_own_launch)
+
+    def _not_a_launch(self, worker: str) -> int:
+        """main() in a multiprocessing worker: never a launch (it would wait
+        for the primary that waits for it). Said at once; a frozen app's
+        worker then does its work (freeze_support() runs it and exits),
+        so that its pool neither hangs nor starts worker after worker."""
+        code = self._report(Error(
+            "this process is a multiprocessing worker, not a launch (%s): call "
+            "multiprocessing.freeze_support() first thing under "
+            "if __name__ == '__main__':, before main()" % worker))
+        if getattr(sys, "frozen", False):
+            import multiprocessing
+            multiprocessing.freeze_support()  # returns only if it is no worker after all
+        return code
 
     def _report(self, exc: Exception) -> int:
         _say(sys.stderr, "%s: %s\n" % (self.name, exc))

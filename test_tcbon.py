@@ -675,6 +675,179 @@ app.on_stop = Gtk.main_quit
 sys.exit(app.main(run=Gtk.main))
 """
 
+# Issue 19's findings: a script's loop with a MainThreadExecutor of its main
+# thread, argv NAME APP_DIR HOW STOP. HOW: "run_forever" or "main" (without run).
+# STOP: "thread" (app.stop() from another thread once it answers) or "handler"
+# (a 'quit' event, handled on the main thread, calls app.stop()). Prints PRIMARY
+# pid from on_start, then RETURNED, the seconds since app.stop() was called, and
+# main()'s exit code (0 for run_forever()).
+EXECUTOR_STOP = r"""
+import os, sys, threading, time, tcbon
+name, app_dir, how, stop = sys.argv[1:5]
+app = tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor())
+app.on_start = lambda: print("PRIMARY", os.getpid(), flush=True)
+asked = []
+
+def stop_now():
+    asked.append(time.monotonic())
+    app.stop()
+
+@app.on("quit")
+def quit_(event):
+    stop_now()
+    return {"on_main": threading.current_thread() is threading.main_thread()}
+
+def once_it_answers():
+    client = tcbon.Process(name, app_dir=app_dir)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            client.info(timeout=1)
+            break
+        except tcbon.Error:
+            time.sleep(0.01)
+    stop_now()
+if stop == "thread":
+    threading.Thread(target=once_it_answers, daemon=True).start()
+code = app.main([]) if how == "main" else app.run_forever() or 0
+print("RETURNED %.3f %d" % (time.monotonic() - asked[0], code), flush=True)
+"""
+
+
+# argv NAME APP_DIR DONE_FILE: a user launching the app again and again, fast:
+# Process.main() of a new object each time (one that becomes the primary serves
+# until stopped), until DONE_FILE exists. Prints FAILED, the exit code and what the
+# launch said, for each launch that did not return 0, then "launches N".
+RELAUNCHER = r"""
+import io, os, sys, tcbon
+name, app_dir, done = sys.argv[1:4]
+launches = 0
+while not os.path.exists(done):
+    said, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        code = tcbon.Process(name, app_dir=app_dir, timeout=10).main(["app", str(launches)])
+    finally:
+        said, sys.stderr = sys.stderr.getvalue(), said
+    launches += 1
+    if code != 0:
+        print("FAILED", code, said.strip().replace("\n", " | "), flush=True)
+print("launches", launches, flush=True)
+"""
+
+
+# argv NAME APP_DIR: after the GO_FILE barrier, start(replace=True, timeout=10) of
+# a new object; prints PRIMARY and the seconds it took, EXISTS and the seconds, or
+# ERROR and what was raised. The primary serves until stopped by anyone (at most
+# 60 s), then prints STOPPED.
+REPLACER = r"""
+import os, sys, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+go = os.environ["GO_FILE"]
+deadline = time.monotonic() + 30
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.001)
+app = tcbon.Process(name, app_dir=app_dir, timeout=10)
+started = time.monotonic()
+try:
+    app.start(replace=True)
+except tcbon.ProcessExists:
+    print("EXISTS %.3f" % (time.monotonic() - started), flush=True)
+    sys.exit(0)
+except Exception as exc:
+    print("ERROR %.3f %s: %s" % (time.monotonic() - started, type(exc).__name__, exc), flush=True)
+    sys.exit(0)
+print("PRIMARY %.3f" % (time.monotonic() - started), flush=True)
+deadline = time.monotonic() + 60
+while app.is_primary and time.monotonic() < deadline:
+    time.sleep(0.01)
+if app.is_primary:  # not stopped by anyone within the minute
+    app.stop()
+print("STOPPED", flush=True)
+"""
+
+
+# argv NAME APP_DIR: run_forever() of a primary whose on_start takes ON_START_DELAY
+# seconds (it prints PRIMARY pid first) and whose 'second-instance' handler takes
+# HANDLER_DELAY seconds.
+SLOW_HANDOFF = r"""
+import os, sys, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir)
+
+def on_start():
+    print("PRIMARY", os.getpid(), flush=True)
+    time.sleep(float(os.environ["ON_START_DELAY"]))
+app.on_start = on_start
+app.on("second-instance")(lambda event: time.sleep(float(os.environ["HANDLER_DELAY"])))
+app.run_forever()
+"""
+
+# The frozen app of the double Ctrl-C test: main() with its own loop, in Python
+# (a KeyboardInterrupt can end it), which on_stop ends too.
+FROZEN_LOOP_APP = """
+import sys
+import threading
+import tcbon
+
+app = tcbon.Process("frozen_loop", timeout=20)
+stopped = threading.Event()
+app.on_stop = stopped.set
+sys.exit(app.main(run=stopped.wait))
+"""
+
+# argv NAME APP_DIR ARGS...: main() whose second-instance handler prints each
+# event it gets (OPENED primary argv stdin token, and the startup id left in its
+# own environment), the first launch's own included; it answers 3 to itself.
+ONE_DOOR = r"""
+import json, os, sys, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir, timeout=20)
+
+
+@app.on("second-instance")
+def opened(event):
+    print("OPENED", json.dumps([event["primary"], event["argv"][3:], event["stdin"],
+                                event["activation_token"],
+                                os.environ.get("DESKTOP_STARTUP_ID")]), flush=True)
+    return {"exit_code": 3 if event["primary"] else 0,
+            "stdout": "said to %s\n" % ("me" if event["primary"] else "you")}
+
+
+sys.exit(app.main())
+"""
+
+# A frozen app with a spawn pool in on_start, and multiprocessing.freeze_support()
+# in the right place (before main(), with FREEZE_FIRST=1) or in the wrong one (in
+# on_start, after main() took the lock: every worker then starts as a launch).
+MP_APP = """
+import multiprocessing
+import os
+import sys
+
+import tcbon
+
+
+def square(x):
+    return x * x
+
+
+if os.environ.get("FREEZE_FIRST"):
+    multiprocessing.freeze_support()
+app = tcbon.Process("mp_app", timeout=20)
+
+
+def on_start():
+    multiprocessing.freeze_support()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        print("squares", pool.map(square, range(4)), flush=True)
+    app.stop()  # carried out once started
+
+
+app.on_start = on_start
+sys.exit(app.main())
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -3302,23 +3475,24 @@ def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, 
 @pytest.fixture(scope="session")
 def frozen(tmp_path_factory):
     """FROZEN_APP built by the real PyInstaller: {'onefile': path, 'onedir': path}."""
+    return {mode: pyinstaller(tmp_path_factory.mktemp("frozen"), "frozen_app", FROZEN_APP, mode)
+            for mode in ("onefile", "onedir")}
+
+
+def pyinstaller(work, name, source, mode="onefile"):
+    """source, as name.py, built in work by the real PyInstaller: its executable."""
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
         require("PyInstaller", "pip install pyinstaller")
-    work = tmp_path_factory.mktemp("frozen")
-    (work / "frozen_app.py").write_text(FROZEN_APP)
-    built = {}
-    for mode in ("onefile", "onedir"):
-        status, out, err = ran(["-m", "PyInstaller", "--" + mode, "--noconfirm", "--log-level",
-                                "WARN", "--paths", HERE, "--distpath", work / mode / "dist",
-                                "--workpath", work / mode / "build", "--specpath", work / mode,
-                                work / "frozen_app.py"], None, timeout=600)
-        assert status == 0, err
-        built[mode] = str(work / mode / "dist" / "frozen_app")
-        if mode == "onedir":
-            built[mode] = os.path.join(built[mode], "frozen_app")
-    return built
+    (work / (name + ".py")).write_text(source)
+    status, out, err = ran(["-m", "PyInstaller", "--" + mode, "--noconfirm", "--log-level",
+                            "WARN", "--paths", HERE, "--distpath", work / "dist", "--workpath",
+                            work / "build", "--specpath", work, work / (name + ".py")], None,
+                           timeout=600)
+    assert status == 0, err
+    built = work / "dist" / name
+    return str(built / name if mode == "onedir" else built)
 
 
 @pytest.mark.slow
@@ -3421,6 +3595,570 @@ def test_cli_wait_exit_blocks_until_no_primary_runs(name, app_dir, tmp_path):
         assert code == 4 and "still runs after 0.3 s" in err
     finally:
         proc.stop()
+
+
+# Issue 19: one object, one role; every stop, timeout and signal keeps the
+# README's promise. One regression test per finding, then the model.
+@pytest.mark.parametrize("how", ["run_forever", "main"])
+def test_a_stop_from_another_thread_ends_a_main_thread_executors_loop(name, app_dir,
+                                                                      tmp_path, how):
+    # Finding 1: Blender --background's pattern; nothing woke run_pending().
+    with launched(["-c", EXECUTOR_STOP, name, app_dir, how, "thread"],
+                  child_env(tmp_path)) as child:
+        wait_for(lambda: child.poll() is not None, 15,
+                 "%s() to return after app.stop() from another thread" % how)
+        code, out, err = finish(child)
+        assert code == 0, err
+        returned, status = out.splitlines()[-1].split()[1:]
+        assert float(returned) < 1 and status == "0", out
+    assert not tcbon.Process(name, app_dir=app_dir).running
+
+
+@pytest.mark.parametrize("how", ["run_forever", "main"])
+def test_a_handler_on_the_ui_thread_that_stops_the_app_replies_first(name, app_dir, tmp_path,
+                                                                     how):
+    # Finding 2: the stop waited for requests in progress, this one included.
+    with launched(["-c", EXECUTOR_STOP, name, app_dir, how, "handler"],
+                  child_env(tmp_path)) as child:
+        wait_primary(name, app_dir)
+        client = tcbon.Process(name, app_dir=app_dir, timeout=4)
+        started = time.monotonic()
+        assert client.send("event", {"name": "quit"}) == {"success": True, "on_main": True}
+        assert time.monotonic() - started < 1.5
+        wait_for(lambda: child.poll() is not None, 10, "the primary to exit")
+        code, out, err = finish(child)
+        assert code == 0 and out.splitlines()[-1].endswith(" 0"), err
+        assert not client.running
+
+
+def test_no_launch_is_lost_while_primaries_stop_one_after_another(name, app_dir, tmp_path):
+    # Finding 3: a launch reaching a primary that shuts down was reset.
+    done = tmp_path / "done"
+    client = tcbon.Process(name, app_dir=app_dir, timeout=10)
+
+    def identity():
+        try:
+            info = client.info(timeout=2)
+            return info["pid"], info["started"]
+        except tcbon.Error:
+            return None
+    with contextlib.ExitStack() as stack:
+        launchers = [stack.enter_context(launched(["-c", RELAUNCHER, name, app_dir, done],
+                                                  child_env(tmp_path))) for _ in range(6)]
+        stops = 0
+        while stops < 10:
+            serving = wait_for(identity, 30, "a primary")
+            try:
+                client.send("stop")
+            except tcbon.ProcessDoesNotExist:
+                continue
+            stops += 1
+            wait_for(lambda was=serving: identity() != was, 20, "the primary to stop")
+        done.touch()
+
+        def all_ended():
+            with contextlib.suppress(tcbon.Error):
+                client.send("stop", timeout=2)
+            return all(launcher.poll() is not None for launcher in launchers)
+        wait_for(all_ended, 60, "the launchers to end")
+        failed, launches = [], 0
+        for launcher in launchers:
+            code, out, err = finish(launcher)
+            assert code == 0, err
+            failed += [line for line in out.splitlines() if line.startswith("FAILED")]
+            launches += int(out.splitlines()[-1].split()[1])
+        assert failed == [], "%d of %d launches failed" % (len(failed), launches)
+
+
+def test_two_concurrent_replacements_leave_one_primary_and_no_error(name, app_dir, tmp_path):
+    # Finding 3 (and 4): two start(replace=True) raced: one was reset, or
+    # waited out its timeout. Ten rounds; what each replacer said, per round.
+    said = []
+    for round_ in range(10):
+        go = tmp_path / ("go%d" % round_)
+        with launch(name, app_dir, tmp_path) as first, contextlib.ExitStack() as stack:
+            wait_primary(name, app_dir)
+            replacers = [stack.enter_context(launched(["-c", REPLACER, name, app_dir],
+                                                      child_env(tmp_path, GO_FILE=go)))
+                         for _ in range(2)]
+            go.touch()
+            words = [replacer.stdout.readline().split() for replacer in replacers]
+            said.append([" ".join(w[:4]) for w in words])
+            assert finish(first)[0] == 0
+            # One primary at the end: a replacer; the other has ended.
+            pid = wait_primary(name, app_dir)["pid"]
+            winner = next(r for r in replacers if r.pid == pid)
+            loser = next(r for r in replacers if r is not winner)
+            wait_for(lambda ended=loser: ended.poll() is not None, 20, "the other replacer to end")
+            tcbon.Process(name, app_dir=app_dir, timeout=20).stop()
+            assert finish(winner)[:2] == (0, "STOPPED\n")
+    bad = [(round_, what) for round_, what in enumerate(said)
+           if not all(w.split()[0] in ("PRIMARY", "EXISTS") and float(w.split()[1]) < 5
+                      for w in what)]
+    assert bad == [], "rounds whose replacers failed: %s" % bad
+
+
+def test_a_clients_stop_returns_once_that_primary_exited_whoever_runs_next(name, app_dir,
+                                                                          tmp_path):
+    # Finding 4: it waited for a free lock, which the next primary holds: here
+    # one that takes it within a millisecond of its release, as a busy user's
+    # next launch may.
+    outcome, nxt = [], tcbon.Process(name, app_dir=app_dir)
+
+    def stop():
+        started = time.monotonic()
+        try:
+            tcbon.Process(name, app_dir=app_dir).stop(timeout=8)
+            outcome.append(("returned", time.monotonic() - started))
+        except tcbon.Error as exc:
+            outcome.append((repr(exc), time.monotonic() - started))
+
+    def take_over():
+        deadline = time.monotonic() + 20
+        while not nxt.is_primary and time.monotonic() < deadline:
+            with contextlib.suppress(tcbon.ProcessExists, tcbon.Timeout):
+                nxt.start(timeout=0)
+            time.sleep(0.0005)
+    with launch(name, app_dir, tmp_path, ON_STOP_DELAY=1.0) as first:
+        wait_primary(name, app_dir)
+        stopper, taker = threading.Thread(target=stop), threading.Thread(target=take_over)
+        stopper.start()
+        try:
+            assert first.stdout.readline().startswith("PRIMARY")
+            assert first.stdout.readline() == "ON_STOP\n"
+            taker.start()
+            assert finish(first)[0] == 0
+            exited = time.monotonic()
+            stopper.join(20)
+            taker.join(20)
+            assert nxt.is_primary
+            assert outcome and outcome[0][0] == "returned", outcome
+            assert time.monotonic() - exited < 1.5
+        finally:
+            stopper.join(20)
+            taker.join(20)
+            nxt.stop()
+
+
+def test_an_object_that_was_the_primary_stops_whoever_runs_now(name, app_dir, tmp_path):
+    # Finding 5: its stop() returned silently, as if it still were the primary.
+    former = tcbon.Process(name, app_dir=app_dir)
+    former.start()
+    former.stop()
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        former.stop(timeout=10)
+        wait_for(lambda: child.poll() is not None, 5, "the other primary to exit: stop() "
+                 "returned")  # once it has stopped; its interpreter exits right after
+        code, out, err = finish(child)
+        assert code == 0 and out.splitlines()[-2:] == ["ON_STOP", "RETURNED"], err
+    assert not former.running and not former.is_primary
+    for proc in (former, tcbon.Process(name, app_dir=app_dir)):
+        with pytest.raises(tcbon.ProcessDoesNotExist):
+            proc.stop()
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+@pytest.mark.parametrize("call", ["info", "send"])
+def test_the_primary_object_as_a_client_during_its_own_stop(name, app_dir, call, limit):
+    # Finding 6: Unreachable "(pid None) ... address None", from its own state.
+    # Its on_stop takes 1.5 s: a shorter call may time out, a longer one finds
+    # that nothing runs; none says "unreachable" or outlives its timeout.
+    class Slow(tcbon.Process):
+        def on_stop(self):
+            entered.set()
+            time.sleep(1.5)
+    entered = threading.Event()
+    proc = Slow(name, app_dir=app_dir, timeout=limit)
+    proc.on("ping")(lambda event: {"pong": True})
+    proc.start()
+    stopper = threading.Thread(target=proc.stop)
+    stopper.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        expected = (tcbon.ProcessDoesNotExist, tcbon.Timeout) if limit < 1.5 else \
+            tcbon.ProcessDoesNotExist
+        with pytest.raises(expected):
+            if call == "info":
+                proc.info()
+            else:
+                proc.send("event", {"name": "ping"})
+        assert time.monotonic() - started < limit + 0.5
+    finally:
+        stopper.join(20)
+    assert not proc.is_primary and not proc.running
+
+
+def test_handoff_keeps_one_deadline_through_start_up_and_handling(name, app_dir, tmp_path):
+    # Finding 7: 0.9 s to find the address, then a new 1 s for the reply.
+    with launched(["-c", SLOW_HANDOFF, name, app_dir],
+                  child_env(tmp_path, ON_START_DELAY=0.9, HANDLER_DELAY=0.9)) as child:
+        assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
+        started = time.monotonic()
+        try:
+            outcome = tcbon.Process(name, app_dir=app_dir).handoff(["app"], timeout=1)
+        except tcbon.Timeout:
+            outcome = "Timeout"
+        assert (outcome, time.monotonic() - started < 1.5) == ("Timeout", True), (
+            time.monotonic() - started)
+
+
+def test_stop_on_the_primary_object_keeps_its_timeout(name, app_dir):
+    # Finding 7: stop(timeout=0.5) waited for a 3 s request to end.
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(event):
+        entered.set()
+        release.wait(3)
+    proc = tcbon.Process(name, app_dir=app_dir)
+    proc.on("slow")(slow)
+    proc.start()
+    def send_slow():
+        with contextlib.suppress(tcbon.Error):  # what it gets is not the point here
+            tcbon.Process(name, app_dir=app_dir, timeout=10).send("event", {"name": "slow"})
+    sender = threading.Thread(target=send_slow)
+    sender.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        proc.stop(timeout=0.5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        release.set()
+        sender.join(20)
+        if proc.is_primary:
+            proc.stop()
+    wait_for(lambda: not proc.running, 10, "the primary to be gone")
+
+
+@pytest.mark.parametrize("limit", [["--timeout", "40"], []])
+def test_cli_wait_waits_through_a_long_start_up(name, app_dir, tmp_path, limit):
+    # Finding 7: wait gave up after the 5 s default of its probe, exit 4.
+    with launch(name, app_dir, tmp_path, ON_START_DELAY=7) as child:
+        assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
+        started = time.monotonic()
+        code, out, err = cli(tmp_path, name, "wait", "--app-dir", app_dir, *limit)
+        assert code == 0 and out.startswith("%s is running: pid %d " % (name, child.pid)), (
+            code, err, time.monotonic() - started)
+        assert time.monotonic() - started > 5
+        tcbon.Process(name, app_dir=app_dir).stop(timeout=20)
+        assert finish(child)[0] == 0
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, request):
+    # Finding 8: Python runs signal handlers only between bytecodes, and an
+    # idle main loop sits in C.
+    display = request.getfixturevalue("display") if toolkit == "tk" else None
+    env = ui_env(toolkit, tmp_path, display)
+    name = toolkit + "_app"
+    client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
+    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app:
+        wait_for(lambda: listed_files(client) is not None, 60, "the window")
+        app.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        wait_for(lambda: app.poll() is not None, 10, "%s to exit after SIGTERM" % name)
+        took = time.monotonic() - signalled
+        code, out, err = finish(app)
+        assert (code, "Traceback" in err) == (0, False), err
+        assert took < 2
+    assert not client.running
+
+
+@pytest.fixture(scope="session")
+def frozen_loop(tmp_path_factory):
+    """FROZEN_LOOP_APP built --onefile by the real PyInstaller: its path."""
+    return pyinstaller(tmp_path_factory.mktemp("frozen_loop"), "frozen_loop", FROZEN_LOOP_APP)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="process groups and POSIX signals")
+@pytest.mark.parametrize("loop", ["serving", "its own"])
+def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(loop, tmp_path, request):
+    # Finding 8: the second SIGINT (the bootloader forwards one more,
+    # pyinstaller#2483) landed between the first's KeyboardInterrupt and the
+    # handler installed after it: a traceback. main() serving, or running
+    # the app's own loop (main(run=...)).
+    if loop == "serving":
+        path, app_name = request.getfixturevalue("frozen")["onefile"], "frozen_app"
+    else:
+        path, app_name = request.getfixturevalue("frozen_loop"), "frozen_loop"
+    env = child_env(tmp_path)
+    app_dir = os.path.join(str(tmp_path / "xdg"), app_name)
+    client = tcbon.Process(app_name, app_dir=app_dir)
+    failures = []
+    for attempt in range(20):
+        app = subprocess.Popen([path], env=env, stdin=subprocess.DEVNULL, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)  # as a terminal starts it
+        try:
+            wait_primary(app_name, app_dir, 60)
+            os.killpg(app.pid, signal.SIGINT)
+            os.killpg(app.pid, signal.SIGINT)
+            code, out, err = finish(app)
+            if code != 0 or "Traceback" in err or client.running:
+                failures.append((attempt, code, err[-200:], client.running))
+        finally:
+            end_group(app)
+    assert failures == [], "%d of 20 tries failed: %s" % (len(failures), failures)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="SIGKILL and SIGTERM to child primaries")
+def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
+    # Issue 19's model: three Process objects here, LAUNCH primaries in
+    # children; the README's promises are its invariants.
+    import functools
+    import select
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                     run_state_machine_as_test)
+    limit, margin = 2.0, 1.5  # every call's timeout; how far past it a call may return
+    documented = (tcbon.ProcessExists, tcbon.ProcessDoesNotExist, tcbon.Timeout)
+    threads_before = set(threading.enumerate())
+
+    class Here(tcbon.Process):
+        on_stop_delay = 0.0
+
+        def on_stop(self):
+            time.sleep(self.on_stop_delay)
+
+    def pid_of(primary):
+        return os.getpid() if isinstance(primary, tcbon.Process) else primary.pid
+
+    def attempt(what, action):
+        """(what, result, exception, seconds): never raises."""
+        started = time.monotonic()
+        try:
+            result, exc = action(), None
+        except Exception as error:  # noqa: BLE001 - checked by kept()
+            result, exc = None, error
+        return what, result, exc, time.monotonic() - started
+
+    def kept(outcome):
+        """A call's (result, exception), if it kept its promises: only a
+        documented exception, and no more than margin past its timeout."""
+        what, result, exc, took = outcome
+        if exc is not None and not isinstance(exc, documented):
+            raise AssertionError("%s raised %r" % (what, exc)) from exc
+        assert took < limit + margin, "%s took %.1f s with a %.1f s timeout" % (what, took, limit)
+        return result, exc
+
+    def logged(step):
+        """A rule or invariant whose failure lists the steps of its example
+        (the system is concurrent: a replay may not fail the same way)."""
+        @functools.wraps(step)
+        def run(self, **kwargs):
+            if step.__name__ != "one_primary_and_each_object_knows_the_facts":
+                self.steps.append("%s(%s)" % (step.__name__, ", ".join(
+                    "%s=%r" % item for item in sorted(kwargs.items()))))
+            try:
+                return step(self, **kwargs)
+            except AssertionError as exc:
+                raise AssertionError("%s\nafter: %s" % (exc, "; ".join(self.steps))) from exc
+        return run
+
+    class Lifecycle(RuleBasedStateMachine):
+        """The model: who is the primary now: one of self.objects, a child
+        (Popen) or None."""
+
+        def __init__(self):
+            super().__init__()
+            self.name = "t-" + uuid.uuid4().hex[:12]
+            self.app_dir = str(tmp_path / self.name)
+            self.objects = [Here(self.name, app_dir=self.app_dir, timeout=limit)
+                            for _ in range(3)]
+            for obj in self.objects:
+                obj.on("ping")(lambda event: {"pid": os.getpid()})
+            self.children, self.primary, self.steps, self.errors = [], None, [], {}
+
+        def ended(self, was):
+            """The primary that was asked to stop has stopped (a child: exited 0)."""
+            if isinstance(was, tcbon.Process):
+                assert not was.is_primary
+            else:
+                wait_for(lambda: was.poll() is not None, 5, "the stopped child to exit")
+                assert was.returncode == 0
+
+        def talk(self, obj, what):
+            return {"info": lambda: obj.info()["pid"],
+                    "ping": lambda: obj.send("event", {"name": "ping"})["pid"],
+                    "handoff": lambda: None if obj.handoff(["app"]) == {"success": True}
+                    else "another reply"}[what]
+
+        @rule(i=st.integers(0, 2), replace=st.booleans())
+        @logged
+        def start(self, i, replace):
+            obj, was = self.objects[i], self.primary
+            result, exc = kept(attempt("start", lambda: obj.start(replace=replace)))
+            if was is None or was is obj or replace:
+                assert exc is None, exc
+                if was not in (None, obj):
+                    self.ended(was)
+                self.primary = obj
+            else:
+                assert isinstance(exc, tcbon.ProcessExists) and exc.pid == pid_of(was), exc
+
+        @rule(i=st.integers(0, 2))
+        @logged
+        def stop(self, i):
+            was = self.primary
+            result, exc = kept(attempt("stop", self.objects[i].stop))
+            if was is None:
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+            else:
+                assert exc is None, exc
+                self.ended(was)
+                self.primary = None
+
+        @rule(i=st.integers(0, 2), what=st.sampled_from(["info", "ping", "handoff"]))
+        @logged
+        def send(self, i, what):
+            result, exc = kept(attempt(what, self.talk(self.objects[i], what)))
+            if self.primary is None:
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+            else:
+                assert exc is None and result in (None, pid_of(self.primary)), (result, exc)
+
+        @rule(i=st.integers(0, 2), j=st.integers(0, 2), what=st.sampled_from(["info", "ping"]),
+              slow=st.booleans())
+        @logged
+        def stop_while_another_talks(self, i, j, what, slow):
+            was, done = self.primary, []
+            for obj in self.objects:
+                obj.on_stop_delay = 0.5 if slow else 0.0
+            stopper = threading.Thread(target=lambda: done.append(
+                attempt("stop", self.objects[i].stop)))
+            stopper.start()
+            try:
+                result, exc = kept(attempt(what, self.talk(self.objects[j], what)))
+            finally:
+                stopper.join(limit + margin + 5)
+            assert done, "stop() from a thread did not return"
+            stopped, stop_exc = kept(done[0])
+            if was is None:
+                assert isinstance(stop_exc, tcbon.ProcessDoesNotExist), stop_exc
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+                return
+            assert stop_exc is None, stop_exc
+            self.ended(was)
+            self.primary = None
+            assert result == pid_of(was) or isinstance(exc, (tcbon.ProcessDoesNotExist,
+                                                             tcbon.Timeout)), (result, exc)
+
+        @precondition(lambda self: len(self.children) < 4)
+        @rule(slow=st.booleans())
+        @logged
+        def launch_child(self, slow):
+            env = child_env(tmp_path, TIMEOUT=limit, ON_STOP_DELAY=0.3 if slow else 0)
+            path = "%s.%d.err" % (self.app_dir, len(self.children))
+            with open(path, "w") as err:
+                child = subprocess.Popen([sys.executable, "-c", LAUNCH, self.name, self.app_dir],
+                                         env=env, text=True, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=err)
+            self.children.append(child)
+            self.errors[child] = path
+            assert select.select([child.stdout], [], [], 20)[0], "the child said nothing"
+            line = child.stdout.readline()
+            if self.primary is None:
+                assert line == "PRIMARY %d\n" % child.pid, line
+                self.primary = child
+            else:
+                assert line == "EXISTS %d\n" % pid_of(self.primary), line
+                wait_for(lambda: child.poll() is not None, 10, "the later launch to end")
+                assert child.returncode == 0
+
+        @precondition(lambda self: isinstance(self.primary, subprocess.Popen))
+        @rule(how=st.sampled_from(["SIGTERM", "SIGKILL"]))
+        @logged
+        def end_child(self, how):
+            child, self.primary = self.primary, None
+            child.send_signal(getattr(signal, how))
+            try:
+                wait_for(lambda: child.poll() is not None, 10, "the child to exit after " + how)
+            except AssertionError:
+                with open(self.errors[child]) as err:
+                    raise AssertionError("%s did not end it; its stderr: %s" % (
+                        how, err.read()[-1000:])) from None
+            assert child.returncode == (0 if how == "SIGTERM" else -signal.SIGKILL)
+
+        @invariant()
+        @logged
+        def one_primary_and_each_object_knows_the_facts(self):
+            live = [c for c in self.children if c is self.primary and c.poll() is None]
+            here = [obj for obj in self.objects if obj.is_primary]
+            assert len(here) + len(live) <= 1, (here, live)
+            for obj in self.objects:
+                assert obj.is_primary == (obj is self.primary)
+                assert obj.running == (self.primary is not None)
+
+        @logged
+        def teardown(self):
+            try:
+                for obj in self.objects:
+                    if obj.is_primary:
+                        obj.stop()
+                for child in self.children:
+                    if child.poll() is None:
+                        child.terminate()
+                wait_for(lambda: all(c.poll() is not None for c in self.children), 10,
+                         "every child to exit")
+                wait_for(lambda: set(threading.enumerate()) <= threads_before, 10,
+                         "tcbon's threads to end")
+            finally:
+                for child in self.children:
+                    end(child)
+
+    run_state_machine_as_test(Lifecycle, settings=settings(
+        max_examples=15, stateful_step_count=20, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.reuse, Phase.generate]))  # each step is real: no shrinking
+
+def test_every_launch_goes_through_one_door_the_first_ones_own_too(name, app_dir,
+                                                                    tmp_path):
+    env = child_env(tmp_path, DESKTOP_STARTUP_ID="first_TIME42")
+    with launched(["-c", ONE_DOOR, name, app_dir, "first.txt"], env) as first:
+        # Its own argv, marked primary, no stdin; its startup id stays its own.
+        assert first.stdout.readline() == (
+            'OPENED [true, ["first.txt"], null, null, "first_TIME42"]\n')
+        assert first.stdout.readline() == "said to me\n"
+        wait_primary(name, app_dir)
+        status, out, err = ran(["-c", ONE_DOOR, name, app_dir, "second.txt"],
+                               child_env(tmp_path))
+        assert (status, out) == (0, "said to you\n"), err
+        assert first.stdout.readline() == 'OPENED [false, ["second.txt"], null, null, ' \
+            '"first_TIME42"]\n'
+        assert cli(tmp_path, name, "stop", "--app-dir", app_dir)[0] == 0
+        assert finish(first)[0] == 3  # what its handler said to its own launch
+
+
+@pytest.fixture(scope="session")
+def frozen_mp(tmp_path_factory):
+    """MP_APP built by the real PyInstaller, --onefile: its path."""
+    return pyinstaller(tmp_path_factory.mktemp("frozen_mp"), "mp_app", MP_APP)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="process groups (the frozen app's workers end with them)")
+@pytest.mark.parametrize("place", ["right", "wrong"])
+def test_a_frozen_apps_multiprocessing_workers_are_never_launches(frozen_mp, place, tmp_path):
+    env = child_env(tmp_path, FREEZE_FIRST="1" if place == "right" else "")
+    app = subprocess.Popen([frozen_mp], env=env, stdin=subprocess.DEVNULL, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)
+    try:
+        code, out, err = finish(app, timeout=60)  # before: workers waited 20 s each, in turn
+        assert (code, out) == (0, "squares [0, 1, 4, 9]\n"), err
+        said = err.count("this process is a multiprocessing worker, not a launch")
+        if place == "right":
+            assert said == 0, err
+        else:  # each worker and the resource tracker said it once: no storm
+            assert 1 <= said <= 3 and "call multiprocessing.freeze_support() first" in err, err
+    finally:
+        end_group(app)
 
 
 # Command line -----------------------------------------------------------------------------
@@ -3856,6 +4594,30 @@ def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_closing_a_ui_examples_window_stops_it_cleanly(toolkit, tmp_path, desktop):
+    env = ui_env(toolkit, tmp_path, desktop.display)
+    name = toolkit + "_app"
+    client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
+    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app, \
+            desktop.screenshot_on_failure():
+        wait_for(lambda: listed_files(client) == [], 60, "the window")
+        desktop.x("wmctrl", "-i", "-c", desktop.window("tcbon: one window"))  # as its X does
+        code, out, err = finish(app)
+        assert (code, err) == (0, "") and not client.running
+
+
+def test_the_tk_example_without_a_display_says_so_in_one_line(tmp_path):
+    env = ui_env("tk", tmp_path)
+    env.pop("DISPLAY", None)
+    started = time.monotonic()
+    status, out, err = ran([example("tk_app.py"), "notes.txt"], env, cwd=str(tmp_path))
+    assert status == 1 and err.startswith("tk_app: ") and err.count("\n") == 1, err
+    client = tcbon.Process("tk_app", app_dir=os.path.join(str(tmp_path / "xdg"), "tk_app"))
+    assert time.monotonic() - started < 10 and not client.running
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("desktop", ["metacity"], indirect=True)
 def test_a_tk_window_asks_with_the_time_of_the_launchs_startup_id(tmp_path, desktop):
     # metacity weighs an activation request's time stamp against the user's
@@ -4089,15 +4851,16 @@ def test_blender_tool_serves_from_blenders_main_thread(tmp_path, mode, request):
                                         stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_primary("blender_tool", app_dir, 120)
-        client = tcbon.Process("blender_tool", app_dir=app_dir, timeout=60)
-        first = client.send("event", {"name": "count"})
-        added = client.send("event", {"name": "add-cube"})
-        assert (first, added) == ({"success": True, "objects": 3, "main_thread": True},
-                                  {"success": True, "objects": 4, "main_thread": True})
-        code, out, err = cli(tmp_path, "blender_tool", "send", "count", "--json",
-                             "--app-dir", app_dir)
-        assert (code, json.loads(out)["objects"]) == (0, 4), err
-        assert cli(tmp_path, "blender_tool", "stop", "--app-dir", app_dir)[0] == 0
+        # What the example's docstring shows, as it shows it.
+        said = [cli(tmp_path, "blender_tool", *(args + ("--app-dir", app_dir)))[:2]
+                for args in (("send", "count", "--json"), ("send", "add-cube", "--json"),
+                             ("stop",))]
+        assert said == [(0, '{"success": true, "objects": 3, "main_thread": true}\n'),
+                        (0, '{"success": true, "objects": 4, "main_thread": true}\n'),
+                        (0, "blender_tool stopped\n")]
+        with open(example("blender_tool.py")) as f:
+            shown = f.read()
+        assert all(out in shown for _, out in said)
         wait_for(lambda: "stopping on the main thread: True" in out_path.read_text(), 60,
                  "on_stop on Blender's main thread")
         if mode == "--background":  # the script ends, and so does Blender
@@ -4107,70 +4870,148 @@ def test_blender_tool_serves_from_blenders_main_thread(tmp_path, mode, request):
         end_group(blender_proc)
 
 
+# The pages whose commands the README test runs, in this order, each from the
+# clone's top folder (CONTRIBUTING.rst says how to write them).
+README_PAGES = (
+    "README.rst", "docs/api.rst", "docs/cli.rst", "docs/desktop.rst", "docs/dcc.rst",
+    "docs/security.rst", "docs/portability.rst", "docs/how-it-works.rst",
+    "docs/performance.rst", "CONTRIBUTING.rst",
+)
 # Commands that run the test suite or the benchmark: CI runs those (.ci/run),
 # and running them here would run this test again.
 README_NOT_RUN = {
-    "bash .ci/run", "python -m venv .venv", "python bench_tcbon.py",
+    "bash .ci/run", "python bench_tcbon.py",
     '.venv/bin/python -m pip install -e ".[test]"', ".venv/bin/python -m pytest test_tcbon.py",
     '.venv/bin/python -m pytest test_tcbon.py -m "not slow"',
     "bash .ci/windows/setup.sh", ".ci/windows/suite.sh 3.13",
     '.ci/windows/suite.sh 3.8 -m "not slow"',
 }
+# What the commands may leave in the clone (a path with one of these parts):
+# the README's virtual environment, what pip install . and the vendoring
+# example build, bytecode; all of them in .gitignore.
+README_LEAVES = {".venv", "build", "tcbon.egg-info", "__pycache__"}
 
 
-def readme_commands():
-    """Every '$ ' line of README.rst, in order: (line number, command,
-    expected exit code: 0 unless its comment says 'exit code N')."""
+def readme_commands(pages=README_PAGES):
+    """The steps of the pages, in order: ("cd", page) first for each page;
+    ("$", where, command, expected exit code: 0 unless its comment says
+    'exit code N', the output lines shown after it); for a Python block
+    after '.. test: save as NAME', ("save", where, NAME, code); after
+    '.. test: run this', ("run", where, code). where is "page:line"."""
     import re
-    commands = []
-    with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.startswith("    $ "):
-                command = line[6:].rstrip("\n")
+    steps = []
+    for page in pages:
+        steps.append(("cd", page))
+        with open(os.path.join(HERE, page), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        shown = None  # the output lines of the last command, while its block lasts
+        marker = block = None
+        for number, line in enumerate(lines, 1):
+            where = "%s:%d" % (page, number)
+            if line.strip() and not line.startswith("    "):
+                shown = None
+                if block is not None:  # the Python block ended
+                    steps.append(marker + ("\n".join(block).strip("\n") + "\n",))
+                    marker = block = None
+            test = re.match(r"\.\. test: (run this|save as (\S+))$", line)
+            if test:
+                marker = ("run", where) if test.group(2) is None else ("save", where, test.group(2))
+            elif marker is not None and line == ".. code-block:: python":
+                block = []
+            elif block is not None:
+                block.append(line[4:])
+            elif line.startswith("    $ "):
+                command = line[6:]
                 code = re.search(r"#.*\bexit code (\d+)", command)
-                commands.append((number, command, int(code.group(1)) if code else 0))
-    return commands
+                shown = []
+                steps.append(("$", where, command, int(code.group(1)) if code else 0, shown))
+            elif shown is not None and line.strip():
+                shown.append(line[4:].rstrip())
+        assert block is None and marker is None, "%s: a '.. test:' without its block" % page
+    return steps
 
 
-def readme_script(commands):
-    """A bash session typing the commands; it stops at the first one whose
-    exit code is not the expected one, and waits for what it started with &."""
+def readme_script(steps, clone):
+    """A bash session typing the commands (and saving and running the
+    Python blocks); it stops at the first one whose exit code is not the
+    expected one, and waits for what it started with &."""
+    import shlex
     lines = ["set -u", "started=()"]
-    for number, command, code in commands:
-        lines.append(command)
-        if command.split("  #")[0].rstrip().endswith("&"):
-            lines.append("started+=($!)")
+    for step in steps:
+        kind, where = step[:2]
+        if kind == "cd":
+            lines.append("cd %s  # %s" % (shlex.quote(clone), where))
+            continue
+        if kind == "save":
+            lines.append("cat > %s <<'TCBON_EOF'\n%sTCBON_EOF" % (shlex.quote(step[2]), step[3]))
+            continue
+        if kind == "run":
+            lines.append("python - <<'TCBON_EOF'\n%sTCBON_EOF" % step[2])
+            code = 0
         else:
-            lines.append('code=$?; [ $code = %d ] || { echo "README.rst:%d exited $code, not %d"'
-                         ' >&2; exit 99; }' % (code, number, code))
+            command, code = step[2:4]
+            lines.append(command)
+            if command.split("  #")[0].rstrip().endswith("&"):
+                lines.append("started+=($!)")
+                continue
+        lines.append('code=$?; [ $code = %d ] || { echo "%s exited $code, not %d"'
+                     ' >&2; exit 99; }' % (code, where, code))
     lines.append('for pid in "${started[@]}"; do wait "$pid" || '
                  '{ echo "a command started with & exited $?" >&2; exit 98; }; done')
     return "\n".join(lines) + "\n"
+
+
+def readme_output_missing(steps, output):
+    """The first output line the pages show that the session did not print,
+    in order, as "page:line: shown line"; '...' in it stands for anything.
+    None if all were printed."""
+    import re
+    printed = [line.rstrip() for line in output.splitlines()]
+    at = 0
+    for step in steps:
+        for shown in step[4] if step[0] == "$" else ():
+            pattern = re.compile(".*".join(re.escape(part) for part in shown.split("...")))
+            while at < len(printed) and not pattern.fullmatch(printed[at]):
+                at += 1
+            if at == len(printed):
+                return "%s: %s" % (step[1], shown)
+            at += 1
+    return None
+
+
+def clone_files(root):
+    """Every file and folder under root, relative to it."""
+    return {os.path.relpath(os.path.join(folder, name), root)
+            for folder, folders, files in os.walk(root) for name in folders + files}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell: Windows has none")
 def test_readme_commands_work_as_written(tmp_path, request):
     import shutil
-    commands = readme_commands()
-    bare = {c[1]: c[1].split("  #")[0].strip() for c in commands}  # without comments
+    steps = readme_commands()
+    commands = [step for step in steps if step[0] == "$"]
+    bare = {c[2]: c[2].split("  #")[0].strip() for c in commands}  # without comments
     assert set(bare.values()) >= README_NOT_RUN  # the list is not stale
-    commands = [c for c in commands if bare[c[1]] not in README_NOT_RUN]
-    assert len(commands) > 15
+    steps = [s for s in steps if s[0] != "$" or bare[s[2]] not in README_NOT_RUN]
+    assert len(commands) > 30 and sum(len(c[4]) for c in commands) > 15
+    assert {s[0] for s in steps} == {"cd", "$", "save", "run"}
     # A fresh copy of the checkout, and a fresh virtual environment whose
     # python comes first on PATH, as in a newcomer's terminal.
     copy = str(tmp_path / "tcbon")
     shutil.copytree(HERE, copy, ignore=shutil.ignore_patterns(
         ".git", ".venv*", "__pycache__", ".*_cache", ".hypothesis", "*.egg-info", "build"))
+    before = clone_files(copy)
     venv = str(tmp_path / "venv")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+    os.mkdir(str(tmp_path / "tmp"))  # for mktemp -d
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(PATH=os.path.join(venv, "bin") + os.pathsep + env.get("PATH", ""),
                XDG_DATA_HOME=str(tmp_path / "data"), HOME=str(tmp_path),
-               DISPLAY=request.getfixturevalue("display"))
+               TMPDIR=str(tmp_path / "tmp"), DISPLAY=request.getfixturevalue("display"))
     with open(str(tmp_path / "session.log"), "w+") as log:
-        session = subprocess.Popen(["bash", "-c", readme_script(commands)], cwd=copy, env=env,
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        session = subprocess.Popen(["bash", "-c", readme_script(steps, copy)], cwd=copy,
+                                   env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
         try:
             code = session.wait(600)
@@ -4181,5 +5022,8 @@ def test_readme_commands_work_as_written(tmp_path, request):
         log.seek(0)
         output = log.read()
     assert code == 0 and "Traceback" not in output, output[-3000:]
-    assert "{'success': True, 'message': 'Hello there!'}" in output
-    assert "opened 1 file(s) in the running window" in output
+    missing = readme_output_missing(steps, output)
+    assert missing is None, "not printed: %s\n%s" % (missing, output[-3000:])
+    left = {path for path in clone_files(copy) ^ before
+            if not README_LEAVES.intersection(path.split(os.sep))}
+    assert not left, "the commands left (or removed) in the clone: %s" % sorted(left)

@@ -3,11 +3,14 @@
     blender --background --python examples/blender_tool.py   # no window
     blender --python examples/blender_tool.py                # in the GUI
 
-Then, from any terminal:
+Then, from any terminal (the default scene has 3 objects):
 
-    python -m tcbon blender_tool send count        # {'success': True, 'objects': 3}
-    python -m tcbon blender_tool send add-cube     # adds a cube; the new count
-    python -m tcbon blender_tool stop
+    $ python -m tcbon blender_tool send count --json
+    {"success": true, "objects": 3, "main_thread": true}
+    $ python -m tcbon blender_tool send add-cube --json    # adds a cube
+    {"success": true, "objects": 4, "main_thread": true}
+    $ python -m tcbon blender_tool stop
+    blender_tool stopped
 
 Every handler runs on Blender's main thread, the only one allowed to touch
 bpy (tcbon.MainThreadExecutor.blender()): in --background mode, where timers

@@ -52,17 +52,20 @@ class FileList(tcbon.Process):
         self.window.setCentralWidget(self.list)
         self.window.resize(640, 360)
         self.window.show()
-        self.open_files(os.getcwd(), sys.argv[1:])
 
     def on_stop(self):
         if self.qapp is not None:  # a remote stop: end the event loop
             self.qapp.quit()
 
     def on_second_instance(self, event):
+        """Every launch's files, this first one's too (event['primary'])."""
         paths, missing = self.open_files(event['cwd'], event['argv'][1:])
-        tcbon.bring_to_front(self.window, event)  # with the Wayland token, if any
+        if not event['primary']:
+            tcbon.bring_to_front(self.window, event)  # restored, raised, focused
         if missing:
             return {'exit_code': 2, 'stderr': 'no such file: %s\n' % ', '.join(missing)}
+        if event['primary']:
+            return {'exit_code': 0}
         return {'exit_code': 0,
                 'stdout': 'opened %d file(s) in the running window\n' % len(paths)}
 

@@ -53,21 +53,29 @@ class FileList(tcbon.Process):
         self.listbox = tk.Listbox(self.root, width=80, height=15)
         self.listbox.pack(fill='both', expand=True)
         self.root.bind('<<tcbon-wake>>', lambda _: self.executor.run_pending())
+        self.root.protocol('WM_DELETE_WINDOW', self.closed)
         self.root.after_idle(self.executor.run_pending)
         if platform.python_implementation() != 'CPython':
             self.root.after(50, self.poll)
-        self.open_files(os.getcwd(), sys.argv[1:])
+
+    def closed(self):
+        """The user closed the window: the main loop ends, and main() stops."""
+        self.root.destroy()
+        self.root = None
 
     def on_stop(self):
-        if self.root is not None:  # a remote stop: close the window
-            self.root.destroy()
-            self.root = None
+        if self.root is not None:  # a remote stop, or a signal: close the window
+            self.closed()
 
     def on_second_instance(self, event):
+        """Every launch's files, this first one's too (event['primary'])."""
         paths, missing = self.open_files(event['cwd'], event['argv'][1:])
-        tcbon.bring_to_front(self.root, event)  # restored, raised, focused
+        if not event['primary']:
+            tcbon.bring_to_front(self.root, event)  # restored, raised, focused
         if missing:
             return {'exit_code': 2, 'stderr': 'no such file: %s\n' % ', '.join(missing)}
+        if event['primary']:
+            return {'exit_code': 0}
         return {'exit_code': 0,
                 'stdout': 'opened %d file(s) in the running window\n' % len(paths)}
 
@@ -83,4 +91,7 @@ class FileList(tcbon.Process):
 
 if __name__ == '__main__':
     app = FileList()
-    sys.exit(app.main(run=lambda: app.root.mainloop()))
+    try:
+        sys.exit(app.main(run=lambda: app.root.mainloop()))
+    except tk.TclError as exc:  # no display ($DISPLAY), most likely: one line, exit 1
+        sys.exit('tk_app: %s' % exc)
