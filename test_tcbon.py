@@ -3846,7 +3846,7 @@ def test_cli_wait_waits_through_a_long_start_up(name, app_dir, tmp_path, limit):
         assert finish(child)[0] == 0
 
 
-@pytest.mark.skipif(not POSIX, reason="POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 @pytest.mark.parametrize("toolkit", ["tk", "qt"])
 def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, request):
     # Finding 8: Python runs signal handlers only between bytecodes, and an
@@ -3874,7 +3874,7 @@ def frozen_loop(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSIX, reason="process groups and POSIX signals")
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 @pytest.mark.parametrize("loop", ["serving", "its own"])
 def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(loop, tmp_path, request):
     # Finding 8: the second SIGINT (the bootloader forwards one more,
@@ -3906,7 +3906,7 @@ def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(loop, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSIX, reason="SIGKILL and SIGTERM to child primaries")
+@pytest.mark.skipif(not POSIX, reason="SIGTERM to child primaries: Windows delivers none")
 def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
     # Issue 19's model: three Process objects here, LAUNCH primaries in
     # children; the README's promises are its invariants.
@@ -4142,7 +4142,8 @@ def frozen_mp(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSIX, reason="process groups (the frozen app's workers end with them)")
+@pytest.mark.skipif(not POSIX, reason="process groups, which Windows has not (the frozen "
+                    "app's workers end with them)")
 @pytest.mark.parametrize("place", ["right", "wrong"])
 def test_a_frozen_apps_multiprocessing_workers_are_never_launches(frozen_mp, place, tmp_path):
     env = child_env(tmp_path, FREEZE_FIRST="1" if place == "right" else "")
