@@ -186,6 +186,33 @@ print("ok")
 """
 
 
+# argv NAME APP_DIR: run_forever(), and SIGBREAK raised in this process once it
+# serves (what console close, Ctrl-Break and logoff deliver on Windows); prints
+# what happened.
+SIGBREAK_STOPS = """
+import signal, sys, threading, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+
+started = threading.Event()
+
+class App(tcbon.Process):
+    def on_start(self):  # stop signals are handled from here on
+        started.set()
+
+    def on_stop(self):
+        print("on_stop ran", flush=True)
+app = App(name, app_dir=app_dir)
+
+def console_closed():
+    if started.wait(20):
+        signal.raise_signal(signal.SIGBREAK)
+threading.Thread(target=console_closed).start()
+app.run_forever()
+print("returned", app.running, signal.getsignal(signal.SIGBREAK) is signal.default_int_handler
+      or signal.getsignal(signal.SIGBREAK) == signal.SIG_DFL)
+"""
+
+
 # argv NAME APP_DIR: run_forever() on a thread, stopped from a client; prints 'ok'.
 OFF_MAIN_THREAD = """
 import signal, sys, threading, time
@@ -3201,6 +3228,13 @@ def test_an_embedded_host_without_argv_or_a_python_executable(name, app_dir, tmp
 
 def test_start_and_run_forever_work_from_a_non_main_thread(name, app_dir, tmp_path):
     assert run_python(OFF_MAIN_THREAD, tmp_path, name, app_dir) == "ok\n"
+
+
+@pytest.mark.skipif(not WINDOWS or sys.version_info < (3, 8), reason="Windows' SIGBREAK "
+                    "(raised in the process: Wine cannot deliver Ctrl-Break; 3.8+)")
+def test_sigbreak_stops_run_forever_cleanly_as_sigterm_does(name, app_dir, tmp_path):
+    assert run_python(SIGBREAK_STOPS, tmp_path, name, app_dir) == (
+        "on_stop ran\nreturned False True\n")
 
 
 @pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
