@@ -2730,6 +2730,7 @@ class _Primary:
         self.started, self.asked, self.done = _Gate(), _Gate(), _Gate()
         self._starter = _thread.get_ident()
         self.hurried = False  # a second stop request came during the stop
+        self.by_signal = False  # the stop was asked for by a signal
         self.waiter = False  # a thread waits in run_forever()/main() to stop us
         self.serving: Any = None  # the executor whose calls that thread runs
         self.drain: float | None = process.drain_limit()  # for requests in progress
@@ -2825,6 +2826,7 @@ class _Primary:
         a main loop that nothing else could end); a later one hurries the
         stop."""
         if not self.asked.opened:
+            self.by_signal = True
             if not interrupt:
                 return self.stop_soon()
             self.ask()
@@ -2852,9 +2854,19 @@ class _Primary:
             self.serving = None
 
     def end_wait(self) -> None:
+        """Put the signal handlers back. After a stop that a signal asked
+        for, Ctrl-C stays ignored rather than Python's own again: a second
+        one (a frozen app's bootloader forwards one more, pyinstaller#2483)
+        would print a traceback after the clean stop, or, once Python's
+        finalization has reset its handlers, end the process by SIGINT."""
+        import signal
+        import threading
         self.waiter = False
         while self._undo:
             self._undo.pop()()
+        if (self.by_signal and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     # Stopping ----------------------------------------------------------------
     def ask(self) -> None:
