@@ -3598,12 +3598,13 @@ class Process:
                  stdin: str | None, wait: _Wait, to: Any = None,
                  where: dict | None = None) -> Any:
         registry = self._registry
-        if registry is not None and WINDOWS:  # found first: with none, a launch keeps its token
+        if registry is None:
+            if self._targeted(to, where) or self._local_primary() is None:  # found first:
+                _allow_foreground(self._client.locate(wait)["pid"])  # none: token kept
+        elif WINDOWS:
             state = wait.until(lambda: registry.pick(to if to != "all" else None, where),
                                lambda: self._client.no_address(wait.limit))
             _allow_foreground(state["pid"])
-        elif self._targeted(to, where) or self._local_primary() is None:
-            _allow_foreground(self._client.locate(wait)["pid"])
         tokens = [os.environ.pop(key, None) for key in ("XDG_ACTIVATION_TOKEN",
                                                           "DESKTOP_STARTUP_ID")]
         event = self._launch_event(argv, cwd, data, stdin)
@@ -4032,6 +4033,13 @@ actions:
   stop                  ask the primary to stop; return once it has
   wait                  block until a primary of NAME runs (default: no time limit)
   wait --exit           block until no primary of NAME runs, without asking it to stop
+  list                  the running instances of an app that allows several, with
+                        their metadata: one line each (exit 1 if none runs)
+
+several instances (Process(NAME, instances=...)): send, get, stop, probe and wait
+  go to the most recently active one, or: --to ID (that one), --where KEY=VALUE (the
+  most recently active whose metadata has it; repeatable), --all (every one: one
+  reply per instance, by id)
 
 exit codes:
   0 done / running        1 not running            2 usage error or bad input
@@ -4043,6 +4051,8 @@ examples:
   python -m tcbon my_app send open '{"path": "/tmp/a.txt"}'
   python -m tcbon my_app get /count --json
   python -m tcbon my_app stop --timeout 30
+  python -m tcbon my_app list --json
+  python -m tcbon my_app send open '{"path": "a.txt"}' --where project=alpha
 """
 
 
@@ -4067,7 +4077,7 @@ def _cli_parser() -> Any:
         epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the application name, as given to tcbon.Process")
     parser.add_argument("action", nargs="?", default="probe",
-                        help="probe (default), send, get, stop or wait")
+                        help="probe (default), send, get, stop, wait or list")
     parser.add_argument("args", nargs="*", help="the action's arguments")
     parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
     parser.add_argument("--scope", default="user",
@@ -4079,15 +4089,22 @@ def _cli_parser() -> Any:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait at most (default: %s; wait: no limit)"
                         % DEFAULT_TIMEOUT)
+    parser.add_argument("--to", metavar="ID", help="several instances: the one with this id")
+    parser.add_argument("--where", metavar="KEY=VALUE", action="append", default=[],
+                        help="several instances: the most recently active one whose "
+                             "metadata has KEY=VALUE (repeatable: all of them)")
+    parser.add_argument("--all", action="store_true",
+                        help="several instances: every one (of those --where accepts)")
     parser.add_argument("--version", action="version", version="tcbon " + __version__)
     return parser
 
 
 def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None,
-                until_exit: bool = False) -> Any:
+                until_exit: bool = False, to: Any = None, where: dict | None = None) -> Any:
     """Run one action; return what to print, or raise."""
     import json
-    arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0)}
+    arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0),
+             "list": (0, 0)}
     if action not in arity:
         raise ValueError("unknown action %r; use one of: %s" % (action, ", ".join(arity)))
     low, high = arity[action]
@@ -4104,11 +4121,13 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
                 raise ValueError("the JSON argument is not valid JSON: %s" % exc) from None
             if not isinstance(event, dict):
                 raise ValueError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
-        return proc.send("event", dict(event, name=args[0]), timeout=limit)
+        return proc.send("event", dict(event, name=args[0]), timeout=limit, to=to, where=where)
     if action == "get":
-        return proc.get(args[0] if args else "/", timeout=limit)
+        return proc.get(args[0] if args else "/", timeout=limit, to=to, where=where)
+    if action == "list":
+        return proc.instances()
     if action == "stop":
-        proc.stop(timeout=limit)
+        proc.stop(timeout=limit, to=to, where=where)
         return {"name": proc.name, "stopped": True}
     if action == "wait" and until_exit:
         proc.wait_for_exit(timeout=limit)
@@ -4118,12 +4137,49 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
 
         def running() -> dict | None:
             try:
-                return proc.info(timeout=wait.remaining())
+                return proc.info(timeout=wait.remaining(), to=to, where=where)
             except ProcessDoesNotExist:
                 return None
         return wait.until(running, lambda: Timeout("no %r process started within %.1f s" % (
             proc.name, limit or 0.0), proc.name, limit or 0.0))
-    return proc.info(timeout=limit)
+    return proc.info(timeout=limit, to=to, where=where)
+
+
+def _cli_target(parser: Any, opts: Any) -> tuple[Any, dict | None, bool]:
+    """to, where, and whether NAME runs several instances: asked for
+    (--to, --where, --all, list), or else none runs as one but some as
+    several (the command line does not know how the app was made)."""
+    if opts.all and opts.to is not None:
+        parser.error("--to and --all exclude each other: one instance, or every one")
+    if (opts.all or opts.to is not None or opts.where) and opts.action in ("list",):
+        parser.error("list shows every instance: filter its --json output instead")
+    if opts.to is not None and _instance_id(opts.to) is None:
+        parser.error("--to takes an instance id (a number that list shows), got %r" % opts.to)
+    where = {}
+    for item in opts.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error("--where takes KEY=VALUE, got %r" % item)
+        where[key] = value
+    to = "all" if opts.all else opts.to
+    several = to is not None or bool(where) or opts.action == "list"
+    if not several and not (opts.action == "wait" and opts.exit):
+        try:
+            single = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope)
+            several = not single.running and bool(instances(opts.name, opts.app_dir, opts.scope))
+        except (ValueError, Error):
+            pass  # said when the action runs
+    return to, where or None, several
+
+
+def _cli_entry(entry: dict) -> str:
+    """One line of list: an instance, its metadata last."""
+    now = time.time()
+    meta = "".join(", %s=%s" % item for item in sorted((entry.get("meta") or {}).items()))
+    return "%s %s: pid %s at %s on %s, up %s, active %s ago%s" % (
+        entry.get("name"), entry.get("id"), entry.get("pid"), entry.get("address"),
+        entry.get("host"), _uptime(max(0.0, now - (entry.get("started") or now))),
+        _uptime(max(0.0, now - (entry.get("active") or now))), meta)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -4168,17 +4224,28 @@ def _cli(argv: list[str] | None) -> int:
         return code
 
     try:
-        proc = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope)
-        result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit)
-    except ProcessDoesNotExist:
-        where = "" if opts.app_dir is None else " in %s" % proc.app_dir
+        to, where, several = _cli_target(parser, opts)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        proc = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope,
+                       instances=True if several else None)
+        result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit, to, where)
+    except ProcessDoesNotExist as exc:
+        place = "" if opts.app_dir is None else " in %s" % proc.app_dir
         if opts.json:
             print(json.dumps({"name": opts.name, "running": False}))
+        elif where or to not in (None, "all"):  # some may run, but none that was asked for
+            print(exc)
         else:
-            print("%s is not running%s" % (opts.name, where))
+            print("%s is not running%s" % (opts.name, place))
         return EXIT_NOT_RUNNING
     except (ValueError, Error) as exc:
         return fail(_exit_code(exc), str(exc))
+    if opts.action == "list":
+        return _cli_list(opts.name, result, opts.json)
+    if to == "all" and opts.action != "stop":
+        return _cli_broadcast(result, opts.json)
     if opts.action == "wait" and opts.exit:
         result = result if opts.json else "%s is not running" % opts.name
     elif opts.action in ("probe", "wait"):
@@ -4200,6 +4267,31 @@ def _cli(argv: list[str] | None) -> int:
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+def _cli_list(name: str, entries: list[dict], as_json: bool) -> int:
+    import json
+    if as_json:
+        print(json.dumps(entries))
+    for entry in entries if not as_json else ():
+        print(_cli_entry(entry))
+    if not entries and not as_json:
+        print("%s is not running" % name)
+    return EXIT_OK if entries else EXIT_NOT_RUNNING
+
+
+def _cli_broadcast(replies: dict, as_json: bool) -> int:
+    """A broadcast's replies, by instance id; the exit code of the first
+    that failed, else 0."""
+    import json
+    code, shown = EXIT_OK, {}
+    for key, reply in replies.items():
+        if isinstance(reply, Error):
+            code = code or _exit_code(reply)
+            reply = {"error": str(reply), "exit_code": _exit_code(reply)}
+        shown[str(key)] = reply
+    print(json.dumps(shown) if as_json else json.dumps(shown, indent=2, ensure_ascii=False))
+    return code
 
 
 if __name__ == "__main__":
