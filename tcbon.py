@@ -196,89 +196,79 @@ def _exit_code(exc: BaseException) -> int:
 
 
 # Platform --------------------------------------------------------------------
-# The only sys.platform branch in this file. A lock is held by an open file
-# description and dies with its process: nothing stale after kill -9, unlike
-# shared memory (SingleApplication#190) or pid files (onionshare#1152).
-# flock, not lockf: closing any other descriptor of the file must not release
-# it, and the lock file is never deleted (filelock#574).
+# Two small classes with the same methods, one per platform, one picked
+# once at import: the only sys.platform branch in this file. A lock is held
+# by an open file description and dies with its process: nothing stale after
+# kill -9, unlike shared memory (SingleApplication#190) or pid files
+# (onionshare#1152). flock, not lockf: closing any other descriptor of the
+# file must not release it, and the lock file is never deleted (filelock#574).
 WINDOWS = sys.platform == "win32"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _SAFE = _NOFOLLOW | _CLOEXEC | _BINARY  # every open() of our files
 
-if WINDOWS:  # pragma: no cover - exercised by the Windows CI job
-    import msvcrt
 
-    def _lock(fd: int, shared: bool = False) -> bool:
-        # msvcrt has no shared lock, and a probe that took the exclusive one
-        # for a moment could make a launch believe a primary runs. Windows
-        # byte locks are mandatory instead: a probe reads the locked byte,
-        # which fails while another process holds it, and takes nothing.
-        import errno
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            if shared:
-                os.read(fd, 1)
-            else:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-                if os.fstat(fd).st_size == 0:  # a byte for probes to read: written
-                    os.write(fd, b"\0")  # once, under the lock; never truncated
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EDEADLK):  # the UCRT's "held"
-                return False
-            raise
-        return True
+class _Platform:
+    """What tcbon needs from the system, the same on each: one subclass per
+    platform, picked once below (as filelock picks UnixFileLock or
+    WindowsFileLock). The sections below call these, through the names
+    bound after the subclasses, and know no platform.
 
-    def _allow_foreground(pid: int) -> None:
-        # Windows' focus-stealing prevention only flashes the primary's
-        # taskbar button unless the launch passes its right on (VS Code
-        # PR#13255, electron#648).
-        import ctypes
-        ctypes.windll.user32.AllowSetForegroundWindow(pid)  # type: ignore[attr-defined]
+    Attributes:
+        private_dir (dict): os.makedirs' keywords for a directory only the
+            user can enter.
+        reuse_address (bool): SO_REUSEADDR on the listening socket.
+        wait_slice (float or None): longest wait in one call, so that
+            Ctrl-C is seen (None: one wait without timeout).
+        stop_signals (tuple): names of the signals that ask a primary to stop.
+        signal_wake (bool): signal.set_wakeup_fd takes a pipe's descriptor.
+    """
 
-    def _machine_id() -> str:
-        import winreg
-        try:
-            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE,  # type: ignore[attr-defined]
-                                r"SOFTWARE\Microsoft\Cryptography", 0,
-                                winreg.KEY_READ | winreg.KEY_WOW64_64KEY) as key:  # type: ignore
-                return str(winreg.QueryValueEx(key, "MachineGuid")[0])  # type: ignore
-        except OSError:
-            return ""
+    private_dir: dict[str, int] = {}
+    reuse_address = False
+    wait_slice: float | None = None
+    stop_signals: tuple[str, ...] = ("SIGTERM",)
+    signal_wake = True
 
-    def _session_id() -> str:
-        import ctypes
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        session = ctypes.c_ulong()
-        if kernel32.ProcessIdToSessionId(kernel32.GetCurrentProcessId(), ctypes.byref(session)):
-            return str(session.value)  # Remote Desktop and fast user switching: one each
+    def lock(self, fd: int, shared: bool = False) -> bool:
+        """Take fd's lock without waiting: True if taken, False if another
+        process holds it; other failures raise OSError. shared: a probe,
+        which never makes a launch believe that a primary runs."""
+        raise NotImplementedError
+
+    def unlock(self, fd: int, shared: bool = False) -> None:
+        """Release what lock(fd, shared) took."""
+        raise NotImplementedError
+
+    def allow_foreground(self, pid: int) -> None:
+        """Let process pid (the primary) take the focus from this launch."""
+
+    def machine_id(self) -> str:
+        """This machine's id, stable while it runs; "" if none is found."""
         return ""
 
-    def _unlock(fd: int, shared: bool = False) -> None:
-        if not shared:  # a probe took nothing
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+    def session_id(self) -> str:
+        """The login session's id; "" if none is found."""
+        return ""
 
-    def _owner_problem(st: os.stat_result) -> str | None:
-        return None  # NTFS ACLs of the profile directory do this job
+    def owner_problem(self, st: os.stat_result) -> str | None:
+        """Why a directory or file (its stat) is not safely ours, or None."""
+        return None
 
-    def _pending_cap(wanted: int) -> int:
-        return min(wanted, 448)  # select() takes 512 sockets on Windows
+    def pending_cap(self, wanted: int) -> int:
+        """How many connections may be pending at once: wanted, or fewer."""
+        return wanted
 
-    # No mode: since 3.12.4 os.makedirs(mode=0o700) sets a protected ACL
-    # (gh-118486, CVE-2024-4030); made by an elevated first run, the user
-    # could never open it again. Inherit %LOCALAPPDATA%'s, as platformdirs.
-    _PRIVATE_DIR: dict[str, int] = {}
-    _REUSE_ADDRESS = False  # on Windows it lets others bind our port: cpython#85307
-    _WAIT_SLICE: float | None = 0.25  # a wait without timeout ignores Ctrl-C on Windows
-    # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
-    _STOP_SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGBREAK")
-    _SIGNAL_WAKE = False  # set_wakeup_fd wants a socket here: see _wake_on_signals
-else:
-    import fcntl
 
-    def _lock(fd: int, shared: bool = False) -> bool:
+class _UnixPlatform(_Platform):
+    """Linux, macOS and the BSDs: flock, file modes and owners."""
+
+    private_dir = {"mode": 0o700}
+    reuse_address = True  # restart on a fixed port despite TIME_WAIT
+
+    def lock(self, fd: int, shared: bool = False) -> bool:
+        import fcntl
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -286,10 +276,14 @@ else:
             return False
         return True
 
-    def _allow_foreground(pid: int) -> None:
+    def unlock(self, fd: int, shared: bool = False) -> None:
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def allow_foreground(self, pid: int) -> None:
         pass  # X11 and Wayland: the activation token the event carries
 
-    def _machine_id() -> str:
+    def machine_id(self) -> str:
         for path in ("/etc/machine-id", "/var/lib/dbus/machine-id",
                      "/proc/sys/kernel/random/boot_id"):  # the last: stable while it runs
             try:
@@ -308,7 +302,7 @@ else:
                 pass
         return ""
 
-    def _session_id() -> str:
+    def session_id(self) -> str:
         # logind's session, else the kernel's audit session (the same number,
         # which logind takes when there is one), else macOS' security session.
         session = os.environ.get("XDG_SESSION_ID", "")
@@ -322,10 +316,7 @@ else:
             session = ""
         return session or os.environ.get("SECURITYSESSIONID", "")
 
-    def _unlock(fd: int, shared: bool = False) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _owner_problem(st: os.stat_result) -> str | None:
+    def owner_problem(self, st: os.stat_result) -> str | None:
         if st.st_uid != os.geteuid():
             return "is owned by uid %d, not by you (uid %d)" % (st.st_uid, os.geteuid())
         if st.st_mode & 0o022:
@@ -333,21 +324,96 @@ else:
             return "is writable by other users (mode %o); run chmod go-w on it" % mode
         return None
 
-    def _pending_cap(wanted: int) -> int:
-        """How many connections may be pending at once: wanted, or fewer
-        under a low open-file limit (macOS's default is 256), leaving room
-        for the workers and the app's own files."""
+    def pending_cap(self, wanted: int) -> int:
+        """Fewer under a low open-file limit (macOS's default is 256),
+        leaving room for the workers and the app's own files."""
         import resource
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft == resource.RLIM_INFINITY:
             return wanted
         return max(8, min(wanted, (soft - MAX_WORKERS) // 2))
 
-    _PRIVATE_DIR = {"mode": 0o700}
-    _REUSE_ADDRESS = True  # restart on a fixed port despite TIME_WAIT
-    _WAIT_SLICE = None
-    _STOP_SIGNALS = ("SIGTERM",)
-    _SIGNAL_WAKE = True
+
+class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/windows)
+    """Windows: msvcrt byte locks, the registry, the session of the process."""
+
+    # No mode: since 3.12.4 os.makedirs(mode=0o700) sets a protected ACL
+    # (gh-118486, CVE-2024-4030); made by an elevated first run, the user
+    # could never open it again. Inherit %LOCALAPPDATA%'s, as platformdirs.
+    private_dir: dict[str, int] = {}
+    reuse_address = False  # on Windows it lets others bind our port: cpython#85307
+    wait_slice = 0.25  # a wait without timeout ignores Ctrl-C on Windows
+    # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
+    stop_signals = ("SIGTERM", "SIGBREAK")
+    signal_wake = False  # set_wakeup_fd wants a socket here: see _wake_on_signals
+
+    def lock(self, fd: int, shared: bool = False) -> bool:
+        # msvcrt has no shared lock, and a probe that took the exclusive one
+        # for a moment could make a launch believe a primary runs. Windows
+        # byte locks are mandatory instead: a probe reads the locked byte,
+        # which fails while another process holds it, and takes nothing.
+        import errno
+        import msvcrt
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            if shared:
+                os.read(fd, 1)
+            else:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+                if os.fstat(fd).st_size == 0:  # a byte for probes to read: written
+                    os.write(fd, b"\0")  # once, under the lock; never truncated
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EDEADLK):  # the UCRT's "held"
+                return False
+            raise
+        return True
+
+    def unlock(self, fd: int, shared: bool = False) -> None:
+        import msvcrt
+        if not shared:  # a probe took nothing
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+    def allow_foreground(self, pid: int) -> None:
+        # Windows' focus-stealing prevention only flashes the primary's
+        # taskbar button unless the launch passes its right on (VS Code
+        # PR#13255, electron#648).
+        import ctypes
+        ctypes.windll.user32.AllowSetForegroundWindow(pid)  # type: ignore[attr-defined]
+
+    def machine_id(self) -> str:
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE,  # type: ignore[attr-defined]
+                                r"SOFTWARE\Microsoft\Cryptography", 0,
+                                winreg.KEY_READ | winreg.KEY_WOW64_64KEY) as key:  # type: ignore
+                return str(winreg.QueryValueEx(key, "MachineGuid")[0])  # type: ignore
+        except OSError:
+            return ""
+
+    def session_id(self) -> str:
+        import ctypes
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        session = ctypes.c_ulong()
+        if kernel32.ProcessIdToSessionId(kernel32.GetCurrentProcessId(), ctypes.byref(session)):
+            return str(session.value)  # Remote Desktop and fast user switching: one each
+        return ""
+
+    def owner_problem(self, st: os.stat_result) -> str | None:
+        return None  # NTFS ACLs of the profile directory do this job
+
+    def pending_cap(self, wanted: int) -> int:
+        return min(wanted, 448)  # select() takes 512 sockets on Windows
+
+
+_platform: _Platform = _WindowsPlatform() if WINDOWS else _UnixPlatform()
+# The names the sections below use.
+_lock, _unlock, _allow_foreground = _platform.lock, _platform.unlock, _platform.allow_foreground
+_machine_id, _session_id = _platform.machine_id, _platform.session_id
+_owner_problem, _pending_cap = _platform.owner_problem, _platform.pending_cap
+_PRIVATE_DIR, _REUSE_ADDRESS = _platform.private_dir, _platform.reuse_address
+_WAIT_SLICE, _STOP_SIGNALS = _platform.wait_slice, _platform.stop_signals
+_SIGNAL_WAKE = _platform.signal_wake
 
 
 _machines: list[str] = []
@@ -418,7 +484,8 @@ def default_app_dir(name: str) -> str:
 # State file ------------------------------------------------------------------
 # Two files per name in app_dir: NAME.lock (held, never written, truncated or
 # unlinked) and NAME.pid (JSON: pid, address, token, ...), trusted only while
-# the lock is held.
+# the lock is held; on Windows, while a program that shares no writing holds
+# NAME.pid, a third: NAME.pid~, its shadow (see _SHADOW).
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a tcbon name must be a non-empty string, got %r" % (name,))
@@ -571,42 +638,99 @@ def _primary_holds(lock_path: str) -> bool:
         os.close(fd)
 
 
+# Windows refuses to remove or replace a file that another program has open
+# (a backup tool, an editor, a scanner), and one that shares no writing
+# refuses even being written (issue 20). Readers must never keep the next
+# primary from starting, nor make a client trust an old address: a state file
+# that can be neither emptied nor removed is shadowed by NAME.pid~, which
+# readers take instead of it while it exists (empty: no address).
+_SHADOW = "~"
+
+
 def _write_state(path: str, state: dict) -> None:
-    """Write state atomically (temp file + os.replace), readable by us only."""
+    """Write state, readable by us only: atomically (a temp file, then
+    os.replace) where the system lets us, else in place, else in the shadow
+    file (see _SHADOW).
+
+    Written in place, a reader may see it empty or in part: that is what
+    it sees of a primary still starting (see _read_state), and it looks
+    again. It never sees an older primary's address: that was withdrawn
+    before this primary published (_withdraw)."""
     import json
+    data = json.dumps(state).encode("utf-8")
+    shadow = path + _SHADOW
+    target = shadow if os.path.lexists(shadow) else path
     # Short: a valid name must never make a path longer than Windows' MAX_PATH.
     tmp = os.path.join(os.path.dirname(path), ".%s.tmp" % os.urandom(6).hex())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
                  0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(json.dumps(state).encode("utf-8"))
-        # Replaces a planted symlink itself, never its target.
-        _retrying(lambda: os.replace(tmp, path), path)
+            f.write(data)
+        try:
+            _retrying(lambda: _replace_or_overwrite(tmp, target, data), target)
+        except StateError:
+            if target == shadow:
+                raise
+            _retrying(lambda: _replace_or_overwrite(tmp, shadow, data), shadow)
     except BaseException:
         _remove(tmp)
         raise
 
 
+def _replace_or_overwrite(tmp: str, path: str, data: bytes) -> None:
+    """os.replace(tmp, path), or else write data over path's content and
+    remove tmp."""
+    try:
+        os.replace(tmp, path)  # replaces a planted symlink itself, never its target
+    except PermissionError as refused:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | _SAFE)  # PermissionError: retried
+        except FileNotFoundError:
+            raise refused from None  # nothing to write over (an antivirus holds tmp?)
+        try:
+            os.write(fd, data)  # one write of a few hundred bytes
+        finally:
+            os.close(fd)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass  # a hidden file left behind; the state is written
+
+
 def _read_state(path: str) -> dict | None:
-    """Return the published state, or None if missing, partial or foreign."""
+    """Return the published state, or None if missing, partial or foreign.
+    Its shadow (see _SHADOW) is read instead of it while one exists."""
     import json
+    data = _read_bytes(path + _SHADOW)
+    if data is None:
+        data = _read_bytes(path)
     try:
-        fd = os.open(path, os.O_RDONLY | _SAFE)
-    except OSError:
+        state = json.loads(data or b"null")
+    except (ValueError, RecursionError):
         return None
-    try:
-        state = json.loads(os.read(fd, MAX_HEAD))
-    except (OSError, ValueError, RecursionError):
-        return None
-    finally:
-        os.close(fd)
     ok = (isinstance(state, dict)
           and isinstance(state.get("pid"), int)
           and isinstance(state.get("address"), str)
           and isinstance(state.get("token"), str)
           and isinstance(state.get("tcbon"), int))
     return state if ok else None
+
+
+def _read_bytes(path: str) -> bytes | None:
+    """The start of a file; None if it is missing, b"" if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _SAFE)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, MAX_HEAD)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _retrying(action: Callable[[], None], path: str, limit: float = 1.0) -> None:
@@ -644,29 +768,48 @@ def _remove(path: str) -> None:
 
 def _withdraw(path: str) -> bool:
     """Make the address in the state file at path unusable at once, then
-    remove the file. Emptying it in place cannot be refused while readers
-    have it open (removing can, on Windows), and no reader trusts an empty
-    file. Returns False if it is left there, empty.
+    remove the file, and its shadow (see _SHADOW). Emptying a file in place
+    is refused only by a reader that shares no writing (removing, by any
+    reader, on Windows), and no reader trusts an empty file. A file that
+    can be neither emptied nor removed is shadowed by an empty one. Returns
+    False if anything is left there, empty or shadowed.
 
     Raises:
-        StateError: it could be neither emptied nor removed.
+        StateError: neither the file nor its shadow can be made unusable.
     """
+    shadow = path + _SHADOW
+    left = _empty_or_remove(path)
+    if left == "stuck":  # as it is, and shadowed from now on
+        _retrying(lambda: os.close(os.open(shadow, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                           | _SAFE, 0o600)), shadow)
+        return False
+    shadow_left = _empty_or_remove(shadow)
+    if shadow_left == "stuck":
+        raise StateError("cannot empty or remove %s: another program keeps it open without "
+                         "sharing it (a backup tool, a scanner?); end that program" % shadow,
+                         shadow)
+    return left == shadow_left == "gone"
+
+
+def _empty_or_remove(path: str) -> str:
+    """Empty the file at path, then remove it: 'gone', 'empty' (it could
+    not be removed) or 'stuck' (neither)."""
     try:
         fd = os.open(path, os.O_WRONLY | _SAFE)
     except FileNotFoundError:
-        return True
-    except OSError:
-        _remove(path)  # a planted symlink, say: removed, never followed
-        return True
-    try:
-        os.ftruncate(fd, 0)
-    finally:
-        os.close(fd)
+        return "gone"
+    except OSError:  # a planted symlink, say: removed, never followed
+        fd = None
+    if fd is not None:
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
     try:
         _remove(path)
     except StateError:
-        return False
-    return True
+        return "stuck" if fd is None else "empty"
+    return "gone"
 
 
 def _parse_address(address: str | int) -> tuple[str, int]:
@@ -1017,6 +1160,10 @@ else:  # the mix-ins' real base is in their combination; the handler needs none
 _MAX_HEADERS = 100  #: as http.client's
 _LINGER = 1.0  # seconds a refused request may go on sending what is discarded
 _WARN_EVERY = 10.0  # seconds between two warnings of one kind
+# accept() failures that are ours, not the connection's: out of descriptors
+# or buffers (on Windows, sockets say WSAEMFILE and WSAENOBUFS).
+_OUT_OF_RESOURCES = frozenset(["EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "WSAEMFILE",
+                               "WSAENOBUFS"])
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
                          "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -1229,10 +1376,9 @@ class IntakeMixIn(_ServerBase):
         self.socket.setblocking(False)
         self._selector.register(self.socket, selectors.EVENT_READ)
         try:
-            while True:
+            while not self._closed:  # checked on every path, failures included
                 try:
-                    if self._serve_once():
-                        return
+                    self._serve_once()
                 except Exception:  # noqa: BLE001 - logged; the loop must go on
                     self._warn("loop", "the intake loop failed; going on", exc_info=True)
                     time.sleep(0.01)  # never spin on a failure that persists
@@ -1241,11 +1387,17 @@ class IntakeMixIn(_ServerBase):
                 self._drop(sock)
             self._selector.close()
 
-    def _serve_once(self) -> bool:
-        """One select() and the events it reports; True once close() was called."""
-        for key, _ in self._selector.select(self._next_timeout()):
+    def _serve_once(self) -> None:
+        """One select() and the events it reports, until close() is called."""
+        timeout = self._next_timeout()
+        if self._selector.get_map():
+            events = self._selector.select(timeout)
+        else:  # not listening for a moment: Windows' select() refuses empty sets
+            time.sleep(timeout or 0.0)  # (WinError 10022), as Python's docs warn
+            events = []
+        for key, _ in events:
             if self._closed:
-                return True
+                return
             sock = self._accept() if key.fileobj is self.socket else key.fileobj
             if sock in self._pending:  # not if evicted earlier in this batch
                 try:
@@ -1255,7 +1407,6 @@ class IntakeMixIn(_ServerBase):
                                "error", exc_info=True)
                     self._drop(sock)
         self._expire()
-        return False
 
     def _next_timeout(self) -> float | None:
         times = [p.deadline for p in self._pending.values()]
@@ -1268,12 +1419,21 @@ class IntakeMixIn(_ServerBase):
         # once if more wait. An accept-until-empty loop never gets back to
         # select() while connections keep coming, and requests whose body
         # follows their head (as urllib sends them) starve into the deadline.
+        import errno
         import selectors
         try:
             sock, address = self.socket.accept()
         except (BlockingIOError, InterruptedError):
             return None
-        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: the listener stays readable
+        except OSError as exc:
+            if errno.errorcode.get(exc.errno or 0) not in _OUT_OF_RESOURCES:
+                # That connection's own end, before we took it: reset or
+                # aborted (Windows reports a client's RST as WSAECONNRESET
+                # here). The listener is fine and keeps listening.
+                self.note(_DEBUG, "a connection ended before it was accepted: %s",
+                          _reason(exc))
+                return None
+            # EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable.
             if self._pending:  # room first: even logging may need a descriptor
                 self._drop_oldest()
             else:  # nothing of ours to close: listen again a little later
@@ -1598,8 +1758,23 @@ _server_classes: list[type] = []
 
 def _server_class() -> type[IntakeMixIn]:
     """ThreadingHTTPServer with the intake and the worker pool mixed in,
-    combined on first use: ``import tcbon`` does not load http.server."""
+    combined on first use: ``import tcbon`` does not load http.server.
+
+    Also imports, here, on the thread that starts the server, every module
+    that its threads import later: with a zipped standard library (the
+    embeddable CPython, DCC hosts) the zipimport of 3.8 and 3.9 is not
+    thread-safe, and a module two threads import at once can be seen half
+    made ("module 'json' has no attribute 'dumps'", issue 20)."""
     if not _server_classes:
+        import concurrent.futures  # noqa: F401 - for the threads, as said above
+        import encodings.idna  # noqa: F401 - getaddrinfo() imports it on first use
+        import errno  # noqa: F401
+        import http  # noqa: F401
+        import io  # noqa: F401
+        import json  # noqa: F401
+        import re  # noqa: F401
+        import selectors  # noqa: F401
+        import urllib.parse  # noqa: F401
         from http.server import ThreadingHTTPServer
         _server_classes.append(type("Server", (IntakeMixIn, WorkerPoolMixIn,
                                                ThreadingHTTPServer), {
@@ -1727,28 +1902,48 @@ def _connection(host: str, timeout: float | None = None, **kwargs: Any) -> Any:
     return conn
 
 
-_opener = None
+_openers: list = []
+_opening = _thread.allocate_lock()
+
+
+def _opener() -> Any:
+    """urllib's opener for the primary's address, made once, with every
+    module a call imports. Under a lock: with a zipped standard library the
+    zipimport of 3.8 and 3.9 is not thread-safe, and the first calls of two
+    threads at once failed ("module 'json' has no attribute 'dumps'",
+    "cannot import name '_has_surrogates'"; issue 20)."""
+    if not _openers:
+        with _opening:
+            if not _openers:
+                # For the calls, as said above; encodings.idna: getaddrinfo() looks
+                # up this codec, so imports it, on first use.
+                import encodings.idna  # noqa: F401
+                import http.client  # noqa: F401
+                import json  # noqa: F401
+                import socket  # noqa: F401
+                import urllib.request
+                # No ProxyHandler({}) means urllib sends loopback requests (and the
+                # token) through $http_proxy. No redirect handler: nothing to follow.
+                handler = urllib.request.HTTPHandler()
+                handler.http_open = lambda req: handler.do_open(_connection, req)  # type: ignore
+                opener = urllib.request.OpenerDirector()
+                for each in (urllib.request.ProxyHandler({}), handler):
+                    opener.add_handler(each)
+                _openers.append(opener)
+    return _openers[0]
 
 
 def _open(url: str, method: str, body: bytes | None, token: str,
           timeout: float | None) -> tuple[int, str, bytes]:
     """One HTTP exchange through urllib.request, within timeout seconds in
     all; returns status, type, body."""
-    global _opener
     import urllib.request
-    if _opener is None:
-        # No ProxyHandler({}) means urllib sends loopback requests (and the
-        # token) through $http_proxy. No redirect handler: nothing to follow.
-        handler = urllib.request.HTTPHandler()
-        handler.http_open = lambda req: handler.do_open(_connection, req)  # type: ignore
-        _opener = urllib.request.OpenerDirector()
-        for each in (urllib.request.ProxyHandler({}), handler):
-            _opener.add_handler(each)
+    opener = _opener()
     headers = {TOKEN_HEADER: token}
     if body is not None:
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=body, headers=headers, method=method)
-    with _opener.open(req, timeout=timeout) as reply:
+    with opener.open(req, timeout=timeout) as reply:
         return reply.status, reply.headers.get("Content-Type", ""), reply.read()
 
 
@@ -1791,6 +1986,7 @@ class _Client:
             ProcessDoesNotExist: no primary holds the lock.
             Timeout: one holds it but published no (other) address in time.
         """
+        _opener()  # every module a call imports, before it uses any (see there)
         if not self._dir_checked:  # once: only its owner could loosen it later
             try:
                 _ensure_private_dir(self.app_dir, create=False)
@@ -1832,6 +2028,7 @@ class _Client:
             ProcessDoesNotExist, Timeout, Unreachable, RequestError (a
             4xx/5xx answer), Error.
         """
+        _opener()  # every module a call imports, before it uses any (see there)
         body = None if payload is None else self.body(payload)
         path = "/" + route.lstrip("/")
         follow = follow and (method, path) != ("POST", "/stop")  # a stop is for that one

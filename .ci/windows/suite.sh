@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# suite.sh VERSION [PYTEST ARGS...]: tcbon's test suite on the rig's Windows
+# CPython VERSION, on a fresh copy of the project (tests write __pycache__
+# and temporary files; the copy lives under the rig's state folder, never in
+# the source tree). Exit code: pytest's.
+#   .ci/windows/suite.sh 3.13                   # the whole suite
+#   .ci/windows/suite.sh 3.8 -m "not slow" -x   # any pytest arguments
+# A test that runs longer than RIG_HANG_AFTER seconds (default 120) gets
+# every thread's stack written to stderr (rig_watchdog); the whole run is
+# ended after RIG_SUITE_LIMIT seconds (default 2400).
+set -uo pipefail
+RIG=$(cd "$(dirname "$0")" && pwd)
+SRC=$(cd "$RIG/../.." && pwd)
+STATE=${WINE_RIG_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/tcbon-wine-rig}
+v=${1:?usage: suite.sh VERSION [pytest args...]}
+shift
+export WINEPREFIX=${WINEPREFIX:-$STATE/prefix} WINEDEBUG=${WINEDEBUG:--all}
+work=$STATE/work/cp${v/./}-$$
+rm -rf "$work" && mkdir -p "$work"
+cp -r "$SRC/tcbon.py" "$SRC/test_tcbon.py" "$SRC/setup.cfg" "$SRC/README.rst" "$SRC/examples" "$work/"
+cp "$RIG/rig_watchdog.py" "$work/"
+cd "$work" || exit 2
+# Temporary files go to the copy too (Wine sets TEMP from its own registry).
+mkdir -p tmp
+export PYTHONDONTWRITEBYTECODE=1
+timeout --kill-after=30 "${RIG_SUITE_LIMIT:-2400}" \
+    "$RIG/run.sh" "$v" -m pytest -p rig_watchdog test_tcbon.py -p no:cacheprovider \
+    --basetemp "$(winepath -w "$work/tmp" 2>/dev/null)" "$@" </dev/null
+status=$?
+cd / && rm -rf "$work"
+exit $status
