@@ -882,7 +882,7 @@ sys.exit(app.main())
 # and answers 'who' with its id and pid. With CHOOSE set, a launch whose MARK an
 # instance has as its project goes there. Env: GO_FILE (start barrier).
 SEVERAL = r"""
-import os, sys, time, tcbon
+import os, sys, threading, time, tcbon
 name, app_dir, limit, mark = sys.argv[1:5]
 go = os.environ.get("GO_FILE")
 if go:
@@ -891,7 +891,7 @@ if go:
         time.sleep(0.001)
 app = tcbon.Process(name, app_dir=app_dir, timeout=30,
                     instances=True if limit == "any" else int(limit))
-marks = []
+marks, marking = [], threading.Lock()  # handlers run on worker threads, at once
 if os.environ.get("CHOOSE"):
     app.choose = lambda event, instances: next(
         (i for i in instances if i["meta"].get("project") == event["argv"][4]), None)
@@ -899,8 +899,9 @@ if os.environ.get("CHOOSE"):
 
 @app.on("second-instance")
 def opened(event):
-    marks.append(event["argv"][4])
-    app.describe(marks=list(marks), project=marks[0])
+    with marking:
+        marks.append(event["argv"][4])
+        app.describe(marks=list(marks), project=marks[0])
     return {"stdout": "%s %s\n" % (event["argv"][4], app.instance_id)}
 
 
