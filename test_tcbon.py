@@ -4383,7 +4383,9 @@ def test_instances_main_asks_choose_where_a_launch_goes(name, app_dir, tmp_path)
 def test_cli_list_to_where_all(name, app_dir, tmp_path):
     code, out, _ = cli(tmp_path, name, "list", "--app-dir", app_dir)
     assert (code, out) == (1, "%s is not running\n" % name)
-    with several(name, app_dir, tmp_path, "alpha"), several(name, app_dir, tmp_path, "beta"):
+    with several(name, app_dir, tmp_path, "alpha"), contextlib.ExitStack() as later:
+        listed(name, app_dir, 1)  # alpha first: id 1, and the less recently active
+        later.enter_context(several(name, app_dir, tmp_path, "beta"))
         found = listed(name, app_dir, 2)
         ids = {e["meta"]["project"]: e["id"] for e in found}
         code, out, err = cli(tmp_path, name, "list", "--json", "--app-dir", app_dir)
