@@ -42,6 +42,7 @@ __all__ = [
     "abort",
     "bring_to_front",
     "default_app_dir",
+    "instances",
     "jsonify",
     "main",
     "request",
@@ -70,6 +71,8 @@ MAX_PENDING = 256  #: Connections still sending their request (fewer if files ar
 MAX_BUFFERED = 16 << 20  #: Bytes all connections still sending their request may hold.
 REQUEST_DEADLINE = 5.0  #: Seconds a client has to send its whole request.
 _MAX_NAME_BYTES = 200
+_MAX_INSTANCES = 1000  # the slots instances=True may use
+_MAX_META = 32 << 10  # bytes of JSON of an instance's metadata (state is read up to MAX_HEAD)
 _BAD_NAME_CHARS = '/\\<>:"|?*'
 _DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL"] + ["COM%d" % i for i in range(1, 10)]
                           + ["LPT%d" % i for i in range(1, 10)])
@@ -1795,6 +1798,19 @@ def _check_timeout(timeout: float | None) -> float | None:
     return timeout
 
 
+def _check_instances(instances: Any) -> int:
+    """How many slots Process(instances=...) allows: 0 for one instance
+    (the default: no slots at all, the name's own files)."""
+    if instances is None or instances is False:
+        return 0
+    if instances is True:
+        return _MAX_INSTANCES
+    if not isinstance(instances, int) or not 1 <= instances <= _MAX_INSTANCES:
+        raise ValueError("instances must be a number from 1 to %d, True (any number) or "
+                         "None (one instance), got %r" % (_MAX_INSTANCES, instances))
+    return instances
+
+
 class _Wait:
     """A bounded wait: a deadline (none when limit is None) and a pause that
     grows from 1 ms to 50 ms between looks."""
@@ -2142,6 +2158,182 @@ class _Client:
         result = self._exchange(state, "POST", "/stop", b"{}", wait)
         if not isinstance(result, str):
             self.answer(result[0], result[1], "POST /stop")
+
+
+def _public(state: dict) -> dict:
+    """An instance as the registry shows it: its published state without
+    the token (a listing is printed, logged, passed around)."""
+    entry = {key: value for key, value in state.items() if key != "token"}
+    entry.setdefault("meta", {})
+    entry.setdefault("active", entry.get("started"))
+    return entry
+
+
+def _matches(entry: dict, where: dict) -> bool:
+    """True if every key of where has its value in the entry's metadata (or,
+    for a key the metadata lacks, in the entry itself: pid, host, ...). A
+    string also matches a value that is not one but reads the same as
+    JSON (--where pid=1234 on the command line)."""
+    import json
+    for key, wanted in where.items():
+        meta = entry.get("meta") or {}
+        value = meta[key] if key in meta else entry.get(key)
+        if value != wanted and not (isinstance(wanted, str) and not isinstance(value, str)
+                                    and value is not None and json.dumps(value) == wanted):
+            return False
+    return True
+
+
+class _Registry:
+    """The running instances of a name that allows several (Process(...,
+    instances=N)): each holds a lock of its own, a slot, NAME@MACHINE.SLOT.lock
+    (with the scope's part before .SLOT), and publishes its state beside it
+    in NAME@MACHINE.SLOT.pid. The lock is the entry: one whose lock is not
+    held is no instance, whatever its files say, so a killed instance is
+    gone at once (Jupyter's runtime files show ghosts: jupyter/notebook#5788).
+
+    Attributes:
+        limit (int): the most slots an instance may take.
+    """
+
+    def __init__(self, name: str, app_dir: str, scope_suffix: str, limit: int) -> None:
+        self.name, self.app_dir, self.scope_suffix, self.limit = name, app_dir, scope_suffix, limit
+        self._prefix = "%s@%s%s." % (name, _machine(), scope_suffix)
+
+    def client(self, slot: int) -> _Client:
+        """A client of the instance in slot, whoever holds it now."""
+        return _Client(self.name, self.app_dir, "%s.%d" % (self.scope_suffix, slot))
+
+    def slots(self) -> list[int]:
+        """The slots that have a lock file (held or not), in order."""
+        try:
+            names = os.listdir(self.app_dir)
+        except OSError:
+            return []
+        found = []
+        for each in names:
+            middle = each[len(self._prefix):-len(".lock")]
+            if (each.startswith(self._prefix) and each.endswith(".lock") and middle.isdigit()
+                    and middle[0] != "0" and len(middle) < 6):
+                found.append(int(middle))
+        return sorted(found)
+
+    def scan(self) -> tuple[list[dict], int]:
+        """The published state of every instance whose lock is held (with
+        its token), by slot; and how many locks are held in all (the rest
+        are starting up, or stopping)."""
+        published, held = [], 0
+        for slot in self.slots():
+            client = self.client(slot)
+            if not _primary_holds(client.lock_file):
+                continue
+            held += 1
+            state = _read_state(client.pid_file)
+            if state is not None and state.get("id") == slot:
+                published.append(state)
+        return published, held
+
+    def take(self, wait: _Wait) -> tuple[int, int]:
+        """Take the first free slot: its number and the locked descriptor.
+        Each slot is one OS lock, taken atomically: launches that race get
+        distinct slots. A slot that only probes hold is looked at again.
+
+        Raises:
+            ProcessExists: every slot is held (limit instances run).
+        """
+        while True:
+            probed = False
+            for slot in range(1, self.limit + 1):
+                lock_file = self.client(slot).lock_file
+                fd = _open_lock(lock_file)
+                try:
+                    if _locked(fd, lock_file):
+                        return slot, fd
+                    if _locked(fd, lock_file, shared=True):  # only probes hold it
+                        _unlock(fd, shared=True)
+                        probed = True
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.close(fd)  # ours never held it: nobody's lock goes with it
+            if not probed or wait.over():
+                raise self.full()
+            wait.pause()
+
+    def full(self) -> ProcessExists:
+        published = sorted(self.scan()[0], key=lambda s: _public(s)["active"] or 0)
+        pid, address = (published[-1]["pid"], published[-1]["address"]) if published else (0, "")
+        return ProcessExists("%r already runs %d instance(s), as many as it allows; the "
+                             "launch goes to one of them, or stop one first"
+                             % (self.name, self.limit), self.name, pid, address)
+
+    def pick(self, to: Any, where: dict | None, passed: Iterable[str] = ()) -> dict | None:
+        """The instance a rule chooses (see Process.send): its state; None
+        while none is chosen yet but some instance is starting up or
+        stopping (look again).
+
+        Raises:
+            ProcessDoesNotExist: no instance runs, or none that the rule accepts.
+        """
+        published, held = self.scan()
+        published = [s for s in published if s["token"] not in passed]
+        entries = [_public(s) for s in published]
+        chosen = _choose(entries, to, where)
+        if chosen is not None:
+            return next(s for s in published if s["id"] == chosen["id"])
+        if held > len(entries):
+            return None
+        rule = "" if to is None and not where else " that %s accepts" % (
+            "where=%r" % (where,) if where else "the chooser")
+        raise ProcessDoesNotExist("no instance of %r%s is running (looked in %s)" % (
+            self.name, rule, self.app_dir), self.name, self.app_dir)
+
+
+def _instance_id(to: Any) -> int | None:
+    """An instance id given as to=: an int, or its digits as a string."""
+    if isinstance(to, int) and not isinstance(to, bool):
+        return to
+    if isinstance(to, str) and to.isdigit():
+        return int(to)
+    return None
+
+
+def _choose(entries: list[dict], to: Any, where: dict | None) -> dict | None:
+    """The entry a rule chooses among entries, or None: those matching
+    where; of them, the one whose id is to, the one a callable to returns
+    (an entry or an id), else the most recently active."""
+    if where:
+        entries = [e for e in entries if _matches(e, where)]
+    if callable(to):
+        chosen = to(list(entries))
+        if isinstance(chosen, dict):
+            chosen = chosen.get("id")
+        if chosen is None:
+            return None
+        return next((e for e in entries if e["id"] == _instance_id(chosen)), None)
+    if to is not None:
+        return next((e for e in entries if e["id"] == _instance_id(to)), None)
+    return max(entries, key=lambda e: (e.get("active") or 0, e["id"]), default=None)
+
+
+class _Routed(_Client):
+    """A client for a rule rather than a slot: every locate() chooses again
+    among the instances that run, passing over those that said they are
+    stopping (their launches go to another instance, never to nothing)."""
+
+    def __init__(self, registry: _Registry, to: Any, where: dict | None) -> None:
+        super().__init__(registry.name, registry.app_dir, registry.scope_suffix)
+        self.registry, self.to, self.where = registry, to, where
+        self.passed: set[str] = set()
+
+    def locate(self, wait: _Wait, past: str | None = None) -> dict:
+        if past is not None:
+            self.passed.add(past)
+        self.found = wait.until(lambda: self.registry.pick(self.to, self.where, self.passed),
+                                lambda: self.no_address(wait.limit, past))
+        chosen = self.registry.client(self.found["id"])  # for transport_error
+        self.lock_file, self.pid_file = chosen.lock_file, chosen.pid_file
+        return self.found
 
 
 # Executors -------------------------------------------------------------------
@@ -2704,6 +2896,25 @@ def _in_a_handler() -> bool:
             or getattr(_local, "handling", False))
 
 
+def _listing(registry: _Registry) -> list[dict]:
+    """The instances whose lock is held and whose state is published, by id."""
+    return sorted((_public(state) for state in registry.scan()[0]), key=lambda e: e["id"])
+
+
+def _local_instance(registry: _Registry) -> dict[str, _Primary]:
+    """This process' serving instances of registry's name whose handlers run
+    on the calling thread, by token (see Process._local_primary)."""
+    found = {}
+    for primary in list(_primaries or ()):
+        own_thread = getattr(primary.process.executor, "is_own_thread", None)
+        if (primary.slot is not None and not primary.asked.opened and own_thread is not None
+                and primary.process._registry is not None
+                and primary.process._registry._prefix == registry._prefix
+                and primary.process.app_dir == registry.app_dir and own_thread()):
+            found[primary.state.get("token")] = primary
+    return found
+
+
 class _Stopping(Exception):
     """A handler queued before a stop was asked for is not run: its sender
     goes on to the next primary."""
@@ -2720,11 +2931,16 @@ class _Primary:
         state (dict): what it published (pid, address, token, ...).
         asked (_Gate): opened by the first stop request.
         done (_Gate): opened once it has stopped (its lock released).
+        lock_file, pid_file (str): its files: the name's, or its slot's.
+        slot (int): its instance id where several may run, else None.
     """
 
-    def __init__(self, process: Process, fd: int) -> None:
-        self.process, self.fd = process, fd
+    def __init__(self, process: Process, fd: int, files: _Client,
+                 slot: int | None = None) -> None:
+        self.process, self.fd, self.slot = process, fd, slot
+        self.lock_file, self.pid_file = files.lock_file, files.pid_file
         self.state: dict = {}
+        self._publishing = _thread.allocate_lock()  # republish() against the withdrawal
         self.server: IntakeMixIn | None = None
         self.thread: Any = None
         self.started, self.asked, self.done = _Gate(), _Gate(), _Gate()
@@ -2754,7 +2970,7 @@ class _Primary:
         import atexit
         process = self.process
         try:
-            _withdraw(process.pid_file)  # a crashed primary's address is never contacted again
+            _withdraw(self.pid_file)  # a crashed primary's address is never contacted again
             self.server = self._listen()
             if signals:
                 self.waiter = waiter
@@ -2785,7 +3001,7 @@ class _Primary:
         self._once.acquire()  # no stop sequence: stops wait for the start
         try:
             if self.state:
-                _withdraw(self.process.pid_file)  # ours: we hold the lock
+                _withdraw(self.pid_file)  # ours: we hold the lock
         except StateError:
             pass  # what start-up raised says more
         finally:
@@ -2803,13 +3019,28 @@ class _Primary:
         self.thread = threading.Thread(target=server.serve, daemon=True,
                                        name="tcbon-%s" % process.name)
         self.thread.start()
+        started = time.time()
         self.state = {"tcbon": PROTOCOL, "version": __version__, "name": process.name,
                       "pid": os.getpid(),
                       "address": _format_address(server.server_name, server.server_port),
-                      "token": server.token, "started": time.time(),
-                      "host": socket.gethostname(), "machine": _machine()}
-        _write_state(process.pid_file, self.state)
+                      "token": server.token, "started": started,
+                      "host": socket.gethostname(), "machine": _machine(),
+                      "active": started, "meta": dict(process._meta)}
+        if self.slot is not None:
+            self.state["id"] = self.slot
+        _write_state(self.pid_file, self.state)
         _primaries.add(self)
+
+    def republish(self, **changes: Any) -> None:
+        """Publish the state again with changes (meta, active), atomically;
+        never once a stop was asked for: the withdrawn address stays
+        withdrawn."""
+        with self._publishing:
+            if self.asked.opened or not self.state:
+                return
+            state = dict(self.state, **changes)
+            _write_state(self.pid_file, state)
+            self.state = state
 
     # Signals and waiting ---------------------------------------------------------
     def handle_signals(self, names: tuple[str, ...], interrupt: bool = False) -> None:
@@ -2924,7 +3155,8 @@ class _Primary:
         process, server = self.process, self.server
         try:
             self.ask()
-            self._withdraw()
+            with self._publishing:
+                self._withdraw()
             self._in_on_stop = self._stopper
             process.on_stop()
             self._in_on_stop = None
@@ -2943,7 +3175,7 @@ class _Primary:
     def _withdraw(self) -> None:
         """Only our own: if app_dir was deleted under us, the file there now
         belongs to a newer primary."""
-        path = self.process.pid_file
+        path = self.pid_file
         state = _read_state(path)
         if state is not None and state.get("token") == self.state.get("token") and not (
                 _withdraw(path)):
@@ -3080,18 +3312,28 @@ class Process:
             Desktop, a second graphical login), or 'installation' (per
             installed copy: side-by-side versions, AppImages); or the
             absolute path of an installation.
+        instances (int or bool): allow several instances at once: at most
+            this many, or (True) any number. Each holds a lock of its own, a
+            slot, and publishes its state and metadata (see describe());
+            tcbon.instances() lists them, and get, send, handoff, stop and
+            main() choose among them (see send and choose). Every Process of
+            a name must agree on it. Default: one instance (None).
 
     Raises:
         ValueError: for a name that cannot be a file name, a non-loopback
-            address, a negative timeout or an unknown scope.
+            address, a negative timeout, an unknown scope or a bad instances.
         StateError: scope='session' where no login session id is found.
     """
 
     def __init__(self, name: str, address: str | int | None = None, app_dir: str | None = None,
                  debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
                  executor: Any = None, forward_env: Iterable[str] = (),
-                 scope: str | os.PathLike = "user") -> None:
+                 scope: str | os.PathLike = "user",
+                 instances: int | bool | None = None) -> None:
         self.name = _check_name(name)
+        self.instances_allowed = _check_instances(instances)
+        self._meta: dict = {}
+        self._meta_lock = _thread.allocate_lock()
         self.forward_env = [forward_env] if isinstance(forward_env, str) else list(forward_env)
         self._bind = _parse_address(address) if address is not None else ("127.0.0.1", 0)
         self.scope = scope
@@ -3165,16 +3407,28 @@ class Process:
     @app_dir.setter
     def app_dir(self, value: str) -> None:
         self._client = _Client(self.name, os.path.abspath(value), self._scope)
+        self._registry = None if not self.instances_allowed else _Registry(
+            self.name, self._client.app_dir, self._scope, self.instances_allowed)
 
     @property
     def pid_file(self) -> str:
-        """Full path of the state file holding the primary's pid and address."""
-        return self._client.pid_file
+        """Full path of the state file holding the primary's pid and address
+        (with instances: this instance's own, while it runs)."""
+        primary = self._primary
+        return primary.pid_file if primary is not None else self._client.pid_file
 
     @property
     def lock_file(self) -> str:
-        """Full path of the lock file (kept forever; never delete it by hand)."""
-        return self._client.lock_file
+        """Full path of the lock file (kept forever; never delete it by hand;
+        with instances: this instance's own, while it runs)."""
+        primary = self._primary
+        return primary.lock_file if primary is not None else self._client.lock_file
+
+    @property
+    def instance_id(self) -> int | None:
+        """With instances: this instance's id (its slot) while it runs; else None."""
+        primary = self._primary
+        return primary.slot if primary is not None else None
 
     @property
     def is_primary(self) -> bool:
@@ -3207,7 +3461,10 @@ class Process:
 
     @property
     def running(self) -> bool:
-        """True while a primary of this name runs, from any Process object."""
+        """True while a primary of this name runs, from any Process object
+        (with instances: any instance)."""
+        if self._registry is not None:
+            return self.is_primary or self._registry.scan()[1] > 0
         return self.is_primary or self._client.running()
 
     def drain_limit(self) -> float:
@@ -3266,14 +3523,18 @@ class Process:
             if self._primary is not None:
                 return
             _ensure_private_dir(self.app_dir)
-            fd = _open_lock(self.lock_file)
-            try:
-                wait.until(lambda: self._try_lock(fd),
-                           lambda: self._client.no_address(wait.limit))
-            except BaseException:
-                os.close(fd)
-                raise
-            primary = self._primary = _Primary(self, fd)
+            if self._registry is not None:
+                slot, fd = self._registry.take(wait)
+                primary = self._primary = _Primary(self, fd, self._registry.client(slot), slot)
+            else:
+                fd = _open_lock(self._client.lock_file)
+                try:
+                    wait.until(lambda: self._try_lock(fd),
+                               lambda: self._client.no_address(wait.limit))
+                except BaseException:
+                    os.close(fd)
+                    raise
+                primary = self._primary = _Primary(self, fd, self._client)
             primary.start(signals, waiter)  # on failure, it lets go of everything
             self._inherited = False
             self.wsgi_thread = primary.thread
@@ -3361,6 +3622,16 @@ class Process:
         argv = _this_argv() if argv is None else list(argv)
         wait = _Wait(self._limit(timeout))
         while True:
+            if self._registry is not None:  # several instances: a new one, or where choose() says
+                try:
+                    chosen = self._chosen(argv)
+                    if chosen is not None:
+                        stdin = _piped_stdin() if forward_stdin else None
+                        return _relay(self._handoff(argv, None, None, stdin, wait, chosen))
+                except ProcessDoesNotExist:
+                    continue  # it went away meanwhile: choose again
+                except (ValueError, Error) as exc:
+                    return self._report(exc)
             try:
                 self._become_primary(wait, signals=True, waiter=run is None)
             except ProcessExists:
@@ -3374,6 +3645,24 @@ class Process:
             except Error as exc:
                 return self._report(exc)
             return self._serve_until_stopped(run, argv if own_launch else None)
+
+    def _chosen(self, argv: list[str]) -> int | None:
+        """The id of the instance choose() sends this launch to, or None
+        for a new instance.
+
+        Raises:
+            ValueError: choose() returned something else.
+        """
+        entries = self.instances()
+        if not entries:
+            return None
+        chosen = self.choose(self._launch_event(argv, None, None, None), entries)
+        if isinstance(chosen, dict):
+            chosen = chosen.get("id")
+        if chosen is not None and _instance_id(chosen) is None:
+            raise ValueError("choose() must return one of the instances, its id, or None "
+                             "for a new one; it returned %r" % (chosen,))
+        return None if chosen is None else _instance_id(chosen)
 
     def _serve_until_stopped(self, run: Callable[[], Any] | None,
                              own_argv: list[str] | None = None) -> int:
@@ -3444,7 +3733,8 @@ class Process:
         return _exit_code(exc)
 
     # Stopping ---------------------------------------------------------------
-    def stop(self, timeout: float | None = _DEFAULT) -> None:
+    def stop(self, timeout: float | None = _DEFAULT, to: Any = None,
+             where: dict | None = None) -> None:
         """Stop whoever is the primary now, and return once it has stopped.
 
         On the primary: withdraws the state file, runs on_stop once, stops
@@ -3459,14 +3749,22 @@ class Process:
         does nothing: the parent is the primary, and the child's clean-up
         (a ``with`` block, a ``finally``) must not stop it.
 
+        With instances, a running instance's object stops itself, unless
+        told to stop others (``to``, ``where``: see send); any other object
+        stops the most recently active instance, or the chosen one, or
+        (``to='all'``) every one, and returns once they have stopped.
+
         Raises:
-            ProcessDoesNotExist: nothing runs under this name.
+            ProcessDoesNotExist: nothing runs under this name (or nothing
+                the rule accepts).
             Timeout: the primary did not stop in time.
         """
         limit = self._limit(timeout)
         primary = self._primary or self._local_primary()
         if self._inherited:
             return
+        if self._targeted(to, where) or (self._registry is not None and self._primary is None):
+            return self._stop_routed(_Wait(limit), to, where)
         if primary is None:
             self._client.stop(_Wait(limit))
         elif _in_a_handler():
@@ -3478,7 +3776,7 @@ class Process:
     # Talking to the primary -----------------------------------------------------
     def handoff(self, argv: list[str] | None = None, cwd: str | None = None,
                 data: Any = None, timeout: float | None = _DEFAULT,
-                stdin: str | None = None) -> dict:
+                stdin: str | None = None, to: Any = None, where: dict | None = None) -> Any:
         """Send the ``second-instance`` event to the primary; return its reply.
 
         The event is ``{'name': 'second-instance', 'argv': argv, 'cwd': cwd,
@@ -3498,21 +3796,29 @@ class Process:
             timeout (float): for the whole hand-off; None waits until the
                 primary has handled it.
             stdin (str): text for the primary (see main's forward_stdin).
+            to, where: with instances, which one gets it (see send).
 
         Raises:
             ProcessDoesNotExist, Timeout, RequestError, Error: as send().
         """
-        return self._handoff(argv, cwd, data, stdin, _Wait(self._limit(timeout)))
+        return self._handoff(argv, cwd, data, stdin, _Wait(self._limit(timeout)), to, where)
 
     def _handoff(self, argv: list[str] | None, cwd: str | None, data: Any,
-                 stdin: str | None, wait: _Wait) -> dict:
-        if self._local_primary() is None:  # found first: with none, a launch keeps its token
-            _allow_foreground(self._client.locate(wait)["pid"])
+                 stdin: str | None, wait: _Wait, to: Any = None,
+                 where: dict | None = None) -> Any:
+        registry = self._registry
+        if registry is None:
+            if self._targeted(to, where) or self._local_primary() is None:  # found first:
+                _allow_foreground(self._client.locate(wait)["pid"])  # none: token kept
+        elif WINDOWS:
+            state = wait.until(lambda: registry.pick(to if to != "all" else None, where),
+                               lambda: self._client.no_address(wait.limit))
+            _allow_foreground(state["pid"])
         tokens = [os.environ.pop(key, None) for key in ("XDG_ACTIVATION_TOKEN",
                                                           "DESKTOP_STARTUP_ID")]
         event = self._launch_event(argv, cwd, data, stdin)
         event["activation_token"] = tokens[0] or tokens[1] or None
-        return self._request("POST", "event", event, wait)
+        return self._request("POST", "event", event, wait, to, where)
 
     def _launch_event(self, argv: list[str] | None, cwd: str | None, data: Any,
                       stdin: str | None, primary: bool = False) -> dict:
@@ -3537,19 +3843,33 @@ class Process:
         _Wait(limit).until(lambda: None if self._client.running() else True, lambda: Timeout(
             "%r still runs after %.1f s" % (self.name, limit or 0.0), self.name, limit or 0.0))
 
-    def get(self, route: str = "/", timeout: float | None = _DEFAULT) -> Any:
+    def get(self, route: str = "/", timeout: float | None = _DEFAULT, to: Any = None,
+            where: dict | None = None) -> Any:
         """Send a GET request to the primary's wsgi server.
 
         Returns:
-            The decoded JSON reply (usually a dict).
+            The decoded JSON reply (usually a dict); for ``to='all'``, a
+            dict of them by instance id (see send).
 
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._request("GET", route, None, _Wait(self._limit(timeout)))
+        return self._request("GET", route, None, _Wait(self._limit(timeout)), to, where)
 
-    def send(self, route: str, payload: Any = None, timeout: float | None = _DEFAULT) -> Any:
+    def send(self, route: str, payload: Any = None, timeout: float | None = _DEFAULT,
+             to: Any = None, where: dict | None = None) -> Any:
         """Send a POST request with a JSON payload to the specified route.
+
+        With ``instances``, ``to`` and ``where`` choose the instance: by
+        default the most recently active (see touch()); ``where={'project':
+        'x'}`` the most recently active of those whose metadata (see
+        describe()) has these values; ``to=ID`` the instance with that id;
+        ``to=callable`` the one that ``callable(instances)`` returns (an
+        entry of the list, an id, or None for none); ``to='all'`` every one
+        (of those ``where`` accepts), at once: then the result is a dict
+        ``{id: reply}``, where a failed instance's reply is the tcbon.Error
+        it raised. An instance that is stopping passes the request on to
+        the next one the rule chooses.
 
         Examples:
             >>> import tcbon
@@ -3560,20 +3880,177 @@ class Process:
             The decoded JSON reply, e.g. ``{'success': True, ...}``.
 
         Raises:
-            ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
+            ProcessDoesNotExist: none runs (or none that the rule accepts).
+            Timeout, RequestError (a 4xx/5xx answer), Error.
+            ValueError: to or where without instances, or of the wrong kind.
         """
         payload = {} if payload is None else payload
-        return self._request("POST", route, payload, _Wait(self._limit(timeout)))
+        return self._request("POST", route, payload, _Wait(self._limit(timeout)), to, where)
 
-    def info(self, timeout: float | None = _DEFAULT) -> dict:
-        """Ask the primary about itself: name, pid, address, version, start time."""
-        return self.get("/", timeout)
+    def info(self, timeout: float | None = _DEFAULT, to: Any = None,
+             where: dict | None = None) -> Any:
+        """Ask the primary about itself: name, pid, address, version, start
+        time (with instances: its id, metadata and last activity too)."""
+        return self.get("/", timeout, to, where)
 
-    def _request(self, method: str, route: str, payload: Any, wait: _Wait) -> Any:
+    def _request(self, method: str, route: str, payload: Any, wait: _Wait,
+                 to: Any = None, where: dict | None = None) -> Any:
+        if self._registry is not None:
+            return self._routed(method, route, payload, wait, to, where)
+        self._targeted(to, where)
         local = self._local_primary()
         if local is not None:
             return local.process._call_directly(method, route, payload, wait.remaining())
         return self._client.call(method, route, payload, wait)
+
+    # Several instances ---------------------------------------------------------
+    def describe(self, **fields: Any) -> None:
+        """Publish metadata about this instance, for choosers and listings
+        (``where={'project': ...}``, ``python -m tcbon NAME list``): say
+        ``title``, ``project``, the ``document`` it shows. Fields are
+        merged into those given before; None removes one. Given before the
+        start, they are published with it; while it runs, its state file
+        is written again at once (atomically).
+
+        Raises:
+            ValueError: a value is not JSON, or all of them take more than 32 KiB.
+        """
+        import json
+        with self._meta_lock:
+            meta = {k: v for k, v in dict(self._meta, **fields).items() if v is not None}
+            try:
+                size = len(json.dumps(meta))
+            except (TypeError, ValueError) as exc:
+                raise ValueError("describe() takes JSON values only: %s" % exc) from None
+            if size > _MAX_META:
+                raise ValueError("describe() got %d bytes of JSON, at most %d: publish a "
+                                 "file name rather than its content" % (size, _MAX_META))
+            self._meta = meta
+            primary = self._primary
+            if primary is not None:
+                primary.republish(meta=dict(meta))
+
+    def touch(self) -> None:
+        """Record that this instance was active just now (its window got
+        the focus, say): the default rule of send(), handoff() and main()
+        chooses the most recently active instance (vscode#118718)."""
+        primary = self._primary
+        if primary is not None:
+            primary.republish(active=time.time())
+
+    def instances(self) -> list[dict]:
+        """The running instances of this name, by id (see tcbon.instances);
+        one at most without ``instances``.
+
+        Raises:
+            StateError: app_dir cannot be used safely.
+        """
+        if self._registry is not None:
+            return _listing(self._registry)
+        if not self._client.running():
+            return []
+        state = _read_state(self._client.pid_file)
+        return [] if state is None else [_public(state)]
+
+    def choose(self, event: dict, instances: list[dict]) -> Any:
+        """Override (or assign ``app.choose = function``) to say where a
+        launch goes when several instances may run: ``main()`` calls it in
+        the launch, with its ``second-instance`` event and the running
+        instances (as tcbon.instances lists them; never empty). Return one
+        of them (or its id) to hand the launch over to it, or None to start
+        a new instance. The default is None: every launch is a new
+        instance, until ``instances`` run; then launches go to the most
+        recently active one."""
+        return None
+
+    def _targeted(self, to: Any, where: dict | None) -> bool:
+        """True if a call names a target; which only several instances have.
+
+        Raises:
+            ValueError: a target for a Process of one instance, or a bad one.
+        """
+        if to is None and where is None:
+            return False
+        if self._registry is None:
+            raise ValueError("to= and where= choose among several instances, but %r allows "
+                             "one: pass Process(..., instances=N or True)" % self.name)
+        if where is not None and not isinstance(where, dict):
+            raise ValueError("where must be a dict of metadata values, got %r" % (where,))
+        if not (to is None or to == "all" or callable(to) or _instance_id(to) is not None):
+            raise ValueError("to must be an instance id, 'all' or a callable that chooses "
+                             "among the instances, got %r" % (to,))
+        return True
+
+    def _routed(self, method: str, route: str, payload: Any, wait: _Wait, to: Any,
+                where: dict | None) -> Any:
+        """A request to the instance that to and where choose (see send)."""
+        self._targeted(to, where)
+        registry = self._registry
+        assert registry is not None
+        if to == "all":
+            return self._each(self._chosen_all(where), wait, lambda state, each: (
+                registry.client(state["id"]).call(method, route, payload, each)))
+        local = _local_instance(registry)
+        if local:  # a DCC host's UI thread: see _local_primary
+            state = wait.until(lambda: registry.pick(to, where),
+                               lambda: self._client.no_address(wait.limit))
+            if state["token"] in local:
+                return local[state["token"]].process._call_directly(method, route, payload,
+                                                                    wait.remaining())
+        return _Routed(registry, to, where).call(method, route, payload, wait)
+
+    def _chosen_all(self, where: dict | None) -> list[dict]:
+        registry = self._registry
+        assert registry is not None
+        chosen = [s for s in registry.scan()[0] if not where or _matches(_public(s), where)]
+        if not chosen:
+            registry.pick(None, where)  # raises ProcessDoesNotExist, saying why
+            raise ProcessDoesNotExist("no instance of %r is running" % self.name, self.name,
+                                      self.app_dir)
+        return chosen
+
+    def _each(self, states: list[dict], wait: _Wait,
+              call: Callable[[dict, _Wait], Any]) -> dict:
+        """call(state, wait) for each instance at once, within one deadline;
+        {id: its result, or the tcbon.Error it raised}."""
+        import threading
+        results: dict = {}
+
+        def one(state: dict) -> None:
+            try:
+                results[state["id"]] = call(state, _Wait(wait.remaining()))
+            except Error as exc:
+                results[state["id"]] = exc
+        threads = [threading.Thread(target=one, args=(state,), daemon=True) for state in states]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return {key: results[key] for key in sorted(results)}
+
+    def _stop_routed(self, wait: _Wait, to: Any, where: dict | None) -> None:
+        """Stop the instance(s) that to and where choose; return once they
+        have. This process' own ones stop last (from a handler: after the
+        reply)."""
+        self._targeted(to, where)
+        registry = self._registry
+        assert registry is not None
+        if to != "all":
+            states = [wait.until(lambda: registry.pick(to, where),
+                                 lambda: self._client.no_address(wait.limit))]
+        else:
+            states = self._chosen_all(where)
+        ours = {p.state.get("token"): p for p in list(_primaries or ())}
+        failed = [result for result in self._each(
+            [s for s in states if s["token"] not in ours], wait,
+            lambda state, each: registry.client(state["id"]).stop(each)).values()
+            if isinstance(result, Error) and not isinstance(result, ProcessDoesNotExist)]
+        for state in states:
+            primary = ours.get(state["token"])
+            if primary is not None:
+                primary.stop_soon() if _in_a_handler() else primary.stop()
+        if failed:
+            raise failed[0]
 
     def _local_primary(self) -> _Primary | None:
         """The serving primary of this name in this very process whose
@@ -3617,7 +4094,8 @@ class Process:
         return {"success": True, "name": self.name, "pid": state.get("pid"),
                 "address": state.get("address"), "version": __version__,
                 "protocol": PROTOCOL, "started": state.get("started"),
-                "argv": _this_argv(), "host": state.get("host")}
+                "argv": _this_argv(), "host": state.get("host"), "id": state.get("id"),
+                "active": state.get("active"), "meta": state.get("meta", {})}
 
     def _route_event(self) -> dict:
         event = request.get_json()
@@ -3726,6 +4204,34 @@ class Process:
         return None
 
 
+def instances(name: str, app_dir: str | None = None,
+              scope: str | os.PathLike = "user") -> list[dict]:
+    """List the running instances of an app that allows several
+    (``Process(name, instances=...)``): exactly those that hold their lock,
+    so never one that crashed or was killed, whatever its files say; one
+    still starting up (nothing published yet) is not listed.
+
+    Args:
+        name, app_dir, scope: as given to Process.
+
+    Returns:
+        A list by id of dicts: ``id``, ``pid``, ``host``, ``address``,
+        ``started`` and ``active`` (time.time() values), ``version`` (of
+        tcbon), ``name``, ``meta`` (what the instance published with
+        describe()); never the token.
+
+    Raises:
+        ValueError: a bad name or scope.
+        StateError: app_dir cannot be used safely.
+    """
+    directory = os.path.abspath(app_dir or default_app_dir(_check_name(name)))
+    try:
+        _ensure_private_dir(directory, create=False)
+    except FileNotFoundError:
+        return []
+    return _listing(_Registry(_check_name(name), directory, _scope_suffix(scope), _MAX_INSTANCES))
+
+
 # Command line ----------------------------------------------------------------
 
 _CLI_HELP = """\
@@ -3736,6 +4242,13 @@ actions:
   stop                  ask the primary to stop; return once it has
   wait                  block until a primary of NAME runs (default: no time limit)
   wait --exit           block until no primary of NAME runs, without asking it to stop
+  list                  the running instances of an app that allows several, with
+                        their metadata: one line each (exit 1 if none runs)
+
+several instances (Process(NAME, instances=...)): send, get, stop, probe and wait
+  go to the most recently active one, or: --to ID (that one), --where KEY=VALUE (the
+  most recently active whose metadata has it; repeatable), --all (every one: one
+  reply per instance, by id)
 
 exit codes:
   0 done / running        1 not running            2 usage error or bad input
@@ -3747,6 +4260,8 @@ examples:
   python -m tcbon my_app send open '{"path": "/tmp/a.txt"}'
   python -m tcbon my_app get /count --json
   python -m tcbon my_app stop --timeout 30
+  python -m tcbon my_app list --json
+  python -m tcbon my_app send open '{"path": "a.txt"}' --where project=alpha
 """
 
 
@@ -3771,7 +4286,7 @@ def _cli_parser() -> Any:
         epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the application name, as given to tcbon.Process")
     parser.add_argument("action", nargs="?", default="probe",
-                        help="probe (default), send, get, stop or wait")
+                        help="probe (default), send, get, stop, wait or list")
     parser.add_argument("args", nargs="*", help="the action's arguments")
     parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
     parser.add_argument("--scope", default="user",
@@ -3783,15 +4298,22 @@ def _cli_parser() -> Any:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait at most (default: %s; wait: no limit)"
                         % DEFAULT_TIMEOUT)
+    parser.add_argument("--to", metavar="ID", help="several instances: the one with this id")
+    parser.add_argument("--where", metavar="KEY=VALUE", action="append", default=[],
+                        help="several instances: the most recently active one whose "
+                             "metadata has KEY=VALUE (repeatable: all of them)")
+    parser.add_argument("--all", action="store_true",
+                        help="several instances: every one (of those --where accepts)")
     parser.add_argument("--version", action="version", version="tcbon " + __version__)
     return parser
 
 
 def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None,
-                until_exit: bool = False) -> Any:
+                until_exit: bool = False, to: Any = None, where: dict | None = None) -> Any:
     """Run one action; return what to print, or raise."""
     import json
-    arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0)}
+    arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0),
+             "list": (0, 0)}
     if action not in arity:
         raise ValueError("unknown action %r; use one of: %s" % (action, ", ".join(arity)))
     low, high = arity[action]
@@ -3808,11 +4330,13 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
                 raise ValueError("the JSON argument is not valid JSON: %s" % exc) from None
             if not isinstance(event, dict):
                 raise ValueError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
-        return proc.send("event", dict(event, name=args[0]), timeout=limit)
+        return proc.send("event", dict(event, name=args[0]), timeout=limit, to=to, where=where)
     if action == "get":
-        return proc.get(args[0] if args else "/", timeout=limit)
+        return proc.get(args[0] if args else "/", timeout=limit, to=to, where=where)
+    if action == "list":
+        return proc.instances()
     if action == "stop":
-        proc.stop(timeout=limit)
+        proc.stop(timeout=limit, to=to, where=where)
         return {"name": proc.name, "stopped": True}
     if action == "wait" and until_exit:
         proc.wait_for_exit(timeout=limit)
@@ -3822,12 +4346,49 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
 
         def running() -> dict | None:
             try:
-                return proc.info(timeout=wait.remaining())
+                return proc.info(timeout=wait.remaining(), to=to, where=where)
             except ProcessDoesNotExist:
                 return None
         return wait.until(running, lambda: Timeout("no %r process started within %.1f s" % (
             proc.name, limit or 0.0), proc.name, limit or 0.0))
-    return proc.info(timeout=limit)
+    return proc.info(timeout=limit, to=to, where=where)
+
+
+def _cli_target(parser: Any, opts: Any) -> tuple[Any, dict | None, bool]:
+    """to, where, and whether NAME runs several instances: asked for
+    (--to, --where, --all, list), or else none runs as one but some as
+    several (the command line does not know how the app was made)."""
+    if opts.all and opts.to is not None:
+        parser.error("--to and --all exclude each other: one instance, or every one")
+    if (opts.all or opts.to is not None or opts.where) and opts.action in ("list",):
+        parser.error("list shows every instance: filter its --json output instead")
+    if opts.to is not None and _instance_id(opts.to) is None:
+        parser.error("--to takes an instance id (a number that list shows), got %r" % opts.to)
+    where = {}
+    for item in opts.where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error("--where takes KEY=VALUE, got %r" % item)
+        where[key] = value
+    to = "all" if opts.all else opts.to
+    several = to is not None or bool(where) or opts.action == "list"
+    if not several and not (opts.action == "wait" and opts.exit):
+        try:
+            single = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope)
+            several = not single.running and bool(instances(opts.name, opts.app_dir, opts.scope))
+        except (ValueError, Error):
+            pass  # said when the action runs
+    return to, where or None, several
+
+
+def _cli_entry(entry: dict) -> str:
+    """One line of list: an instance, its metadata last."""
+    now = time.time()
+    meta = "".join(", %s=%s" % item for item in sorted((entry.get("meta") or {}).items()))
+    return "%s %s: pid %s at %s on %s, up %s, active %s ago%s" % (
+        entry.get("name"), entry.get("id"), entry.get("pid"), entry.get("address"),
+        entry.get("host"), _uptime(max(0.0, now - (entry.get("started") or now))),
+        _uptime(max(0.0, now - (entry.get("active") or now))), meta)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -3872,17 +4433,28 @@ def _cli(argv: list[str] | None) -> int:
         return code
 
     try:
-        proc = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope)
-        result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit)
-    except ProcessDoesNotExist:
-        where = "" if opts.app_dir is None else " in %s" % proc.app_dir
+        to, where, several = _cli_target(parser, opts)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        proc = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope,
+                       instances=True if several else None)
+        result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit, to, where)
+    except ProcessDoesNotExist as exc:
+        place = "" if opts.app_dir is None else " in %s" % proc.app_dir
         if opts.json:
             print(json.dumps({"name": opts.name, "running": False}))
+        elif where or to not in (None, "all"):  # some may run, but none that was asked for
+            print(exc)
         else:
-            print("%s is not running%s" % (opts.name, where))
+            print("%s is not running%s" % (opts.name, place))
         return EXIT_NOT_RUNNING
     except (ValueError, Error) as exc:
         return fail(_exit_code(exc), str(exc))
+    if opts.action == "list":
+        return _cli_list(opts.name, result, opts.json)
+    if to == "all" and opts.action != "stop":
+        return _cli_broadcast(result, opts.json)
     if opts.action == "wait" and opts.exit:
         result = result if opts.json else "%s is not running" % opts.name
     elif opts.action in ("probe", "wait"):
@@ -3904,6 +4476,31 @@ def _cli(argv: list[str] | None) -> int:
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return EXIT_OK
+
+
+def _cli_list(name: str, entries: list[dict], as_json: bool) -> int:
+    import json
+    if as_json:
+        print(json.dumps(entries))
+    for entry in entries if not as_json else ():
+        print(_cli_entry(entry))
+    if not entries and not as_json:
+        print("%s is not running" % name)
+    return EXIT_OK if entries else EXIT_NOT_RUNNING
+
+
+def _cli_broadcast(replies: dict, as_json: bool) -> int:
+    """A broadcast's replies, by instance id; the exit code of the first
+    that failed, else 0."""
+    import json
+    code, shown = EXIT_OK, {}
+    for key, reply in replies.items():
+        if isinstance(reply, Error):
+            code = code or _exit_code(reply)
+            reply = {"error": str(reply), "exit_code": _exit_code(reply)}
+        shown[str(key)] = reply
+    print(json.dumps(shown) if as_json else json.dumps(shown, indent=2, ensure_ascii=False))
+    return code
 
 
 if __name__ == "__main__":

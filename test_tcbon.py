@@ -875,6 +875,45 @@ sys.exit(app.main())
 """
 
 
+# Issue 22: an app of several instances, argv NAME APP_DIR LIMIT MARK. LIMIT: how
+# many may run ("any": no limit). main() becomes a new instance, or (every slot
+# held) hands MARK over to the most recently active one; an instance publishes
+# each MARK it was given ('marks', its own first, which is also its 'project')
+# and answers 'who' with its id and pid. With CHOOSE set, a launch whose MARK an
+# instance has as its project goes there. Env: GO_FILE (start barrier).
+SEVERAL = r"""
+import os, sys, threading, time, tcbon
+name, app_dir, limit, mark = sys.argv[1:5]
+go = os.environ.get("GO_FILE")
+if go:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.001)
+app = tcbon.Process(name, app_dir=app_dir, timeout=30,
+                    instances=True if limit == "any" else int(limit))
+marks, marking = [], threading.Lock()  # handlers run on worker threads, at once
+if os.environ.get("CHOOSE"):
+    app.choose = lambda event, instances: next(
+        (i for i in instances if i["meta"].get("project") == event["argv"][4]), None)
+
+
+@app.on("second-instance")
+def opened(event):
+    with marking:
+        marks.append(event["argv"][4])
+        app.describe(marks=list(marks), project=marks[0])
+    return {"stdout": "%s %s\n" % (event["argv"][4], app.instance_id)}
+
+
+@app.on("who")
+def who(event):
+    return {"id": app.instance_id, "pid": os.getpid(), "project": marks[0]}
+
+
+sys.exit(app.main())
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -4194,6 +4233,185 @@ def test_a_frozen_apps_multiprocessing_workers_are_never_launches(frozen_mp, pla
             assert 1 <= said <= 3 and "call multiprocessing.freeze_support() first" in err, err
     finally:
         end_group(app)
+
+
+# Issue 22: several instances, each a held lock of its own, and a chooser. Real
+# processes and real locks; every rule of send/stop, the broadcast and the CLI.
+def several(name, app_dir, tmp_path, mark, limit="any", **env):
+    return launched(["-c", SEVERAL, name, app_dir, limit, mark], child_env(tmp_path, **env))
+
+
+def listed(name, app_dir, count):
+    """The instances, once exactly count are listed, each with its project."""
+    def ready():
+        found = tcbon.instances(name, app_dir)
+        return found if len(found) == count and all(
+            e["meta"].get("project") for e in found) else None
+    return wait_for(ready, 30, "%d instances of %s" % (count, name))
+
+
+def test_instances_racing_launches_get_distinct_slots_and_none_is_lost(name, app_dir,
+                                                                       tmp_path):
+    go = str(tmp_path / "go")
+    with contextlib.ExitStack() as stack:
+        first = []
+        for i in range(3):  # one after another: ids 1, 2, 3 in order
+            first.append(stack.enter_context(several(name, app_dir, tmp_path, "first%d" % i,
+                                                     "8")))
+            listed(name, app_dir, i + 1)
+        racers = [stack.enter_context(several(name, app_dir, tmp_path, "race%02d" % i, "8",
+                                              GO_FILE=go)) for i in range(20)]
+        open(go, "w").close()
+        wait_for(lambda: sum(p.poll() is not None for p in racers) == 15, 60,
+                 "the 15 launches that found every slot held to hand over and exit")
+        handed = [p for p in racers if p.poll() is not None]
+        for p in handed:
+            out, err = p.communicate()
+            assert p.returncode == 0 and out.startswith("race"), err
+        found = listed(name, app_dir, 8)
+        assert [e["id"] for e in found] == list(range(1, 9))  # distinct slots, all held
+        assert len({e["pid"] for e in found}) == 8
+        assert [e["meta"]["project"] for e in found[:3]] == ["first0", "first1", "first2"]
+        marks = wait_for(lambda: sorted(m for e in tcbon.instances(name, app_dir)
+                                        for m in e["meta"]["marks"])
+                         if sum(len(e["meta"]["marks"]) for e in tcbon.instances(
+                             name, app_dir)) == 23 else None, 30, "all 23 launches handled")
+        assert marks == sorted(["first%d" % i for i in range(3)]
+                               + ["race%02d" % i for i in range(20)])  # each once, none lost
+        assert all(p.poll() is None for p in first)
+        tcbon.Process(name, app_dir=app_dir, instances=8).stop(to="all", timeout=30)
+        assert tcbon.instances(name, app_dir) == []
+        for p in first + racers:
+            assert p.wait(30) == 0
+
+
+def test_a_killed_instance_is_gone_from_the_list_at_once(name, app_dir, tmp_path):
+    with several(name, app_dir, tmp_path, "a") as a, several(name, app_dir, tmp_path, "b"):
+        listed(name, app_dir, 1)
+        with several(name, app_dir, tmp_path, "c"):
+            found = listed(name, app_dir, 3)
+            victim = next(e for e in found if e["pid"] == a.pid)
+            hard_kill(a)  # kill -9; taskkill /F on Windows
+            after = tcbon.instances(name, app_dir)  # one call, no waiting
+            assert sorted(e["meta"]["project"] for e in after) == ["b", "c"], after
+            code, out, _ = cli(tmp_path, name, "list", "--app-dir", app_dir)
+            assert code == 0 and len(out.splitlines()) == 2 and " a," not in out, out
+            client = tcbon.Process(name, app_dir=app_dir, instances=True)
+            with pytest.raises(tcbon.ProcessDoesNotExist):
+                client.send("event", {"name": "who"}, to=victim["id"])
+            with several(name, app_dir, tmp_path, "d"):  # takes the freed slot
+                again = listed(name, app_dir, 3)
+                assert {e["meta"]["project"]: e["id"] for e in again}["d"] == victim["id"]
+                assert client.send("event", {"name": "who"}, to=victim["id"])["project"] == "d"
+                client.stop(to="all")
+
+
+def test_instances_every_routing_rule_and_the_broadcast(name, app_dir):
+    apps = []
+    for project in ("alpha", "beta", "gamma"):
+        app = tcbon.Process(name, app_dir=app_dir, instances=3)
+        app.register_event_handler("who", lambda event, p=project: {"project": p})
+        app.describe(project=project, title=project.title())
+        apps.append(app)
+    try:
+        for app in apps:
+            app.start()
+        assert [a.instance_id for a in apps] == [1, 2, 3]
+        assert os.path.basename(apps[1].lock_file) == "%s@%s.2.lock" % (name, tcbon._machine())
+        with pytest.raises(tcbon.ProcessExists, match="3 instance"):  # every slot held
+            tcbon.Process(name, app_dir=app_dir, instances=3).start(timeout=0.2)
+        client = tcbon.Process(name, app_dir=app_dir, instances=3)
+
+        def who(**target):
+            return client.send("event", {"name": "who"}, **target)["project"]
+        assert who() == "gamma"  # the most recently active: the last started
+        apps[0].touch()
+        assert who() == "alpha"
+        apps[1].describe(title="Beta 2")  # metadata changes are published at once
+        assert who(where={"title": "Beta 2"}) == "beta"
+        assert who(where={"project": "gamma"}) == "gamma"
+        assert who(to=2) == "beta" and who(to="3") == "gamma"
+        assert who(to=lambda found: found[1]) == "beta"
+        assert who(to=lambda found: max(e["id"] for e in found)) == "gamma"
+        assert who(to=lambda found: found[0], where={"project": "beta"}) == "beta"
+        assert who(where={"pid": str(os.getpid()), "project": "beta"}) == "beta"
+        for miss in ({"where": {"project": "delta"}}, {"to": 7}, {"to": lambda found: None}):
+            with pytest.raises(tcbon.ProcessDoesNotExist):
+                who(**miss)
+        replies = client.send("event", {"name": "who"}, to="all")
+        assert {k: v["project"] for k, v in replies.items()} == {1: "alpha", 2: "beta",
+                                                                 3: "gamma"}
+        assert list(client.get("/", to="all", where={"project": "beta"})) == [2]
+        assert client.info(to=1)["meta"] == {"project": "alpha", "title": "Alpha"}
+        listing = tcbon.instances(name, app_dir)
+        assert [e["meta"]["title"] for e in listing] == ["Alpha", "Beta 2", "Gamma"]
+        assert all("token" not in e and e["pid"] == os.getpid() for e in listing)
+        with pytest.raises(ValueError, match="instances"):
+            tcbon.Process(name, app_dir=app_dir).send("event", {"name": "who"}, to=1)
+        with pytest.raises(ValueError, match="to must be"):
+            who(to=[1])
+        client.stop(to=2)
+        assert not apps[1].is_primary and apps[0].is_primary
+        client.stop(where={"project": "alpha"})
+        assert [e["id"] for e in tcbon.instances(name, app_dir)] == [3]
+        client.stop(to="all")
+        assert tcbon.instances(name, app_dir) == [] and not apps[2].is_primary
+        with pytest.raises(tcbon.ProcessDoesNotExist):
+            client.stop(to="all")
+    finally:
+        for app in apps:
+            if app.is_primary:
+                app.stop()
+
+
+def test_instances_main_asks_choose_where_a_launch_goes(name, app_dir, tmp_path):
+    with several(name, app_dir, tmp_path, "alpha", CHOOSE=1) as alpha, \
+            several(name, app_dir, tmp_path, "beta", CHOOSE=1) as beta:
+        found = listed(name, app_dir, 2)
+        ids = {e["meta"]["project"]: e["id"] for e in found}
+        # alpha's project: to that instance, not a new one (choose says so)
+        code, out, err = ran(["-c", SEVERAL, name, app_dir, "any", "alpha"],
+                             child_env(tmp_path, CHOOSE=1))
+        assert (code, out) == (0, "alpha %d\n" % ids["alpha"]), err
+        assert len(tcbon.instances(name, app_dir)) == 2
+        with several(name, app_dir, tmp_path, "gamma", CHOOSE=1):  # none shows it: new
+            listed(name, app_dir, 3)
+            tcbon.Process(name, app_dir=app_dir, instances=True).stop(to="all")
+        assert alpha.wait(30) == 0 and beta.wait(30) == 0
+
+
+def test_cli_list_to_where_all(name, app_dir, tmp_path):
+    code, out, _ = cli(tmp_path, name, "list", "--app-dir", app_dir)
+    assert (code, out) == (1, "%s is not running\n" % name)
+    with several(name, app_dir, tmp_path, "alpha"), contextlib.ExitStack() as later:
+        listed(name, app_dir, 1)  # alpha first: id 1, and the less recently active
+        later.enter_context(several(name, app_dir, tmp_path, "beta"))
+        found = listed(name, app_dir, 2)
+        ids = {e["meta"]["project"]: e["id"] for e in found}
+        code, out, err = cli(tmp_path, name, "list", "--json", "--app-dir", app_dir)
+        assert code == 0, err
+        assert [e["meta"]["project"] for e in json.loads(out)] == ["alpha", "beta"]
+        code, out, err = cli(tmp_path, name, "list", "--app-dir", app_dir)
+        assert code == 0 and "project=alpha" in out.splitlines()[0], (out, err)
+        for target, project in ((["--to", str(ids["beta"])], "beta"),
+                                (["--where", "project=alpha"], "alpha"), ([], "beta")):
+            code, out, err = cli(tmp_path, name, "send", "who", "--app-dir", app_dir,
+                                 "--json", *target)
+            assert code == 0 and json.loads(out)["project"] == project, (target, out, err)
+        code, out, err = cli(tmp_path, name, "send", "who", "--all", "--json",
+                             "--app-dir", app_dir)
+        assert code == 0 and {k: v["project"] for k, v in json.loads(out).items()} == {
+            str(ids["alpha"]): "alpha", str(ids["beta"]): "beta"}, err
+        code, out, _ = cli(tmp_path, name, "send", "who", "--where", "project=x",
+                           "--app-dir", app_dir)
+        assert code == 1 and "project" in out
+        for bad in (["--to", "x"], ["--where", "novalue"], ["--to", "1", "--all"]):
+            assert cli(tmp_path, name, "send", "who", "--app-dir", app_dir, *bad)[0] == 2
+        code, out, err = cli(tmp_path, name, "--app-dir", app_dir)  # found without flags
+        assert code == 0 and "is running" in out, err
+        code, out, err = cli(tmp_path, name, "stop", "--all", "--app-dir", app_dir)
+        assert code == 0, err
+        assert tcbon.instances(name, app_dir) == []
 
 
 # Command line -----------------------------------------------------------------------------
