@@ -4287,7 +4287,7 @@ def test_instances_racing_launches_get_distinct_slots_and_none_is_lost(name, app
 
 def test_a_killed_instance_is_gone_from_the_list_at_once(name, app_dir, tmp_path):
     with several(name, app_dir, tmp_path, "a") as a, several(name, app_dir, tmp_path, "b"):
-        listed(name, app_dir, 1)
+        listed(name, app_dir, 2)  # both: each launch is a new instance up to the limit
         with several(name, app_dir, tmp_path, "c"):
             found = listed(name, app_dir, 3)
             victim = next(e for e in found if e["pid"] == a.pid)
