@@ -2906,11 +2906,10 @@ def _local_instance(registry: _Registry) -> dict[str, _Primary]:
     on the calling thread, by token (see Process._local_primary)."""
     found = {}
     for primary in list(_primaries or ()):
-        own_thread = getattr(primary.process.executor, "is_own_thread", None)
-        if (primary.slot is not None and not primary.asked.opened and own_thread is not None
-                and primary.process._registry is not None
+        if (primary.slot is not None and primary.process._registry is not None
                 and primary.process._registry._prefix == registry._prefix
-                and primary.process.app_dir == registry.app_dir and own_thread()):
+                and primary.process.app_dir == registry.app_dir
+                and primary.serves_this_thread()):
             found[primary.state.get("token")] = primary
     return found
 
@@ -3220,6 +3219,12 @@ class _Primary:
         self.process._lifecycle = _thread.RLock()  # another thread may have held it
 
     # Serving -------------------------------------------------------------------
+    def serves_this_thread(self) -> bool:
+        """True while it serves and its handlers run on the calling thread
+        (an executor with is_own_thread(), such as MainThreadExecutor's)."""
+        own_thread = getattr(self.process.executor, "is_own_thread", None)
+        return not self.asked.opened and own_thread is not None and bool(own_thread())
+
     def took_own_launch(self, result: Any) -> None:
         """What the handler said to the first launch (main()'s own argv):
         its stdout and stderr are written here, its exit_code kept for
@@ -4059,9 +4064,7 @@ class Process:
         button on the host's UI thread. Over HTTP, such a call would wait
         for the thread that waits for it; it is made directly instead."""
         for primary in list(_primaries or ()):
-            own_thread = getattr(primary.process.executor, "is_own_thread", None)
-            if (not primary.asked.opened and primary.process.lock_file == self.lock_file
-                    and own_thread is not None and own_thread()):
+            if primary.process.lock_file == self.lock_file and primary.serves_this_thread():
                 return primary
         return None
 
