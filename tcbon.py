@@ -1798,6 +1798,47 @@ def _check_timeout(timeout: float | None) -> float | None:
     return timeout
 
 
+def _check_version(version: Any) -> str | None:
+    if version is not None and not (isinstance(version, str) and version.strip()):
+        raise ValueError("version must be a non-empty string such as '1.4.2', or None; "
+                         "got %r" % (version,))
+    return version
+
+
+def _version_key(version: str | None) -> tuple:
+    """A key that orders versions as people read them: numbers as numbers
+    (1.10 after 1.9, 1.5.0 the same as 1.5), a pre-release (dev, a, b, rc)
+    before its release and a post-release after it; no version, or one
+    that does not start with a number, before any that does."""
+    import re
+    found = re.match(r"\s*v?(\d+(?:\.\d+)*)[.\-_+]?(.*)$", version or "", re.IGNORECASE)
+    if found is None:
+        return (0, version or "")
+    release = [int(part) for part in found.group(1).split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    words = re.findall(r"\d+|[a-z]+", found.group(2).lower())
+    phases = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "c": 3, "rc": 3, "pre": 3,
+              "preview": 3, "post": 5, "r": 5, "rev": 5}
+    phase = phases.get(words[0], 4) if words else 4  # 4: the release itself
+    rest = tuple((1, int(word)) if word.isdigit() else (0, word) for word in words)
+    return (1, tuple(release), phase, rest)
+
+
+def _older(version: str | None, than: str | None) -> bool:
+    """True if version is older than than (a primary that published none
+    is older than any version)."""
+    return _version_key(version) < _version_key(than)
+
+
+def _check_replace(replace: Any) -> Any:
+    if replace not in (False, True, "older") and not callable(replace):
+        raise ValueError("replace must be True, False, 'older' or a callable that takes the "
+                         "running primary's info (a dict) and returns True to replace it; "
+                         "got %r" % (replace,))
+    return replace
+
+
 def _check_instances(instances: Any) -> int:
     """How many slots Process(instances=...) allows: 0 for one instance
     (the default: no slots at all, the name's own files)."""
@@ -2148,16 +2189,20 @@ class _Client:
         """
         self.call("POST", "stop", {}, wait)
 
-    def stop_one(self, state: dict, wait: _Wait) -> None:
+    def stop_one(self, state: dict, wait: _Wait, handover: bool = False) -> Any:
         """Ask the primary that published state, and no other, to stop;
-        return once it has, or is stopping already.
+        return once it has, or is stopping already: with handover, what
+        its on_handover() returned (None if it was stopping already).
 
         Raises:
             Timeout, RequestError, Error.
         """
-        result = self._exchange(state, "POST", "/stop", b"{}", wait)
-        if not isinstance(result, str):
-            self.answer(result[0], result[1], "POST /stop")
+        body = b'{"handover": true}' if handover else b"{}"
+        result = self._exchange(state, "POST", "/stop", body, wait)
+        if isinstance(result, str):
+            return None
+        reply = self.answer(result[0], result[1], "POST /stop")
+        return reply.get("handover") if isinstance(reply, dict) else None
 
 
 def _public(state: dict) -> dict:
@@ -2953,6 +2998,8 @@ class _Primary:
         self._stopper: int | None = None  # the thread running the stop sequence
         self._in_on_stop: int | None = None  # the same, while in on_stop()
         self.exit_code = EXIT_OK  # what the first launch's own handler said (main())
+        self.handing_over = False  # the stop hands on_handover()'s state to a successor
+        self.handed: Any = None  # what on_handover() returned, for the successor
         self._once = _thread.allocate_lock()  # the stop sequence runs once
 
     # Starting -----------------------------------------------------------------
@@ -3024,7 +3071,8 @@ class _Primary:
                       "address": _format_address(server.server_name, server.server_port),
                       "token": server.token, "started": started,
                       "host": socket.gethostname(), "machine": _machine(),
-                      "active": started, "meta": dict(process._meta)}
+                      "active": started, "meta": dict(process._meta),
+                      "app_version": process.version}
         if self.slot is not None:
             self.state["id"] = self.slot
         _write_state(self.pid_file, self.state)
@@ -3156,6 +3204,8 @@ class _Primary:
             self.ask()
             with self._publishing:
                 self._withdraw()
+            if self.handing_over:
+                self.handed = self._handover()
             self._in_on_stop = self._stopper
             process.on_stop()
             self._in_on_stop = None
@@ -3170,6 +3220,20 @@ class _Primary:
             process._note(_INFO, "%s stopped", process.name)
             if server is not None:
                 server.answer_stop_requests(1.0)
+
+    def _handover(self) -> Any:
+        """on_handover()'s state for the successor (None, logged, if it
+        failed or is not JSON: the stop goes on either way)."""
+        import json
+        process = self.process
+        try:
+            state = process.on_handover()
+            json.dumps(state)
+            return state
+        except Exception:  # noqa: BLE001 - a stop asked for must happen
+            process._note(_ERROR, "%s: on_handover failed; the successor gets None",
+                          process.name, exc_info=True)
+            return None
 
     def _withdraw(self) -> None:
         """Only our own: if app_dir was deleted under us, the file there now
@@ -3323,10 +3387,20 @@ class Process:
             tcbon.instances() lists them, and get, send, handoff, stop and
             main() choose among them (see send and choose). Every Process of
             a name must agree on it. Default: one instance (None).
+        version (str): this app's version, published as ``app_version``
+            (info(), tcbon.instances()); ``start(replace='older')`` and
+            ``main(replace='older')`` replace a primary whose version is
+            older, and reuse an equal or newer one.
+
+    Attributes:
+        handed_over: in on_start() of a primary that replaced another
+            (start or main with ``replace``), what the other's
+            on_handover() returned (JSON); None otherwise.
 
     Raises:
         ValueError: for a name that cannot be a file name, a non-loopback
-            address, a negative timeout, an unknown scope or a bad instances.
+            address, a negative timeout, an unknown scope, a bad instances
+            or version.
         StateError: scope='session' where no login session id is found.
     """
 
@@ -3334,9 +3408,12 @@ class Process:
                  debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
                  executor: Any = None, forward_env: Iterable[str] = (),
                  scope: str | os.PathLike = "user",
-                 instances: int | bool | None = None) -> None:
+                 instances: int | bool | None = None, version: str | None = None) -> None:
         self.name = _check_name(name)
         self.instances_allowed = _check_instances(instances)
+        self.version = _check_version(version)
+        self.handed_over: Any = None
+        self._succession: int | None = None  # the successor lock, while we replace a primary
         self._meta: dict = {}
         self._meta_lock = _thread.allocate_lock()
         self.forward_env = [forward_env] if isinstance(forward_env, str) else list(forward_env)
@@ -3477,45 +3554,130 @@ class Process:
         return DEFAULT_TIMEOUT if self.timeout is None else self.timeout
 
     # Becoming the primary -----------------------------------------------------
-    def start(self, timeout: float | None = _DEFAULT, replace: bool = False) -> None:
+    def start(self, timeout: float | None = _DEFAULT, replace: Any = False) -> None:
         """Become the primary: take the lock, serve wsgi, publish the address.
 
         If the lock is held but the holder has not published its address yet
         (starting up) or has withdrawn it (stopping), waits for one or the
-        other, at most ``timeout`` seconds. With ``replace``, stops the
-        running primary and takes its place (like GApplication's --replace);
-        if another launch takes it first, that one stays.
+        other, at most ``timeout`` seconds.
+
+        With ``replace``, stops the running primary and takes its place
+        (like GApplication's --replace): True replaces any; 'older' only one
+        whose version (Process(version=...)) is older than this one's, and
+        a callable one for which it returns True, given the primary's info.
+        The primary that is replaced hands its on_handover() state over
+        (see handed_over), and launches that arrive meanwhile wait for this
+        one, none lost. With instances, it replaces this process' own
+        instance of the name (a tool reloaded in its host), if it runs one.
 
         Raises:
             ProcessExists: another instance is the primary (it has the pid
-                and address), or this process is already (it says so).
+                and address), or this process is already (it says so); with
+                replace, one that is not to be replaced.
             Timeout: the lock stayed held with no address for too long.
             StateError: app_dir or its files cannot be used safely.
             Error: the server cannot listen on the address given.
+            ValueError: a bad replace, or 'older' without a version.
         """
         try:
             self._become_primary(_Wait(self._limit(timeout)), replace)
         except ProcessExists as exc:  # the usual answer: a traceback of this call alone
             raise exc.with_traceback(None) from None
 
-    def _become_primary(self, wait: _Wait, replace: bool = False, signals: bool = False,
+    def _become_primary(self, wait: _Wait, replace: Any = False, signals: bool = False,
                         waiter: bool = False) -> None:
-        replaced = False
-        while True:
+        replace = _check_replace(replace)
+        if replace == "older" and self.version is None:
+            raise ValueError("replace='older' compares versions: pass Process(..., "
+                             "version='1.4.2') too")
+        if not self.is_primary:
+            self.handed_over = None
+        if not replace:
+            return self._take_over(wait, signals, waiter)
+        if self._registry is not None:
+            own = self._own_instance()
+            if own is not None:
+                if not self._replaces(replace, own.state):
+                    raise self._kept(own.state, "this process already runs instance %s of "
+                                     "%r" % (own.slot, self.name))
+                self.handed_over = self._stop_for_successor(own.state, wait)
+            return self._take_over(wait, signals, waiter)
+        try:
+            return self._take_over(wait, signals, waiter)
+        except ProcessExists:
+            pass  # to be replaced, perhaps: with the successor lock held
+        self._succession = self._take_succession(wait)
+        try:
             try:
                 return self._take_over(wait, signals, waiter)
-            except ProcessExists as exc:
-                if not replace or replaced:
+            except ProcessExists as exc:  # the one we saw, or one a successor before us started
+                state = _read_state(self.pid_file)
+                if state is None or (state["pid"], state["address"]) != (exc.pid, exc.address):
                     raise
-                found = exc
-            replaced = True  # once: a launch that took over meanwhile stays
-            local = self._local_primary()
-            state = _read_state(self.pid_file)
-            if local is not None:
+                if not self._replaces(replace, state):
+                    raise self._kept(state, str(exc)) from None
+            self.handed_over = self._stop_for_successor(state, wait)
+            return self._take_over(wait, signals, waiter)  # once: one that took over stays
+        finally:
+            fd, self._succession = self._succession, None
+            _unlock(fd)
+            os.close(fd)
+
+    def _replaces(self, replace: Any, state: dict) -> bool:
+        """Whether start(replace=...) replaces the primary that published state."""
+        if replace == "older":
+            return _older(state.get("app_version"), self.version)
+        if callable(replace):
+            return bool(replace(_public(state)))
+        return True
+
+    def _kept(self, state: dict, what: str) -> ProcessExists:
+        """ProcessExists for a primary that replace= keeps."""
+        theirs = state.get("app_version")
+        why = ("it runs version %s, not older than %s" % (theirs, self.version)
+               if theirs is not None else "replace= chose to keep it")
+        return ProcessExists("%s; %s" % (what, why), self.name, state["pid"], state["address"])
+
+    def _own_instance(self) -> _Primary | None:
+        """With instances: the one of this name that this process runs
+        through another Process object (a tool reloaded in its host)."""
+        for primary in list(_primaries or ()):
+            if (primary.process is not self and primary.slot is not None and primary.state
+                    and primary.process._client.lock_file == self._client.lock_file):
+                return primary
+        return None
+
+    def _take_succession(self, wait: _Wait) -> int:
+        """The successor lock: while a launch holds it to replace the
+        primary, other launches leave the primary's lock to it, so that the
+        state handed over reaches the one that asked for it. Waits while
+        another launch replaces (then this one looks again at who runs)."""
+        path = self._successor_file()
+        fd = _open_lock(path)
+        try:
+            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
+                "%r: another launch has been replacing the primary for %.1f s; try again "
+                "later" % (self.name, wait.limit or 0.0), self.name, wait.limit or 0.0))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _successor_file(self) -> str:
+        return self._client.lock_file[:-len(".lock")] + ".successor.lock"
+
+    def _stop_for_successor(self, state: dict, wait: _Wait) -> Any:
+        """Stop the primary that published state, asking for its
+        on_handover() state; return that state. One of this process whose
+        handlers run on this thread is stopped here: over HTTP, it would
+        wait for this very thread."""
+        for local in list(_primaries or ()):
+            if local.state.get("token") == state.get("token") and local.serves_this_thread():
+                if not local.asked.opened:
+                    local.handing_over = True
                 local.stop()
-            elif state is not None and (state["pid"], state["address"]) == (found.pid,
-                                                                            found.address):
-                self._client.stop_one(state, wait)
+                return local.handed
+        return self._client.stop_one(state, wait, handover=True)
 
     def _take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
         global _primaries
@@ -3549,6 +3711,9 @@ class Process:
         primary starting up or stopping). Raises ProcessExists for a
         primary that has published its address."""
         if _locked(fd, self.lock_file):
+            if self._succession is None and _primary_holds(self._successor_file()):
+                _unlock(fd)  # another launch is replacing the primary: the lock is its
+                return None
             return True
         if _locked(fd, self.lock_file, shared=True):  # only probes hold it
             _unlock(fd, shared=True)
@@ -3585,7 +3750,7 @@ class Process:
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: float | None = _DEFAULT, forward_stdin: bool = False,
-             own_launch: bool = True) -> int:
+             own_launch: bool = True, replace: Any = False) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -3614,6 +3779,10 @@ class Process:
                 (``cmd | app -``) hands the text over as ``event['stdin']``.
             own_launch (bool): False keeps the first launch's argv from the
                 handler (for an app that opens it in on_start itself).
+            replace: as start()'s: 'older' makes a newer version replace the
+                running one (its on_handover() state handed over, launches
+                meanwhile waiting for this one), and hand over to one that
+                is as new or newer.
 
         Returns:
             The exit code for this launch: the primary's, or, for an error
@@ -3627,8 +3796,8 @@ class Process:
         argv = _this_argv() if argv is None else list(argv)
         wait = _Wait(self._limit(timeout))
         while True:
-            if self._registry is not None:  # several instances: a new one, or where choose() says
-                try:
+            if self._registry is not None and not (replace and self._own_instance()):
+                try:  # several instances: a new one, or where choose() says
                     chosen = self._chosen(argv)
                     if chosen is not None:
                         stdin = _piped_stdin() if forward_stdin else None
@@ -3638,7 +3807,7 @@ class Process:
                 except (ValueError, Error) as exc:
                     return self._report(exc)
             try:
-                self._become_primary(wait, signals=True, waiter=run is None)
+                self._become_primary(wait, replace, signals=True, waiter=run is None)
             except ProcessExists:
                 try:
                     stdin = _piped_stdin() if forward_stdin else None
@@ -4098,7 +4267,8 @@ class Process:
                 "address": state.get("address"), "version": __version__,
                 "protocol": PROTOCOL, "started": state.get("started"),
                 "argv": _this_argv(), "host": state.get("host"), "id": state.get("id"),
-                "active": state.get("active"), "meta": state.get("meta", {})}
+                "active": state.get("active"), "meta": state.get("meta", {}),
+                "app_version": state.get("app_version")}
 
     def _route_event(self) -> dict:
         event = request.get_json()
@@ -4162,12 +4332,18 @@ class Process:
         primary = self._primary
         if primary is None:
             raise HTTPError(503, "stopping")
+        asked = request.get_json(silent=True)
+        if isinstance(asked, dict) and asked.get("handover") is True and not primary.asked.opened:
+            primary.handing_over = True  # a successor replaces us (start(replace=...))
         if request.environ.get("REMOTE_ADDR") == "in-process":
             primary.stop()  # on the thread that runs the handlers: here
         else:
             primary.stop_soon()
             primary.done.wait()
-        return {"success": True, "stopped": True, "message": "%s stopped" % self.name}
+        reply = {"success": True, "stopped": True, "message": "%s stopped" % self.name}
+        if primary.handing_over:
+            reply["handover"] = primary.handed
+        return reply
 
     def register_event_handler(self, event: str, handler: Callable) -> None:
         """Call handler(event_dict) for events named ``event``; its dict
@@ -4197,6 +4373,15 @@ class Process:
 
     def on_stop(self) -> None:
         """Override to tear down the application; runs before the server stops."""
+
+    def on_handover(self) -> Any:
+        """Override to hand state (open documents, queued work: JSON) to a
+        successor that replaces this primary (``start(replace=...)``, e.g.
+        a newer version, or a tool reloaded in its host): the successor
+        finds it in ``handed_over`` during its on_start(). Runs in the
+        stop sequence, on the thread that runs on_stop, once new requests
+        are refused and before on_stop. Default: None."""
+        return None
 
     def on_second_instance(self, event: dict) -> Any:
         """Override (or use ``@app.on('second-instance')``) to handle a later
@@ -4388,9 +4573,10 @@ def _cli_entry(entry: dict) -> str:
     """One line of list: an instance, its metadata last."""
     now = time.time()
     meta = "".join(", %s=%s" % item for item in sorted((entry.get("meta") or {}).items()))
-    return "%s %s: pid %s at %s on %s, up %s, active %s ago%s" % (
+    version = "" if entry.get("app_version") is None else ", version %s" % entry["app_version"]
+    return "%s %s: pid %s at %s on %s%s, up %s, active %s ago%s" % (
         entry.get("name"), entry.get("id"), entry.get("pid"), entry.get("address"),
-        entry.get("host"), _uptime(max(0.0, now - (entry.get("started") or now))),
+        entry.get("host"), version, _uptime(max(0.0, now - (entry.get("started") or now))),
         _uptime(max(0.0, now - (entry.get("active") or now))), meta)
 
 
@@ -4464,11 +4650,12 @@ def _cli(argv: list[str] | None) -> int:
         started = result.get("started") or time.time()
         result = {"name": result.get("name"), "running": True, "pid": result.get("pid"),
                   "address": result.get("address"), "host": result.get("host"),
-                  "version": result.get("version"), "started": started,
-                  "uptime": round(max(0.0, time.time() - started), 3)}
+                  "version": result.get("version"), "app_version": result.get("app_version"),
+                  "started": started, "uptime": round(max(0.0, time.time() - started), 3)}
         if not opts.json:
-            result = "%s is running: pid %s at %s on %s, tcbon %s, up %s" % (
+            result = "%s is running: pid %s at %s on %s,%s tcbon %s, up %s" % (
                 result["name"], result["pid"], result["address"], result["host"],
+                "" if result["app_version"] is None else " version %s," % result["app_version"],
                 result["version"], _uptime(result["uptime"]))
     elif opts.action == "stop" and not opts.json:
         result = "%s stopped" % opts.name

@@ -4,6 +4,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -38,9 +39,11 @@ LINUX = sys.platform.startswith("linux")  # gate /proc on this: under Wine, Z:\\
 # HANDLER_DELAY, TIMEOUT, NOFILE (open-file limit), APP_FILES (files the app keeps open),
 # SCOPE (the Process' scope).
 LAUNCH = r"""
-import json, os, sys, time
+import faulthandler, json, os, signal, sys, time
 import tcbon
 
+if hasattr(signal, "SIGUSR1"):  # finish() asks a child that hangs for its stacks
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 name, app_dir = sys.argv[1], sys.argv[2]
 go = os.environ.get("GO_FILE")
 if go:  # a barrier: every launch starts at the same moment
@@ -914,6 +917,54 @@ sys.exit(app.main())
 """
 
 
+# argv NAME APP_DIR VERSION MARK: main() of an app of that version (replacing an
+# older one if REPLACE=older) that keeps the MARK of each launch it handled and
+# hands them on (on_handover, which prints HANDOVER and takes HANDOVER_DELAY s).
+VERSIONED = r"""
+import json, os, sys, threading, time, tcbon
+name, app_dir, version, mark = sys.argv[1:5]
+go = os.environ.get("GO_FILE")
+if go:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.001)
+opened, lock = [], threading.Lock()
+
+
+class App(tcbon.Process):
+    def on_start(self):
+        opened.extend((self.handed_over or {}).get("opened", []))
+        print("PRIMARY", version, json.dumps(self.handed_over), flush=True)
+
+    def on_handover(self):
+        print("HANDOVER", flush=True)
+        time.sleep(float(os.environ.get("HANDOVER_DELAY", 0)))
+        with lock:
+            return {"opened": list(opened), "from": version}
+
+
+app = App(name, app_dir=app_dir, timeout=30, version=version)
+
+
+@app.on("second-instance")
+def second(event):
+    with lock:
+        opened.append(event["argv"][4])
+    return {"stdout": "%s handled by %s\n" % (event["argv"][4], version)}
+
+
+@app.on("opened")
+def listing(event):
+    with lock:
+        return {"opened": list(opened), "version": version, "pid": os.getpid()}
+
+
+code = app.main(replace=os.environ.get("REPLACE") or False)
+print("EXIT", code, flush=True)
+sys.exit(code)
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -1036,8 +1087,20 @@ def hard_kill(proc):
 
 
 def finish(proc, timeout=30):
-    """Wait for a child to exit by itself; return (code, stdout, stderr)."""
-    out, err = proc.communicate(timeout=timeout)
+    """Wait for a child to exit by itself; return (code, stdout, stderr).
+    One still running after timeout fails the test with what it wrote and
+    (a LAUNCH child, on POSIX) the stacks of its threads."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if POSIX and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            out, err = "", "(no more output)"
+        raise AssertionError("pid %d still ran after %s s; it wrote:\n%s\n%s" % (
+            proc.pid, timeout, out, err[-6000:])) from None
     return proc.returncode, out, err
 
 
@@ -4288,6 +4351,119 @@ def test_instances_racing_launches_get_distinct_slots_and_none_is_lost(name, app
             assert p.wait(30) == 0
 
 
+def versioned(name, app_dir, tmp_path, version, mark, **env):
+    return launched(["-c", VERSIONED, name, app_dir, version, mark], child_env(tmp_path, **env))
+
+
+def test_a_newer_version_replaces_an_older_one_with_its_state_and_no_launch_lost(
+        name, app_dir, tmp_path):
+    go = str(tmp_path / "go")
+    with contextlib.ExitStack() as stack:
+        old = stack.enter_context(versioned(name, app_dir, tmp_path, "1.9", "first",
+                                            HANDOVER_DELAY=2))
+        assert old.stdout.readline() == "PRIMARY 1.9 null\n"
+        assert old.stdout.readline() == "first handled by 1.9\n"  # its own launch
+        for i in range(3):
+            assert ran(["-c", VERSIONED, name, app_dir, "1.9", "before%d" % i],
+                       child_env(tmp_path))[:2] == (0, "before%d handled by 1.9\nEXIT 0\n" % i)
+        new = stack.enter_context(versioned(name, app_dir, tmp_path, "1.10", "new",
+                                            REPLACE="older"))
+        assert old.stdout.readline() == "HANDOVER\n"  # the old one refuses requests from now on
+        racers = [stack.enter_context(versioned(name, app_dir, tmp_path, "1.9", "race%02d" % i,
+                                                GO_FILE=go)) for i in range(20)]
+        open(go, "w").close()
+        handed = {"opened": ["first", "before0", "before1", "before2"], "from": "1.9"}
+        assert new.stdout.readline() == "PRIMARY 1.10 %s\n" % json.dumps(handed)
+        assert new.stdout.readline() == "new handled by 1.10\n"
+        assert finish(old)[:2] == (0, "EXIT 0\n")
+        for i, racer in enumerate(racers):  # every launch during the swap: the new one's
+            code, out, err = finish(racer)
+            assert (code, out) == (0, "race%02d handled by 1.10\nEXIT 0\n" % i), err
+        # As new as the launch, or newer: reused, not replaced.
+        for version in ("1.10", "1.9", "1.10rc1"):
+            code, out, err = ran(["-c", VERSIONED, name, app_dir, version, "v" + version],
+                                 child_env(tmp_path, REPLACE="older"))
+            assert (code, out) == (0, "v%s handled by 1.10\nEXIT 0\n" % version), err
+        client = tcbon.Process(name, app_dir=app_dir)
+        assert client.info()["app_version"] == "1.10"
+        reply = client.send("event", {"name": "opened"})
+        assert reply["pid"] == new.pid
+        assert reply["opened"][:4] == handed["opened"]  # handed over first, then each once
+        assert sorted(reply["opened"][4:]) == sorted(
+            ["new", "v1.10", "v1.9", "v1.10rc1"] + ["race%02d" % i for i in range(20)])
+        client.stop(timeout=30)
+        assert finish(new)[:2] == (0, "EXIT 0\n")
+
+@pytest.mark.parametrize("older, newer", [
+    ("1.9", "1.10"), ("1.5rc1", "1.5"), ("1.5", "1.5.1"), ("2.0.dev1", "2.0a1"),
+    ("1.5a1", "1.5b1"), ("1.5", "1.5.post1"), ("v1.2", "1.3"), (None, "0.1"),
+    ("nightly", "0.0.1")])
+def test_versions_compare_as_people_read_them(name, app_dir, older, newer):
+    class Old(tcbon.Process):
+        def on_handover(self):
+            return {"from": self.version}
+    old = Old(name, app_dir=app_dir, version=older)
+    old.start()
+    if older is not None:  # as new as it: kept
+        with pytest.raises(tcbon.ProcessExists, match="it runs version %s, not older than %s"
+                           % (re.escape(older), re.escape(older))):
+            tcbon.Process(name, app_dir=app_dir, version=older).start(replace="older")
+    new = tcbon.Process(name, app_dir=app_dir, version=newer)
+    new.start(replace="older")
+    assert (old.is_primary, new.is_primary, new.handed_over) == (False, True, {"from": older})
+    assert new.info()["app_version"] == newer
+    with pytest.raises(tcbon.ProcessExists, match="it runs version %s, not older than"
+                       % re.escape(newer)):
+        tcbon.Process(name, app_dir=app_dir, version=older or "0").start(replace="older")
+    new.stop()
+
+def test_replace_takes_a_rule_and_a_failed_handover_still_stops(name, app_dir, caplog):
+    class Broken(tcbon.Process):
+        def on_handover(self):
+            raise RuntimeError("the documents' list is corrupt")
+    with pytest.raises(ValueError, match="version="):
+        tcbon.Process(name, app_dir=app_dir).start(replace="older")
+    with pytest.raises(ValueError, match="replace must be"):
+        tcbon.Process(name, app_dir=app_dir).start(replace="newer")
+    with pytest.raises(ValueError, match="version must be"):
+        tcbon.Process(name, app_dir=app_dir, version=1.5)
+    first = Broken(name, app_dir=app_dir, version="2.0")
+    first.start()
+    kept = tcbon.Process(name, app_dir=app_dir)
+    with pytest.raises(tcbon.ProcessExists, match="replace= chose to keep it|not older"):
+        kept.start(replace=lambda info: info["app_version"] != "2.0")
+    assert first.is_primary and not kept.is_primary
+    second = tcbon.Process(name, app_dir=app_dir)
+    second.start(replace=lambda info: info["app_version"] == "2.0" and info["pid"] == os.getpid())
+    assert (first.is_primary, second.is_primary, second.handed_over) == (False, True, None)
+    assert "on_handover failed" in caplog.text and "corrupt" in caplog.text
+    second.stop()
+
+
+def test_an_instance_reloaded_in_its_process_replaces_only_its_own(name, app_dir, tmp_path):
+    with several(name, app_dir, tmp_path, "elsewhere") as other:
+        listed(name, app_dir, 1)
+
+        class Tool(tcbon.Process):
+            def on_handover(self):
+                return {"done": ["a", "b"]}
+        old = Tool(name, app_dir=app_dir, instances=True, version="1.0")
+        old.describe(project="here")
+        old.start()
+        ids = {e["pid"]: e["id"] for e in listed(name, app_dir, 2)}
+        new = Tool(name, app_dir=app_dir, instances=True, version="1.1")
+        new.describe(project="here")
+        new.start(replace="older")
+        assert (old.is_primary, new.handed_over) == (False, {"done": ["a", "b"]})
+        entries = listed(name, app_dir, 2)  # the other process' instance untouched
+        assert {e["pid"]: e["app_version"] for e in entries} == {other.pid: None,
+                                                                 os.getpid(): "1.1"}
+        assert {e["pid"]: e["id"] for e in entries}[other.pid] == ids[other.pid]
+        with pytest.raises(tcbon.ProcessExists, match="already runs instance"):
+            Tool(name, app_dir=app_dir, instances=True, version="1.1").start(replace="older")
+        new.stop()
+
+
 def test_a_killed_instance_is_gone_from_the_list_at_once(name, app_dir, tmp_path):
     with several(name, app_dir, tmp_path, "a") as a, several(name, app_dir, tmp_path, "b"):
         listed(name, app_dir, 2)  # both: each launch is a new instance up to the limit
@@ -5086,44 +5262,140 @@ def test_qt_example_takes_the_focus_with_the_launchers_wayland_token(tmp_path, w
     assert log_path.read_text().count('activate("%s", wl_surface@' % token) == 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["--background", "gui"])
-def test_blender_tool_serves_from_blenders_main_thread(tmp_path, mode, request):
+def blender_command(tmp_path):
+    """Debian's Blender (skips without it) and the environment of its runs."""
     import shutil
     blender = shutil.which("blender")
     if not blender:
         require("Blender", "apt-get install blender")
-    env = child_env(tmp_path, LIBGL_ALWAYS_SOFTWARE=1)
-    args = [blender, "--factory-startup", "-noaudio"]
-    if mode == "gui":
-        env["DISPLAY"] = request.getfixturevalue("display")
-    else:
-        args.append(mode)
-    out_path = tmp_path / "blender.out"
-    app_dir = os.path.join(str(tmp_path / "xdg"), "blender_tool")
-    with open(str(out_path), "w") as out:
-        blender_proc = subprocess.Popen(args + ["--python", example("blender_tool.py")], env=env,
-                                        stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+    return [blender, "--factory-startup", "-noaudio"], child_env(tmp_path, LIBGL_ALWAYS_SOFTWARE=1)
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    """Two saved scenes, Blender's default one: shot_010.blend and shot_020.blend."""
+    args, env = blender_command(tmp_path)
+    paths = [str(tmp_path / n) for n in ("shot_010.blend", "shot_020.blend")]
+    save = ("import bpy\nfor path in %r:\n"
+            "    bpy.ops.wm.save_as_mainfile(filepath=path, copy=True)" % (paths,))
+    done = subprocess.run(args + ["--background", "--python-expr", save], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert all(os.path.exists(path) for path in paths), done.stdout + done.stderr
+    return paths
+
+
+@contextlib.contextmanager
+def blender_running(tmp_path, log_name, *args, display=None):
+    """A Blender (with args, e.g. a scene and --python scripts) in a session
+    of its own, its output in tmp_path/log_name; ended with its group."""
+    command, env = blender_command(tmp_path)
+    if display is not None:
+        env["DISPLAY"] = display
+    with open(str(tmp_path / log_name), "w") as out:
+        proc = subprocess.Popen(command + list(args), env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_primary("blender_tool", app_dir, 120)
+        yield proc
+    finally:
+        end_group(proc)
+
+
+def blender_tool_listed(tmp_path, app_dir, count):
+    """`python -m tcbon blender_tool list --json` once it lists count instances."""
+    def listed():
+        code, out, _ = cli(tmp_path, "blender_tool", "list", "--json", "--app-dir", app_dir)
+        entries = json.loads(out) if code in (0, 1) else None
+        return entries if entries is not None and len(entries) == count else None
+    return wait_for(listed, 120, "%d instance(s) of blender_tool" % count)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["--background", "gui"])
+def test_blender_tool_serves_from_blenders_main_thread(tmp_path, scenes, mode, request):
+    display = request.getfixturevalue("display") if mode == "gui" else None
+    app_dir = os.path.join(str(tmp_path / "xdg"), "blender_tool")
+    background = [mode] if mode == "--background" else []
+    with blender_running(tmp_path, "blender.out", *background, scenes[0], "--python",
+                         example("blender_tool.py"), display=display) as blender:
+        [entry] = blender_tool_listed(tmp_path, app_dir, 1)
+        assert (entry["meta"], entry["app_version"]) == ({"scene": "shot_010.blend"}, "1.1")
         # What the example's docstring shows, as it shows it.
         said = [cli(tmp_path, "blender_tool", *(args + ("--app-dir", app_dir)))[:2]
-                for args in (("send", "count", "--json"), ("send", "add-cube", "--json"),
-                             ("stop",))]
+                for args in (("send", "count", "--json"),
+                             ("send", "add-cube", "--json", "--where", "scene=shot_010.blend"),
+                             ("send", "history", "--json"), ("stop",))]
         assert said == [(0, '{"success": true, "objects": 3, "main_thread": true}\n'),
                         (0, '{"success": true, "objects": 4, "main_thread": true}\n'),
+                        (0, '{"success": true, "done": ["add-cube"], "version": "1.1"}\n'),
                         (0, "blender_tool stopped\n")]
         with open(example("blender_tool.py")) as f:
             shown = f.read()
         assert all(out in shown for _, out in said)
-        wait_for(lambda: "stopping on the main thread: True" in out_path.read_text(), 60,
+        log = tmp_path / "blender.out"
+        wait_for(lambda: "1.1 stopping on the main thread: True" in log.read_text(), 60,
                  "on_stop on Blender's main thread")
         if mode == "--background":  # the script ends, and so does Blender
-            assert blender_proc.wait(60) == 0
-        assert "Traceback" not in out_path.read_text()
-    finally:
-        end_group(blender_proc)
+            assert blender.wait(60) == 0
+        assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_two_blenders_are_two_instances_each_reached_by_its_scene(tmp_path, scenes):
+    app_dir = os.path.join(str(tmp_path / "xdg"), "blender_tool")
+    tool = ["--python", example("blender_tool.py")]
+    with blender_running(tmp_path, "a.out", "--background", scenes[0], *tool) as first, \
+            blender_running(tmp_path, "b.out", "--background", scenes[1], *tool) as second:
+        entries = blender_tool_listed(tmp_path, app_dir, 2)
+        scene_of = {e["pid"]: e["meta"]["scene"] for e in entries}
+        assert scene_of == {first.pid: "shot_010.blend", second.pid: "shot_020.blend"}
+        code, out, _ = cli(tmp_path, "blender_tool", "list", "--app-dir", app_dir)
+        assert code == 0 and sorted(line.rsplit("scene=", 1)[1] for line in out.splitlines()) == [
+            "shot_010.blend", "shot_020.blend"]
+
+        def objects(scene, action="count"):
+            code, out, err = cli(tmp_path, "blender_tool", "send", action, "--json",
+                                 "--where", "scene=" + scene, "--app-dir", app_dir)
+            assert code == 0, err
+            return json.loads(out)["objects"]
+        assert objects("shot_020.blend", "add-cube") == 4  # that Blender's scene only
+        assert (objects("shot_010.blend"), objects("shot_020.blend")) == (3, 4)
+        second.kill()  # kill -9: gone from the list at once, whatever its files say
+        second.wait(30)
+        code, out, _ = cli(tmp_path, "blender_tool", "list", "--json", "--app-dir", app_dir)
+        assert [e["pid"] for e in json.loads(out)] == [first.pid]
+        code, out, err = cli(tmp_path, "blender_tool", "send", "count", "--where",
+                             "scene=shot_020.blend", "--app-dir", app_dir)
+        assert code == 1 and "scene" in out + err
+        assert cli(tmp_path, "blender_tool", "stop", "--all", "--app-dir", app_dir)[0] == 0
+        assert first.wait(60) == 0
+
+
+@pytest.mark.slow
+def test_blender_tool_reloaded_in_its_blender_keeps_what_it_did(tmp_path, scenes, display):
+    # The tool, a shelf button that uses it (on Blender's main thread: the
+    # call is made there, not over HTTP), then the tool edited and run again.
+    app_dir = os.path.join(str(tmp_path / "xdg"), "blender_tool")
+    button = ("import tcbon\nprint('BUTTON', tcbon.Process('blender_tool', instances=True)"
+              ".send('event', {'name': 'add-cube'})['objects'], flush=True)")
+    edited = tmp_path / "blender_tool.py"
+    with open(example("blender_tool.py")) as f:
+        source = f.read()
+    edited.write_text(source.replace("VERSION = '1.1'", "VERSION = '1.2'"))
+    with blender_running(tmp_path, "blender.out", scenes[0], "--python",
+                         example("blender_tool.py"), "--python-expr", button, "--python",
+                         str(edited), display=display):
+        [entry] = blender_tool_listed(tmp_path, app_dir, 1)
+        assert entry["app_version"] == "1.2"
+        code, out, err = cli(tmp_path, "blender_tool", "send", "history", "--json",
+                             "--app-dir", app_dir)
+        assert (code, out) == (0, '{"success": true, "done": ["add-cube"], "version": "1.2"}\n')
+        log = tmp_path / "blender.out"
+        assert "BUTTON 4" in log.read_text()
+        assert "blender_tool 1.1 stopping on the main thread: True" in log.read_text()
+        assert cli(tmp_path, "blender_tool", "stop", "--app-dir", app_dir)[0] == 0
+        wait_for(lambda: "1.2 stopping on the main thread: True" in log.read_text(), 60,
+                 "the reloaded tool's on_stop")
+        assert "Traceback" not in log.read_text()
 
 
 # The pages whose commands the README test runs, in this order, each from the
