@@ -87,6 +87,26 @@ except tcbon.ProcessExists:
     print(app.send("event", {"name": "ack"}))
 """
 
+# argv NAME APP_DIR PROJECT: one of several instances, described by its project.
+TCBON_INSTANCE = r"""
+import sys, tcbon
+app = tcbon.Process(sys.argv[1], app_dir=sys.argv[2], instances=True)
+app.describe(project=sys.argv[3])
+
+@app.on("ack")
+def ack(event):
+    return {"message": "Hello there!", "echo": event.get("seq")}
+
+app.run_forever()
+"""
+
+# A later launch routed to the instance of a project: one event, exit.
+TCBON_ROUTED = r"""
+import sys, tcbon
+app = tcbon.Process(sys.argv[1], app_dir=sys.argv[2], instances=True)
+print(app.send("event", {"name": "ack"}, where={"project": sys.argv[3]}))
+"""
+
 TCBON_LOAD = r"""
 import sys, tcbon
 client = tcbon.Process(sys.argv[1], app_dir=sys.argv[2])
@@ -372,7 +392,32 @@ def main(argv=None):
         row("events/s, 16 client processes", statistics.median(ours),
             statistics.median(floor), "/s", 0.8, better="higher")
 
-        # 6. Idle wake-ups of every thread, over the same window for both.
+        # 6. Several instances: three of one name, each with its project. A
+        # launch routed to one of them by metadata, against the single-instance
+        # hand-off above; `list` on the command line, against the probe of
+        # the single instance.
+        several = [bench.spawn(["-c", TCBON_INSTANCE, "bench-several", bench.app_dir, p])
+                   for p in ("a", "b", "c")]
+
+        def three():
+            if len(tcbon.instances("bench-several", bench.app_dir)) != 3:
+                raise ValueError("not all three listed yet")
+        poll(three, (OSError, ValueError, tcbon.Error))
+        ours, floor = interleave(
+            rounds, lambda: bench.run(["-c", TCBON_ROUTED, "bench-several", bench.app_dir, "b"]),
+            lambda: bench.run(["-c", TCBON_SECOND, "bench", bench.app_dir]))
+        row("routed hand-off, 3 instances (ms)", statistics.median(ours) * 1e3,
+            statistics.median(floor) * 1e3, "ms", 1.20)
+        ours, floor = interleave(
+            rounds, lambda: bench.run(["-m", "tcbon", "bench-several", "list", "--app-dir",
+                                       bench.app_dir]),
+            lambda: bench.run(["-m", "tcbon", "bench", "--app-dir", bench.app_dir]))
+        row("`list` of 3 instances (ms)", statistics.median(ours) * 1e3,
+            statistics.median(floor) * 1e3, "ms", 1.20)
+        for proc in several:
+            bench.end(proc)
+
+        # 7. Idle wake-ups of every thread, over the same window for both.
         time.sleep(0.5)
         before = cpu_switches(primary.pid), cpu_switches(floor_proc.pid)
         time.sleep(idle)
@@ -381,12 +426,12 @@ def main(argv=None):
         row("idle wake-ups per second", ours, floor, "/s", 0.0, better="absolute",
             ratio=ours)
 
-        # 7. Memory of the idle servers.
+        # 8. Memory of the idle servers.
         ours, floor = rss_kib(primary.pid) / 1024.0, rss_kib(floor_proc.pid) / 1024.0
         row("resident memory (MiB)", ours, floor, "MiB", floor + 1.0, better="absolute",
             ratio=ours - floor)
 
-        # 8. Peak memory under 200 unauthenticated 1 MiB bodies (the floor keeps them).
+        # 9. Peak memory under 200 unauthenticated 1 MiB bodies (the floor keeps them).
         grown = []
         for pid, addr in ((primary.pid, address), (floor_proc.pid, floor_address)):
             before = rss_kib(pid, "VmHWM")
