@@ -1766,16 +1766,20 @@ def _server_class() -> type[IntakeMixIn]:
     thread-safe, and a module two threads import at once can be seen half
     made ("module 'json' has no attribute 'dumps'", issue 20)."""
     if not _server_classes:
-        import concurrent.futures  # noqa: F401 - for the threads, as said above
         import encodings.idna  # noqa: F401 - getaddrinfo() imports it on first use
-        import errno  # noqa: F401
+        import errno  # noqa: F401 - for the threads, as said above
         import http  # noqa: F401
         import io  # noqa: F401
-        import json  # noqa: F401
+        import json
         import re  # noqa: F401
         import selectors  # noqa: F401
         import urllib.parse  # noqa: F401
+        import zipimport
         from http.server import ThreadingHTTPServer
+        if isinstance(getattr(json, "__loader__", None), zipimport.zipimporter):
+            # What a warning or a failed handler imports, too: only where the
+            # race is (their 1.5 MiB stay out of a primary that never logs).
+            import concurrent.futures  # noqa: F401 - imports logging
         _server_classes.append(type("Server", (IntakeMixIn, WorkerPoolMixIn,
                                                ThreadingHTTPServer), {
             "__module__": __name__, "__doc__": IntakeMixIn.__doc__,
@@ -2420,6 +2424,7 @@ class MainThreadExecutor:
 
     def __init__(self, wake: Callable[[], Any] | None = None) -> None:
         import collections
+        import concurrent.futures  # noqa: F401 - here, not first on a server thread (issue 20)
         self.wake = wake
         self._queue: Any = collections.deque()
         self._owner = _thread.get_ident()
