@@ -491,10 +491,9 @@ def again(event):
     text = "again %s on the UI thread %s\\n" % (event["argv"][1:], on_ui)
     return {"exit_code": 5, "stdout": text}
 tool.start()
-for timeout in (10, None):
-    started = time.monotonic()
+for timeout in (10, None):  # over HTTP it would wait for itself: Timeout (6), or forever
     code = tcbon.Process(name, app_dir=app_dir).main(["tool", "x"], timeout=timeout)
-    print("main", code, time.monotonic() - started < 2)
+    print("main", code)
 successor = tcbon.Process(name, app_dir=app_dir, executor=executor)
 successor.start(replace=True, timeout=10)
 print("replaced", successor.is_primary, tool.is_primary)
@@ -2869,7 +2868,7 @@ def test_main_thread_executor_runs_handlers_and_on_stop_on_the_ui_thread(name, a
 def test_a_relaunch_on_the_ui_thread_of_the_same_process_runs_there_at_once(name, app_dir,
                                                                            tmp_path):
     out = run_python(SAME_PROCESS, tmp_path, name, app_dir).splitlines()
-    assert out == ["again ['x'] on the UI thread True", "main 5 True"] * 2 + [
+    assert out == ["again ['x'] on the UI thread True", "main 5"] * 2 + [
         "on_stop on the UI thread True", "replaced True False"]
 
 
@@ -3168,9 +3167,8 @@ def test_kill_9_then_the_next_launch_takes_over_at_once(name, app_dir, tmp_path)
     assert not client.running
     with pytest.raises(tcbon.ProcessDoesNotExist):
         client.send("event", {"name": "ping"})
-    started = time.monotonic()
-    with tcbon.Process(name, app_dir=app_dir) as proc:
-        assert time.monotonic() - started < 2
+    proc = tcbon.Process(name, app_dir=app_dir, timeout=0)  # at once: nothing to wait for
+    with proc:
         assert proc.address != dead_address or proc.pid == os.getpid()
         assert client.info()["pid"] == os.getpid()
 
@@ -3374,9 +3372,8 @@ def test_kill_9_at_any_point_lets_the_next_launch_take_over_at_once(name, app_di
     if sender is not None:  # the sender learns it, promptly, and is not lied to
         sender.join(30)
         assert len(failures) == 1 and "may or may not have been handled" in str(failures[0])
-    started = time.monotonic()
-    with tcbon.Process(name, app_dir=app_dir) as proc:
-        assert time.monotonic() - started < 2 and proc.is_primary
+    with tcbon.Process(name, app_dir=app_dir, timeout=0) as proc:  # at once: no wait
+        assert proc.is_primary
         assert client.info()["pid"] == os.getpid()
 
 
@@ -3761,9 +3758,8 @@ def test_a_handler_on_the_ui_thread_that_stops_the_app_replies_first(name, app_d
                   child_env(tmp_path)) as child:
         wait_primary(name, app_dir)
         client = tcbon.Process(name, app_dir=app_dir, timeout=4)
-        started = time.monotonic()
+        # Waiting for itself, it would answer after its own 5 s: Timeout here.
         assert client.send("event", {"name": "quit"}) == {"success": True, "on_main": True}
-        assert time.monotonic() - started < 1.5
         wait_for(lambda: child.poll() is not None, 10, "the primary to exit")
         code, out, err = finish(child)
         assert code == 0 and out.splitlines()[-1].endswith(" 0"), err
@@ -3831,9 +3827,11 @@ def test_two_concurrent_replacements_leave_one_primary_and_no_error(name, app_di
             wait_for(lambda ended=loser: ended.poll() is not None, 20, "the other replacer to end")
             tcbon.Process(name, app_dir=app_dir, timeout=20).stop()
             assert finish(winner)[:2] == (0, "STOPPED\n")
+    # A replacer that waited out its timeout says ERROR (Timeout), as one that
+    # was reset does; how long a good one took is no test's business (under
+    # Wine, one replacing the other in turn took 5.6 s).
     bad = [(round_, what) for round_, what in enumerate(said)
-           if not all(w.split()[0] in ("PRIMARY", "EXISTS") and float(w.split()[1]) < 5
-                      for w in what)]
+           if not all(w.split()[0] in ("PRIMARY", "EXISTS") for w in what)]
     assert bad == [], "rounds whose replacers failed: %s" % bad
 
 
@@ -3897,16 +3895,17 @@ def test_an_object_that_was_the_primary_stops_whoever_runs_now(name, app_dir, tm
             proc.stop()
 
 
-@pytest.mark.parametrize("limit", [1, 3])
+@pytest.mark.parametrize("limit", [1, 6])
 @pytest.mark.parametrize("call", ["info", "send"])
 def test_the_primary_object_as_a_client_during_its_own_stop(name, app_dir, call, limit):
     # Finding 6: Unreachable "(pid None) ... address None", from its own state.
-    # Its on_stop takes 1.5 s: a shorter call may time out, a longer one finds
-    # that nothing runs; none says "unreachable" or outlives its timeout.
+    # Its on_stop takes 4 s: a shorter call may time out, a longer one finds
+    # that nothing runs; none says "unreachable" or outlives its timeout (a
+    # 1 s call that waited for the stop would take 4 s, twice its bound).
     class Slow(tcbon.Process):
         def on_stop(self):
             entered.set()
-            time.sleep(1.5)
+            time.sleep(4)
     entered = threading.Event()
     proc = Slow(name, app_dir=app_dir, timeout=limit)
     proc.on("ping")(lambda event: {"pong": True})
@@ -3916,14 +3915,14 @@ def test_the_primary_object_as_a_client_during_its_own_stop(name, app_dir, call,
     try:
         assert entered.wait(10)
         started = time.monotonic()
-        expected = (tcbon.ProcessDoesNotExist, tcbon.Timeout) if limit < 1.5 else \
+        expected = (tcbon.ProcessDoesNotExist, tcbon.Timeout) if limit < 4 else \
             tcbon.ProcessDoesNotExist
         with pytest.raises(expected):
             if call == "info":
                 proc.info()
             else:
                 proc.send("event", {"name": "ping"})
-        assert time.monotonic() - started < limit + 0.5
+        assert time.monotonic() - started < limit + 1
     finally:
         stopper.join(20)
     assert not proc.is_primary and not proc.running
