@@ -3999,6 +3999,24 @@ class Process:
         event["activation_token"] = tokens[0] or tokens[1] or None
         return self._request("POST", "event", event, wait, to, where)
 
+    def deliver(self, items: Iterable[str], timeout: float | None = _DEFAULT) -> Any:
+        """Hand documents or links that reached this app by another way than
+        a launch's argv to the ``second-instance`` handler, through the door
+        of every launch: the event's argv is ``[argv0, '--', *items]``. On
+        macOS a double-clicked document or a clicked ``myapp://`` link goes
+        to the running app as an Apple Event, not to a new launch
+        (pyinstaller#5276): call this from the toolkit's callback for it
+        (Tk's ``::tk::mac::OpenDocument``, Qt's ``QFileOpenEvent``).
+
+        Returns:
+            The handler's reply.
+
+        Raises:
+            As handoff().
+        """
+        argv = _this_argv()[:1] or [self.name]
+        return self.handoff(argv=argv + ["--"] + [str(item) for item in items], timeout=timeout)
+
     def _launch_event(self, argv: list[str] | None, cwd: str | None, data: Any,
                       stdin: str | None, primary: bool = False) -> dict:
         """The second-instance event of a launch: this one's, or (primary)

@@ -964,6 +964,42 @@ sys.exit(code)
 """
 
 
+# argv EXAMPLE APP_DIR PATH...: the UI example's app, whose toolkit then gets
+# the documents as macOS delivers them to a running app: Tk calls the Tcl
+# command ::tk::mac::OpenDocument, Qt's Cocoa plugin sends a QFileOpenEvent.
+APPLE_EVENTS = r"""
+import importlib.util, sys
+example, app_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+spec = importlib.util.spec_from_file_location("example", example)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+app = module.FileList(app_dir=app_dir)
+
+
+def finder_opens():
+    if hasattr(app, "root"):
+        app.root.tk.call("::tk::mac::OpenDocument", *paths)
+    else:
+        from PySide6 import QtCore, QtGui
+        for path in paths:
+            QtCore.QCoreApplication.sendEvent(app.qapp, QtGui.QFileOpenEvent(path))
+    print("DELIVERED", flush=True)
+
+
+def run():
+    if hasattr(app, "root"):
+        app.root.after(100, finder_opens)
+        app.root.mainloop()
+    else:
+        from PySide6 import QtCore
+        QtCore.QTimer.singleShot(100, finder_opens)
+        app.qapp.exec()
+
+
+sys.exit(app.main(argv=[example], run=run))
+"""
+
+
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
 # the end), one raw HTTP client (exchange), and what waits, measures or cleans up.
@@ -4834,6 +4870,26 @@ def ui_env(toolkit, tmp_path, display=None):
     if display:
         env["DISPLAY"] = display
     return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolkit", ["tk", "qt"])
+def test_ui_example_opens_documents_that_macos_sends_as_apple_events(toolkit, tmp_path,
+                                                                      request):
+    display = request.getfixturevalue("display") if toolkit == "tk" else None
+    env = ui_env(toolkit, tmp_path, display)
+    app_dir = str(tmp_path / "state")
+    documents = [str(tmp_path / n) for n in ("shot 010.txt", "--not-an-option.txt")]
+    for path in documents:
+        open(path, "w").close()
+    with launched(["-c", APPLE_EVENTS, example(toolkit + "_app.py"), app_dir] + documents,
+                  env) as app:
+        assert app.stdout.readline() == "DELIVERED\n"
+        client = tcbon.Process(toolkit + "_app", app_dir=app_dir)
+        assert wait_for(lambda: listed_files(client), 30, "the window's list") == documents
+        client.stop(timeout=30)
+        code, out, err = finish(app)
+        assert code == 0 and "Traceback" not in err, err
 
 
 @pytest.mark.slow

@@ -40,8 +40,18 @@ class FileList(tcbon.Process):
     def on_start(self):
         from PySide6 import QtCore, QtWidgets
 
+        process = self
+
         class Bridge(QtCore.QObject):
             wake = QtCore.Signal()
+
+            def eventFilter(self, watched, event):
+                # macOS sends a document opened in the Finder to the running
+                # app as an Apple Event, which Qt makes a QFileOpenEvent.
+                if event.type() == QtCore.QEvent.Type.FileOpen:
+                    process.deliver([event.file() or event.url().toString()])
+                    return True
+                return super().eventFilter(watched, event)
 
         self.qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
         self.bridge = Bridge()
@@ -50,6 +60,7 @@ class FileList(tcbon.Process):
         self.window.setWindowTitle('tcbon: one window for every launch')
         self.list = QtWidgets.QListWidget()
         self.window.setCentralWidget(self.list)
+        self.qapp.installEventFilter(self.bridge)  # macOS's documents: see Bridge
         self.window.resize(640, 360)
         self.window.show()
 
@@ -59,7 +70,10 @@ class FileList(tcbon.Process):
 
     def on_second_instance(self, event):
         """Every launch's files, this first one's too (event['primary'])."""
-        paths, missing = self.open_files(event['cwd'], event['argv'][1:])
+        names = event['argv'][1:]
+        if names[:1] == ['--']:  # what follows is data, never options (deliver())
+            names = names[1:]
+        paths, missing = self.open_files(event['cwd'], names)
         if not event['primary']:
             tcbon.bring_to_front(self.window, event)  # restored, raised, focused
         if missing:

@@ -54,6 +54,9 @@ class FileList(tcbon.Process):
         self.listbox.pack(fill='both', expand=True)
         self.root.bind('<<tcbon-wake>>', lambda _: self.executor.run_pending())
         self.root.protocol('WM_DELETE_WINDOW', self.closed)
+        # macOS sends a document opened in the Finder to the running app as
+        # an Apple Event (not as a launch's argv); Tk calls this for it.
+        self.root.createcommand('::tk::mac::OpenDocument', lambda *paths: self.deliver(paths))
         self.root.after_idle(self.executor.run_pending)
         if platform.python_implementation() != 'CPython':
             self.root.after(50, self.poll)
@@ -69,7 +72,10 @@ class FileList(tcbon.Process):
 
     def on_second_instance(self, event):
         """Every launch's files, this first one's too (event['primary'])."""
-        paths, missing = self.open_files(event['cwd'], event['argv'][1:])
+        names = event['argv'][1:]
+        if names[:1] == ['--']:  # what follows is data, never options (deliver())
+            names = names[1:]
+        paths, missing = self.open_files(event['cwd'], names)
         if not event['primary']:
             tcbon.bring_to_front(self.root, event)  # restored, raised, focused
         if missing:
