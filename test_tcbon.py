@@ -3427,6 +3427,34 @@ def test_a_file_system_without_locks_is_a_state_error_never_held(name, app_dir, 
     assert out == "start True True True\nsend True True True\ncli 5\n"
 
 
+def blocked_signals(status_path):
+    """The signals a thread blocks, from its /proc status (SigBlk, a hex mask)."""
+    with open(status_path) as f:
+        mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+    return {signum for signum in (signal.SIGINT, signal.SIGTERM) if mask >> (signum - 1) & 1}
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
+def test_stop_signals_reach_the_main_thread_and_handlers_still_hear_them(name, app_dir,
+                                                                        tmp_path):
+    # The kernel may hand a process' signal to any thread that does not block
+    # it; one that an idle server thread took left the main thread asleep in
+    # a slow on_stop (a second SIGTERM once went unheard for 30 s).
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        assert ping(name, app_dir)["pid"] == child.pid  # a worker, idle again now
+        tasks = "/proc/%d/task" % child.pid
+        blocked = {int(tid): blocked_signals(os.path.join(tasks, tid, "status"))
+                   for tid in os.listdir(tasks)}
+        assert blocked.pop(child.pid) == set()  # the main thread hears them
+        assert len(blocked) >= 2 and all(b == {signal.SIGINT, signal.SIGTERM}
+                                         for b in blocked.values()), blocked
+    with tcbon.Process(name, app_dir=app_dir) as primary:  # a handler, and what it starts
+        primary.on("mask")(lambda event: {"blocked": sorted(blocked_signals(
+            "/proc/thread-self/status"))})
+        assert primary.send("event", {"name": "mask"})["blocked"] == []
+
+
 @pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 @pytest.mark.parametrize("slow", ["handler", "on_stop"])
 @pytest.mark.parametrize("first, second", [("SIGINT", "SIGINT"), ("SIGTERM", "SIGTERM"),
