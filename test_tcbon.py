@@ -33,6 +33,16 @@ LINUX = sys.platform.startswith("linux")  # gate /proc on this: under Wine, Z:\\
 # Each runs in a real interpreter (python -c SCRIPT ...); the comment above
 # each is its contract.
 
+# The start barrier of the scripts below: with GO_FILE set, a script waits
+# (30 s at most) until that file exists, so that launches start at one moment.
+BARRIER = """
+go = os.environ.get("GO_FILE")
+if go:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.001)
+"""
+
 # argv NAME APP_DIR: an app with a 'ping' handler. As the primary, run_forever()
 # (prints PRIMARY pid, then ON_STOP, RETURNED); as a later launch, one 'ping' (prints
 # EXISTS pid, REPLY json). Env: GO_FILE (start barrier), ON_START_DELAY, ON_STOP_DELAY,
@@ -45,11 +55,7 @@ import tcbon
 if hasattr(signal, "SIGUSR1"):  # finish() asks a child that hangs for its stacks
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 name, app_dir = sys.argv[1], sys.argv[2]
-go = os.environ.get("GO_FILE")
-if go:  # a barrier: every launch starts at the same moment
-    deadline = time.monotonic() + 30
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.001)
+""" + BARRIER + r"""
 
 if os.environ.get("NOFILE"):  # an open-file limit such as macOS's default, 256
     import resource
@@ -91,11 +97,7 @@ except tcbon.ProcessExists as exc:
 MAIN = r"""
 import os, sys, time, tcbon
 name, app_dir = sys.argv[1], sys.argv[2]
-go = os.environ.get("GO_FILE")
-if go:
-    deadline = time.monotonic() + 30
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.001)
+""" + BARRIER + r"""
 app = tcbon.Process(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)))
 app.on_start = lambda: print("PRIMARY", os.getpid(), flush=True)
 sys.exit(app.main())
@@ -771,10 +773,7 @@ print("launches", launches, flush=True)
 REPLACER = r"""
 import os, sys, time, tcbon
 name, app_dir = sys.argv[1], sys.argv[2]
-go = os.environ["GO_FILE"]
-deadline = time.monotonic() + 30
-while not os.path.exists(go) and time.monotonic() < deadline:
-    time.sleep(0.001)
+""" + BARRIER + r"""
 app = tcbon.Process(name, app_dir=app_dir, timeout=10)
 started = time.monotonic()
 try:
@@ -886,11 +885,7 @@ sys.exit(app.main())
 SEVERAL = r"""
 import os, sys, threading, time, tcbon
 name, app_dir, limit, mark = sys.argv[1:5]
-go = os.environ.get("GO_FILE")
-if go:
-    deadline = time.monotonic() + 30
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.001)
+""" + BARRIER + r"""
 app = tcbon.Process(name, app_dir=app_dir, timeout=30,
                     instances=True if limit == "any" else int(limit))
 marks, marking = [], threading.Lock()  # handlers run on worker threads, at once
@@ -922,11 +917,7 @@ sys.exit(app.main())
 VERSIONED = r"""
 import json, os, sys, threading, time, tcbon
 name, app_dir, version, mark = sys.argv[1:5]
-go = os.environ.get("GO_FILE")
-if go:
-    deadline = time.monotonic() + 30
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.001)
+""" + BARRIER + r"""
 opened, lock = [], threading.Lock()
 
 
