@@ -985,6 +985,7 @@ def private_home(tmp_path, monkeypatch):
     """Default app dirs go under tmp_path, never into the real home."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "xdg"))  # Windows' (no XDG there)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # register's mimeapps.list
 
 
 @pytest.fixture
@@ -3119,6 +3120,41 @@ def test_mimeapps_list_edits_keep_every_other_line():
     assert tcbon._without_desktops(added, {"t.desktop", "u.desktop"}) == text
     assert (tcbon._with_defaults("", {"a/b": "t.desktop"})
             == "[Default Applications]\na/b=t.desktop;\n")
+
+
+# A script that registers itself: Process.register() with its own command.
+SELF_REGISTER = r"""
+import sys, tcbon
+print(tcbon.Process(sys.argv[1]).register(schemes=["myapp"], types=[".txt"]))
+"""
+
+
+@pytest.mark.skipif(not LINUX, reason="desktop files are the XDG desktops'")
+def test_cli_register_errors_and_a_script_that_registers_itself(tmp_path, name):
+    for args, said in ((["register", "--scheme", "myapp"], "register needs --command"),
+                       (["send", "x", "--scheme", "myapp"], "--scheme go(es) with register only"),
+                       (["unregister", "extra"], "unregister takes no arguments"),
+                       (["register", "--scheme", "http", "--command", "/bin/x"],
+                        "tcbon: 'http' belongs to browsers and the system")):
+        code, out, err = cli(tmp_path, name, *args)
+        assert code == 2 and said in err, err
+    code, out, err = cli(tmp_path, name, "unregister")
+    assert (code, out) == (0, "%s was not registered: nothing to remove\n" % name), err
+    script = tmp_path / "my_app.py"
+    script.write_text(SELF_REGISTER)
+    code, out, err = ran([str(script), name], child_env(tmp_path))
+    assert code == 0, err
+    applications = tmp_path / "xdg" / "applications"
+    entry = (applications / ("tcbon-%s-file.desktop" % name)).read_text()
+    assert "\nExec=%s %s -- %%f\n" % (sys.executable, script) in entry
+    assert "\nMimeType=text/plain;\n" in entry  # a type the system knows: no package of ours
+    assert not (tmp_path / "xdg" / "mime").exists()
+    assert (tmp_path / "config" / "mimeapps.list").read_text() == (
+        "[Default Applications]\ntext/plain=tcbon-%s-file.desktop;\n"
+        "x-scheme-handler/myapp=tcbon-%s-url.desktop;\n" % (name, name))
+    code, out, err = cli(tmp_path, name, "unregister", "--json")
+    assert code == 0 and len(json.loads(out)["unregistered"]) == 3, err
+    assert not applications.exists() and not (tmp_path / "config" / "mimeapps.list").exists()
 
 
 def tree(*roots):
