@@ -4724,7 +4724,15 @@ class Process:
         return register(self.name, schemes, types, None, title)
 
     def unregister(self) -> list[str]:
-        """Remove what register wrote for this name (see tcbon.unregister)."""
+        """Remove what register wrote for this name, and nothing else.
+
+        Returns:
+            What was removed (empty if nothing was registered).
+
+        Raises:
+            Error: registering is not done at run time here (macOS).
+            OSError: a file or key could not be removed.
+        """
         return unregister(self.name)
 
     def choose(self, event: dict, instances: list[dict]) -> Any:
