@@ -45,7 +45,9 @@ __all__ = [
     "instances",
     "jsonify",
     "main",
+    "register",
     "request",
+    "unregister",
 ]
 
 # Modules ---------------------------------------------------------------------
@@ -223,6 +225,8 @@ class _Platform:
             Ctrl-C is seen (None: one wait without timeout).
         stop_signals (tuple): names of the signals that ask a primary to stop.
         signal_wake (bool): signal.set_wakeup_fd takes a pipe's descriptor.
+        links (str): where links and file types are registered: "xdg"
+            (desktop files), "windows" (the registry), "" (nowhere we know).
     """
 
     private_dir: dict[str, int] = {}
@@ -230,6 +234,7 @@ class _Platform:
     wait_slice: float | None = None
     stop_signals: tuple[str, ...] = ("SIGTERM",)
     signal_wake = True
+    links = ""
 
     def lock(self, fd: int, shared: bool = False) -> bool:
         """Take fd's lock without waiting: True if taken, False if another
@@ -274,6 +279,8 @@ class _UnixPlatform(_Platform):
 
     private_dir = {"mode": 0o700}
     reuse_address = True  # restart on a fixed port despite TIME_WAIT
+    # macOS reads them from the app bundle's Info.plist (docs/desktop.rst)
+    links = "" if sys.platform == "darwin" else "xdg"
 
     def mask_stop_signals(self, block: bool) -> Any:
         import signal
@@ -366,6 +373,7 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
     # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
     stop_signals = ("SIGTERM", "SIGBREAK")
     signal_wake = False  # set_wakeup_fd wants a socket here: see _wake_on_signals
+    links = "windows"
 
     def lock(self, fd: int, shared: bool = False) -> bool:
         # msvcrt has no shared lock, and a probe that took the exclusive one
@@ -433,7 +441,7 @@ _machine_id, _session_id = _platform.machine_id, _platform.session_id
 _owner_problem, _pending_cap = _platform.owner_problem, _platform.pending_cap
 _PRIVATE_DIR, _REUSE_ADDRESS = _platform.private_dir, _platform.reuse_address
 _WAIT_SLICE, _STOP_SIGNALS = _platform.wait_slice, _platform.stop_signals
-_SIGNAL_WAKE = _platform.signal_wake
+_SIGNAL_WAKE, _LINKS = _platform.signal_wake, _platform.links
 _mask_stop_signals, _restore_signal_mask = (_platform.mask_stop_signals,
                                             _platform.restore_signal_mask)
 
@@ -2810,6 +2818,566 @@ def _raise_qt(window: Any, token: str | None, package: str) -> None:
         _x11_activate(None, int(window.winId()), token)
 
 
+# Links and file types --------------------------------------------------------
+# A link (myapp://...) or a double-clicked file starts the app with it in its
+# argv, and main() hands that launch over like any other (issue 23). Written
+# per user, without admin rights, where each desktop reads them: desktop
+# files, a shared-mime-info package and mimeapps.list under the XDG
+# directories; HKCU\Software\Classes on Windows. The command registered
+# always ends with "--" before the link or path: nothing from a link may
+# become an option (CVE-2018-1000006, where a link injected Chromium flags).
+# Schemes that browsers, the system or other programs own: taking one over
+# would hand every web page, file or script link to the app.
+_TAKEN_SCHEMES = frozenset([
+    "about", "blob", "chrome", "data", "file", "filesystem", "ftp", "ftps", "http", "https",
+    "jar", "javascript", "mailto", "ms-settings", "resource", "sftp", "smb", "ssh", "tel",
+    "urn", "vbscript", "view-source", "ws", "wss"])
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_SCHEME_CHARS = frozenset(_LOWER + "0123456789+-.")  # RFC 3986, section 3.1
+_TYPE_CHARS = frozenset(_LOWER + "0123456789_+-.")
+# Desktop Entry spec, "The Exec key": an argument holding one of these is quoted.
+_EXEC_RESERVED = frozenset(" \t\n\"'\\><~|&;$*?#()`")
+
+
+def _check_scheme(scheme: Any) -> str:
+    """The scheme in lower case, as RFC 3986 compares them.
+
+    Raises:
+        ValueError: not a scheme that an app may take for its own.
+    """
+    if not isinstance(scheme, str) or not scheme:
+        raise ValueError("a URL scheme is a name such as 'myapp', got %r" % (scheme,))
+    low = scheme.lower()
+    if low.endswith(":") or "/" in low:
+        raise ValueError("give the scheme without ':' or '://': %r, not %r"
+                         % (low.split(":")[0], scheme))
+    if not (low[0] in _LOWER and set(low) <= _SCHEME_CHARS):
+        raise ValueError("%r is not a URL scheme: it must start with a letter, followed by "
+                         "letters, digits, '+', '-' or '.' (RFC 3986)" % scheme)
+    if len(low) == 1:  # Windows reads C:\path as the scheme "c"
+        raise ValueError("%r is one letter, which Windows takes for a drive: choose a scheme "
+                         "of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
+    if low in _TAKEN_SCHEMES:
+        raise ValueError("%r belongs to browsers and the system, not to one app: choose a "
+                         "scheme of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
+    return low
+
+
+def _check_type(extension: Any) -> str:
+    """The file name extension in lower case (both desktops match them so).
+
+    Raises:
+        ValueError: not an extension such as '.shot'.
+    """
+    if not isinstance(extension, str):
+        raise ValueError("a file type is an extension such as '.shot', got %r" % (extension,))
+    low = extension.lower()
+    if (len(low) < 2 or low[0] != "." or not set(low[1:]) <= _TYPE_CHARS
+            or low.endswith(".") or ".." in low):
+        raise ValueError("%r is not a file name extension: give one such as '.shot' (a dot, "
+                         "then letters, digits, '_', '+', '-' or inner dots)" % extension)
+    return low
+
+
+def _launch_command() -> list[str]:
+    """This launch's own command, to start the app again: a frozen app's
+    executable, python -m MODULE, or python and the script's absolute path.
+    sys.executable as it is: a venv's interpreter resolved through its
+    symlink would be the base Python, without the venv's packages.
+
+    Raises:
+        ValueError: this launch has no command of its own to give.
+    """
+    if not sys.executable:
+        raise ValueError("this interpreter does not know its executable (an embedding host): "
+                         "pass command=[...] to tcbon.register()")
+    if getattr(sys, "frozen", False):  # PyInstaller, cx_Freeze, py2exe
+        return [sys.executable]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = getattr(spec, "name", None) or "__main__"
+    if module != "__main__":  # python -m pkg runs pkg.__main__; python app.pyz has __main__
+        suffix = ".__main__"
+        return [sys.executable, "-m", module[:-len(suffix)] if module.endswith(suffix) else module]
+    script = (_this_argv() or [""])[0]
+    if script in ("", "-", "-c") or not os.path.exists(script):
+        raise ValueError("this launch has no command of its own to register (python -c, "
+                         "an interactive session): pass command=[...] to tcbon.register()")
+    return [sys.executable, os.path.abspath(script)]
+
+
+def _check_command(command: Any) -> list[str]:
+    """The command as a list of arguments (a string: split as a POSIX shell
+    does; Windows takes its own string as it is, see _WindowsLinks).
+
+    Raises:
+        ValueError: empty, not strings, or with characters no desktop file holds.
+    """
+    if isinstance(command, str):
+        import shlex
+        command = shlex.split(command)
+    if not command or not all(isinstance(arg, str) for arg in command):
+        raise ValueError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
+                         "[sys.executable, '/path/to/app.py'], got %r" % (command,))
+    if any(ord(c) < 32 or ord(c) == 127 for arg in command for c in arg):
+        raise ValueError("the command holds a control character, which a desktop file or "
+                         "the registry cannot pass on: %r" % (command,))
+    if "=" in command[0]:  # Desktop Entry spec: the program's name or path has none
+        raise ValueError("the program's path %r holds '=', which the Desktop Entry spec "
+                         "forbids there: move it, or start it through a script" % command[0])
+    return list(command)
+
+
+def _exec_argument(arg: str) -> str:
+    """One argument of an Exec key, quoted as the Desktop Entry spec says: in
+    double quotes if it holds a reserved character, and inside them '"', '`',
+    '$' and '\\' take a backslash; '%' doubled (not a field code). The
+    general string escaping follows (_desktop_string)."""
+    arg = arg.replace("%", "%%")
+    if arg and not _EXEC_RESERVED.intersection(arg):
+        return arg
+    return '"%s"' % "".join("\\" + c if c in '"`$\\' else c for c in arg)
+
+
+def _desktop_string(value: str) -> str:
+    """The general escaping of a desktop file's string values, applied after
+    the Exec quoting (so a literal backslash in a quoted argument is four)."""
+    value = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    value = value.replace("\r", "\\r")
+    return "\\s" + value[1:] if value.startswith(" ") else value
+
+
+def _exec_line(command: list[str], field_code: str) -> str:
+    """The Exec value: the command, '--', then the field code (%u or %f)."""
+    return _desktop_string(" ".join(_exec_argument(arg) for arg in command)
+                           + " -- " + field_code)
+
+
+def _link_id(name: str) -> str:
+    """What names the files and keys of NAME's registration: its name with
+    only the characters desktop file ids, MIME types and ProgIDs all take,
+    and a hash of the name when some had to go (two names, two ids)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
+    if safe != name:
+        import hashlib
+        safe += "_" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return safe
+
+
+def _xdg_home(variable: str, default: str) -> str:
+    """$XDG_DATA_HOME or $XDG_CONFIG_HOME if absolute (the Base Directory
+    spec ignores a relative one), else its default under the home."""
+    value = os.environ.get(variable, "")
+    return value if os.path.isabs(value) else os.path.join(os.path.expanduser("~"), default)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a file whole, atomically: a desktop that reads it meanwhile
+    sees the old content or the new, never half."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _desktop_entry(title: str, command: list[str], field_code: str,
+                   mime_types: list[str]) -> str:
+    """A desktop file that opens what field_code stands for with command;
+    NoDisplay: a handler, not a second menu entry of the app."""
+    return ("[Desktop Entry]\nType=Application\nName=%s\nExec=%s\nMimeType=%s\n"
+            "NoDisplay=true\nTerminal=false\nX-Tcbon-Name=%s\n") % (
+        _desktop_string(title), _exec_line(command, field_code),
+        "".join(mime + ";" for mime in mime_types), _desktop_string(title))
+
+
+def _mime_package(title: str, types: dict[str, str]) -> str:
+    """A shared-mime-info package defining the MIME type of each extension."""
+    from xml.sax.saxutils import escape, quoteattr
+    entries = "".join(
+        '  <mime-type type=%s>\n    <comment>%s</comment>\n    <glob pattern=%s/>\n'
+        '  </mime-type>\n' % (quoteattr(mime), escape("%s file (%s)" % (title, ext)),
+                             quoteattr("*" + ext))
+        for ext, mime in sorted(types.items()))
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<mime-info xmlns='
+            '"http://www.freedesktop.org/standards/shared-mime-info">\n%s</mime-info>\n'
+            % entries)
+
+
+def _known_mime_type(extension: str, data_dirs: list[str]) -> str | None:
+    """The MIME type the shared-mime-info databases already give *.EXT, if
+    any: the app becomes its default handler instead of defining another."""
+    for directory in data_dirs:
+        text = _read_text(os.path.join(directory, "mime", "globs2")) or ""
+        for line in text.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[2].lower() == "*" + extension:
+                return fields[1]
+    return None
+
+
+def _with_defaults(text: str, defaults: dict[str, str]) -> str:
+    """mimeapps.list's text with each MIME type's default desktop file first
+    in [Default Applications] (the others stay after it, for unregister to
+    bring back); every other line kept as it is."""
+    lines = text.splitlines()
+    header = "[Default Applications]"
+    if header not in (line.strip() for line in lines):
+        lines += ([""] if lines else []) + [header]
+    start = [line.strip() for line in lines].index(header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
+               len(lines))
+    pending = dict(defaults)
+    for i in range(start + 1, end):
+        key, sep, value = lines[i].partition("=")
+        if sep and key.strip() in pending:
+            desktop = pending.pop(key.strip())
+            rest = [v for v in value.strip().split(";") if v and v != desktop]
+            lines[i] = "%s=%s;" % (key.strip(), ";".join([desktop] + rest))
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # after the section's last entry, before its blank lines
+    lines[end:end] = ["%s=%s;" % item for item in sorted(pending.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _without_desktops(text: str, desktops: set[str]) -> str:
+    """mimeapps.list's text without these desktop files: taken out of each
+    list, a line dropped once its list is empty; the rest as it was."""
+    kept = []
+    for line in text.splitlines(True):
+        key, sep, value = line.partition("=")
+        listed = value.strip().split(";") if sep and not line.startswith("[") else []
+        if desktops.intersection(listed):
+            rest = [v for v in listed if v and v not in desktops]
+            if not rest:
+                continue
+            line = "%s=%s;\n" % (key, ";".join(rest))
+        kept.append(line)
+    return "".join(kept)
+
+
+# What update-mime-database makes from mime/packages: with no package left,
+# an empty database, which unregister removes with the directories it made.
+_MIME_DATABASE = ("aliases", "generic-icons", "globs", "globs2", "icons", "magic",
+                  "mime.cache", "subclasses", "treemagic", "types", "version", "XMLnamespaces")
+
+
+class _XdgLinks:
+    """Linux and the BSDs: the Desktop Entry, Shared MIME-info and MIME
+    Applications Associations specs, as xdg-mime follows them. Every file is
+    named after the app (_link_id), so unregister finds all it wrote."""
+
+    def __init__(self) -> None:
+        self.data = _xdg_home("XDG_DATA_HOME", os.path.join(".local", "share"))
+        self.config = _xdg_home("XDG_CONFIG_HOME", ".config")
+        self.applications = os.path.join(self.data, "applications")
+        self.mime = os.path.join(self.data, "mime")
+        self.mimeapps = os.path.join(self.config, "mimeapps.list")
+
+    def desktops(self, name: str) -> dict[str, str]:
+        """The desktop file of each field code: %u for links, %f for files."""
+        return {code: "tcbon-%s-%s.desktop" % (_link_id(name), kind)
+                for code, kind in (("%u", "url"), ("%f", "file"))}
+
+    def package(self, name: str) -> str:
+        return os.path.join(self.mime, "packages", "tcbon-%s.xml" % _link_id(name))
+
+    def register(self, name: str, schemes: list[str], types: list[str], command: Any,
+                 title: str) -> list[str]:
+        argv, written = _check_command(command), []  # type: list[str], list[str]
+        self.unregister(name)  # registering again replaces, nothing left of the last
+        handled = {"%u": ["x-scheme-handler/" + scheme for scheme in schemes],
+                   "%f": self.mime_types(name, title, types, written)}
+        defaults = {}
+        for code, desktop in self.desktops(name).items():
+            if handled[code]:
+                path = os.path.join(self.applications, desktop)
+                _write_text(path, _desktop_entry(title, argv, code, handled[code]))
+                written.append(path)
+                defaults.update(dict.fromkeys(handled[code], desktop))
+        _write_text(self.mimeapps, _with_defaults(_read_text(self.mimeapps) or "", defaults))
+        return written + [self.mimeapps]
+
+    def mime_types(self, name: str, title: str, types: list[str], written: list[str]) -> list[str]:
+        """The MIME type of each extension: the one the databases know, or
+        a new one, defined in a package of this app's (appended to written)."""
+        system = [d for d in os.environ.get("XDG_DATA_DIRS", "").split(os.pathsep)
+                  if os.path.isabs(d)] or ["/usr/local/share", "/usr/share"]
+        known = {ext: _known_mime_type(ext, [self.data] + system) for ext in types}
+        new = {ext: "application/x-%s-%s" % (_link_id(name).lower(), ext[1:])
+               for ext, mime in known.items() if mime is None}
+        if new:
+            _write_text(self.package(name), _mime_package(title, new))
+            written.append(self.package(name))
+            self.update_mime_database()
+        return [known[ext] or new[ext] for ext in types]
+
+    def update_mime_database(self) -> None:
+        """Let file type lookups see the packages (xdg-mime and GLib read
+        the database, not the packages); without the tool, desktops do it
+        when they next run it."""
+        import shutil
+        import subprocess
+        tool = shutil.which("update-mime-database")
+        if tool:
+            subprocess.run([tool, self.mime], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+    def unregister(self, name: str) -> list[str]:
+        removed = []
+        for desktop in self.desktops(name).values():
+            if _withdraw_file(os.path.join(self.applications, desktop)):
+                removed.append(os.path.join(self.applications, desktop))
+        text = _read_text(self.mimeapps)
+        if text is not None:
+            rest = _without_desktops(text, set(self.desktops(name).values()))
+            if rest != text:
+                removed.append(self.mimeapps)
+                if any(line.strip() and not line.startswith("[") for line in rest.splitlines()):
+                    _write_text(self.mimeapps, rest)
+                else:  # only section headers left: the file said nothing before us
+                    _withdraw_file(self.mimeapps)
+        if _withdraw_file(self.package(name)):
+            removed.append(self.package(name))
+            self.drop_mime_database()
+        _remove_empty_dirs([os.path.join(self.mime, "packages"), self.mime, self.applications])
+        return removed
+
+    def drop_mime_database(self) -> None:
+        """Rebuild the user's MIME database without this app's package; with
+        no package left, remove it (an empty database defines nothing)."""
+        self.update_mime_database()
+        packages = os.path.join(self.mime, "packages")
+        if os.path.isdir(packages) and os.listdir(packages):
+            return
+        for entry in _MIME_DATABASE:
+            _withdraw_file(os.path.join(self.mime, entry))
+        for entry in os.listdir(self.mime) if os.path.isdir(self.mime) else ():
+            _remove_empty_dirs([os.path.join(self.mime, entry)])  # media types' folders
+
+
+def _withdraw_file(path: str) -> bool:
+    """Remove a file if it is there: True if it was."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove_empty_dirs(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # not empty, or not there: not ours to judge
+
+
+class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
+    r"""Windows: HKCU\Software\Classes, which the shell merges over the
+    machine's classes: a key per URL scheme (with "URL Protocol"), a ProgID
+    for the file types, and each extension's OpenWithProgids. The ProgID
+    also records what was written (TcbonSchemes, TcbonTypes), as the
+    registry cannot be searched by who wrote a key."""
+
+    classes = r"Software\Classes"
+
+    def register(self, name: str, schemes: list[str], types: list[str], command: Any,
+                 title: str) -> list[str]:
+        if not isinstance(command, str):  # a string: a Windows command line already
+            import subprocess
+            command = subprocess.list2cmdline(_check_command(command))
+        elif not command.strip() or any(ord(c) < 32 for c in command):
+            raise ValueError("command is the app's command line, e.g. "
+                             "'\"C:\\Program Files\\MyApp\\myapp.exe\"', got %r" % command)
+        line = command + ' -- "%1"'  # quoted: the shell passes a path with spaces whole
+        self.unregister(name)
+        progid, written = self.progid(name), []  # type: str, list[str]
+        for scheme in schemes:
+            key = "%s\\%s" % (self.classes, scheme)
+            self.set(key, "", "URL:%s" % title)
+            self.set(key, "URL Protocol", "")
+            self.set(key + r"\shell\open\command", "", line)
+            written.append("HKCU\\" + key)
+        key = "%s\\%s" % (self.classes, progid)
+        self.set(key, "", title)
+        self.set(key, "TcbonSchemes", schemes, "REG_MULTI_SZ")
+        self.set(key, "TcbonTypes", types, "REG_MULTI_SZ")
+        if types:
+            self.set(key + r"\shell\open\command", "", line)
+        for ext in types:
+            self.set("%s\\%s\\OpenWithProgids" % (self.classes, ext), progid, None, "REG_NONE")
+            if self.get("%s\\%s" % (self.classes, ext), "") is None:  # no default yet
+                self.set("%s\\%s" % (self.classes, ext), "", progid)
+            written.append("HKCU\\%s\\%s\\OpenWithProgids\\%s" % (self.classes, ext, progid))
+        return written + ["HKCU\\" + key]
+
+    def progid(self, name: str) -> str:
+        return "tcbon.%s.1" % _link_id(name)  # Program.Component.Version, as Windows asks
+
+    def unregister(self, name: str) -> list[str]:
+        key = "%s\\%s" % (self.classes, self.progid(name))
+        schemes, types = self.get(key, "TcbonSchemes"), self.get(key, "TcbonTypes")
+        if schemes is None and types is None:
+            return []
+        removed = []
+        for scheme in schemes or []:
+            if self.delete_tree("%s\\%s" % (self.classes, scheme)):
+                removed.append("HKCU\\%s\\%s" % (self.classes, scheme))
+        for ext in types or []:
+            removed += self.forget_type(ext, self.progid(name))
+        self.delete_tree(key)
+        return removed + ["HKCU\\" + key]
+
+    def forget_type(self, ext: str, progid: str) -> list[str]:
+        """Take the ProgID out of an extension's key; the keys that are
+        left empty go (those the app made, then, or emptied)."""
+        import winreg
+        key = "%s\\%s" % (self.classes, ext)
+        removed = []
+        if self.delete_value(key + r"\OpenWithProgids", progid):
+            removed.append("HKCU\\%s\\OpenWithProgids\\%s" % (key, progid))
+        if self.get(key, "") == progid:
+            self.delete_value(key, "")
+        for path in (key + r"\OpenWithProgids", key):
+            try:
+                winreg.DeleteKey(winreg.HKEY_CURRENT_USER, path)  # type: ignore[attr-defined]
+            except OSError:
+                pass  # not empty: another program's values stay
+        return removed
+
+    def set(self, path: str, value_name: str, value: Any, kind: str = "REG_SZ") -> None:
+        import winreg
+        with winreg.CreateKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
+            winreg.SetValueEx(key, value_name, 0, getattr(winreg, kind), value)  # type: ignore
+
+    def get(self, path: str, value_name: str) -> Any:
+        """A value, or None if the key or the value is not there."""
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
+                return winreg.QueryValueEx(key, value_name)[0]  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            return None
+
+    def delete_value(self, path: str, value_name: str) -> bool:
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path, 0,  # type: ignore
+                                winreg.KEY_SET_VALUE) as key:  # type: ignore[attr-defined]
+                winreg.DeleteValue(key, value_name)  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_tree(self, path: str) -> bool:
+        """Delete a key with its subkeys (DeleteKey takes leaves only)."""
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
+                children = [winreg.EnumKey(key, i)  # type: ignore[attr-defined]
+                            for i in range(winreg.QueryInfoKey(key)[0])]  # type: ignore
+        except FileNotFoundError:
+            return False
+        for child in children:
+            self.delete_tree(path + "\\" + child)
+        winreg.DeleteKey(winreg.HKEY_CURRENT_USER, path)  # type: ignore[attr-defined]
+        return True
+
+
+def _links() -> Any:
+    """This platform's registrar.
+
+    Raises:
+        Error: none that tcbon knows (macOS: the app bundle's Info.plist).
+    """
+    registrars = {"xdg": _XdgLinks, "windows": _WindowsLinks}
+    if _LINKS not in registrars:
+        raise Error("on this system links and file types are declared by the app bundle "
+                    "(macOS: CFBundleURLTypes and CFBundleDocumentTypes in Info.plist), "
+                    "not registered at run time: see docs/desktop.rst")
+    return registrars[_LINKS]()
+
+
+def _check_links(name: str, schemes: Any, types: Any, title: Any) -> tuple:
+    """(schemes, types, title), checked.
+
+    Raises:
+        ValueError: a bad name, scheme or type, or nothing to register.
+    """
+    _check_name(name)
+    if isinstance(schemes, str) or isinstance(types, str):
+        raise ValueError("schemes and types are lists, e.g. schemes=['myapp'], types=['.shot']")
+    schemes = list(dict.fromkeys(_check_scheme(scheme) for scheme in schemes))
+    types = list(dict.fromkeys(_check_type(ext) for ext in types))
+    if not schemes and not types:
+        raise ValueError("nothing to register: give a URL scheme (schemes=['myapp']) or a "
+                         "file type (types=['.shot']), or both")
+    if title is not None and (not isinstance(title, str) or not title.strip()):
+        raise ValueError("title is the app's name as people read it, got %r" % (title,))
+    return schemes, types, title or name
+
+
+def register(name: str, schemes: Iterable[str] = (), types: Iterable[str] = (),
+             command: Any = None, title: str | None = None) -> list[str]:
+    """Make links (``SCHEME:...``) and files of some types start the app,
+    for this user, without admin rights; registering again replaces.
+
+    The launch the desktop starts gets the link or path as its last
+    argument, after ``--`` (so that no link becomes an option), and goes
+    through ``Process.main()`` like any: the running primary's
+    ``second-instance`` handler receives it, or it becomes the primary.
+    Linux: desktop files, a shared-mime-info package for a new extension
+    and the defaults in mimeapps.list; Windows: ``HKCU\\Software\\Classes``.
+    See docs/desktop.rst.
+
+    Args:
+        name (str): the app's name, as given to Process.
+        schemes: URL schemes, e.g. ``['myapp']`` for ``myapp://...`` links.
+        types: file name extensions, e.g. ``['.shot']``.
+        command: the app's command line, a list (a string is split as a
+            POSIX shell does; on Windows, used as it is); default: this
+            launch's own (see Process.register).
+        title (str): the name people read (default: name).
+
+    Returns:
+        What was written: file paths, or registry keys (``HKCU\\...``).
+
+    Raises:
+        ValueError: a bad name, scheme, type, title or command, or nothing
+            to register.
+        Error: registering is not done at run time here (macOS).
+        OSError: a file or key could not be written.
+    """
+    schemes, types, title = _check_links(name, schemes, types, title)
+    command = _launch_command() if command is None else command
+    return _links().register(name, schemes, types, command, title)  # type: ignore[no-any-return]
+
+
+def unregister(name: str) -> list[str]:
+    """Remove what register(name) wrote, and nothing else.
+
+    Args:
+        name (str): the app's name, as given to register.
+
+    Returns:
+        What was removed (empty if nothing was registered).
+
+    Raises:
+        ValueError: a bad name.
+        Error: registering is not done at run time here (macOS).
+        OSError: a file or key could not be removed.
+    """
+    return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
+
+
 # Process ---------------------------------------------------------------------
 def _say(stream: Any, text: str) -> None:
     """Write text to a stream that may be None (pythonw has no console)."""
@@ -4190,6 +4758,42 @@ class Process:
         state = _read_state(self._client.pid_file)
         return [] if state is None else [_public(state)]
 
+    def register(self, schemes: Iterable[str] = (), types: Iterable[str] = (),
+                 title: str | None = None) -> list[str]:
+        """Make links and files of some types start this app with this
+        launch's own command (tcbon.register with command=None): a frozen
+        app's executable; ``python -m MODULE``; python and the script's
+        absolute path; the interpreter as run (a venv's, not the Python
+        it links to). Call it from the installed app, e.g. on a first run
+        or from a menu.
+
+        Args:
+            schemes, types, title: as tcbon.register's.
+
+        Returns:
+            What was written: file paths, or registry keys.
+
+        Raises:
+            ValueError: a bad scheme, type or title; nothing to register;
+                no command of its own (python -c: call tcbon.register with
+                command=[...]).
+            Error: registering is not done at run time here (macOS).
+            OSError: a file or key could not be written.
+        """
+        return register(self.name, schemes, types, None, title)
+
+    def unregister(self) -> list[str]:
+        """Remove what register wrote for this name, and nothing else.
+
+        Returns:
+            What was removed (empty if nothing was registered).
+
+        Raises:
+            Error: registering is not done at run time here (macOS).
+            OSError: a file or key could not be removed.
+        """
+        return unregister(self.name)
+
     def choose(self, event: dict, instances: list[dict]) -> Any:
         """Override (or assign ``app.choose = function``) to say where a
         launch goes when several instances may run: ``main()`` calls it in
@@ -4496,6 +5100,10 @@ actions:
   wait --exit           block until no primary of NAME runs, without asking it to stop
   list                  the running instances of an app that allows several, with
                         their metadata: one line each (exit 1 if none runs)
+  register --command CMD --scheme S --type .EXT
+                        make S:... links and *.EXT files start CMD (per user; the
+                        link or path follows "--"); --scheme and --type repeatable
+  unregister            remove what register wrote for NAME
 
 several instances (Process(NAME, instances=...)): send, get, stop, probe and wait
   go to the most recently active one, or: --to ID (that one), --where KEY=VALUE (the
@@ -4514,6 +5122,7 @@ examples:
   python -m tcbon my_app stop --timeout 30
   python -m tcbon my_app list --json
   python -m tcbon my_app send open '{"path": "a.txt"}' --where project=alpha
+  python -m tcbon my_app register --scheme myapp --type .shot --command "/opt/my_app/run"
 """
 
 
@@ -4538,7 +5147,8 @@ def _cli_parser() -> Any:
         epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the application name, as given to tcbon.Process")
     parser.add_argument("action", nargs="?", default="probe",
-                        help="probe (default), send, get, stop, wait or list")
+                        help="probe (default), send, get, stop, wait, list, register "
+                             "or unregister")
     parser.add_argument("args", nargs="*", help="the action's arguments")
     parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
     parser.add_argument("--scope", default="user",
@@ -4556,6 +5166,13 @@ def _cli_parser() -> Any:
                              "metadata has KEY=VALUE (repeatable: all of them)")
     parser.add_argument("--all", action="store_true",
                         help="several instances: every one (of those --where accepts)")
+    parser.add_argument("--scheme", action="append", default=[],
+                        help="register: a URL scheme (myapp for myapp://...); repeatable")
+    parser.add_argument("--type", action="append", default=[], metavar="EXT",
+                        help="register: a file name extension (.shot); repeatable")
+    parser.add_argument("--command", help="register: the app's command line (the link "
+                                          "or path is added after --)")
+    parser.add_argument("--title", help="register: the app's name as people read it")
     parser.add_argument("--version", action="version", version="tcbon " + __version__)
     return parser
 
@@ -4675,6 +5292,7 @@ def _cli(argv: list[str] | None) -> int:
                          % (parser.prog, opts.name))
         if opts.timeout is not None and not opts.timeout >= 0:  # NaN too
             parser.error("--timeout must be a number of seconds >= 0, got %s" % opts.timeout)
+        _cli_check_links(parser, opts)
     except SystemExit as exc:  # --help, --version or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
@@ -4685,6 +5303,11 @@ def _cli(argv: list[str] | None) -> int:
             _say(sys.stderr, "tcbon: %s\n" % message)
         return code
 
+    if opts.action in ("register", "unregister"):
+        try:
+            return _cli_links(opts)
+        except (ValueError, Error, OSError) as exc:
+            return fail(_exit_code(exc), str(exc))
     try:
         to, where, several = _cli_target(parser, opts)
     except SystemExit as exc:
@@ -4729,6 +5352,40 @@ def _cli(argv: list[str] | None) -> int:
         print(result)
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _cli_check_links(parser: Any, opts: Any) -> None:
+    """register's options go with register only, and it needs --command: the
+    command line is not the app, so it has no command of its own to give."""
+    given = [option for option, value in (("--scheme", opts.scheme), ("--type", opts.type),
+             ("--command", opts.command), ("--title", opts.title)) if value]
+    if given and opts.action != "register":
+        parser.error("%s go(es) with register only: %s %s register --command CMD "
+                     "--scheme SCHEME" % (", ".join(given), parser.prog, opts.name))
+    if opts.action in ("register", "unregister") and opts.args:
+        parser.error("%s takes no arguments, got %s" % (opts.action, " ".join(opts.args)))
+    if opts.action == "register" and not opts.command:
+        parser.error("register needs --command, the command line that starts your app, "
+                     "e.g. %s %s register --command \"/opt/%s/run\" --scheme myapp"
+                     % (parser.prog, opts.name, opts.name))
+
+
+def _cli_links(opts: Any) -> int:
+    """register or unregister: say what was written or removed."""
+    import json
+    if opts.action == "register":
+        done = register(opts.name, opts.scheme, opts.type, opts.command, opts.title)
+    else:
+        done = unregister(opts.name)
+    if opts.json:
+        print(json.dumps({"name": opts.name, opts.action + "ed": done}))
+    elif opts.action == "register":
+        print("%s registered; wrote:\n  %s" % (opts.name, "\n  ".join(done)))
+    elif done:
+        print("%s unregistered; removed:\n  %s" % (opts.name, "\n  ".join(done)))
+    else:
+        print("%s was not registered: nothing to remove" % opts.name)
     return EXIT_OK
 
 
