@@ -268,6 +268,10 @@ class _Platform:
         OSError if it cannot be run."""
         raise NotImplementedError
 
+    def command_line(self, argv: list[str]) -> str:
+        """argv as one line that this platform's shell would split back."""
+        raise NotImplementedError
+
     def hold_mutex(self, name: str) -> tuple[list[Any], str | None]:
         """Create the named mutex an installer looks for (issue 23): the
         handles to close later, and why the Global one could not be had
@@ -358,6 +362,10 @@ class _UnixPlatform(_Platform):
                                 stderr=subprocess.DEVNULL, close_fds=True,
                                 start_new_session=True)  # setsid: no terminal, no SIGHUP
 
+    def command_line(self, argv: list[str]) -> str:
+        import shlex
+        return " ".join(shlex.quote(arg) for arg in argv)
+
 
 class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/windows)
     """Windows: msvcrt byte locks, the registry, the session of the process."""
@@ -438,6 +446,10 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, close_fds=True, creationflags=flags)
 
+    def command_line(self, argv: list[str]) -> str:
+        import subprocess
+        return subprocess.list2cmdline(argv)
+
     def hold_mutex(self, name: str) -> tuple[list[Any], str | None]:
         # Inno Setup's AppMutex (and other installers) look for a named mutex;
         # its docs advise creating the session's (the plain name, which is
@@ -489,7 +501,7 @@ _owner_problem, _pending_cap = _platform.owner_problem, _platform.pending_cap
 _PRIVATE_DIR, _REUSE_ADDRESS = _platform.private_dir, _platform.reuse_address
 _WAIT_SLICE, _STOP_SIGNALS = _platform.wait_slice, _platform.stop_signals
 _SIGNAL_WAKE = _platform.signal_wake
-_spawn_detached = _platform.spawn_detached
+_spawn_detached, _command_line = _platform.spawn_detached, _platform.command_line
 _hold_mutex, _release_mutex = _platform.hold_mutex, _platform.release_mutex
 
 
@@ -1911,8 +1923,7 @@ def _check_command(command: Any) -> str | list[str]:
 
 def _shown(command: str | list[str]) -> str:
     """A command as a person would type it, for messages."""
-    import shlex
-    return command if isinstance(command, str) else " ".join(shlex.quote(a) for a in command)
+    return command if isinstance(command, str) else _command_line(command)
 
 
 def _version_key(version: str | None) -> tuple:

@@ -4789,9 +4789,10 @@ def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsy
 
 
 # Start on demand (issue 23) ---------------------------------------------------------------
-def on_demand(tmp_path, name, app_dir):
+def on_demand(tmp_path, name, app_dir, monkeypatch):
     """The ON_DEMAND app's command, as a list and as a command line, and
-    its record file."""
+    its record file. The app that this process starts imports this tcbon."""
+    monkeypatch.setenv("PYTHONPATH", child_env(tmp_path)["PYTHONPATH"])
     script, record = tmp_path / "on_demand.py", str(tmp_path / "record.txt")
     script.write_text(ON_DEMAND)
     argv = [sys.executable, str(script), name, app_dir, record]
@@ -4822,8 +4823,8 @@ def end_started(name, app_dir):
 
 
 def test_send_start_20_racing_launches_start_the_app_once_and_all_are_handled(
-        name, app_dir, tmp_path):
-    _, command, record = on_demand(tmp_path, name, app_dir)
+        name, app_dir, tmp_path, monkeypatch):
+    _, command, record = on_demand(tmp_path, name, app_dir, monkeypatch)
     go = str(tmp_path / "go")
     sender = ("import os, sys, time, tcbon\n"
               "while not os.path.exists(sys.argv[1]): time.sleep(0.001)\n"
@@ -4847,8 +4848,8 @@ def test_send_start_20_racing_launches_start_the_app_once_and_all_are_handled(
         end_started(name, app_dir)
 
 
-def test_start_runs_the_app_detached_and_only_when_none_runs(name, app_dir, tmp_path):
-    argv, _, record = on_demand(tmp_path, name, app_dir)
+def test_start_runs_the_app_detached_and_only_when_none_runs(name, app_dir, tmp_path, monkeypatch):
+    argv, _, record = on_demand(tmp_path, name, app_dir, monkeypatch)
     client = tcbon.Process(name, app_dir=app_dir)
     try:
         reply = client.send("event", {"name": "hit", "n": 1}, start=argv, timeout=60)
@@ -4863,8 +4864,8 @@ def test_start_runs_the_app_detached_and_only_when_none_runs(name, app_dir, tmp_
         end_started(name, app_dir)
 
 
-def test_send_start_with_a_primary_running_starts_nothing(name, app_dir, tmp_path):
-    _, command, record = on_demand(tmp_path, name, app_dir)
+def test_send_start_with_a_primary_running_starts_nothing(name, app_dir, tmp_path, monkeypatch):
+    _, command, record = on_demand(tmp_path, name, app_dir, monkeypatch)
     with launch(name, app_dir, tmp_path) as child:
         wait_primary(name, app_dir)
         code, out, err = cli(tmp_path, name, "send", "ping", "--start", command,
@@ -4875,7 +4876,7 @@ def test_send_start_with_a_primary_running_starts_nothing(name, app_dir, tmp_pat
 
 
 def test_start_commands_that_fail_say_why(name, app_dir, tmp_path, monkeypatch):
-    argv, command, record = on_demand(tmp_path, name, app_dir)
+    argv, command, record = on_demand(tmp_path, name, app_dir, monkeypatch)
     monkeypatch.setenv("EXIT_AT_ONCE", "3")  # the app exits before it answers
     code, out, err = ran(["-m", "tcbon", name, "send", "hit", "--start", command,
                           "--app-dir", app_dir], child_env(tmp_path, EXIT_AT_ONCE=3))
@@ -4909,28 +4910,61 @@ def test_mutex_is_checked_and_accepted_everywhere(name, app_dir):
         pass
 
 
+def mutex_seen(tmp_path, *names):
+    """OpenMutexW of each name from another process: 'open' or the error code."""
+    code, out, err = ran(["-c", OPEN_MUTEX] + list(names), child_env(tmp_path))
+    assert code == 0, err
+    return out.split()
+
+
 @pytest.mark.skipif(not WINDOWS, reason="named mutexes are Windows'")
 def test_windows_mutex_is_seen_by_other_processes_exactly_while_the_primary_runs(
         name, app_dir, tmp_path):
     mutex = "tcbon-test-" + name
     names = [mutex, "Global\\" + mutex]
-
-    def seen():
-        code, out, err = ran(["-c", OPEN_MUTEX] + names, child_env(tmp_path))
-        assert code == 0, err
-        return out.split()
-    assert seen() == ["2", "2"]  # ERROR_FILE_NOT_FOUND: none yet
+    assert mutex_seen(tmp_path, *names) == ["2", "2"]  # ERROR_FILE_NOT_FOUND: none yet
+    with tcbon.Process(name, app_dir=app_dir, mutex=mutex):
+        assert mutex_seen(tmp_path, *names) == ["open", "open"]
+    assert mutex_seen(tmp_path, *names) == ["2", "2"]  # closed with the lock; we run on
     with launch(name, app_dir, tmp_path, MUTEX=mutex) as child:
         wait_primary(name, app_dir)
-        assert seen() == ["open", "open"]
-        tcbon.Process(name, app_dir=app_dir).stop(timeout=30)
-        assert child.wait(30) == 0
-    assert seen() == ["2", "2"]  # closed with the lock
-    with launch(name, app_dir, tmp_path, MUTEX=mutex) as child:
-        wait_primary(name, app_dir)
-        assert seen() == ["open", "open"]
+        assert mutex_seen(tmp_path, *names) == ["open", "open"]
         hard_kill(child)  # nothing of ours runs: the system closes the handles
-    assert seen() == ["2", "2"]
+    assert mutex_seen(tmp_path, *names) == ["2", "2"]
+
+
+@pytest.mark.skipif(not WINDOWS, reason="named mutexes are Windows'")
+def test_windows_mutex_without_the_global_one_warns_once_and_keeps_the_local_one(
+        name, app_dir, tmp_path, caplog):
+    # A name another kind of object holds cannot be a mutex's (ERROR_INVALID_HANDLE),
+    # as Global\ cannot be created without SeCreateGlobalPrivilege.
+    import ctypes
+    import logging
+    from ctypes import wintypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateEventW.argtypes = [ctypes.c_void_p, wintypes.BOOL, wintypes.BOOL,
+                                      wintypes.LPCWSTR]
+    kernel32.CreateEventW.restype = wintypes.HANDLE
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    mutex = "tcbon-test-" + name
+    events = [kernel32.CreateEventW(None, True, False, "Global\\" + mutex)]
+    try:
+        assert events[0]
+        caplog.set_level(logging.WARNING, logger="tcbon")
+        proc = tcbon.Process(name, app_dir=app_dir, mutex=mutex)
+        for _ in range(2):
+            with proc:
+                assert mutex_seen(tmp_path, mutex) == ["open"]
+        warnings_ = [r.getMessage() for r in caplog.records if "Global" in r.getMessage()]
+        assert len(warnings_) == 1 and "only the session's mutex" in warnings_[0]
+        events.append(kernel32.CreateEventW(None, True, False, mutex))
+        assert events[1]
+        with pytest.raises(tcbon.Error, match="cannot create the named mutex .*; pass another"):
+            proc.start()
+        assert not proc.is_primary and not proc.running  # the lock let go of too
+    finally:
+        for event in events:
+            kernel32.CloseHandle(event)
 
 
 # Examples and README ----------------------------------------------------------------------
