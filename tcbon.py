@@ -453,8 +453,9 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
     def hold_mutex(self, name: str) -> tuple[list[Any], str | None]:
         # Inno Setup's AppMutex (and other installers) look for a named mutex;
         # its docs advise creating the session's (the plain name, which is
-        # Local\) and Global\ one. Global\ needs SeCreateGlobalPrivilege in a
-        # service or Remote Desktop session: without it, the Local one stays.
+        # Local\) and Global\ one. Windows may refuse Global\ (no
+        # SeCreateGlobalPrivilege in some contexts, another user's object of
+        # that name): then the session's one stays, and the caller warns.
         kernel32 = _kernel32()
         handles, problem = [], None
         for full in (name, "Global\\" + name):
@@ -3499,7 +3500,7 @@ class Process:
         wsgi (App): the Flask-like WSGI app; add routes with ``wsgi.route``.
         wsgi_thread (threading.Thread): the thread serving wsgi, once started.
         event_handlers (dict): event name -> handler(event) -> dict or None.
-        name, app_dir, timeout: as given.
+        name, app_dir, timeout, mutex: as given.
 
     Args:
         name (str): name of the application (a file name: no '/', '..', NUL).
