@@ -273,6 +273,27 @@ class _Platform:
     def restore_signal_mask(self, previous: Any) -> None:
         """Put back the mask that mask_stop_signals() returned."""
 
+    def spawn_detached(self, command: str | list[str]) -> Any:
+        """Start command (a string or an argument list) in the background,
+        detached from this launch: no terminal, no inherited streams or
+        descriptors, its own session or process group, so that it outlives
+        this launch and Ctrl-C in its terminal. Returns the Popen; raises
+        OSError if it cannot be run."""
+        raise NotImplementedError
+
+    def command_line(self, argv: list[str]) -> str:
+        """argv as one line that this platform's shell would split back."""
+        raise NotImplementedError
+
+    def hold_mutex(self, name: str) -> tuple[list[Any], str | None]:
+        """Create the named mutex an installer looks for (issue 23): the
+        handles to close later, and why the Global one could not be had
+        (None if it could). Raises OSError if none can be created."""
+        return [], None
+
+    def release_mutex(self, handles: list[Any]) -> None:
+        """Close what hold_mutex() created."""
+
 
 class _UnixPlatform(_Platform):
     """Linux, macOS and the BSDs: flock, file modes and owners."""
@@ -360,6 +381,18 @@ class _UnixPlatform(_Platform):
             return wanted
         return max(8, min(wanted, (soft - MAX_WORKERS) // 2))
 
+    def spawn_detached(self, command: str | list[str]) -> Any:
+        import shlex
+        import subprocess
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, close_fds=True,
+                                start_new_session=True)  # setsid: no terminal, no SIGHUP
+
+    def command_line(self, argv: list[str]) -> str:
+        import shlex
+        return " ".join(shlex.quote(arg) for arg in argv)
+
 
 class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/windows)
     """Windows: msvcrt byte locks, the registry, the session of the process."""
@@ -433,6 +466,61 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
     def pending_cap(self, wanted: int) -> int:
         return min(wanted, 448)  # select() takes 512 sockets on Windows
 
+    def spawn_detached(self, command: str | list[str]) -> Any:
+        import subprocess
+        # A string is a command line, as CreateProcess takes it. DETACHED_PROCESS:
+        # no console (so CREATE_NO_WINDOW is moot); a new group: no Ctrl-C of ours.
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, close_fds=True, creationflags=flags)
+
+    def command_line(self, argv: list[str]) -> str:
+        import subprocess
+        return subprocess.list2cmdline(argv)
+
+    def hold_mutex(self, name: str) -> tuple[list[Any], str | None]:
+        # Inno Setup's AppMutex (and other installers) look for a named mutex;
+        # its docs advise creating the session's (the plain name, which is
+        # Local\) and Global\ one. Windows may refuse Global\ (no
+        # SeCreateGlobalPrivilege in some contexts, another user's object of
+        # that name): then the session's one stays, and the caller warns.
+        kernel32 = _kernel32()
+        handles, problem = [], None
+        for full in (name, "Global\\" + name):
+            handle = kernel32.CreateMutexW(None, False, full)  # not owned: only its name counts
+            if handle:
+                handles.append(handle)
+                continue
+            error = _ctypes_error()
+            if not handles:
+                raise error
+            problem = str(error)
+        return handles, problem
+
+    def release_mutex(self, handles: list[Any]) -> None:
+        kernel32 = _kernel32()
+        for handle in handles:
+            kernel32.CloseHandle(handle)
+
+
+def _kernel32() -> Any:  # pragma: no cover - Windows: run by the rig (.ci/windows)
+    """kernel32 through ctypes (imported only here: most apps never need it),
+    with the prototypes of the calls tcbon makes, and use_last_error."""
+    import ctypes
+    from ctypes import wintypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.CreateMutexW.argtypes = [ctypes.c_void_p, wintypes.BOOL, wintypes.LPCWSTR]
+    kernel32.CreateMutexW.restype = wintypes.HANDLE
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    kernel32.CloseHandle.restype = wintypes.BOOL
+    return kernel32
+
+
+def _ctypes_error() -> OSError:  # pragma: no cover - Windows: run by the rig (.ci/windows)
+    """The OSError of the last Windows error a ctypes call left."""
+    import ctypes
+    return ctypes.WinError(ctypes.get_last_error())  # type: ignore[attr-defined]
+
 
 _platform: _Platform = _WindowsPlatform() if WINDOWS else _UnixPlatform()
 # The names the sections below use.
@@ -444,6 +532,8 @@ _WAIT_SLICE, _STOP_SIGNALS = _platform.wait_slice, _platform.stop_signals
 _SIGNAL_WAKE, _LINKS = _platform.signal_wake, _platform.links
 _mask_stop_signals, _restore_signal_mask = (_platform.mask_stop_signals,
                                             _platform.restore_signal_mask)
+_spawn_detached, _command_line = _platform.spawn_detached, _platform.command_line
+_hold_mutex, _release_mutex = _platform.hold_mutex, _platform.release_mutex
 
 
 def _start_deaf(thread: Any) -> None:
@@ -1856,6 +1946,34 @@ def _check_version(version: Any) -> str | None:
         raise ValueError("version must be a non-empty string such as '1.4.2', or None; "
                          "got %r" % (version,))
     return version
+
+
+def _check_mutex(mutex: Any) -> str | None:
+    """A mutex name for Windows' installers, or None (issue 23)."""
+    if mutex is None:
+        return None
+    if not isinstance(mutex, str) or not mutex or "\\" in mutex or len(mutex) > 200:
+        raise ValueError("mutex must be a name of 1 to 200 characters without a backslash "
+                         "(tcbon creates both the plain and the Global\\ one), e.g. "
+                         "mutex='MyAppMutex'; got %r" % (mutex,))
+    return mutex
+
+
+def _check_start(command: Any) -> str | list[str]:
+    """A start= command: a non-empty string or list of strings (issue 23)."""
+    if isinstance(command, (list, tuple)) and command and all(
+            isinstance(arg, str) for arg in command):
+        return list(command)
+    if isinstance(command, str) and command.strip():
+        return command
+    raise ValueError("start must be the app's command line: a string (split as a shell "
+                     "would on POSIX) or a list of strings, e.g. ['myapp', '--hidden']; "
+                     "got %r" % (command,))
+
+
+def _shown(command: str | list[str]) -> str:
+    """A command as a person would type it, for messages."""
+    return command if isinstance(command, str) else _command_line(command)
 
 
 def _version_key(version: str | None) -> tuple:
@@ -3615,6 +3733,7 @@ class _Primary:
         self.handing_over = False  # the stop hands on_handover()'s state to a successor
         self.handed: Any = None  # what on_handover() returned, for the successor
         self._once = _thread.allocate_lock()  # the stop sequence runs once
+        self._mutex: list[Any] = []  # the named mutex's handles (Windows, mutex=...)
 
     # Starting -----------------------------------------------------------------
     def start(self, signals: bool, waiter: bool) -> None:
@@ -3630,6 +3749,7 @@ class _Primary:
         import atexit
         process = self.process
         try:
+            self._hold_mutex()
             _withdraw(self.pid_file)  # a crashed primary's address is never contacted again
             self.server = self._listen()
             if signals:
@@ -3655,6 +3775,23 @@ class _Primary:
             raise Error("%r cannot listen on %s: %s; pass another address, or none to let "
                         "the system pick a free port" % (
                             process.name, _format_address(*process._bind), _reason(exc))) from exc
+
+    def _hold_mutex(self) -> None:
+        """The named mutex of Process(mutex=...), with the lock (issue 23)."""
+        process = self.process
+        if process.mutex is None:
+            return
+        try:
+            self._mutex, problem = _hold_mutex(process.mutex)
+        except OSError as exc:
+            raise Error("%r cannot create the named mutex %r: %s; pass another mutex name "
+                        "(one no other kind of object uses)" % (
+                            process.name, process.mutex, _reason(exc))) from exc
+        if problem is not None and not process._warned_global:
+            process._warned_global = True  # once: each later start would say the same
+            process._note(_WARNING, "%s: only the session's mutex %r is held, not the Global\\ "
+                          "one (%s): an installer that looks in another session will not see "
+                          "it", process.name, process.mutex, problem)
 
     def _abort(self) -> None:
         """Undo a start that failed half-way."""
@@ -3873,6 +4010,8 @@ class _Primary:
         atexit.unregister(self.at_exit)
         if _primaries is not None:
             _primaries.discard(self)
+        handles, self._mutex = self._mutex, []
+        _release_mutex(handles)  # with the lock: an installer sees both go together
         try:
             _unlock(self.fd)
         finally:
@@ -3970,7 +4109,7 @@ class Process:
         wsgi (App): the Flask-like WSGI app; add routes with ``wsgi.route``.
         wsgi_thread (threading.Thread): the thread serving wsgi, once started.
         event_handlers (dict): event name -> handler(event) -> dict or None.
-        name, app_dir, timeout: as given.
+        name, app_dir, timeout, mutex: as given.
 
     Args:
         name (str): name of the application (a file name: no '/', '..', NUL).
@@ -4005,6 +4144,11 @@ class Process:
             (info(), tcbon.instances()); ``start(replace='older')`` and
             ``main(replace='older')`` replace a primary whose version is
             older, and reuse an equal or newer one.
+        mutex (str): Windows: while this object is the primary, it holds a
+            named mutex of this name, in the session's namespace and in
+            ``Global\\`` (if allowed), for installers that look for one
+            (Inno Setup's ``AppMutex``); closed with the lock. Elsewhere it
+            does nothing. Default: none.
 
     Attributes:
         handed_over: in on_start() of a primary that replaced another
@@ -4013,8 +4157,8 @@ class Process:
 
     Raises:
         ValueError: for a name that cannot be a file name, a non-loopback
-            address, a negative timeout, an unknown scope, a bad instances
-            or version.
+            address, a negative timeout, an unknown scope, a bad instances,
+            version or mutex.
         StateError: scope='session' where no login session id is found.
     """
 
@@ -4022,8 +4166,10 @@ class Process:
                  debug: bool = False, timeout: float | None = DEFAULT_TIMEOUT,
                  executor: Any = None, forward_env: Iterable[str] = (),
                  scope: str | os.PathLike = "user",
-                 instances: int | bool | None = None, version: str | None = None) -> None:
+                 instances: int | bool | None = None, version: str | None = None,
+                 mutex: str | None = None) -> None:
         self.name = _check_name(name)
+        self.mutex = _check_mutex(mutex)
         self.instances_allowed = _check_instances(instances)
         self.version = _check_version(version)
         self.handed_over: Any = None
@@ -4043,6 +4189,7 @@ class Process:
         self._inherited = False  # a forked child's copy of a primary (see stop)
         self._lifecycle = _thread.RLock()  # becoming the primary, one at a time
         self._warned_idle = False
+        self._warned_global = False  # mutex: the Global one refused, said once
         self._debug = debug
         self._log: Any = None
         if debug or type(self).setup_logger is not Process.setup_logger:
@@ -4650,8 +4797,10 @@ class Process:
             "%r still runs after %.1f s" % (self.name, limit or 0.0), self.name, limit or 0.0))
 
     def get(self, route: str = "/", timeout: float | None = _DEFAULT, to: Any = None,
-            where: dict | None = None) -> Any:
+            where: dict | None = None, start: str | list[str] | None = None) -> Any:
         """Send a GET request to the primary's wsgi server.
+
+        With ``start``, a command starts the app first if none runs (see send).
 
         Returns:
             The decoded JSON reply (usually a dict); for ``to='all'``, a
@@ -4660,10 +4809,11 @@ class Process:
         Raises:
             ProcessDoesNotExist, Timeout, RequestError (a 4xx/5xx answer), Error.
         """
-        return self._request("GET", route, None, _Wait(self._limit(timeout)), to, where)
+        return self._request("GET", route, None, _Wait(self._limit(timeout)), to, where, start)
 
     def send(self, route: str, payload: Any = None, timeout: float | None = _DEFAULT,
-             to: Any = None, where: dict | None = None) -> Any:
+             to: Any = None, where: dict | None = None,
+             start: str | list[str] | None = None) -> Any:
         """Send a POST request with a JSON payload to the specified route.
 
         With ``instances``, ``to`` and ``where`` choose the instance: by
@@ -4677,6 +4827,13 @@ class Process:
         it raised. An instance that is stopping passes the request on to
         the next one the rule chooses.
 
+        With ``start`` (the app's command: a list of arguments, or a string,
+        split as a shell would on POSIX and passed as a command line on
+        Windows), a call that finds no primary starts that command, detached
+        (it outlives this call), and sends once the app answers, all within
+        ``timeout``. Launches that race to start it take turns: one starts it,
+        the others find it running.
+
         Examples:
             >>> import tcbon
             >>> p = tcbon.Process('test')
@@ -4688,10 +4845,14 @@ class Process:
         Raises:
             ProcessDoesNotExist: none runs (or none that the rule accepts).
             Timeout, RequestError (a 4xx/5xx answer), Error.
-            ValueError: to or where without instances, or of the wrong kind.
+            ProcessDoesNotExist: also when the start command cannot be run,
+                or exits before the app answers.
+            ValueError: to or where without instances, or of the wrong kind;
+                a start that is not a command.
         """
         payload = {} if payload is None else payload
-        return self._request("POST", route, payload, _Wait(self._limit(timeout)), to, where)
+        return self._request("POST", route, payload, _Wait(self._limit(timeout)), to, where,
+                             start)
 
     def info(self, timeout: float | None = _DEFAULT, to: Any = None,
              where: dict | None = None) -> Any:
@@ -4700,7 +4861,9 @@ class Process:
         return self.get("/", timeout, to, where)
 
     def _request(self, method: str, route: str, payload: Any, wait: _Wait,
-                 to: Any = None, where: dict | None = None) -> Any:
+                 to: Any = None, where: dict | None = None, start: Any = None) -> Any:
+        if start is not None:
+            self._start_on_demand(_check_start(start), wait)
         if self._registry is not None:
             return self._routed(method, route, payload, wait, to, where)
         self._targeted(to, where)
@@ -4708,6 +4871,64 @@ class Process:
         if local is not None:
             return local.process._call_directly(method, route, payload, wait.remaining())
         return self._client.call(method, route, payload, wait)
+
+    # Starting on demand ----------------------------------------------------------
+    def _start_on_demand(self, command: str | list[str], wait: _Wait) -> None:
+        """start=: unless a primary runs, run command detached, and return
+        once it has published its address (issue 23). Launches that race
+        take the starter lock in turn, beside the primary's (as the successor
+        lock): the first starts the app, the others find it running."""
+        if self.running:
+            return
+        _ensure_private_dir(self.app_dir)
+        path = self._client.lock_file[:-len(".lock")] + ".starter.lock"
+        fd = _open_lock(path)
+        try:
+            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
+                "%r: another launch has been starting it for %.1f s; retry with a longer "
+                "timeout" % (self.name, wait.limit or 0.0), self.name, wait.limit or 0.0))
+            try:
+                if not self.running:  # looked at again: the launch before us may have started it
+                    self._run_until_answering(command, wait)
+            finally:
+                _unlock(fd)
+        finally:
+            os.close(fd)
+
+    def _run_until_answering(self, command: str | list[str], wait: _Wait) -> None:
+        """Run command detached; wait until a primary publishes its address."""
+        try:
+            child = _spawn_detached(command)
+        except OSError as exc:
+            raise ProcessDoesNotExist("%r is not running, and its start command %s cannot be "
+                                      "run: %s; pass a command that exists (a full path, or "
+                                      "one on PATH)" % (self.name, _shown(command), _reason(exc)),
+                                      self.name, self.app_dir) from exc
+
+        def answering() -> bool | None:
+            if self._answering():
+                return True
+            if child.poll() is not None and not self.running:  # none started, none starting
+                raise ProcessDoesNotExist(
+                    "%r is not running: its start command %s exited with code %s before the "
+                    "app answered; run that command in a terminal to see why (it must run the "
+                    "app itself, not start it in the background and exit)" % (
+                        self.name, _shown(command), child.returncode), self.name, self.app_dir)
+            return None
+        try:
+            wait.until(answering, lambda: Timeout(
+                "%r did not answer within %.1f s of being started with %s; it starts slowly "
+                "or hangs: retry with a longer timeout" % (
+                    self.name, wait.limit or 0.0, _shown(command)), self.name, wait.limit or 0.0))
+        finally:
+            if child.returncode is None:  # it runs on: reaped whenever it exits, no zombie
+                _thread.start_new_thread(child.wait, ())
+
+    def _answering(self) -> bool:
+        """A primary (or, with instances, one instance) has published its address."""
+        if self._registry is not None:
+            return bool(self._registry.scan()[0])
+        return self._client.running() and _read_state(self._client.pid_file) is not None
 
     # Several instances ---------------------------------------------------------
     def describe(self, **fields: Any) -> None:
@@ -5093,7 +5314,8 @@ def instances(name: str, app_dir: str | None = None,
 _CLI_HELP = """\
 actions:
   (none), probe         say whether NAME runs: one line, exit 0 if it does, 1 if not
-  send EVENT [JSON]     send an event named EVENT (JSON: an object merged into it)
+  send EVENT [JSON]     send an event named EVENT (JSON: an object merged into it);
+                        --start COMMAND: start the app first if none runs
   get [ROUTE]           GET a route of the primary (default /) and print the reply
   stop                  ask the primary to stop; return once it has
   wait                  block until a primary of NAME runs (default: no time limit)
@@ -5121,6 +5343,7 @@ examples:
   python -m tcbon my_app get /count --json
   python -m tcbon my_app stop --timeout 30
   python -m tcbon my_app list --json
+  python -m tcbon my_app send open '{"path": "a.txt"}' --start "my_app --hidden"
   python -m tcbon my_app send open '{"path": "a.txt"}' --where project=alpha
   python -m tcbon my_app register --scheme myapp --type .shot --command "/opt/my_app/run"
 """
@@ -5173,12 +5396,16 @@ def _cli_parser() -> Any:
     parser.add_argument("--command", help="register: the app's command line (the link "
                                           "or path is added after --)")
     parser.add_argument("--title", help="register: the app's name as people read it")
+    parser.add_argument("--start", metavar="COMMAND",
+                        help="send, get: if no primary runs, start the app with COMMAND "
+                             "(detached), wait for it to answer, then send")
     parser.add_argument("--version", action="version", version="tcbon " + __version__)
     return parser
 
 
 def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None,
-                until_exit: bool = False, to: Any = None, where: dict | None = None) -> Any:
+                until_exit: bool = False, to: Any = None, where: dict | None = None,
+                start: str | None = None) -> Any:
     """Run one action; return what to print, or raise."""
     import json
     arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0),
@@ -5199,9 +5426,11 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
                 raise ValueError("the JSON argument is not valid JSON: %s" % exc) from None
             if not isinstance(event, dict):
                 raise ValueError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
-        return proc.send("event", dict(event, name=args[0]), timeout=limit, to=to, where=where)
+        return proc.send("event", dict(event, name=args[0]), timeout=limit, to=to, where=where,
+                         start=start)
     if action == "get":
-        return proc.get(args[0] if args else "/", timeout=limit, to=to, where=where)
+        return proc.get(args[0] if args else "/", timeout=limit, to=to, where=where,
+                        start=start)
     if action == "list":
         return proc.instances()
     if action == "stop":
@@ -5290,6 +5519,9 @@ def _cli(argv: list[str] | None) -> int:
         if opts.exit and opts.action != "wait":
             parser.error("--exit goes with wait only: %s %s wait --exit"
                          % (parser.prog, opts.name))
+        if opts.start is not None and opts.action not in ("send", "get"):
+            parser.error("--start goes with send and get: %s %s send EVENT --start COMMAND"
+                         % (parser.prog, opts.name))
         if opts.timeout is not None and not opts.timeout >= 0:  # NaN too
             parser.error("--timeout must be a number of seconds >= 0, got %s" % opts.timeout)
         _cli_check_links(parser, opts)
@@ -5315,8 +5547,11 @@ def _cli(argv: list[str] | None) -> int:
     try:
         proc = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope,
                        instances=True if several else None)
-        result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit, to, where)
+        result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit, to, where,
+                             opts.start)
     except ProcessDoesNotExist as exc:
+        if opts.start is not None:  # the command failed: say how
+            return fail(EXIT_NOT_RUNNING, str(exc))
         place = "" if opts.app_dir is None else " in %s" % proc.app_dir
         if opts.json:
             print(json.dumps({"name": opts.name, "running": False}))

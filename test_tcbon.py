@@ -48,7 +48,7 @@ if go:
 # (prints PRIMARY pid, then ON_STOP, RETURNED); as a later launch, one 'ping' (prints
 # EXISTS pid, REPLY json). Env: GO_FILE (start barrier), ON_START_DELAY, ON_STOP_DELAY,
 # HANDLER_DELAY, TIMEOUT, NOFILE (open-file limit), APP_FILES (files the app keeps open),
-# SCOPE (the Process' scope).
+# SCOPE (the Process' scope), MUTEX (the Process' mutex).
 LAUNCH = r"""
 import faulthandler, json, os, signal, sys, time
 import tcbon
@@ -74,7 +74,7 @@ class App(tcbon.Process):
         time.sleep(float(os.environ.get("ON_STOP_DELAY", 0)))
 
 app = App(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)),
-          scope=os.environ.get("SCOPE", "user"))
+          scope=os.environ.get("SCOPE", "user"), mutex=os.environ.get("MUTEX"))
 
 @app.on("ping")
 def ping(event):
@@ -989,6 +989,54 @@ def run():
 
 
 sys.exit(app.main(argv=[example], run=run))
+"""
+
+
+# Issue 23: the app that start= and --start run. argv NAME APP_DIR RECORD: appends
+# STARTED pid to RECORD when run (each run, primary or not), then main(); as the
+# primary, answers 'hit' by appending HIT n to RECORD and replying its pid and n.
+# A later launch of it hands over (exit 0). Env: EXIT_AT_ONCE=code exits at once.
+ON_DEMAND = r"""
+import os, sys, threading, tcbon
+name, app_dir, record = sys.argv[1:4]
+if os.environ.get("EXIT_AT_ONCE"):
+    sys.exit(int(os.environ["EXIT_AT_ONCE"]))
+writing = threading.Lock()
+
+
+def note(line):
+    with writing, open(record, "a") as f:
+        f.write(line + "\n")
+
+
+note("STARTED %d" % os.getpid())
+app = tcbon.Process(name, app_dir=app_dir, timeout=30)
+
+
+@app.on("hit")
+def hit(event):
+    note("HIT %s" % event["n"])
+    return {"pid": os.getpid(), "n": event["n"]}
+
+
+sys.exit(app.main())
+"""
+
+
+# argv NAME...: for each, OpenMutexW(SYNCHRONIZE) from this process: prints "open"
+# or the Windows error code, one line each (Windows only).
+OPEN_MUTEX = r"""
+import ctypes, sys
+from ctypes import wintypes
+kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+kernel32.OpenMutexW.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.LPCWSTR]
+kernel32.OpenMutexW.restype = wintypes.HANDLE
+kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+for name in sys.argv[1:]:
+    handle = kernel32.OpenMutexW(0x00100000, False, name)  # SYNCHRONIZE
+    print("open" if handle else ctypes.get_last_error(), flush=True)
+    if handle:
+        kernel32.CloseHandle(handle)
 """
 
 
@@ -5171,6 +5219,185 @@ def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsy
         tcbon.Process(name, app_dir=str(shared)).send("event", {"name": "x"})
     assert tcbon.main([name, "--app-dir", str(shared)]) == 5
     assert "writable by other users" in capsys.readouterr().err
+
+
+# Start on demand (issue 23) ---------------------------------------------------------------
+def on_demand(tmp_path, name, app_dir, monkeypatch):
+    """The ON_DEMAND app's command, as a list and as a command line, and
+    its record file. The app that this process starts imports this tcbon."""
+    monkeypatch.setenv("PYTHONPATH", child_env(tmp_path)["PYTHONPATH"])
+    script, record = tmp_path / "on_demand.py", str(tmp_path / "record.txt")
+    script.write_text(ON_DEMAND)
+    argv = [sys.executable, str(script), name, app_dir, record]
+    return argv, " ".join('"%s"' % arg for arg in argv), record
+
+
+def recorded(record, kind):
+    """The lines of the ON_DEMAND record that start with kind."""
+    if not os.path.exists(record):
+        return []
+    with open(record) as f:
+        return [line.split()[1] for line in f if line.startswith(kind + " ")]
+
+
+def end_started(name, app_dir):
+    """End the app that start= ran (detached: not our child), by its pid if
+    it does not stop when asked."""
+    client = tcbon.Process(name, app_dir=app_dir)
+    try:
+        pid = client.info(timeout=5)["pid"]
+    except tcbon.ProcessDoesNotExist:
+        return
+    try:
+        client.stop(timeout=20)
+    except tcbon.Error:
+        os.kill(pid, signal.SIGTERM)  # TerminateProcess on Windows
+    wait_for(lambda: not client.running, 30, "the started app to end")
+
+
+def test_send_start_20_racing_launches_start_the_app_once_and_all_are_handled(
+        name, app_dir, tmp_path, monkeypatch):
+    _, command, record = on_demand(tmp_path, name, app_dir, monkeypatch)
+    go = str(tmp_path / "go")
+    sender = ("import os, sys, time, tcbon\n"
+              "while not os.path.exists(sys.argv[1]): time.sleep(0.001)\n"
+              "sys.exit(tcbon.main(sys.argv[2:]))")
+    try:
+        with contextlib.ExitStack() as stack:
+            senders = [stack.enter_context(launched(
+                ["-c", sender, go, name, "send", "hit", '{"n": %d}' % i, "--start", command,
+                 "--app-dir", app_dir, "--timeout", "60"], child_env(tmp_path)))
+                for i in range(20)]
+            open(go, "w").close()
+            for sender_proc in senders:
+                code, out, err = finish(sender_proc, 90)
+                assert code == 0, err
+                assert json.loads(out)["n"] in range(20)
+        assert len(recorded(record, "STARTED")) == 1  # one app started, by one launch
+        assert sorted(int(n) for n in recorded(record, "HIT")) == list(range(20))
+        assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == int(
+            recorded(record, "STARTED")[0])
+    finally:
+        end_started(name, app_dir)
+
+
+def test_start_runs_the_app_detached_and_only_when_none_runs(name, app_dir, tmp_path, monkeypatch):
+    argv, _, record = on_demand(tmp_path, name, app_dir, monkeypatch)
+    client = tcbon.Process(name, app_dir=app_dir)
+    try:
+        reply = client.send("event", {"name": "hit", "n": 1}, start=argv, timeout=60)
+        assert recorded(record, "STARTED") == [str(reply["pid"])]
+        if POSIX:  # its own session: no terminal of ours, no SIGHUP when it closes
+            assert os.getsid(reply["pid"]) == reply["pid"]
+        assert client.get("/", start=argv)["pid"] == reply["pid"]
+        assert client.send("event", {"name": "hit", "n": 2}, start=argv)["pid"] == reply["pid"]
+        assert recorded(record, "STARTED") == [str(reply["pid"])]  # none started again
+        assert recorded(record, "HIT") == ["1", "2"]
+    finally:
+        end_started(name, app_dir)
+
+
+def test_send_start_with_a_primary_running_starts_nothing(name, app_dir, tmp_path, monkeypatch):
+    _, command, record = on_demand(tmp_path, name, app_dir, monkeypatch)
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        code, out, err = cli(tmp_path, name, "send", "ping", "--start", command,
+                             "--app-dir", app_dir)
+        assert code == 0, err
+        assert json.loads(out)["pid"] == child.pid
+        assert not os.path.exists(record)
+
+
+def test_start_commands_that_fail_say_why(name, app_dir, tmp_path, monkeypatch):
+    argv, command, record = on_demand(tmp_path, name, app_dir, monkeypatch)
+    monkeypatch.setenv("EXIT_AT_ONCE", "3")  # the app exits before it answers
+    code, out, err = ran(["-m", "tcbon", name, "send", "hit", "--start", command,
+                          "--app-dir", app_dir], child_env(tmp_path, EXIT_AT_ONCE=3))
+    assert code == 1 and out == ""
+    assert "exited with code 3 before the app answered" in err and record in err, err
+    assert "run that command in a terminal" in err
+    client = tcbon.Process(name, app_dir=app_dir)
+    with pytest.raises(tcbon.ProcessDoesNotExist, match="exited with code 3"):
+        client.send("event", {"name": "hit"}, start=argv)
+    missing = str(tmp_path / "no-such-app")
+    with pytest.raises(tcbon.ProcessDoesNotExist, match="cannot be run: .*; pass a command"):
+        client.send("event", {"name": "hit"}, start=[missing, "--x"])
+    for bad in ("", "  ", [], [1], 5):
+        with pytest.raises(ValueError, match="start must be the app's command line"):
+            client.get(start=bad)
+    assert not client.running
+    assert tcbon.main([name, "stop", "--start", "x"]) == 2
+
+
+# Windows installers' mutex (issue 23) ---------------------------------------------------
+def test_mutex_is_checked_and_accepted_everywhere(name, app_dir):
+    for bad in ("", "a\\b", "x" * 201, 5, b"m"):
+        with pytest.raises(ValueError, match="mutex must be a name of 1 to 200 characters"):
+            tcbon.Process(name, app_dir=app_dir, mutex=bad)
+    mutex = "tcbon-test-" + name
+    with tcbon.Process(name, app_dir=app_dir, mutex=mutex) as proc:  # elsewhere: nothing
+        assert proc.is_primary and proc.mutex == mutex
+        assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == os.getpid()
+    assert not tcbon.Process(name, app_dir=app_dir).running
+    with tcbon.Process(name, app_dir=app_dir, mutex="x" * 200):
+        pass
+
+
+def mutex_seen(tmp_path, *names):
+    """OpenMutexW of each name from another process: 'open' or the error code."""
+    code, out, err = ran(["-c", OPEN_MUTEX] + list(names), child_env(tmp_path))
+    assert code == 0, err
+    return out.split()
+
+
+@pytest.mark.skipif(not WINDOWS, reason="named mutexes are Windows'")
+def test_windows_mutex_is_seen_by_other_processes_exactly_while_the_primary_runs(
+        name, app_dir, tmp_path):
+    mutex = "tcbon-test-" + name
+    names = [mutex, "Global\\" + mutex]
+    assert mutex_seen(tmp_path, *names) == ["2", "2"]  # ERROR_FILE_NOT_FOUND: none yet
+    with tcbon.Process(name, app_dir=app_dir, mutex=mutex):
+        assert mutex_seen(tmp_path, *names) == ["open", "open"]
+    assert mutex_seen(tmp_path, *names) == ["2", "2"]  # closed with the lock; we run on
+    with launch(name, app_dir, tmp_path, MUTEX=mutex) as child:
+        wait_primary(name, app_dir)
+        assert mutex_seen(tmp_path, *names) == ["open", "open"]
+        hard_kill(child)  # nothing of ours runs: the system closes the handles
+    assert mutex_seen(tmp_path, *names) == ["2", "2"]
+
+
+@pytest.mark.skipif(not WINDOWS, reason="named mutexes are Windows'")
+def test_windows_mutex_without_the_global_one_warns_once_and_keeps_the_local_one(
+        name, app_dir, tmp_path, caplog):
+    # A name another kind of object holds cannot be a mutex's (ERROR_INVALID_HANDLE),
+    # as Global\ cannot be created without SeCreateGlobalPrivilege.
+    import ctypes
+    import logging
+    from ctypes import wintypes
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateEventW.argtypes = [ctypes.c_void_p, wintypes.BOOL, wintypes.BOOL,
+                                      wintypes.LPCWSTR]
+    kernel32.CreateEventW.restype = wintypes.HANDLE
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    mutex = "tcbon-test-" + name
+    events = [kernel32.CreateEventW(None, True, False, "Global\\" + mutex)]
+    try:
+        assert events[0]
+        caplog.set_level(logging.WARNING, logger="tcbon")
+        proc = tcbon.Process(name, app_dir=app_dir, mutex=mutex)
+        for _ in range(2):
+            with proc:
+                assert mutex_seen(tmp_path, mutex) == ["open"]
+        warnings_ = [r.getMessage() for r in caplog.records if "Global" in r.getMessage()]
+        assert len(warnings_) == 1 and "only the session's mutex" in warnings_[0]
+        events.append(kernel32.CreateEventW(None, True, False, mutex))
+        assert events[1]
+        with pytest.raises(tcbon.Error, match="cannot create the named mutex .*; pass another"):
+            proc.start()
+        assert not proc.is_primary and not proc.running  # the lock let go of too
+    finally:
+        for event in events:
+            kernel32.CloseHandle(event)
 
 
 # Examples and README ----------------------------------------------------------------------
