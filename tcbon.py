@@ -4328,7 +4328,8 @@ class Process:
         a callable one for which it returns True, given the primary's info.
         The primary that is replaced hands its on_handover() state over
         (see handed_over), and launches that arrive meanwhile wait for this
-        one, none lost. With instances, it replaces this process' own
+        one, none lost; if another launch replaces it first, that one stays
+        (ProcessExists). With instances, it replaces this process' own
         instance of the name (a tool reloaded in its host), if it runs one.
 
         Raises:
@@ -4365,15 +4366,17 @@ class Process:
             return self._take_over(wait, signals, waiter)
         try:
             return self._take_over(wait, signals, waiter)
-        except ProcessExists:
-            pass  # to be replaced, perhaps: with the successor lock held
+        except ProcessExists as exc:  # to be replaced, perhaps: with the successor lock held
+            seen = (exc.pid, exc.address)
         self._succession = self._take_succession(wait)
         try:
             try:
                 return self._take_over(wait, signals, waiter)
-            except ProcessExists as exc:  # the one we saw, or one a successor before us started
+            except ProcessExists as exc:
                 state = _read_state(self.pid_file)
                 if state is None or (state["pid"], state["address"]) != (exc.pid, exc.address):
+                    raise
+                if seen != (exc.pid, exc.address):  # another launch replaced it first: it stays
                     raise
                 if not self._replaces(replace, state):
                     raise self._kept(state, str(exc)) from None
