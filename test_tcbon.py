@@ -3860,13 +3860,21 @@ def test_stop_signals_reach_the_main_thread_and_handlers_still_hear_them(name, a
     # a slow on_stop (a second SIGTERM once went unheard for 30 s).
     with launch(name, app_dir, tmp_path) as child:
         wait_primary(name, app_dir)
-        assert ping(name, app_dir)["pid"] == child.pid  # a worker, idle again now
+        assert ping(name, app_dir)["pid"] == child.pid  # a worker, idle once it has replied
         tasks = "/proc/%d/task" % child.pid
-        blocked = {int(tid): blocked_signals(os.path.join(tasks, tid, "status"))
-                   for tid in os.listdir(tasks)}
-        assert blocked.pop(child.pid) == set()  # the main thread hears them
-        assert len(blocked) >= 2 and all(b == {signal.SIGINT, signal.SIGTERM}
-                                         for b in blocked.values()), blocked
+
+        def masks():
+            return {int(tid): blocked_signals(os.path.join(tasks, tid, "status"))
+                    for tid in os.listdir(tasks)}
+
+        def all_deaf_but_main():  # the worker blocks them again just after its reply
+            found = masks()
+            others = [b for tid, b in found.items() if tid != child.pid]
+            return found if len(others) >= 2 and all(
+                b == {signal.SIGINT, signal.SIGTERM} for b in others) else None
+        blocked = wait_for(all_deaf_but_main, 10, "every thread but the main one to block "
+                           "SIGINT and SIGTERM")
+        assert blocked[child.pid] == set()  # the main thread hears them
     with tcbon.Process(name, app_dir=app_dir) as primary:  # a handler, and what it starts
         primary.on("mask")(lambda event: {"blocked": sorted(blocked_signals(
             "/proc/thread-self/status"))})
