@@ -5768,7 +5768,10 @@ def test_a_tk_window_asks_with_the_time_of_the_launchs_startup_id(tmp_path, desk
 
 def gtk_python():
     """An interpreter with PyGObject and GTK 3: ours, or Debian's (python3-gi
-    is a system package)."""
+    is a system package). Not on Windows, where Wine would find Debian's
+    /usr/bin/python3 on its Z: drive and fail to start it."""
+    if WINDOWS:
+        require("PyGObject")
     for python in (sys.executable, "/usr/bin/python3"):
         if os.path.exists(python) and subprocess.run(
                 [python, "-c", "import gi; gi.require_version('Gtk', '3.0')"],
