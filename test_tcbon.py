@@ -5991,13 +5991,15 @@ def blender_running(tmp_path, log_name, *args, display=None):
         end_group(proc)
 
 
-def blender_tool_listed(tmp_path, app_dir, count):
-    """`python -m tcbon blender_tool list --json` once it lists count instances."""
+def blender_tool_listed(tmp_path, app_dir, count, version="1.1"):
+    """`python -m tcbon blender_tool list --json` once it lists count
+    instances, all of that version."""
     def listed():
         code, out, _ = cli(tmp_path, "blender_tool", "list", "--json", "--app-dir", app_dir)
         entries = json.loads(out) if code in (0, 1) else None
-        return entries if entries is not None and len(entries) == count else None
-    return wait_for(listed, 120, "%d instance(s) of blender_tool" % count)
+        return entries if entries is not None and len(entries) == count and all(
+            e["app_version"] == version for e in entries) else None
+    return wait_for(listed, 120, "%d instance(s) of blender_tool %s" % (count, version))
 
 
 @pytest.mark.slow
@@ -6075,8 +6077,7 @@ def test_blender_tool_reloaded_in_its_blender_keeps_what_it_did(tmp_path, scenes
     with blender_running(tmp_path, "blender.out", scenes[0], "--python",
                          example("blender_tool.py"), "--python-expr", button, "--python",
                          str(edited), display=display):
-        [entry] = blender_tool_listed(tmp_path, app_dir, 1)
-        assert entry["app_version"] == "1.2"
+        blender_tool_listed(tmp_path, app_dir, 1, "1.2")  # the reloaded tool, alone
         code, out, err = cli(tmp_path, "blender_tool", "send", "history", "--json",
                              "--app-dir", app_dir)
         assert (code, out) == (0, '{"success": true, "done": ["add-cube"], "version": "1.2"}\n')
