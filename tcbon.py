@@ -2360,6 +2360,36 @@ class _Client:
         """
         self.call("POST", "stop", {}, wait)
 
+    def side_file(self, kind: str) -> str:
+        """A lock file beside the primary's: NAME@MACHINE.KIND.lock."""
+        return self.lock_file[:-len(".lock")] + ".%s.lock" % kind
+
+    def take_side_lock(self, kind: str, wait: _Wait, doing: str) -> int:
+        """Take the side lock of kind (the successor's, the starter's),
+        waiting within wait while another launch holds it; return its
+        descriptor (release_side_lock() lets go of it).
+
+        Raises:
+            Timeout: another launch was still doing what doing says.
+        """
+        path = self.side_file(kind)
+        fd = _open_lock(path)
+        try:
+            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
+                "%r: another launch has been %s for %.1f s; try again with a longer timeout"
+                % (self.name, doing, wait.limit or 0.0), self.name, wait.limit or 0.0))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def release_side_lock(fd: int) -> None:
+        try:
+            _unlock(fd)
+        finally:
+            os.close(fd)
+
     def stop_one(self, state: dict, wait: _Wait, handover: bool = False) -> Any:
         """Ask the primary that published state, and no other, to stop;
         return once it has, or is stopping already: with handover, what
@@ -4368,7 +4398,12 @@ class Process:
             return self._take_over(wait, signals, waiter)
         except ProcessExists as exc:  # to be replaced, perhaps: with the successor lock held
             seen = (exc.pid, exc.address)
-        self._succession = self._take_succession(wait)
+        # While a launch holds the successor lock, other launches leave the
+        # primary's lock to it (_try_lock), so that the state handed over
+        # reaches the one that asked for it; one that waits here looks again
+        # at who runs once the launch before it is done.
+        self._succession = self._client.take_side_lock("successor", wait,
+                                                       "replacing the primary")
         try:
             try:
                 return self._take_over(wait, signals, waiter)
@@ -4384,8 +4419,7 @@ class Process:
             return self._take_over(wait, signals, waiter)  # once: one that took over stays
         finally:
             fd, self._succession = self._succession, None
-            _unlock(fd)
-            os.close(fd)
+            _Client.release_side_lock(fd)
 
     def _replaces(self, replace: Any, state: dict) -> bool:
         """Whether start(replace=...) replaces the primary that published state."""
@@ -4410,25 +4444,6 @@ class Process:
                     and primary.process._client.lock_file == self._client.lock_file):
                 return primary
         return None
-
-    def _take_succession(self, wait: _Wait) -> int:
-        """The successor lock: while a launch holds it to replace the
-        primary, other launches leave the primary's lock to it, so that the
-        state handed over reaches the one that asked for it. Waits while
-        another launch replaces (then this one looks again at who runs)."""
-        path = self._successor_file()
-        fd = _open_lock(path)
-        try:
-            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
-                "%r: another launch has been replacing the primary for %.1f s; try again "
-                "later" % (self.name, wait.limit or 0.0), self.name, wait.limit or 0.0))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _successor_file(self) -> str:
-        return self._client.lock_file[:-len(".lock")] + ".successor.lock"
 
     def _stop_for_successor(self, state: dict, wait: _Wait) -> Any:
         """Stop the primary that published state, asking for its
@@ -4475,7 +4490,7 @@ class Process:
         primary starting up or stopping). Raises ProcessExists for a
         primary that has published its address."""
         if _locked(fd, self.lock_file):
-            if self._succession is None and _primary_holds(self._successor_file()):
+            if self._succession is None and _primary_holds(self._client.side_file("successor")):
                 _unlock(fd)  # another launch is replacing the primary: the lock is its
                 return None
             return True
@@ -4884,19 +4899,12 @@ class Process:
         if self.running:
             return
         _ensure_private_dir(self.app_dir)
-        path = self._client.lock_file[:-len(".lock")] + ".starter.lock"
-        fd = _open_lock(path)
+        fd = self._client.take_side_lock("starter", wait, "starting it")
         try:
-            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
-                "%r: another launch has been starting it for %.1f s; retry with a longer "
-                "timeout" % (self.name, wait.limit or 0.0), self.name, wait.limit or 0.0))
-            try:
-                if not self.running:  # looked at again: the launch before us may have started it
-                    self._run_until_answering(command, wait)
-            finally:
-                _unlock(fd)
+            if not self.running:  # looked at again: the launch before us may have started it
+                self._run_until_answering(command, wait)
         finally:
-            os.close(fd)
+            _Client.release_side_lock(fd)
 
     def _run_until_answering(self, command: str | list[str], wait: _Wait) -> None:
         """Run command detached; wait until a primary publishes its address."""
