@@ -285,6 +285,16 @@ class _Platform:
         """argv as one line that this platform's shell would split back."""
         raise NotImplementedError
 
+    def pid_space(self) -> str | None:
+        """What this process' pids are numbered in: processes whose
+        pid_space() is the same can tell whether each other's pid runs
+        (pid_gone); None if that cannot be known."""
+        return ""
+
+    def pid_gone(self, pid: int) -> bool:
+        """True if no process of that pid runs (in this pid space)."""
+        return False
+
     def hold_mutex(self, name: str) -> tuple[list[Any], str | None]:
         """Create the named mutex an installer looks for (issue 23): the
         handles to close later, and why the Global one could not be had
@@ -392,6 +402,25 @@ class _UnixPlatform(_Platform):
     def command_line(self, argv: list[str]) -> str:
         import shlex
         return " ".join(shlex.quote(arg) for arg in argv)
+
+    def pid_space(self) -> str | None:
+        if not sys.platform.startswith("linux"):
+            return ""  # macOS, the BSDs: one numbering per machine
+        try:  # Linux: each pid namespace (a container, a Flatpak sandbox) its own
+            return os.readlink("/proc/self/ns/pid")
+        except OSError:
+            return None
+
+    def pid_gone(self, pid: int) -> bool:
+        if pid <= 0:
+            return False  # 0 and -1 would name process groups
+        try:
+            os.kill(pid, 0)  # no signal: only whether it exists
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # EPERM: another user's process, but it runs
+        return False
 
 
 class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/windows)
@@ -502,10 +531,26 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
         for handle in handles:
             kernel32.CloseHandle(handle)
 
+    def pid_gone(self, pid: int) -> bool:
+        import ctypes
+        kernel32 = _kernel32()
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:  # ERROR_INVALID_PARAMETER: no such pid; access denied: it runs
+            return ctypes.get_last_error() == 87  # type: ignore[attr-defined]
+        try:
+            code = ctypes.c_ulong()
+            if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                return False
+            return code.value != 259  # STILL_ACTIVE; the object outlives the process
+        finally:
+            kernel32.CloseHandle(handle)
+
 
 def _kernel32() -> Any:  # pragma: no cover - Windows: run by the rig (.ci/windows)
     """kernel32 through ctypes (imported only here: most apps never need it),
     with the prototypes of the calls tcbon makes, and use_last_error."""
+    if _kernel32s:
+        return _kernel32s[0]
     import ctypes
     from ctypes import wintypes
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
@@ -513,7 +558,15 @@ def _kernel32() -> Any:  # pragma: no cover - Windows: run by the rig (.ci/windo
     kernel32.CreateMutexW.restype = wintypes.HANDLE
     kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
     kernel32.CloseHandle.restype = wintypes.BOOL
+    kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    _kernel32s.append(kernel32)
     return kernel32
+
+
+_kernel32s: list[Any] = []
 
 
 def _ctypes_error() -> OSError:  # pragma: no cover - Windows: run by the rig (.ci/windows)
@@ -850,6 +903,29 @@ def _read_state(path: str) -> dict | None:
           and isinstance(state.get("token"), str)
           and isinstance(state.get("tcbon"), int))
     return state if ok else None
+
+
+def _live_state(path: str) -> dict | None:
+    """The published state (see _read_state), unless its process is known
+    to have ended: a killed primary's file stays until the next primary,
+    which holds the lock already, withdraws it (under Wine, a scanner or a
+    loaded machine, that takes a while), and a reader in between would take
+    the dead one for it: a ghost in the list, an address refused."""
+    state = _read_state(path)
+    if (state is None or state["pid"] == os.getpid() or state.get("pids") is None
+            or state.get("pids") != _pid_space() or state.get("machine") != _machine()):
+        return state  # the same pid space: a pid that runs is a pid we can see
+    return None if _platform.pid_gone(state["pid"]) else state
+
+
+def _pid_space() -> str | None:
+    """_platform.pid_space(), once."""
+    if not _pid_spaces:
+        _pid_spaces.append(_platform.pid_space())
+    return _pid_spaces[0]
+
+
+_pid_spaces: list[str | None] = []
 
 
 def _read_bytes(path: str) -> bytes | None:
@@ -2214,7 +2290,7 @@ class _Client:
             raise ProcessDoesNotExist("no %r process is running (looked in %s); start one "
                                       "first" % (self.name, self.app_dir),
                                       self.name, self.app_dir)
-        state = _read_state(self.pid_file)
+        state = _live_state(self.pid_file)
         return None if state is None or state["token"] == past else state
 
     def no_address(self, limit: float | None, past: str | None = None) -> Timeout:
@@ -2409,7 +2485,7 @@ class _Client:
 def _public(state: dict) -> dict:
     """An instance as the registry shows it: its published state without
     the token (a listing is printed, logged, passed around)."""
-    entry = {key: value for key, value in state.items() if key != "token"}
+    entry = {key: value for key, value in state.items() if key not in ("token", "pids")}
     entry.setdefault("meta", {})
     entry.setdefault("active", entry.get("started"))
     return entry
@@ -2428,6 +2504,9 @@ def _matches(entry: dict, where: dict) -> bool:
                                     and value is not None and json.dumps(value) == wanted):
             return False
     return True
+
+
+_PROBE_RETRIES = 8  # a slot only probes hold: tried again, after 0 to 7 ms (28 ms in all)
 
 
 class _Registry:
@@ -2474,7 +2553,7 @@ class _Registry:
             if not _primary_holds(client.lock_file):
                 continue
             held += 1
-            state = _read_state(client.pid_file)
+            state = _live_state(client.pid_file)
             if state is not None and state.get("id") == slot:
                 published.append(state)
         return published, held
@@ -2482,7 +2561,10 @@ class _Registry:
     def take(self, wait: _Wait) -> tuple[int, int]:
         """Take the first free slot: its number and the locked descriptor.
         Each slot is one OS lock, taken atomically: launches that race get
-        distinct slots. A slot that only probes hold is looked at again.
+        distinct slots. A slot that only probes hold (a listing, for a few
+        microseconds) is tried again at once, so that a freed slot goes to
+        the next launch rather than one further on; then again after the
+        others.
 
         Raises:
             ProcessExists: every slot is held (limit instances run).
@@ -2493,11 +2575,14 @@ class _Registry:
                 lock_file = self.client(slot).lock_file
                 fd = _open_lock(lock_file)
                 try:
-                    if _locked(fd, lock_file):
-                        return slot, fd
-                    if _locked(fd, lock_file, shared=True):  # only probes hold it
-                        _unlock(fd, shared=True)
+                    for attempt in range(_PROBE_RETRIES):
+                        if _locked(fd, lock_file):
+                            return slot, fd
+                        if not _locked(fd, lock_file, shared=True):
+                            break  # an instance holds it
+                        _unlock(fd, shared=True)  # only probes hold it
                         probed = True
+                        time.sleep(0.001 * attempt)
                 except BaseException:
                     os.close(fd)
                     raise
@@ -3853,7 +3938,7 @@ class _Primary:
                       "token": server.token, "started": started,
                       "host": socket.gethostname(), "machine": _machine(),
                       "active": started, "meta": dict(process._meta),
-                      "app_version": process.version}
+                      "app_version": process.version, "pids": _pid_space()}
         if self.slot is not None:
             self.state["id"] = self.slot
         _write_state(self.pid_file, self.state)
@@ -4408,7 +4493,7 @@ class Process:
             try:
                 return self._take_over(wait, signals, waiter)
             except ProcessExists as exc:
-                state = _read_state(self.pid_file)
+                state = _live_state(self.pid_file)
                 if state is None or (state["pid"], state["address"]) != (exc.pid, exc.address):
                     raise
                 if seen != (exc.pid, exc.address):  # another launch replaced it first: it stays
@@ -4497,7 +4582,7 @@ class Process:
         if _locked(fd, self.lock_file, shared=True):  # only probes hold it
             _unlock(fd, shared=True)
             return None
-        state = _read_state(self.pid_file)
+        state = _live_state(self.pid_file)
         if state is None:
             return None
         here = any(p.state.get("token") == state["token"] for p in list(_primaries or ()))
@@ -4939,7 +5024,7 @@ class Process:
         """A primary (or, with instances, one instance) has published its address."""
         if self._registry is not None:
             return bool(self._registry.scan()[0])
-        return self._client.running() and _read_state(self._client.pid_file) is not None
+        return self._client.running() and _live_state(self._client.pid_file) is not None
 
     # Several instances ---------------------------------------------------------
     def describe(self, **fields: Any) -> None:
@@ -4987,7 +5072,7 @@ class Process:
             return _listing(self._registry)
         if not self._client.running():
             return []
-        state = _read_state(self._client.pid_file)
+        state = _live_state(self._client.pid_file)
         return [] if state is None else [_public(state)]
 
     def register(self, schemes: Iterable[str] = (), types: Iterable[str] = (),
