@@ -3621,6 +3621,19 @@ def test_kill_9_then_the_next_launch_takes_over_at_once(name, app_dir, tmp_path)
     assert not client.running
     with pytest.raises(tcbon.ProcessDoesNotExist):
         client.send("event", {"name": "ping"})
+    # The next primary holds the lock before it withdraws that file: held
+    # here as it holds it in between, the dead one is neither shown nor asked.
+    lock = tcbon._open_lock(client.lock_file)
+    try:
+        assert tcbon._lock(lock)
+        assert client.running and client.instances() == []
+        with pytest.raises(tcbon.Timeout, match="published no address"):
+            client.send("event", {"name": "ping"}, timeout=0.5)
+        code, out, err = cli(tmp_path, name, "--app-dir", app_dir, "--json", "--timeout", "0.5")
+        assert code == 4 and "starting up" in err and str(child.pid) not in out + err, err
+    finally:
+        tcbon._unlock(lock)
+        os.close(lock)
     proc = tcbon.Process(name, app_dir=app_dir, timeout=0)  # at once: nothing to wait for
     with proc:
         assert proc.address != dead_address or proc.pid == os.getpid()
