@@ -2248,104 +2248,18 @@ def _decode(content_type: str, data: bytes) -> Any:
 
 
 class _Client:
-    """Talks to whoever is the primary of name in app_dir now, wherever it
-    runs. Every call keeps to one _Wait, through every phase: waiting for a
-    primary in its start-up, connecting, the handler, a stop.
+    """The transport alone: one HTTP exchange with the primary that
+    published a state, within one deadline, and what its failures mean. It
+    knows no files; which primary to ask is _Finder's question."""
 
-    Attributes:
-        found (dict): the primary's published state, as last located.
-    """
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-    def __init__(self, name: str, app_dir: str, scope_suffix: str = "") -> None:
-        self.name, self.app_dir = name, app_dir
-        stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope_suffix))  # per machine
-        self.lock_file, self.pid_file = stem + ".lock", stem + ".pid"
-        self.found: dict | None = None
-        self._dir_checked = False
-
-    def running(self) -> bool:
-        return _primary_holds(self.lock_file)
-
-    def locate(self, wait: _Wait, past: str | None = None) -> dict:
-        """The primary's published state, waiting through its start-up, and
-        past the primary whose token is past (it said it is stopping).
-
-        Raises:
-            ProcessDoesNotExist: no primary holds the lock.
-            Timeout: one holds it but published no (other) address in time.
-        """
-        _opener()  # every module a call imports, before it uses any (see there)
-        if not self._dir_checked:  # once: only its owner could loosen it later
-            try:
-                _ensure_private_dir(self.app_dir, create=False)
-                self._dir_checked = True
-            except FileNotFoundError:
-                pass  # then there is no lock file either
-        self.found = wait.until(lambda: self._published(past),
-                                lambda: self.no_address(wait.limit, past))
-        return self.found
-
-    def _published(self, past: str | None = None) -> dict | None:
-        if not _primary_holds(self.lock_file):
-            raise ProcessDoesNotExist("no %r process is running (looked in %s); start one "
-                                      "first" % (self.name, self.app_dir),
-                                      self.name, self.app_dir)
-        state = _live_state(self.pid_file)
-        return None if state is None or state["token"] == past else state
-
-    def no_address(self, limit: float | None, past: str | None = None) -> Timeout:
-        phase = ("the primary it reached is stopping, and no next primary answered"
-                 if past else "it holds its lock (%s) but published no address" % self.lock_file)
-        return Timeout("%r did not become reachable within %.1f s: %s; it is starting up or "
-                       "shutting down slowly, or is hung; retry with a longer timeout, or "
-                       "end that process" % (self.name, limit or 0.0, phase),
-                       self.name, limit or 0.0)
-
-    def call(self, method: str, route: str, payload: Any, wait: _Wait,
-             follow: bool = True) -> Any:
-        """One request to whoever is primary now, within wait. Tried again
-        only where nothing was handled: a refused connection, a primary
-        that answered "stopping", or one cut off after it withdrew its
-        address (a stop closes its listener; what was queued there was
-        never read). A cut from a primary that did not withdraw (it
-        crashed) is an Error: the request may have been handled. Without
-        follow, a primary that stops (or is gone) is waited for, and no
-        next one is asked: the call returns None.
-
-        Raises:
-            ProcessDoesNotExist, Timeout, Unreachable, RequestError (a
-            4xx/5xx answer), Error.
-        """
-        _opener()  # every module a call imports, before it uses any (see there)
-        body = None if payload is None else self.body(payload)
-        path = "/" + route.lstrip("/")
-        follow = follow and (method, path) != ("POST", "/stop")  # a stop is for that one
-        past: str | None = None  # the token of a primary that is stopping
-        refused: _Wait | None = None  # even an unbounded call stops reconnecting
-        while True:
-            state = self.locate(wait, past)
-            result = self._exchange(state, method, path, body, wait)
-            if result == "refused":
-                refused = refused or (wait if wait.limit is not None else _Wait(DEFAULT_TIMEOUT))
-                if refused.over():
-                    raise self.unreachable(state)
-                refused.pause()
-            elif isinstance(result, str):  # stopping or withdrawn: on to the next primary
-                past = state["token"]
-                if not follow:  # or only until this one is gone
-                    try:
-                        self.locate(wait, past)
-                    except ProcessDoesNotExist:
-                        pass
-                    return None
-            else:
-                return self.answer(result[0], result[1], "%s %s" % (method, path))
-
-    def _exchange(self, state: dict, method: str, path: str, body: bytes | None,
-                  wait: _Wait) -> tuple[int, Any] | str:
+    def exchange(self, state: dict, method: str, path: str, body: bytes | None, wait: _Wait,
+                 ended: Callable[[dict, _Wait], bool]) -> tuple[int, Any] | str:
         """One exchange with the primary that published state: its status
-        and decoded reply, or "refused", "stopping" or "withdrawn" when
-        nothing was handled.
+        and decoded reply, or "refused", "stopping" or "gone" when nothing
+        was handled (or that primary has ended: ended(state, wait) said so).
 
         Raises:
             Timeout, Error: see transport_error.
@@ -2355,7 +2269,7 @@ class _Client:
             status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
                                         body, state["token"], wait.remaining())
         except (OSError, http.client.HTTPException) as exc:
-            kind = self.transport_error(exc, state, "%s %s" % (method, path), wait.limit)
+            kind = self.transport_error(exc, state, "%s %s" % (method, path), wait, ended)
             if isinstance(kind, str):
                 return kind
             raise kind from None
@@ -2385,36 +2299,38 @@ class _Client:
                                status, reply)
         return reply
 
-    def transport_error(self, exc: Exception, state: dict, what: str,
-                        limit: float | None) -> Error | str:
+    def transport_error(self, exc: Exception, state: dict, what: str, wait: _Wait,
+                        ended: Callable[[dict, _Wait], bool]) -> Error | str:
         """What a failed exchange means: Timeout (no answer in time), Error
-        (cut off by a primary that did not withdraw its address, or not
-        HTTP), "refused" or "withdrawn": nothing was handled, try again."""
+        (cut off by a primary that still runs, or not HTTP), "refused" or
+        "gone": nothing was handled (a stop's closed listener), or the
+        primary ended (its lock is free: killed during the call, issue 30),
+        so its caller goes on to the next primary."""
         import http.client
         import socket
         reason = getattr(exc, "reason", exc)  # urllib wraps some in URLError
         where = "%r (pid %s at %s)" % (self.name, state.get("pid"), state["address"])
+        limit = wait.limit or 0.0
         if (isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout)) and (
                 what == "POST /stop"):
             return Timeout("asked %s to stop, but it still runs after %.1f s: it may be stuck "
                            "in on_stop or a handler; end pid %s if it never stops"
-                           % (where, limit or 0.0, state.get("pid")), self.name, limit or 0.0)
+                           % (where, limit, state.get("pid")), self.name, limit)
         if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
             return Timeout("%s did not answer %s within %.1f s: it is busy or hung; retry "
                            "with a longer timeout, or stop it (python -m tcbon %s stop)"
-                           % (where, what, limit or 0.0, self.name), self.name, limit or 0.0)
+                           % (where, what, limit, self.name), self.name, limit)
         if isinstance(reason, ConnectionRefusedError):
             return "refused"
         if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
             return Error("%s sent a reply that is not HTTP (%s): is another program using "
                          "its port?" % (where, exc))
-        now = _read_state(self.pid_file)
-        if now is None or now["token"] != state["token"]:
-            return "withdrawn"  # a stop's closed listener: never read, never handled
-        return Error("lost the connection to %s during %s (%s): it may have exited; the "
-                     "request may or may not have been handled" % (where, what, reason))
+        if ended(state, wait):
+            return "gone"
+        return Error("lost the connection to %s during %s (%s): it still runs; the request "
+                     "may or may not have been handled" % (where, what, reason))
 
-    def unreachable(self, state: dict) -> Unreachable:
+    def unreachable(self, state: dict, app_dir: str) -> Unreachable:
         import socket
         pid, address, host = state.get("pid"), state.get("address"), state.get("host")
         where = "" if host in (None, socket.gethostname()) else " on host %s" % host
@@ -2423,63 +2339,7 @@ class _Client:
             "in another network namespace (a container, a sandbox without network access), "
             "on another machine that shares %s and this machine's id (a cloned system), or "
             "its server has died; stop or end it where it runs" % (
-                self.name, pid, where, address, self.app_dir), self.name, pid, str(address), host)
-
-    def stop(self, wait: _Wait) -> None:
-        """Stop whoever is primary now; return once it has stopped (its
-        lock released: a primary answers /stop only then), even if another
-        launch is the next primary by then.
-
-        Raises:
-            ProcessDoesNotExist: none runs.
-            Timeout: it did not stop within wait.
-        """
-        self.call("POST", "stop", {}, wait)
-
-    def side_file(self, kind: str) -> str:
-        """A lock file beside the primary's: NAME@MACHINE.KIND.lock."""
-        return self.lock_file[:-len(".lock")] + ".%s.lock" % kind
-
-    def take_side_lock(self, kind: str, wait: _Wait, doing: str) -> int:
-        """Take the side lock of kind (the successor's, the starter's),
-        waiting within wait while another launch holds it; return its
-        descriptor (release_side_lock() lets go of it).
-
-        Raises:
-            Timeout: another launch was still doing what doing says.
-        """
-        path = self.side_file(kind)
-        fd = _open_lock(path)
-        try:
-            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
-                "%r: another launch has been %s for %.1f s; try again with a longer timeout"
-                % (self.name, doing, wait.limit or 0.0), self.name, wait.limit or 0.0))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    @staticmethod
-    def release_side_lock(fd: int) -> None:
-        try:
-            _unlock(fd)
-        finally:
-            os.close(fd)
-
-    def stop_one(self, state: dict, wait: _Wait, handover: bool = False) -> Any:
-        """Ask the primary that published state, and no other, to stop;
-        return once it has, or is stopping already: with handover, what
-        its on_handover() returned (None if it was stopping already).
-
-        Raises:
-            Timeout, RequestError, Error.
-        """
-        body = b'{"handover": true}' if handover else b"{}"
-        result = self._exchange(state, "POST", "/stop", body, wait)
-        if isinstance(result, str):
-            return None
-        reply = self.answer(result[0], result[1], "POST /stop")
-        return reply.get("handover") if isinstance(reply, dict) else None
+                self.name, pid, where, address, app_dir), self.name, pid, str(address), host)
 
 
 def _public(state: dict) -> dict:
@@ -2506,73 +2366,398 @@ def _matches(entry: dict, where: dict) -> bool:
     return True
 
 
+def _instance_id(to: Any) -> int | None:
+    """An instance id given as to=: an int, or its digits as a string."""
+    if isinstance(to, int) and not isinstance(to, bool):
+        return to
+    if isinstance(to, str) and to.isdigit():
+        return int(to)
+    return None
+
+
+def _choose(entries: list[dict], to: Any, where: dict | None) -> dict | None:
+    """The entry a rule chooses among entries, or None: those matching
+    where; of them, the one whose id is to, the one a callable to returns
+    (an entry or an id), else the most recently active."""
+    if where:
+        entries = [e for e in entries if _matches(e, where)]
+    if callable(to):
+        chosen = to(list(entries))
+        if isinstance(chosen, dict):
+            chosen = chosen.get("id")
+        if chosen is None:
+            return None
+        return next((e for e in entries if e.get("id") == _instance_id(chosen)), None)
+    if to is not None:
+        return next((e for e in entries if e.get("id") == _instance_id(to)), None)
+    return max(entries, key=lambda e: (e.get("active") or 0, e.get("id") or 0), default=None)
+
+
+def _each(states: list[dict], wait: _Wait, call: Callable[[dict, _Wait], Any]) -> dict:
+    """call(state, wait) for each instance at once, within one deadline;
+    {id: its result, or the tcbon.Error it raised}."""
+    import threading
+    results: dict = {}
+
+    def one(state: dict) -> None:
+        try:
+            results[state.get("id")] = call(state, _Wait(wait.remaining()))
+        except Error as exc:
+            results[state.get("id")] = exc
+    threads = [threading.Thread(target=one, args=(state,), daemon=True) for state in states]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {key: results[key] for key in sorted(results, key=lambda key: key or 0)}
+
+
 _PROBE_RETRIES = 8  # a slot only probes hold: tried again, after 0 to 7 ms (28 ms in all)
+_primaries: Any = None  # a WeakSet of the _Primary parts of this process (see _Finder.local)
 
 
-class _Registry:
-    """The running instances of a name that allows several (Process(...,
-    instances=N)): each holds a lock of its own, a slot, NAME@MACHINE.SLOT.lock
-    (with the scope's part before .SLOT), and publishes its state beside it
-    in NAME@MACHINE.SLOT.pid. The lock is the entry: one whose lock is not
-    held is no instance, whatever its files say, so a killed instance is
-    gone at once (Jupyter's runtime files show ghosts: jupyter/notebook#5788).
+class _Finder:
+    """Which primary of a name, and how to reach it: the one object every
+    call asks, for one instance and for several alike.
+
+    Layout: every primary holds a lock of its own, a slot, and publishes
+    its state beside it. One instance (the default) is a single slot, the
+    name's own files, NAME@MACHINE.lock and NAME@MACHINE.pid (the scope's
+    part before the dot); several (Process(instances=N)) are numbered
+    slots, NAME@MACHINE.SLOT.lock and .pid. The lock is the entry: one
+    whose lock is not held is no primary, whatever its files say, so a
+    killed one is gone at once (Jupyter's runtime files show ghosts:
+    jupyter/notebook#5788). Every reader looks at every slot, so a probe,
+    ``wait`` or ``wait --exit`` sees an app whatever it allows (issue 26).
+
+    Here, once for every path: the app dir's ownership and modes (issue
+    27: a planted dir of another user is refused by every call), liveness,
+    choosing (to, where, most recent, all), waiting through a start-up, a
+    stop and a replace (the successor lock: issue 30), taking a slot, and
+    the in-process short cut (a primary whose handlers run on the calling
+    thread is called directly: over HTTP it would wait for itself).
 
     Attributes:
-        limit (int): the most slots an instance may take.
+        limit (int): slots a launch may take: 0 for the name's own only.
+        client (_Client): the transport.
     """
 
     def __init__(self, name: str, app_dir: str, scope_suffix: str, limit: int) -> None:
-        self.name, self.app_dir, self.scope_suffix, self.limit = name, app_dir, scope_suffix, limit
-        self._prefix = "%s@%s%s." % (name, _machine(), scope_suffix)
+        self.name, self.app_dir, self.limit = name, app_dir, limit
+        self.stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope_suffix))
+        self.client = _Client(name)
+        self._trusted = False
 
-    def client(self, slot: int) -> _Client:
-        """A client of the instance in slot, whoever holds it now."""
-        return _Client(self.name, self.app_dir, "%s.%d" % (self.scope_suffix, slot))
+    # Files ----------------------------------------------------------------------
+    def files(self, slot: int | None = None) -> tuple[str, str]:
+        """The lock and state files of a slot (None: the name's own)."""
+        stem = self.stem if slot is None else "%s.%d" % (self.stem, slot)
+        return stem + ".lock", stem + ".pid"
 
-    def slots(self) -> list[int]:
-        """The slots that have a lock file (held or not), in order."""
+    def side_file(self, kind: str) -> str:
+        """A lock file beside the primary's: NAME@MACHINE.KIND.lock."""
+        return "%s.%s.lock" % (self.stem, kind)
+
+    def trusted(self) -> bool:
+        """True if app_dir exists and only we can change it; False if it is
+        missing (then there is no lock either). Once per finder: only its
+        owner could loosen it later.
+
+        Raises:
+            StateError: it is not ours, or others may write there.
+        """
+        if not self._trusted:
+            try:
+                _ensure_private_dir(self.app_dir, create=False)
+            except FileNotFoundError:
+                return False
+            self._trusted = True
+        return True
+
+    def slots(self) -> list[int | None]:
+        """The slots that have a lock file (held or not): the name's own
+        (None) first, then the numbered ones in order."""
         try:
             names = os.listdir(self.app_dir)
         except OSError:
             return []
-        found = []
+        base = os.path.basename(self.stem)
+        prefix, found = base + ".", []
         for each in names:
-            middle = each[len(self._prefix):-len(".lock")]
-            if (each.startswith(self._prefix) and each.endswith(".lock") and middle.isdigit()
+            middle = each[len(prefix):-len(".lock")]
+            if (each.startswith(prefix) and each.endswith(".lock") and middle.isdigit()
                     and middle[0] != "0" and len(middle) < 6):
                 found.append(int(middle))
-        return sorted(found)
+        own: list[int | None] = [None] if base + ".lock" in names else []
+        return own + sorted(found)
 
+    # Who runs -------------------------------------------------------------------
     def scan(self) -> tuple[list[dict], int]:
-        """The published state of every instance whose lock is held (with
+        """The published state of every primary whose lock is held (with
         its token), by slot; and how many locks are held in all (the rest
         are starting up, or stopping)."""
         published, held = [], 0
+        if not self.trusted():
+            return [], 0
         for slot in self.slots():
-            client = self.client(slot)
-            if not _primary_holds(client.lock_file):
+            lock_file, pid_file = self.files(slot)
+            if not _primary_holds(lock_file):
                 continue
             held += 1
-            state = _live_state(client.pid_file)
+            state = _live_state(pid_file)
             if state is not None and state.get("id") == slot:
                 published.append(state)
         return published, held
 
-    def take(self, wait: _Wait) -> tuple[int, int]:
-        """Take the first free slot: its number and the locked descriptor.
-        Each slot is one OS lock, taken atomically: launches that race get
-        distinct slots. A slot that only probes hold (a listing, for a few
-        microseconds) is tried again at once, so that a freed slot goes to
-        the next launch rather than one further on; then again after the
-        others.
+    def running(self) -> bool:
+        """True while any primary of the name holds its lock."""
+        return self.trusted() and (_primary_holds(self.files()[0]) or self.scan()[1] > 0)
+
+    def answering(self) -> bool:
+        """True once a primary has published its address (not withdrawn)."""
+        return bool(self.scan()[0])
+
+    def listing(self) -> list[dict]:
+        """The primaries whose lock is held and whose state is published, by id."""
+        return sorted((_public(state) for state in self.scan()[0]),
+                      key=lambda entry: entry.get("id") or 0)
+
+    def pick(self, to: Any = None, where: dict | None = None,
+             passed: Iterable[str] = ()) -> dict | None:
+        """The state of the primary a rule chooses (see Process.send),
+        passing over those whose tokens are in passed (they said they are
+        stopping); None while none is chosen but one may be soon: a
+        primary starting up or stopping, or a launch replacing one (it
+        holds the successor lock from the old primary's stop to its own
+        start: issue 30). Look again then.
 
         Raises:
-            ProcessExists: every slot is held (limit instances run).
+            ProcessDoesNotExist: none runs, or none that the rule accepts.
+            StateError: app_dir is not safe.
         """
+        if not self.trusted():
+            raise self.none_runs(to, where)
+        if not self.limit and to is None and not where:  # the name's own first: no listing
+            lock_file, pid_file = self.files()
+            if _primary_holds(lock_file):
+                state = _live_state(pid_file)
+                ok = state is not None and state.get("id") is None
+                return state if ok and state["token"] not in passed else None  # type: ignore
+        published, held = self.scan()
+        published = [s for s in published if s["token"] not in passed]
+        chosen = _choose([_public(s) for s in published], to, where)
+        if chosen is not None:
+            return next(s for s in published if s.get("id") == chosen.get("id"))
+        if held > len(published) or _primary_holds(self.side_file("successor")):
+            return None
+        raise self.none_runs(to, where)
+
+    def locate(self, wait: _Wait, to: Any = None, where: dict | None = None,
+               passed: Iterable[str] = ()) -> dict:
+        """pick(), waiting within wait while it says "look again".
+
+        Raises:
+            ProcessDoesNotExist: as pick.
+            Timeout: one holds its lock but published no (other) address in time.
+        """
+        _opener()  # every module a call imports, before it uses any (see there)
+        return wait.until(lambda: self.pick(to, where, passed),
+                          lambda: self.no_address(wait.limit, bool(passed)))
+
+    def none_runs(self, to: Any = None, where: dict | None = None) -> ProcessDoesNotExist:
+        if to is None and not where:
+            what = "no %r process is running" % self.name
+        elif _instance_id(to) is not None and not where:
+            what = "instance %s of %r is not running" % (to, self.name)
+        else:
+            what = "no instance of %r that %s accepts is running" % (
+                self.name, "where=%r" % (where,) if where else "the chooser")
+        return ProcessDoesNotExist("%s (looked in %s); start one first" % (what, self.app_dir),
+                                   self.name, self.app_dir)
+
+    def no_address(self, limit: float | None, past: bool = False) -> Timeout:
+        phase = ("the primary it reached is stopping, and no next primary answered"
+                 if past else "it holds its lock (%s) but published no address"
+                 % self.files()[0])
+        return Timeout("%r did not become reachable within %.1f s: %s; it is starting up or "
+                       "shutting down slowly, or is hung; retry with a longer timeout, or "
+                       "end that process" % (self.name, limit or 0.0, phase),
+                       self.name, limit or 0.0)
+
+    def ended(self, state: dict, wait: _Wait) -> bool:
+        """True if the primary that published state has withdrawn it or
+        ended (its slot's lock free, its pid gone), looking for a moment:
+        a killed process's sockets may close just before its lock goes."""
+        lock_file, pid_file = self.files(state.get("id"))
+        left = wait.remaining()
+        look = _Wait(0.25 if left is None else min(0.25, left))
+        while True:
+            now = _live_state(pid_file)
+            if now is None or now["token"] != state["token"] or not _primary_holds(lock_file):
+                return True
+            if look.over():
+                return False
+            look.pause()
+
+    # Reaching it ----------------------------------------------------------------
+    def local(self, state: dict) -> _Primary | None:
+        """The primary of this process that published state, if its
+        handlers run on the calling thread (a MainThreadExecutor's: a DCC
+        tool relaunched from a shelf button on the host's UI thread)."""
+        for primary in list(_primaries or ()):
+            if primary.state.get("token") == state["token"] and primary.serves_this_thread():
+                return primary
+        return None
+
+    def call(self, method: str, route: str, payload: Any, wait: _Wait, to: Any = None,
+             where: dict | None = None, found: Callable[[dict], Any] | None = None) -> Any:
+        """One request to the primary the rule chooses now, within wait
+        (found(state) first). Tried again only where nothing was handled: a
+        refused connection, a primary that answered "stopping" or that
+        ended during the call: the next primary gets it.
+
+        Raises:
+            ProcessDoesNotExist, Timeout, Unreachable, RequestError (a
+            4xx/5xx answer), Error.
+        """
+        body = None if payload is None else self.client.body(payload)
+        path = "/" + route.lstrip("/")
+        passed: set[str] = set()  # the tokens of primaries that said they are stopping
+        refused: _Wait | None = None  # even an unbounded call stops reconnecting
+        while True:
+            state = self.locate(wait, to, where, passed)
+            if found is not None:
+                found(state)
+            local = self.local(state)
+            if local is not None:
+                return local.call_directly(method, path, body, wait.remaining())
+            result = self.client.exchange(state, method, path, body, wait, self.ended)
+            if result == "refused":
+                refused = refused or (wait if wait.limit is not None else _Wait(DEFAULT_TIMEOUT))
+                if refused.over():
+                    raise self.client.unreachable(state, self.app_dir)
+                refused.pause()
+            elif isinstance(result, str):  # stopping, or gone: on to the next primary
+                passed.add(state["token"])
+            else:
+                return self.client.answer(result[0], result[1], "%s %s" % (method, path))
+
+    def call_all(self, method: str, route: str, payload: Any, wait: _Wait,
+                 where: dict | None) -> dict:
+        """The request to every primary where accepts, at once: {id: reply or Error}."""
+        return _each(self.chosen_all(where), wait, lambda state, each: self.call(
+            method, route, payload, each, to=state.get("id")))
+
+    def chosen_all(self, where: dict | None) -> list[dict]:
+        chosen = [s for s in self.scan()[0] if not where or _matches(_public(s), where)]
+        if not chosen:
+            raise self.none_runs(None, where)
+        return chosen
+
+    def stop(self, state: dict, wait: _Wait, handover: bool = False) -> Any:
+        """Ask the primary that published state, and no other, to stop;
+        return once it has (its lock released: a primary answers /stop
+        only then), or once it is gone (stopping already, or killed
+        meanwhile); with handover, what its on_handover() returned.
+
+        Raises:
+            Timeout, RequestError, Error.
+        """
+        body = b'{"handover": true}' if handover else b"{}"
+        result = self.client.exchange(state, "POST", "/stop", body, wait, self.ended)
+        if not isinstance(result, str):
+            reply = self.client.answer(result[0], result[1], "POST /stop")
+            return reply.get("handover") if isinstance(reply, dict) else None
+        lock_file, pid_file = self.files(state.get("id"))
+
+        def gone() -> bool | None:  # its lock free, or its slot another's
+            now = _live_state(pid_file)
+            taken = now is not None and now["token"] != state["token"]
+            return True if taken or not _primary_holds(lock_file) else None
+        wait.until(gone, lambda: Timeout(
+            "asked %r (pid %s) to stop, but it still runs after %.1f s; end pid %s if it "
+            "never stops" % (self.name, state.get("pid"), wait.limit or 0.0, state.get("pid")),
+            self.name, wait.limit or 0.0))
+        return None
+
+    def stop_chosen(self, wait: _Wait, to: Any = None, where: dict | None = None) -> None:
+        """Stop the primary (or, to='all', every one) the rule chooses;
+        return once they have. One of this process stops here if its
+        handlers run on this thread (over HTTP it would wait for itself),
+        or after the reply if this is one of its handlers; the others are
+        asked at once."""
+        states = self.chosen_all(where) if to == "all" else [self.locate(wait, to, where)]
+        here = {p.state.get("token"): p for p in list(_primaries or ())
+                if _in_a_handler() or p.serves_this_thread()}
+        others = [s for s in states if s["token"] not in here]
+        if len(states) == 1 and others:
+            self.stop(others[0], wait)
+            return
+        failed = [result for result in _each(others, wait, self.stop).values()
+                  if isinstance(result, Error) and not isinstance(result, ProcessDoesNotExist)]
+        for state in states:
+            primary = here.get(state["token"])
+            if primary is not None:
+                primary.stop_soon() if _in_a_handler() else primary.stop()
+        if failed:
+            raise failed[0]
+
+    # Becoming one -----------------------------------------------------------------
+    def take(self, wait: _Wait, replacing: bool = False) -> tuple[int | None, int]:
+        """Take a slot: the name's own, or with limit the first free one;
+        its number (None: the name's own) and the locked descriptor.
+
+        Raises:
+            ProcessExists: the primary runs (or every slot is held).
+            Timeout: the holder published no address in time.
+        """
+        if self.limit:
+            return self._take_numbered(wait)
+        lock_file = self.files()[0]
+        fd = _open_lock(lock_file)
+        try:
+            wait.until(lambda: self._try_lock(fd, replacing),
+                       lambda: self.no_address(wait.limit))
+        except BaseException:
+            os.close(fd)
+            raise
+        return None, fd
+
+    def _try_lock(self, fd: int, replacing: bool) -> bool | None:
+        """True once ours; None to look again (the holder is a probe, or a
+        primary starting up or stopping, or another launch is replacing
+        it). Raises ProcessExists for a primary that has published its
+        address."""
+        lock_file, pid_file = self.files()
+        if _locked(fd, lock_file):
+            if not replacing and _primary_holds(self.side_file("successor")):
+                _unlock(fd)  # another launch is replacing the primary: the lock is its
+                return None
+            return True
+        if _locked(fd, lock_file, shared=True):  # only probes hold it
+            _unlock(fd, shared=True)
+            return None
+        state = _live_state(pid_file)
+        if state is None:
+            return None
+        here = any(p.state.get("token") == state["token"] for p in list(_primaries or ()))
+        message = ("this process (pid %d) is already the primary of %r, through another "
+                   "Process object; stop() that one first, or use start(replace=True)"
+                   % (state["pid"], self.name) if here else
+                   "%r is already running (pid %d at %s)" % (self.name, state["pid"],
+                                                             state["address"]))
+        raise ProcessExists(message, self.name, state["pid"], state["address"])
+
+    def _take_numbered(self, wait: _Wait) -> tuple[int, int]:
+        """The first free numbered slot. Each is one OS lock, taken
+        atomically: launches that race get distinct slots. A slot that only
+        probes hold (a listing, for a few microseconds) is tried again at
+        once, so that a freed slot goes to the next launch rather than one
+        further on; then again after the others."""
         while True:
             probed = False
             for slot in range(1, self.limit + 1):
-                lock_file = self.client(slot).lock_file
+                lock_file = self.files(slot)[0]
                 fd = _open_lock(lock_file)
                 try:
                     for attempt in range(_PROBE_RETRIES):
@@ -2598,73 +2783,31 @@ class _Registry:
                              "launch goes to one of them, or stop one first"
                              % (self.name, self.limit), self.name, pid, address)
 
-    def pick(self, to: Any, where: dict | None, passed: Iterable[str] = ()) -> dict | None:
-        """The instance a rule chooses (see Process.send): its state; None
-        while none is chosen yet but some instance is starting up or
-        stopping (look again).
+    def take_side_lock(self, kind: str, wait: _Wait, doing: str) -> int:
+        """Take the side lock of kind (the successor's, the starter's),
+        waiting within wait while another launch holds it; return its
+        descriptor (release_side_lock() lets go of it).
 
         Raises:
-            ProcessDoesNotExist: no instance runs, or none that the rule accepts.
+            Timeout: another launch was still doing what doing says.
         """
-        published, held = self.scan()
-        published = [s for s in published if s["token"] not in passed]
-        entries = [_public(s) for s in published]
-        chosen = _choose(entries, to, where)
-        if chosen is not None:
-            return next(s for s in published if s["id"] == chosen["id"])
-        if held > len(entries):
-            return None
-        rule = "" if to is None and not where else " that %s accepts" % (
-            "where=%r" % (where,) if where else "the chooser")
-        raise ProcessDoesNotExist("no instance of %r%s is running (looked in %s)" % (
-            self.name, rule, self.app_dir), self.name, self.app_dir)
+        path = self.side_file(kind)
+        fd = _open_lock(path)
+        try:
+            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
+                "%r: another launch has been %s for %.1f s; try again with a longer timeout"
+                % (self.name, doing, wait.limit or 0.0), self.name, wait.limit or 0.0))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-
-def _instance_id(to: Any) -> int | None:
-    """An instance id given as to=: an int, or its digits as a string."""
-    if isinstance(to, int) and not isinstance(to, bool):
-        return to
-    if isinstance(to, str) and to.isdigit():
-        return int(to)
-    return None
-
-
-def _choose(entries: list[dict], to: Any, where: dict | None) -> dict | None:
-    """The entry a rule chooses among entries, or None: those matching
-    where; of them, the one whose id is to, the one a callable to returns
-    (an entry or an id), else the most recently active."""
-    if where:
-        entries = [e for e in entries if _matches(e, where)]
-    if callable(to):
-        chosen = to(list(entries))
-        if isinstance(chosen, dict):
-            chosen = chosen.get("id")
-        if chosen is None:
-            return None
-        return next((e for e in entries if e["id"] == _instance_id(chosen)), None)
-    if to is not None:
-        return next((e for e in entries if e["id"] == _instance_id(to)), None)
-    return max(entries, key=lambda e: (e.get("active") or 0, e["id"]), default=None)
-
-
-class _Routed(_Client):
-    """A client for a rule rather than a slot: every locate() chooses again
-    among the instances that run, passing over those that said they are
-    stopping (their launches go to another instance, never to nothing)."""
-
-    def __init__(self, registry: _Registry, to: Any, where: dict | None) -> None:
-        super().__init__(registry.name, registry.app_dir, registry.scope_suffix)
-        self.registry, self.to, self.where = registry, to, where
-        self.passed: set[str] = set()
-
-    def locate(self, wait: _Wait, past: str | None = None) -> dict:
-        if past is not None:
-            self.passed.add(past)
-        self.found = wait.until(lambda: self.registry.pick(self.to, self.where, self.passed),
-                                lambda: self.no_address(wait.limit, past))
-        chosen = self.registry.client(self.found["id"])  # for transport_error
-        self.lock_file, self.pid_file = chosen.lock_file, chosen.pid_file
-        return self.found
+    @staticmethod
+    def release_side_lock(fd: int) -> None:
+        try:
+            _unlock(fd)
+        finally:
+            os.close(fd)
 
 
 # Executors -------------------------------------------------------------------
@@ -3765,9 +3908,6 @@ class _Gate:
         return self.opened
 
 
-_primaries: Any = None  # a WeakSet of the _Primary parts of this process
-
-
 def _nothing() -> None:
     """A call that only wakes the thread that runs it."""
 
@@ -3786,24 +3926,6 @@ def _in_a_handler() -> bool:
     process: a route, or an event handler run by an executor."""
     return (getattr(_local, "request", None) is not None
             or getattr(_local, "handling", False))
-
-
-def _listing(registry: _Registry) -> list[dict]:
-    """The instances whose lock is held and whose state is published, by id."""
-    return sorted((_public(state) for state in registry.scan()[0]), key=lambda e: e["id"])
-
-
-def _local_instance(registry: _Registry) -> dict[str, _Primary]:
-    """This process' serving instances of registry's name whose handlers run
-    on the calling thread, by token (see Process._local_primary)."""
-    found = {}
-    for primary in list(_primaries or ()):
-        if (primary.slot is not None and primary.process._registry is not None
-                and primary.process._registry._prefix == registry._prefix
-                and primary.process.app_dir == registry.app_dir
-                and primary.serves_this_thread()):
-            found[primary.state.get("token")] = primary
-    return found
 
 
 class _Stopping(Exception):
@@ -3826,10 +3948,10 @@ class _Primary:
         slot (int): its instance id where several may run, else None.
     """
 
-    def __init__(self, process: Process, fd: int, files: _Client,
+    def __init__(self, process: Process, fd: int, files: tuple[str, str],
                  slot: int | None = None) -> None:
         self.process, self.fd, self.slot = process, fd, slot
-        self.lock_file, self.pid_file = files.lock_file, files.pid_file
+        self.lock_file, self.pid_file = files
         self.state: dict = {}
         self._publishing = _thread.allocate_lock()  # republish() against the withdrawal
         self.server: IntakeMixIn | None = None
@@ -4157,6 +4279,26 @@ class _Primary:
         own_thread = getattr(self.process.executor, "is_own_thread", None)
         return not self.asked.opened and own_thread is not None and bool(own_thread())
 
+    def call_directly(self, method: str, path: str, body: bytes | None,
+                      limit: float | None) -> Any:
+        """A request to this primary's wsgi app, run on the calling thread,
+        no socket: over HTTP, a caller on the thread that runs the handlers
+        (a MainThreadExecutor's) would wait for itself until its timeout."""
+        process = self.process
+        environ = _environ(method, path, "application/json" if body else "", body or b"",
+                           ("127.0.0.1", 0), "in-process")
+        environ["tcbon.timeout"] = limit  # how long _route_event may wait for a handler
+        started: list = []
+        data = b"".join(process.wsgi(environ, lambda status, headers, exc_info=None:
+                                     started.extend((status, headers))))
+        status = int(started[0].split(" ", 1)[0])
+        reply = _decode(dict(started[1]).get("Content-Type", ""), data)
+        if status == 504:
+            raise Timeout("%r did not handle %s %s within %.1f s: its thread is busy or hung"
+                          % (process.name, method, path, limit or 0.0), process.name,
+                          limit or 0.0)
+        return process._finder.client.answer(status, reply, "%s %s" % (method, path))
+
     def took_own_launch(self, result: Any) -> None:
         """What the handler said to the first launch (main()'s own argv):
         its stdout and stderr are written here, its exit_code kept for
@@ -4360,27 +4502,26 @@ class Process:
     @property
     def app_dir(self) -> str:
         """The directory of the lock and state files."""
-        return self._client.app_dir
+        return self._finder.app_dir
 
     @app_dir.setter
     def app_dir(self, value: str) -> None:
-        self._client = _Client(self.name, os.path.abspath(value), self._scope)
-        self._registry = None if not self.instances_allowed else _Registry(
-            self.name, self._client.app_dir, self._scope, self.instances_allowed)
+        self._finder = _Finder(self.name, os.path.abspath(value), self._scope,
+                               self.instances_allowed)
 
     @property
     def pid_file(self) -> str:
         """Full path of the state file holding the primary's pid and address
         (with instances: this instance's own, while it runs)."""
         primary = self._primary
-        return primary.pid_file if primary is not None else self._client.pid_file
+        return primary.pid_file if primary is not None else self._finder.files()[1]
 
     @property
     def lock_file(self) -> str:
         """Full path of the lock file (kept forever; never delete it by hand;
         with instances: this instance's own, while it runs)."""
         primary = self._primary
-        return primary.lock_file if primary is not None else self._client.lock_file
+        return primary.lock_file if primary is not None else self._finder.files()[0]
 
     @property
     def instance_id(self) -> int | None:
@@ -4421,9 +4562,7 @@ class Process:
     def running(self) -> bool:
         """True while a primary of this name runs, from any Process object
         (with instances: any instance)."""
-        if self._registry is not None:
-            return self.is_primary or self._registry.scan()[1] > 0
-        return self.is_primary or self._client.running()
+        return self.is_primary or self._finder.running()
 
     def drain_limit(self) -> float:
         """How long a stop waits for requests in progress, unless told."""
@@ -4471,40 +4610,46 @@ class Process:
             self.handed_over = None
         if not replace:
             return self._take_over(wait, signals, waiter)
-        if self._registry is not None:
-            own = self._own_instance()
-            if own is not None:
-                if not self._replaces(replace, own.state):
-                    raise self._kept(own.state, "this process already runs instance %s of "
-                                     "%r" % (own.slot, self.name))
-                self.handed_over = self._stop_for_successor(own.state, wait)
+        own = self._own_instance()
+        if own is not None:  # a tool reloaded in its host: its own instance goes
+            if not self._replaces(replace, own.state):
+                raise self._kept(own.state, "this process already runs instance %s of "
+                                 "%r" % (own.slot, self.name))
+            self.handed_over = self._stop_for_successor(own.state, wait)
             return self._take_over(wait, signals, waiter)
+        if self.instances_allowed:
+            return self._take_over(wait, signals, waiter)
+        return self._replace(wait, replace, signals, waiter)
+
+    def _replace(self, wait: _Wait, replace: Any, signals: bool, waiter: bool) -> None:
+        """Take the name's own slot from the primary that holds it, if
+        replace says so. While a launch holds the successor lock, other
+        launches and clients leave the primary's lock to it (_Finder), so
+        that the state handed over reaches the one that asked for it; one
+        that waits here looks again at who runs once the launch before it
+        is done."""
         try:
             return self._take_over(wait, signals, waiter)
         except ProcessExists as exc:  # to be replaced, perhaps: with the successor lock held
             seen = (exc.pid, exc.address)
-        # While a launch holds the successor lock, other launches leave the
-        # primary's lock to it (_try_lock), so that the state handed over
-        # reaches the one that asked for it; one that waits here looks again
-        # at who runs once the launch before it is done.
-        self._succession = self._client.take_side_lock("successor", wait,
+        self._succession = self._finder.take_side_lock("successor", wait,
                                                        "replacing the primary")
         try:
             try:
                 return self._take_over(wait, signals, waiter)
             except ProcessExists as exc:
-                state = _live_state(self.pid_file)
+                state = _live_state(self._finder.files()[1])
                 if state is None or (state["pid"], state["address"]) != (exc.pid, exc.address):
                     raise
-                if seen != (exc.pid, exc.address):  # another launch replaced it first: it stays
-                    raise
+                if seen != (exc.pid, exc.address) and replace != "older":
+                    raise  # another launch replaced it first: that one stays
                 if not self._replaces(replace, state):
                     raise self._kept(state, str(exc)) from None
             self.handed_over = self._stop_for_successor(state, wait)
             return self._take_over(wait, signals, waiter)  # once: one that took over stays
         finally:
             fd, self._succession = self._succession, None
-            _Client.release_side_lock(fd)
+            _Finder.release_side_lock(fd)
 
     def _replaces(self, replace: Any, state: dict) -> bool:
         """Whether start(replace=...) replaces the primary that published state."""
@@ -4522,11 +4667,11 @@ class Process:
         return ProcessExists("%s; %s" % (what, why), self.name, state["pid"], state["address"])
 
     def _own_instance(self) -> _Primary | None:
-        """With instances: the one of this name that this process runs
-        through another Process object (a tool reloaded in its host)."""
+        """The primary of this name that this process runs through another
+        Process object (a tool reloaded in its host)."""
         for primary in list(_primaries or ()):
-            if (primary.process is not self and primary.slot is not None and primary.state
-                    and primary.process._client.lock_file == self._client.lock_file):
+            if (primary.process is not self and primary.state
+                    and primary.process._finder.stem == self._finder.stem):
                 return primary
         return None
 
@@ -4535,13 +4680,13 @@ class Process:
         on_handover() state; return that state. One of this process whose
         handlers run on this thread is stopped here: over HTTP, it would
         wait for this very thread."""
-        for local in list(_primaries or ()):
-            if local.state.get("token") == state.get("token") and local.serves_this_thread():
-                if not local.asked.opened:
-                    local.handing_over = True
-                local.stop()
-                return local.handed
-        return self._client.stop_one(state, wait, handover=True)
+        local = self._finder.local(state)
+        if local is not None:
+            if not local.asked.opened:
+                local.handing_over = True
+            local.stop()
+            return local.handed
+        return self._finder.stop(state, wait, handover=True)
 
     def _take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
         global _primaries
@@ -4554,44 +4699,11 @@ class Process:
             if self._primary is not None:
                 return
             _ensure_private_dir(self.app_dir)
-            if self._registry is not None:
-                slot, fd = self._registry.take(wait)
-                primary = self._primary = _Primary(self, fd, self._registry.client(slot), slot)
-            else:
-                fd = _open_lock(self._client.lock_file)
-                try:
-                    wait.until(lambda: self._try_lock(fd),
-                               lambda: self._client.no_address(wait.limit))
-                except BaseException:
-                    os.close(fd)
-                    raise
-                primary = self._primary = _Primary(self, fd, self._client)
+            slot, fd = self._finder.take(wait, replacing=self._succession is not None)
+            primary = self._primary = _Primary(self, fd, self._finder.files(slot), slot)
             primary.start(signals, waiter)  # on failure, it lets go of everything
             self._inherited = False
             self.wsgi_thread = primary.thread
-
-    def _try_lock(self, fd: int) -> bool | None:
-        """True once ours; None to look again (the holder is a probe, or a
-        primary starting up or stopping). Raises ProcessExists for a
-        primary that has published its address."""
-        if _locked(fd, self.lock_file):
-            if self._succession is None and _primary_holds(self._client.side_file("successor")):
-                _unlock(fd)  # another launch is replacing the primary: the lock is its
-                return None
-            return True
-        if _locked(fd, self.lock_file, shared=True):  # only probes hold it
-            _unlock(fd, shared=True)
-            return None
-        state = _live_state(self.pid_file)
-        if state is None:
-            return None
-        here = any(p.state.get("token") == state["token"] for p in list(_primaries or ()))
-        message = ("this process (pid %d) is already the primary of %r, through another "
-                   "Process object; stop() that one first, or use start(replace=True)"
-                   % (state["pid"], self.name) if here else
-                   "%r is already running (pid %d at %s)" % (self.name, state["pid"],
-                                                             state["address"]))
-        raise ProcessExists(message, self.name, state["pid"], state["address"])
 
     def _primary_ended(self, primary: _Primary) -> None:
         """The primary part's last word, once its lock is released."""
@@ -4660,29 +4772,31 @@ class Process:
         argv = _this_argv() if argv is None else list(argv)
         wait = _Wait(self._limit(timeout))
         while True:
-            if self._registry is not None and not (replace and self._own_instance()):
-                try:  # several instances: a new one, or where choose() says
-                    chosen = self._chosen(argv)
-                    if chosen is not None:
-                        stdin = _piped_stdin() if forward_stdin else None
-                        return _relay(self._handoff(argv, None, None, stdin, wait, chosen))
-                except ProcessDoesNotExist:
-                    continue  # it went away meanwhile: choose again
-                except (ValueError, Error) as exc:
-                    return self._report(exc)
+            if wait.over():  # each round keeps to the launch's deadline (issue 30)
+                return self._report(Timeout(
+                    "%r: the launch found no primary to take it, nor became one, within "
+                    "%.1f s; retry with a longer timeout" % (self.name, wait.limit or 0.0),
+                    self.name, wait.limit or 0.0))
             try:
-                self._become_primary(wait, replace, signals=True, waiter=run is None)
-            except ProcessExists:
+                if self.instances_allowed and not (replace and self._own_instance()):
+                    chosen = self._chosen(argv)  # several: a new one, or where choose() says
+                    if chosen is not None:
+                        return self._hand_over(argv, forward_stdin, wait, chosen)
                 try:
-                    stdin = _piped_stdin() if forward_stdin else None
-                    return _relay(self._handoff(argv, None, None, stdin, wait))
-                except ProcessDoesNotExist:
-                    continue  # it went away meanwhile: take its place
-                except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
-                    return self._report(exc)
-            except Error as exc:
+                    self._become_primary(wait, replace, signals=True, waiter=run is None)
+                except ProcessExists:
+                    return self._hand_over(argv, forward_stdin, wait)
+            except ProcessDoesNotExist:
+                continue  # it went away meanwhile: choose again, or take its place
+            except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
                 return self._report(exc)
             return self._serve_until_stopped(run, argv if own_launch else None)
+
+    def _hand_over(self, argv: list[str], forward_stdin: bool, wait: _Wait,
+                   to: Any = None) -> int:
+        """A later launch: argv to the primary (to: the instance chosen)."""
+        stdin = _piped_stdin() if forward_stdin else None
+        return _relay(self._handoff(argv, None, None, stdin, wait, to))
 
     def _chosen(self, argv: list[str]) -> int | None:
         """The id of the instance choose() sends this launch to, or None
@@ -4690,6 +4804,7 @@ class Process:
 
         Raises:
             ValueError: choose() returned something else.
+            Error: choose() returned an id no instance has (issue 30).
         """
         entries = self.instances()
         if not entries:
@@ -4697,10 +4812,17 @@ class Process:
         chosen = self.choose(self._launch_event(argv, None, None, None), entries)
         if isinstance(chosen, dict):
             chosen = chosen.get("id")
-        if chosen is not None and _instance_id(chosen) is None:
+        if chosen is None:
+            return None
+        if _instance_id(chosen) is None:
             raise ValueError("choose() must return one of the instances, its id, or None "
                              "for a new one; it returned %r" % (chosen,))
-        return None if chosen is None else _instance_id(chosen)
+        if _instance_id(chosen) not in [entry.get("id") for entry in entries]:
+            raise Error("choose() returned instance %s of %r, which is not running (those "
+                        "running: %s); return one of the instances it is given, its id, or "
+                        "None for a new one" % (chosen, self.name, ", ".join(
+                            str(entry.get("id")) for entry in entries)))
+        return _instance_id(chosen)
 
     def _serve_until_stopped(self, run: Callable[[], Any] | None,
                              own_argv: list[str] | None = None) -> int:
@@ -4798,14 +4920,12 @@ class Process:
             Timeout: the primary did not stop in time.
         """
         limit = self._limit(timeout)
-        primary = self._primary or self._local_primary()
+        primary = self._primary
         if self._inherited:
             return
-        if self._targeted(to, where) or (self._registry is not None and self._primary is None):
-            return self._stop_routed(_Wait(limit), to, where)
-        if primary is None:
-            self._client.stop(_Wait(limit))
-        elif _in_a_handler():
+        if self._targeted(to, where) or primary is None:
+            return self._finder.stop_chosen(_Wait(limit), to, where)
+        if _in_a_handler():
             primary.stop_soon()
         else:
             primary.drain = limit  # for requests in progress, unless a stop runs already
@@ -4844,19 +4964,15 @@ class Process:
     def _handoff(self, argv: list[str] | None, cwd: str | None, data: Any,
                  stdin: str | None, wait: _Wait, to: Any = None,
                  where: dict | None = None) -> Any:
-        registry = self._registry
-        if registry is None:
-            if self._targeted(to, where) or self._local_primary() is None:  # found first:
-                _allow_foreground(self._client.locate(wait)["pid"])  # none: token kept
-        elif WINDOWS:
-            state = wait.until(lambda: registry.pick(to if to != "all" else None, where),
-                               lambda: self._client.no_address(wait.limit))
-            _allow_foreground(state["pid"])
-        tokens = [os.environ.pop(key, None) for key in ("XDG_ACTIVATION_TOKEN",
-                                                          "DESKTOP_STARTUP_ID")]
+        keys = ("XDG_ACTIVATION_TOKEN", "DESKTOP_STARTUP_ID")
         event = self._launch_event(argv, cwd, data, stdin)
-        event["activation_token"] = tokens[0] or tokens[1] or None
-        return self._request("POST", "event", event, wait, to, where)
+        event["activation_token"] = next((os.environ[k] for k in keys if os.environ.get(k)), None)
+
+        def found(state: dict) -> None:  # a primary takes it: the token is spent here
+            for key in keys:
+                os.environ.pop(key, None)
+            _allow_foreground(state["pid"])
+        return self._request("POST", "event", event, wait, to, where, found=found)
 
     def deliver(self, items: Iterable[str], timeout: float | None = _DEFAULT) -> Any:
         """Hand documents or links that reached this app by another way than
@@ -4896,7 +5012,7 @@ class Process:
             Timeout: it still runs after timeout seconds.
         """
         limit = self._limit(timeout)
-        _Wait(limit).until(lambda: None if self._client.running() else True, lambda: Timeout(
+        _Wait(limit).until(lambda: None if self._finder.running() else True, lambda: Timeout(
             "%r still runs after %.1f s" % (self.name, limit or 0.0), self.name, limit or 0.0))
 
     def get(self, route: str = "/", timeout: float | None = _DEFAULT, to: Any = None,
@@ -4964,32 +5080,37 @@ class Process:
         return self.get("/", timeout, to, where)
 
     def _request(self, method: str, route: str, payload: Any, wait: _Wait,
-                 to: Any = None, where: dict | None = None, start: Any = None) -> Any:
-        if start is not None:
-            self._start_on_demand(_check_start(start), wait)
-        if self._registry is not None:
-            return self._routed(method, route, payload, wait, to, where)
+                 to: Any = None, where: dict | None = None, start: Any = None,
+                 found: Callable[[dict], Any] | None = None) -> Any:
+        """The one path of get, send, handoff: the finder's call, and with
+        start, the app started whenever no primary will answer, a stop in
+        progress included (issue 30), then the call made again."""
         self._targeted(to, where)
-        local = self._local_primary()
-        if local is not None:
-            return local.process._call_directly(method, route, payload, wait.remaining())
-        return self._client.call(method, route, payload, wait)
+        command = None if start is None else _check_start(start)
+        while True:
+            try:
+                if to == "all":
+                    return self._finder.call_all(method, route, payload, wait, where)
+                return self._finder.call(method, route, payload, wait, to, where, found)
+            except ProcessDoesNotExist:
+                if command is None:
+                    raise
+            self._start_on_demand(command, wait)
+            command = None  # once: a second "none runs" is the answer
 
     # Starting on demand ----------------------------------------------------------
     def _start_on_demand(self, command: str | list[str], wait: _Wait) -> None:
-        """start=: unless a primary runs, run command detached, and return
-        once it has published its address (issue 23). Launches that race
+        """start=: unless a primary answers, run command detached, and return
+        once one has published its address (issue 23). Launches that race
         take the starter lock in turn, beside the primary's (as the successor
-        lock): the first starts the app, the others find it running."""
-        if self.running:
-            return
+        lock): the first starts the app, the others find it answering."""
         _ensure_private_dir(self.app_dir)
-        fd = self._client.take_side_lock("starter", wait, "starting it")
+        fd = self._finder.take_side_lock("starter", wait, "starting it")
         try:
-            if not self.running:  # looked at again: the launch before us may have started it
+            if not self._finder.answering():  # the launch before us may have started it
                 self._run_until_answering(command, wait)
         finally:
-            _Client.release_side_lock(fd)
+            _Finder.release_side_lock(fd)
 
     def _run_until_answering(self, command: str | list[str], wait: _Wait) -> None:
         """Run command detached; wait until a primary publishes its address."""
@@ -5002,9 +5123,9 @@ class Process:
                                       self.name, self.app_dir) from exc
 
         def answering() -> bool | None:
-            if self._answering():
+            if self._finder.answering():
                 return True
-            if child.poll() is not None and not self.running:  # none started, none starting
+            if child.poll() is not None and not self._finder.running():  # none, none starting
                 raise ProcessDoesNotExist(
                     "%r is not running: its start command %s exited with code %s before the "
                     "app answered; run that command in a terminal to see why (it must run the "
@@ -5019,12 +5140,6 @@ class Process:
         finally:
             if child.returncode is None:  # it runs on: reaped whenever it exits, no zombie
                 _thread.start_new_thread(child.wait, ())
-
-    def _answering(self) -> bool:
-        """A primary (or, with instances, one instance) has published its address."""
-        if self._registry is not None:
-            return bool(self._registry.scan()[0])
-        return self._client.running() and _live_state(self._client.pid_file) is not None
 
     # Several instances ---------------------------------------------------------
     def describe(self, **fields: Any) -> None:
@@ -5063,17 +5178,12 @@ class Process:
 
     def instances(self) -> list[dict]:
         """The running instances of this name, by id (see tcbon.instances);
-        one at most without ``instances``.
+        the primary alone for an app of one instance.
 
         Raises:
             StateError: app_dir cannot be used safely.
         """
-        if self._registry is not None:
-            return _listing(self._registry)
-        if not self._client.running():
-            return []
-        state = _live_state(self._client.pid_file)
-        return [] if state is None else [_public(state)]
+        return self._finder.listing()
 
     def register(self, schemes: Iterable[str] = (), types: Iterable[str] = (),
                  title: str | None = None) -> list[str]:
@@ -5130,7 +5240,7 @@ class Process:
         """
         if to is None and where is None:
             return False
-        if self._registry is None:
+        if not self.instances_allowed:
             raise ValueError("to= and where= choose among several instances, but %r allows "
                              "one: pass Process(..., instances=N or True)" % self.name)
         if where is not None and not isinstance(where, dict):
@@ -5139,108 +5249,6 @@ class Process:
             raise ValueError("to must be an instance id, 'all' or a callable that chooses "
                              "among the instances, got %r" % (to,))
         return True
-
-    def _routed(self, method: str, route: str, payload: Any, wait: _Wait, to: Any,
-                where: dict | None) -> Any:
-        """A request to the instance that to and where choose (see send)."""
-        self._targeted(to, where)
-        registry = self._registry
-        assert registry is not None
-        if to == "all":
-            return self._each(self._chosen_all(where), wait, lambda state, each: (
-                registry.client(state["id"]).call(method, route, payload, each)))
-        local = _local_instance(registry)
-        if local:  # a DCC host's UI thread: see _local_primary
-            state = wait.until(lambda: registry.pick(to, where),
-                               lambda: self._client.no_address(wait.limit))
-            if state["token"] in local:
-                return local[state["token"]].process._call_directly(method, route, payload,
-                                                                    wait.remaining())
-        return _Routed(registry, to, where).call(method, route, payload, wait)
-
-    def _chosen_all(self, where: dict | None) -> list[dict]:
-        registry = self._registry
-        assert registry is not None
-        chosen = [s for s in registry.scan()[0] if not where or _matches(_public(s), where)]
-        if not chosen:
-            registry.pick(None, where)  # raises ProcessDoesNotExist, saying why
-            raise ProcessDoesNotExist("no instance of %r is running" % self.name, self.name,
-                                      self.app_dir)
-        return chosen
-
-    def _each(self, states: list[dict], wait: _Wait,
-              call: Callable[[dict, _Wait], Any]) -> dict:
-        """call(state, wait) for each instance at once, within one deadline;
-        {id: its result, or the tcbon.Error it raised}."""
-        import threading
-        results: dict = {}
-
-        def one(state: dict) -> None:
-            try:
-                results[state["id"]] = call(state, _Wait(wait.remaining()))
-            except Error as exc:
-                results[state["id"]] = exc
-        threads = [threading.Thread(target=one, args=(state,), daemon=True) for state in states]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return {key: results[key] for key in sorted(results)}
-
-    def _stop_routed(self, wait: _Wait, to: Any, where: dict | None) -> None:
-        """Stop the instance(s) that to and where choose; return once they
-        have. This process' own ones stop last (from a handler: after the
-        reply)."""
-        self._targeted(to, where)
-        registry = self._registry
-        assert registry is not None
-        if to != "all":
-            states = [wait.until(lambda: registry.pick(to, where),
-                                 lambda: self._client.no_address(wait.limit))]
-        else:
-            states = self._chosen_all(where)
-        ours = {p.state.get("token"): p for p in list(_primaries or ())}
-        failed = [result for result in self._each(
-            [s for s in states if s["token"] not in ours], wait,
-            lambda state, each: registry.client(state["id"]).stop(each)).values()
-            if isinstance(result, Error) and not isinstance(result, ProcessDoesNotExist)]
-        for state in states:
-            primary = ours.get(state["token"])
-            if primary is not None:
-                primary.stop_soon() if _in_a_handler() else primary.stop()
-        if failed:
-            raise failed[0]
-
-    def _local_primary(self) -> _Primary | None:
-        """The serving primary of this name in this very process whose
-        handlers run on the calling thread (an executor with is_own_thread(),
-        such as MainThreadExecutor), as when a DCC tool is relaunched from a shelf
-        button on the host's UI thread. Over HTTP, such a call would wait
-        for the thread that waits for it; it is made directly instead."""
-        for primary in list(_primaries or ()):
-            if primary.process.lock_file == self.lock_file and primary.serves_this_thread():
-                return primary
-        return None
-
-    def _call_directly(self, method: str, route: str, payload: Any,
-                       limit: float | None) -> Any:
-        """A request to this primary's wsgi app, run on the calling thread,
-        no socket: over HTTP, a caller on the thread that runs the handlers
-        (a MainThreadExecutor's) would wait for itself until its timeout."""
-        body = b"" if payload is None else self._client.body(payload)
-        target = "/" + route.lstrip("/")
-        environ = _environ(method, target, "application/json" if body else "", body,
-                           ("127.0.0.1", 0), "in-process")
-        environ["tcbon.timeout"] = limit  # how long _route_event may wait for a handler
-        started: list = []
-        data = b"".join(self.wsgi(environ, lambda status, headers, exc_info=None:
-                                  started.extend((status, headers))))
-        status = int(started[0].split(" ", 1)[0])
-        reply = _decode(dict(started[1]).get("Content-Type", ""), data)
-        if status == 504:
-            raise Timeout("%r did not handle %s %s within %.1f s: its thread is busy or hung"
-                          % (self.name, method, target, limit or 0.0), self.name, limit or 0.0)
-        return self._client.answer(status, reply, "%s %s" % (method, target))
 
     def _limit(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)
@@ -5398,11 +5406,7 @@ def instances(name: str, app_dir: str | None = None,
         StateError: app_dir cannot be used safely.
     """
     directory = os.path.abspath(app_dir or default_app_dir(_check_name(name)))
-    try:
-        _ensure_private_dir(directory, create=False)
-    except FileNotFoundError:
-        return []
-    return _listing(_Registry(_check_name(name), directory, _scope_suffix(scope), _MAX_INSTANCES))
+    return _Finder(_check_name(name), directory, _scope_suffix(scope), _MAX_INSTANCES).listing()
 
 
 # Command line ----------------------------------------------------------------
@@ -5565,14 +5569,9 @@ def _cli_target(parser: Any, opts: Any) -> tuple[Any, dict | None, bool]:
             parser.error("--where takes KEY=VALUE, got %r" % item)
         where[key] = value
     to = "all" if opts.all else opts.to
-    several = to is not None or bool(where) or opts.action == "list"
-    if not several and not (opts.action == "wait" and opts.exit):
-        try:
-            single = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope)
-            several = not single.running and bool(instances(opts.name, opts.app_dir, opts.scope))
-        except (ValueError, Error):
-            pass  # said when the action runs
-    return to, where or None, several
+    # Every call looks at every slot (_Finder): the command line need not
+    # know whether the app allows several instances (issue 26).
+    return to, where or None, True
 
 
 def _cli_entry(entry: dict) -> str:

@@ -893,6 +893,8 @@ marks, marking = [], threading.Lock()  # handlers run on worker threads, at once
 if os.environ.get("CHOOSE"):
     app.choose = lambda event, instances: next(
         (i for i in instances if i["meta"].get("project") == event["argv"][4]), None)
+if os.environ.get("CHOOSE_ID"):  # an id that may be no instance's
+    app.choose = lambda event, instances: int(os.environ["CHOOSE_ID"])
 
 
 @app.on("second-instance")
@@ -995,7 +997,8 @@ sys.exit(app.main(argv=[example], run=run))
 # Issue 23: the app that start= and --start run. argv NAME APP_DIR RECORD: appends
 # STARTED pid to RECORD when run (each run, primary or not), then main(); as the
 # primary, answers 'hit' by appending HIT n to RECORD and replying its pid and n.
-# A later launch of it hands over (exit 0). Env: EXIT_AT_ONCE=code exits at once.
+# A later launch of it hands over (exit 0). Env: EXIT_AT_ONCE=code exits at once,
+# INSTANCES=1 makes it an app of several instances.
 ON_DEMAND = r"""
 import os, sys, threading, tcbon
 name, app_dir, record = sys.argv[1:4]
@@ -1010,7 +1013,8 @@ def note(line):
 
 
 note("STARTED %d" % os.getpid())
-app = tcbon.Process(name, app_dir=app_dir, timeout=30)
+app = tcbon.Process(name, app_dir=app_dir, timeout=30,
+                    instances=True if os.environ.get("INSTANCES") else None)
 
 
 @app.on("hit")
@@ -1109,6 +1113,15 @@ def child_env(tmp_path, **extra):
     env["XDG_DATA_HOME"] = env["LOCALAPPDATA"] = str(tmp_path / "xdg")
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+@contextlib.contextmanager
+def _ended(proc):
+    """proc, always ended and reaped on the way out."""
+    try:
+        yield proc
+    finally:
+        end(proc)
 
 
 @contextlib.contextmanager
@@ -1771,6 +1784,20 @@ class OtherUser:
                               text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+    def launched(self, code, *args):
+        """A child as this user in the background (see launched())."""
+        def become():
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+        env = {"PATH": "/usr/bin:/bin", "HOME": self.home, "PYTHONPATH": self.lib,
+               "XDG_DATA_HOME": os.path.join(self.home, "data")}
+        proc = subprocess.Popen([self.python, "-c", code] + [str(a) for a in args], env=env,
+                                cwd=self.home, preexec_fn=become, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        return _ended(proc)
 
 
 @pytest.fixture(scope="session")
@@ -5363,6 +5390,210 @@ def test_start_commands_that_fail_say_why(name, app_dir, tmp_path, monkeypatch):
             client.get(start=bad)
     assert not client.running
     assert tcbon.main([name, "stop", "--start", "x"]) == 2
+
+
+# Lifecycle under stops, kills and races (issue 30) --------------------------------------
+# Each test here failed on the code before one object found every primary
+# (_Finder): the upgrade's gap, start= during a stop, a kill -9 during a stop or
+# a replace, instances unseen by wait_for_exit, wait and send --start, and a
+# chooser naming no instance.
+
+def exited(proc):
+    """True once a VERSIONED child has ended, cleanly."""
+    code, out, err = finish(proc)
+    assert (code, out.splitlines()[-1]) == (0, "EXIT 0"), err
+    return True
+
+
+def test_sends_during_an_upgrade_never_find_nobody(name, app_dir, tmp_path):
+    errors, replies, done = [], [], threading.Event()
+
+    def keep_sending():
+        client = tcbon.Process(name, app_dir=app_dir, timeout=30)
+        while not done.is_set():
+            try:
+                replies.append(client.send("event", {"name": "opened"})["version"])
+            except tcbon.Error as exc:
+                errors.append(repr(exc))
+    with contextlib.ExitStack() as stack:
+        old = stack.enter_context(versioned(name, app_dir, tmp_path, "1.1", "first"))
+        assert old.stdout.readline() == "PRIMARY 1.1 null\n"
+        senders = [threading.Thread(target=keep_sending) for _ in range(2)]
+        for sender in senders:
+            sender.start()
+        try:
+            for version in ("1.2", "1.3", "1.4"):
+                new = stack.enter_context(versioned(name, app_dir, tmp_path, version, version,
+                                                    REPLACE="older"))
+                assert new.stdout.readline().startswith("PRIMARY %s " % version)
+                assert exited(old)
+                target = len(replies) + 5
+                wait_for(lambda: len(replies) > target, 30,  # noqa: B023 - read at once
+                         "replies from %s" % version)
+                old = new
+        finally:
+            done.set()
+            for sender in senders:
+                sender.join(60)
+        assert errors == []
+        assert replies[-1] == "1.4" and set(replies) <= {"1.1", "1.2", "1.3", "1.4"}
+        tcbon.Process(name, app_dir=app_dir).stop(timeout=30)
+        assert exited(old)
+
+
+def test_send_start_during_a_stop_starts_the_next_primary(name, app_dir, tmp_path,
+                                                          monkeypatch):
+    argv, _, record = on_demand(tmp_path, name, app_dir, monkeypatch)
+    try:
+        with launch(name, app_dir, tmp_path, ON_STOP_DELAY=2) as child:
+            assert child.stdout.readline().startswith("PRIMARY")
+            wait_primary(name, app_dir)
+            stopper = threading.Thread(target=tcbon.Process(name, app_dir=app_dir).stop,
+                                       kwargs={"timeout": 30})
+            stopper.start()
+            assert child.stdout.readline() == "ON_STOP\n"  # stopping: lock held, no address
+            reply = tcbon.Process(name, app_dir=app_dir).send(
+                "event", {"name": "hit", "n": 1}, start=argv, timeout=60)
+            stopper.join(60)
+            assert finish(child)[0] == 0
+        assert recorded(record, "STARTED") == [str(reply["pid"])]
+        assert recorded(record, "HIT") == ["1"]
+        assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == reply["pid"]
+    finally:
+        end_started(name, app_dir)
+
+
+def in_a_read(thread):
+    """True while thread waits for a reply (its stack is in a socket read)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None and frame.f_code.co_name not in ("recv_into", "readinto"):
+        frame = frame.f_back
+    return frame is not None
+
+
+@pytest.mark.skipif(not POSIX, reason="SIGSTOP is POSIX's")
+def test_a_primary_killed_before_it_reads_a_stop_has_stopped(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        wait_primary(name, app_dir)
+        child.send_signal(signal.SIGSTOP)  # the request waits in its socket, unread
+        outcome = []
+
+        def stop():
+            try:
+                tcbon.Process(name, app_dir=app_dir).stop(timeout=60)
+                outcome.append("stopped")
+            except tcbon.Error as exc:
+                outcome.append(repr(exc))
+        stopper = threading.Thread(target=stop)
+        stopper.start()
+        wait_for(lambda: in_a_read(stopper), 20, "the stop request to be sent")
+        hard_kill(child)  # its address was never withdrawn: the connection is cut
+        stopper.join(60)
+        assert outcome == ["stopped"]
+    after = tcbon.Process(name, app_dir=app_dir)
+    after.start(timeout=0)  # at once: nothing waits for the dead one
+    after.stop()
+
+
+@pytest.mark.skipif(not POSIX, reason="SIGSTOP is POSIX's")
+def test_a_primary_killed_during_a_replace_is_replaced(name, app_dir, tmp_path):
+    with versioned(name, app_dir, tmp_path, "1.0", "first") as old:
+        assert old.stdout.readline() == "PRIMARY 1.0 null\n"
+        wait_primary(name, app_dir)  # published: PRIMARY is printed in on_start
+        old.send_signal(signal.SIGSTOP)
+        new = tcbon.Process(name, app_dir=app_dir, version="2.0")
+        outcome = []
+
+        def replace():
+            try:
+                new.start(replace="older", timeout=60)
+                outcome.append(new.is_primary)
+            except tcbon.Error as exc:
+                outcome.append(repr(exc))
+        replacer = threading.Thread(target=replace)
+        replacer.start()
+        wait_for(lambda: in_a_read(replacer), 20, "the replacing stop request to be sent")
+        hard_kill(old)
+        replacer.join(60)
+        try:
+            assert outcome == [True]
+            assert new.handed_over is None  # nothing handed over by the dead one
+            assert tcbon.Process(name, app_dir=app_dir).info()["app_version"] == "2.0"
+        finally:
+            new.stop()
+
+
+def test_wait_for_exit_and_wait_exit_see_instances(name, app_dir, tmp_path):
+    with several(name, app_dir, tmp_path, "alpha") as child:
+        listed(name, app_dir, 1)
+        for instances_allowed in (None, True):
+            with pytest.raises(tcbon.Timeout, match="still runs"):
+                tcbon.Process(name, app_dir=app_dir, instances=instances_allowed).wait_for_exit(
+                    timeout=0.2)
+        code, out, err = cli(tmp_path, name, "wait", "--exit", "--timeout", "0.2",
+                             "--app-dir", app_dir)
+        assert code == tcbon.EXIT_TIMEOUT, (out, err)
+        waiter = launched(["-m", "tcbon", name, "wait", "--exit", "--timeout", "60",
+                           "--app-dir", app_dir], child_env(tmp_path))
+        with waiter as waiting:
+            tcbon.Process(name, app_dir=app_dir, instances=True).stop(to="all", timeout=30)
+            assert finish(waiting, 60)[:2] == (0, "%s is not running\n" % name)
+        assert finish(child)[0] == 0
+    tcbon.Process(name, app_dir=app_dir, instances=True).wait_for_exit(timeout=0)
+
+
+def test_cli_wait_begun_before_the_first_instance_returns_when_it_appears(name, app_dir,
+                                                                         tmp_path, capsys):
+    codes = []
+    waiter = threading.Thread(target=lambda: codes.append(tcbon.main(
+        [name, "wait", "--timeout", "20", "--app-dir", app_dir])))
+    waiter.start()
+
+    def waiting():  # the command's wait loop runs: it has looked, and found none
+        frame = sys._current_frames().get(waiter.ident)
+        while frame is not None and frame.f_code.co_name != "until":
+            frame = frame.f_back
+        return frame is not None
+    try:
+        wait_for(waiting, 20, "the wait to begin")
+        with several(name, app_dir, tmp_path, "alpha") as child:
+            waiter.join(40)
+            assert codes == [0]
+            assert capsys.readouterr().out.startswith("%s is running: pid %d " % (
+                name, child.pid))
+            tcbon.Process(name, app_dir=app_dir, instances=True).stop(to="all", timeout=30)
+            assert finish(child)[0] == 0
+    finally:
+        waiter.join(40)
+
+
+def test_cli_send_start_with_an_app_of_instances_delivers_once(name, app_dir, tmp_path,
+                                                                monkeypatch):
+    _, command, record = on_demand(tmp_path, name, app_dir, monkeypatch)
+    try:
+        code, out, err = ran(["-m", "tcbon", name, "send", "hit", '{"n": 7}', "--start",
+                              command, "--app-dir", app_dir, "--timeout", "60"],
+                             child_env(tmp_path, INSTANCES=1), timeout=90)
+        assert code == 0, err
+        assert json.loads(out)["n"] == 7
+        assert recorded(record, "HIT") == ["7"]
+        assert [e["pid"] for e in tcbon.instances(name, app_dir)] == [int(
+            recorded(record, "STARTED")[0])]
+    finally:
+        tcbon.Process(name, app_dir=app_dir, instances=True).stop(to="all", timeout=30)
+
+
+def test_main_reports_a_chooser_that_names_no_instance(name, app_dir, tmp_path):
+    with several(name, app_dir, tmp_path, "alpha") as child:
+        listed(name, app_dir, 1)
+        code, out, err = ran(["-c", SEVERAL, name, app_dir, "any", "beta"],
+                             child_env(tmp_path, CHOOSE_ID=99), timeout=60)
+        assert code == tcbon.EXIT_ERROR, err
+        assert "choose() returned instance 99" in err and "those running: 1" in err
+        assert [e["meta"]["project"] for e in tcbon.instances(name, app_dir)] == ["alpha"]
+        tcbon.Process(name, app_dir=app_dir, instances=True).stop(to="all", timeout=30)
+        assert finish(child)[0] == 0
 
 
 # Windows installers' mutex (issue 23) ---------------------------------------------------
