@@ -345,6 +345,25 @@ except tcbon.StateError as exc:
 """
 
 
+# argv NAME APP_DIR, as another user: an instance of NAME (instances=3) in APP_DIR,
+# made readable by all, that answers every launch and event; prints READY, then
+# serves until its stdin closes (issue 27, finding 1).
+THEIR_INSTANCE = """
+import os, sys, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+app = tcbon.Process(name, app_dir=app_dir, instances=3)
+app.on("second-instance")(lambda event: {"stdout": "theirs\\n", "exit_code": 0})
+app.on("echo")(lambda event: {"theirs": True})
+app.start()
+os.chmod(app_dir, 0o755)
+for each in os.listdir(app_dir):
+    os.chmod(os.path.join(app_dir, each), 0o644)
+print("READY", flush=True)
+sys.stdin.read()
+app.stop()
+"""
+
+
 # argv APP_DIR...: start() in each; prints whether the StateError names the path.
 READ_ONLY = """
 import sys, tcbon
@@ -1894,6 +1913,33 @@ def test_we_refuse_an_app_dir_another_user_owns(other_user, shared_parent, name)
     os.chown(lock, other_user.uid, other_user.gid)  # a lock file planted by someone else
     with pytest.raises(tcbon.StateError, match="owned by uid %d" % other_user.uid):
         tcbon.Process(name, app_dir=planted).start()
+
+
+def test_every_path_refuses_another_users_instances(other_user, shared_parent, name,
+                                                   tmp_path):
+    theirs = os.path.join(shared_parent, "project")  # theirs, in a folder all may enter
+    os.mkdir(theirs, 0o700)
+    os.chown(theirs, other_user.uid, other_user.gid)
+    with other_user.launched(THEIR_INSTANCE, name, theirs) as child:
+        assert child.stdout.readline() == "READY\n", child.stderr.read()
+        owned = "owned by uid %d" % other_user.uid
+        ours = tcbon.Process(name, app_dir=theirs, instances=3)
+        for call in (ours.instances, lambda: ours.send("event", {"name": "echo"}),
+                     lambda: ours.send("event", {"name": "echo"}, where={"pid": child.pid}),
+                     lambda: ours.info(to=1), lambda: tcbon.instances(name, theirs),
+                     lambda: ours.wait_for_exit(timeout=0)):
+            with pytest.raises(tcbon.StateError, match=owned):
+                call()
+        for args in (["list", "--json"], ["send", "echo", "--where", "pid=%d" % child.pid],
+                     ["send", "echo"], ["wait", "--timeout", "0"], []):
+            code, out, err = cli(tmp_path, name, *args, "--app-dir", theirs)
+            assert (code, out) == (tcbon.EXIT_STATE, ""), (args, out, err)
+            assert owned in err
+        code, out, err = ran(["-c", SEVERAL, name, theirs, "3", "mine"],
+                             child_env(tmp_path, CHOOSE_ID=1))
+        assert (code, out) == (tcbon.EXIT_STATE, "") and owned in err
+        child.communicate(timeout=30)  # closes its stdin: it stops
+        assert child.returncode == 0
 
 
 def test_unwritable_directories_give_a_clear_error_naming_the_path(other_user, shared_parent):
