@@ -977,6 +977,40 @@ sys.exit(code)
 """
 
 
+# argv NAME APP_DIR VERSION FOLDER ROUNDS: for each round R, once FOLDER/go.R
+# exists, start(replace='older') of a new object of that version (prints "R
+# PRIMARY" or "R EXISTS", or "R ERROR ..."); once FOLDER/end.R exists, stops it if
+# it is still the primary and prints "R DONE".
+RACER = r"""
+import os, sys, time, tcbon
+name, app_dir, version, folder, rounds = sys.argv[1:6]
+
+
+def await_file(path):
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit("no %s within 60 s" % path)
+        time.sleep(0.001)
+
+
+for r in range(int(rounds)):
+    await_file(os.path.join(folder, "go.%d" % r))
+    app = tcbon.Process(name, app_dir=app_dir, version=version, timeout=30)
+    try:
+        app.start(replace="older")
+        print(r, "PRIMARY", flush=True)
+    except tcbon.ProcessExists:
+        print(r, "EXISTS", flush=True)
+    except tcbon.Error as exc:
+        print(r, "ERROR", exc, flush=True)
+    await_file(os.path.join(folder, "end.%d" % r))
+    if app.is_primary:
+        app.stop()
+    print(r, "DONE", flush=True)
+"""
+
+
 # argv EXAMPLE APP_DIR PATH...: the UI example's app, whose toolkit then gets
 # the documents as macOS delivers them to a running app: Tk calls the Tcl
 # command ::tk::mac::OpenDocument, Qt's Cocoa plugin sends a QFileOpenEvent.
@@ -4991,6 +5025,33 @@ def test_versions_compare_as_people_read_them(name, app_dir, older, newer):
                        % re.escape(newer)):
         tcbon.Process(name, app_dir=app_dir, version=older or "0").start(replace="older")
     new.stop()
+
+@pytest.mark.slow
+def test_racing_upgrades_end_with_the_newest_version_every_time(name, app_dir, tmp_path):
+    # Issues 27 (finding 5) and 30: launches of four versions at once, each
+    # replace='older', over an older primary; 200 rounds.
+    rounds, versions = 200, ["1.9", "1.10", "2.0rc1", "2.0"]
+    folder = tmp_path / "rounds"
+    folder.mkdir()
+    with contextlib.ExitStack() as stack:
+        racers = [stack.enter_context(launched(
+            ["-c", RACER, name, app_dir, version, folder, rounds], child_env(tmp_path)))
+            for version in versions]
+        client = tcbon.Process(name, app_dir=app_dir, timeout=30)
+        for r in range(rounds):
+            base = tcbon.Process(name, app_dir=app_dir, version="1.5")
+            base.start()
+            (folder / ("go.%d" % r)).touch()
+            said = [racer.stdout.readline() for racer in racers]  # as versions
+            assert said[-1] == "%d PRIMARY\n" % r, said  # the newest always takes over
+            assert all(line in ("%d EXISTS\n" % r, "%d PRIMARY\n" % r) for line in said), said
+            assert client.info()["app_version"] == "2.0", r
+            assert not base.is_primary
+            (folder / ("end.%d" % r)).touch()
+            assert [racer.stdout.readline() for racer in racers] == ["%d DONE\n" % r] * 4
+        for racer in racers:
+            assert finish(racer)[0] == 0
+
 
 def test_replace_takes_a_rule_and_a_failed_handover_still_stops(name, app_dir, caplog):
     class Broken(tcbon.Process):
