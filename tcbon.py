@@ -304,6 +304,15 @@ class _Platform:
     def release_mutex(self, handles: list[Any]) -> None:
         """Close what hold_mutex() created."""
 
+    def lock_holders(self, path: str) -> list[int] | None:
+        """The pids the OS's lock table names as holding path's exclusive
+        lock; None where no lock table can be read (issue 28)."""
+        return None
+
+    def end_process(self, pid: int) -> None:
+        """End process pid at once (it may be stopped or hung). Raises OSError."""
+        raise NotImplementedError
+
 
 class _UnixPlatform(_Platform):
     """Linux, macOS and the BSDs: flock, file modes and owners."""
@@ -324,6 +333,26 @@ class _UnixPlatform(_Platform):
         if previous is not None:
             import signal
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def lock_holders(self, path: str) -> list[int] | None:
+        try:  # Linux: "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+            with open("/proc/locks") as table:
+                lines = table.read().splitlines()
+        except OSError:
+            return None  # macOS, the BSDs: no table a process may read
+        st = os.stat(path)
+        device = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+        holders = []
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" and (
+                    fields[5] == device and fields[4].isdigit()):
+                holders.append(int(fields[4]))
+        return holders
+
+    def end_process(self, pid: int) -> None:
+        import signal
+        os.kill(pid, signal.SIGKILL)
 
     def lock(self, fd: int, shared: bool = False) -> bool:
         import fcntl
@@ -531,6 +560,17 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
         for handle in handles:
             kernel32.CloseHandle(handle)
 
+    def end_process(self, pid: int) -> None:
+        kernel32 = _kernel32()
+        handle = kernel32.OpenProcess(0x0001, False, pid)  # PROCESS_TERMINATE
+        if not handle:
+            raise _ctypes_error()
+        try:
+            if not kernel32.TerminateProcess(handle, 1):
+                raise _ctypes_error()
+        finally:
+            kernel32.CloseHandle(handle)
+
     def pid_gone(self, pid: int) -> bool:
         import ctypes
         kernel32 = _kernel32()
@@ -562,6 +602,8 @@ def _kernel32() -> Any:  # pragma: no cover - Windows: run by the rig (.ci/windo
     kernel32.OpenProcess.restype = wintypes.HANDLE
     kernel32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
     kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    kernel32.TerminateProcess.argtypes = [wintypes.HANDLE, wintypes.UINT]
+    kernel32.TerminateProcess.restype = wintypes.BOOL
     _kernel32s.append(kernel32)
     return kernel32
 
@@ -2680,7 +2722,53 @@ class _Finder:
             self.name, wait.limit or 0.0))
         return None
 
-    def stop_chosen(self, wait: _Wait, to: Any = None, where: dict | None = None) -> None:
+    def stop_or_end(self, state: dict, wait: _Wait, kill_after: float | None) -> int | None:
+        """stop(state), and if that primary has not stopped within
+        kill_after seconds, end the process that holds its lock (issue
+        28): the pid it ended, or None if it stopped when asked."""
+        if kill_after is None:
+            self.stop(state, wait)
+            return None
+        left = wait.remaining()
+        try:
+            self.stop(state, _Wait(kill_after if left is None else min(kill_after, left)))
+            return None
+        except Timeout:
+            return self.end_holder(state, wait)
+
+    def end_holder(self, state: dict, wait: _Wait) -> int:
+        """End the process that published state, once verified as the one
+        that holds its slot's lock in the OS's lock table (never by pid
+        alone: a pid may have been reused); return once the lock is free.
+
+        Raises:
+            Error: the holder cannot be verified here; nothing was ended.
+            Timeout: the lock is still held after wait.
+        """
+        lock_file = self.files(state.get("id"))[0]
+        pid = state["pid"]
+        holders = _platform.lock_holders(lock_file)
+        if state.get("pids") != _pid_space() or holders is None or pid not in holders:
+            why = ("it runs in another pid namespace (a container, a sandbox)"
+                   if state.get("pids") != _pid_space() else
+                   "this system has no lock table to verify it by" if holders is None else
+                   "the lock table names pid(s) %s as its holder" % (
+                       ", ".join(map(str, holders)) or "none"))
+            raise Error("%r (pid %s) did not stop when asked, and tcbon cannot verify that "
+                        "pid %s still holds its lock: %s; nothing was ended: end that "
+                        "process yourself" % (self.name, pid, pid, why))
+        try:
+            _platform.end_process(pid)
+        except OSError as exc:
+            raise Error("%r (pid %s) did not stop when asked and cannot be ended: %s"
+                        % (self.name, pid, _reason(exc))) from exc
+        wait.until(lambda: None if _primary_holds(lock_file) else pid, lambda: Timeout(
+            "%r: ended pid %s, but its lock is still held after %.1f s" % (
+                self.name, pid, wait.limit or 0.0), self.name, wait.limit or 0.0))
+        return pid
+
+    def stop_chosen(self, wait: _Wait, to: Any = None, where: dict | None = None,
+                    kill_after: float | None = None) -> list[int]:
         """Stop the primary (or, to='all', every one) the rule chooses;
         return once they have. One of this process stops here if its
         handlers run on this thread (over HTTP it would wait for itself),
@@ -2691,16 +2779,19 @@ class _Finder:
                 if _in_a_handler() or p.serves_this_thread()}
         others = [s for s in states if s["token"] not in here]
         if len(states) == 1 and others:
-            self.stop(others[0], wait)
-            return
-        failed = [result for result in _each(others, wait, self.stop).values()
-                  if isinstance(result, Error) and not isinstance(result, ProcessDoesNotExist)]
+            ended = self.stop_or_end(others[0], wait, kill_after)
+            return [] if ended is None else [ended]
+        results = _each(others, wait, lambda state, each: self.stop_or_end(
+            state, each, kill_after)).values()
         for state in states:
             primary = here.get(state["token"])
             if primary is not None:
                 primary.stop_soon() if _in_a_handler() else primary.stop()
+        failed = [result for result in results
+                  if isinstance(result, Error) and not isinstance(result, ProcessDoesNotExist)]
         if failed:
             raise failed[0]
+        return [result for result in results if isinstance(result, int)]
 
     # Becoming one -----------------------------------------------------------------
     def take(self, wait: _Wait, replacing: bool = False) -> tuple[int | None, int]:
@@ -4894,7 +4985,7 @@ class Process:
 
     # Stopping ---------------------------------------------------------------
     def stop(self, timeout: float | None = _DEFAULT, to: Any = None,
-             where: dict | None = None) -> None:
+             where: dict | None = None, kill_after: float | None = None) -> list[int] | None:
         """Stop whoever is the primary now, and return once it has stopped.
 
         On the primary: withdraws the state file, runs on_stop once, stops
@@ -4914,22 +5005,38 @@ class Process:
         stops the most recently active instance, or the chosen one, or
         (``to='all'``) every one, and returns once they have stopped.
 
+        With ``kill_after`` (seconds), a primary of another process that has
+        not stopped that long after being asked (hung, or stopped with
+        SIGSTOP) is ended: the process that holds its lock, verified in the
+        OS's lock table (Linux; never by pid alone, which may have been
+        reused), is killed, and stop() returns once its lock is free.
+
+        Returns:
+            With kill_after: the pids it ended (empty if every primary
+            stopped when asked); else None.
+
         Raises:
             ProcessDoesNotExist: nothing runs under this name (or nothing
                 the rule accepts).
             Timeout: the primary did not stop in time.
+            Error: kill_after, and the holder cannot be verified here
+                (macOS, Windows, another pid namespace): nothing was ended.
         """
         limit = self._limit(timeout)
         primary = self._primary
         if self._inherited:
-            return
+            return None if kill_after is None else []
+        if kill_after is not None:
+            _check_timeout(kill_after)
         if self._targeted(to, where) or primary is None:
-            return self._finder.stop_chosen(_Wait(limit), to, where)
+            ended = self._finder.stop_chosen(_Wait(limit), to, where, kill_after)
+            return None if kill_after is None else ended
         if _in_a_handler():
             primary.stop_soon()
         else:
             primary.drain = limit  # for requests in progress, unless a stop runs already
             primary.stop()
+        return None if kill_after is None else []
 
     # Talking to the primary -----------------------------------------------------
     def handoff(self, argv: list[str] | None = None, cwd: str | None = None,

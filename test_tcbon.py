@@ -5631,6 +5631,39 @@ def test_a_primary_killed_during_a_replace_is_replaced(name, app_dir, tmp_path):
             new.stop()
 
 
+@pytest.mark.skipif(not LINUX, reason="the lock table that verifies the holder is Linux's")
+def test_stop_kill_after_ends_a_hung_primary_and_no_launch_is_lost(name, app_dir, tmp_path):
+    # Issue 28: a SIGSTOPped primary, a launch handing over to it, then a
+    # stop that ends the holder of the lock when it has not stopped in 1 s.
+    with launch(name, app_dir, tmp_path) as hung:
+        assert hung.stdout.readline().startswith("PRIMARY")
+        wait_primary(name, app_dir)
+        hung.send_signal(signal.SIGSTOP)
+        client = tcbon.Process(name, app_dir=app_dir)
+        with pytest.raises(tcbon.Timeout, match="still runs"):
+            client.stop(timeout=0.5)  # asked alone, it cannot stop
+        with launched(["-c", MAIN, name, app_dir], child_env(tmp_path, TIMEOUT=60)) as later:
+            assert client.stop(timeout=30, kill_after=1) == [hung.pid]
+            assert hung.wait(10) == -signal.SIGKILL
+            assert later.stdout.readline() == "PRIMARY %d\n" % later.pid  # not lost: it runs
+            assert client.info()["pid"] == later.pid
+            assert client.stop(timeout=30, kill_after=1) == []  # stopped when asked
+            assert finish(later)[0] == 0
+
+
+def test_stop_kill_after_never_ends_a_process_it_cannot_verify(name, app_dir, tmp_path):
+    with launch(name, app_dir, tmp_path) as primary:
+        assert primary.stdout.readline().startswith("PRIMARY")
+        state = wait_primary(name, app_dir)
+        finder = tcbon.Process(name, app_dir=app_dir)._finder
+        with open(finder.files()[1]) as f:
+            forged = dict(json.load(f), pid=os.getpid())  # a live pid, not the holder
+        with pytest.raises(tcbon.Error, match="cannot verify that pid %d" % os.getpid()):
+            finder.end_holder(forged, tcbon._Wait(5))
+        assert primary.poll() is None and tcbon.Process(name, app_dir=app_dir).info()[
+            "pid"] == state["pid"]
+
+
 def test_wait_for_exit_and_wait_exit_see_instances(name, app_dir, tmp_path):
     with several(name, app_dir, tmp_path, "alpha") as child:
         listed(name, app_dir, 1)
