@@ -2298,7 +2298,7 @@ class _Client:
         self.name = name
 
     def exchange(self, state: dict, method: str, path: str, body: bytes | None, wait: _Wait,
-                 ended: Callable[[dict, _Wait], bool]) -> tuple[int, Any] | str:
+                 ended: Callable[[dict, _Wait], str | None]) -> tuple[int, Any] | str:
         """One exchange with the primary that published state: its status
         and decoded reply, or "refused", "stopping" or "gone" when nothing
         was handled (or that primary has ended: ended(state, wait) said so).
@@ -2342,12 +2342,13 @@ class _Client:
         return reply
 
     def transport_error(self, exc: Exception, state: dict, what: str, wait: _Wait,
-                        ended: Callable[[dict, _Wait], bool]) -> Error | str:
+                        ended: Callable[[dict, _Wait], str | None]) -> Error | str:
         """What a failed exchange means: Timeout (no answer in time), Error
         (cut off by a primary that still runs, or not HTTP), "refused" or
-        "gone": nothing was handled (a stop's closed listener), or the
-        primary ended (its lock is free: killed during the call, issue 30),
-        so its caller goes on to the next primary."""
+        "gone": nothing was handled (a stop's closed listener), or a stop
+        that its primary's end carried out (killed during the call: issue
+        30). A request cut by a primary that died while it had it is an
+        Error, never retried: its handler may have run (issue 29)."""
         import http.client
         import socket
         reason = getattr(exc, "reason", exc)  # urllib wraps some in URLError
@@ -2367,10 +2368,12 @@ class _Client:
         if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
             return Error("%s sent a reply that is not HTTP (%s): is another program using "
                          "its port?" % (where, exc))
-        if ended(state, wait):
-            return "gone"
-        return Error("lost the connection to %s during %s (%s): it still runs; the request "
-                     "may or may not have been handled" % (where, what, reason))
+        how = ended(state, wait)
+        if how == "withdrawn" or how == "died" and what == "POST /stop":
+            return "gone"  # a stop's closed listener never read it; a stop is done
+        return Error("lost the connection to %s during %s (%s): %s; the request may or may "
+                     "not have been handled" % (where, what, reason, "it has ended"
+                                                if how else "it still runs"))
 
     def unreachable(self, state: dict, app_dir: str) -> Unreachable:
         import socket
@@ -2626,19 +2629,23 @@ class _Finder:
                        "end that process" % (self.name, limit or 0.0, phase),
                        self.name, limit or 0.0)
 
-    def ended(self, state: dict, wait: _Wait) -> bool:
-        """True if the primary that published state has withdrawn it or
-        ended (its slot's lock free, its pid gone), looking for a moment:
-        a killed process's sockets may close just before its lock goes."""
+    def ended(self, state: dict, wait: _Wait) -> str | None:
+        """How the primary that published state has gone: "withdrawn" (its
+        stop withdrew the state), "died" (its lock is free, its pid gone,
+        the state left behind), or None if it still runs. It looks for a
+        moment: a killed process's sockets may close just before its lock
+        goes."""
         lock_file, pid_file = self.files(state.get("id"))
         left = wait.remaining()
         look = _Wait(0.25 if left is None else min(0.25, left))
         while True:
-            now = _live_state(pid_file)
-            if now is None or now["token"] != state["token"] or not _primary_holds(lock_file):
-                return True
+            now = _read_state(pid_file)
+            if now is None or now["token"] != state["token"]:
+                return "withdrawn"
+            if not _primary_holds(lock_file) or _live_state(pid_file) is None:
+                return "died"
             if look.over():
-                return False
+                return None
             look.pause()
 
     # Reaching it ----------------------------------------------------------------
