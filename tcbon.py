@@ -66,6 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PROTOCOL = 1  #: Version of the state file and HTTP protocol spoken here.
 DEFAULT_TIMEOUT = 5.0  #: Seconds a client call may take unless told otherwise.
 TOKEN_HEADER = "X-Tcbon-Token"
+NONCE_HEADER = "X-Tcbon-Nonce"  #: A client's fresh random value, which the reply proves.
+PROOF_HEADER = "X-Tcbon-Proof"  #: HMAC-SHA256(token, nonce), hex: the primary knows the token.
 MAX_BODY = 1 << 20  #: Largest request body the server reads, in bytes.
 MAX_HEAD = 1 << 16  #: Largest request line plus headers, in bytes.
 MAX_WORKERS = 64  #: Requests handled at once; more get 503 at once.
@@ -1426,6 +1428,13 @@ except ImportError:  # pragma: no cover - other implementations
     from hmac import compare_digest as _compare_digest  # type: ignore[no-redef]
 
 
+def _proof(token: str, nonce: str) -> str:
+    """What a primary answers a nonce with: HMAC-SHA256 keyed by its token
+    (issue 27, finding 8). Only a process that read the token proves it."""
+    import hmac
+    return hmac.new(token.encode("ascii"), nonce.encode("latin-1"), "sha256").hexdigest()
+
+
 class _Head:
     """A request head, parsed once by _read_head() for the intake and the
     handler. ``refusal`` is the (status, message) to refuse it with, if any."""
@@ -1528,10 +1537,13 @@ def _refusal(head: _Head, hosts: frozenset[str], token: str) -> tuple[int, str] 
 
 
 def _reply(status: int, headers: list[tuple[str, str]], body: bytes,
-           head_only: bool = False) -> bytes:
+           head_only: bool = False, proof: str | None = None) -> bytes:
     """A whole HTTP/1.0 reply, to be sent in one write: headers and body in
-    two segments stall on Nagle and delayed ACK (about 40 ms a request)."""
+    two segments stall on Nagle and delayed ACK (about 40 ms a request).
+    proof: the PROOF_HEADER of a request that carried the token."""
     lines = ["HTTP/1.0 " + _status_line(status)]
+    if proof is not None:
+        lines.append("%s: %s" % (PROOF_HEADER, proof))
     for key, value in headers:
         # send_header() passes CR/LF through (gh-142533): never split a reply.
         if "\r" in key + value or "\n" in key + value:
@@ -1543,10 +1555,12 @@ def _reply(status: int, headers: list[tuple[str, str]], body: bytes,
     return "\r\n".join(lines).encode("latin-1") + (b"" if head_only else body)
 
 
-def _error_reply(status: int, message: str, head_only: bool = False) -> bytes:
+def _error_reply(status: int, message: str, head_only: bool = False,
+                 proof: str | None = None) -> bytes:
     import json
     body = json.dumps({"success": False, "error": message, "status": status})
-    return _reply(status, [("Content-Type", "application/json")], body.encode(), head_only)
+    return _reply(status, [("Content-Type", "application/json")], body.encode(), head_only,
+                  proof)
 
 
 def _waits_for_stop(head: _Head) -> bool:
@@ -1959,8 +1973,10 @@ class RequestHandler(_HandlerBase):
                  server: IntakeMixIn) -> None:
         self.connection, self.head, self.body = request
         self.client_address, self.server = client_address, server
+        nonce = self.head.get(NONCE_HEADER)  # the head carried the token: it passed
+        self.proof = None if nonce is None else _proof(server.token, nonce[:64])
         if server.stopping and not _waits_for_stop(self.head):  # queued before the stop
-            self.send(_error_reply(503, "stopping", self.head.method == "HEAD"), 503)
+            self.send(_error_reply(503, "stopping", self.head.method == "HEAD", self.proof), 503)
         else:
             self.send(*self.run_wsgi())
 
@@ -1993,11 +2009,12 @@ class RequestHandler(_HandlerBase):
                 written.extend(result)
             finally:
                 getattr(result, "close", lambda: None)()
-            return _reply(started[0], started[1], b"".join(written), head_only), started[0]
+            return _reply(started[0], started[1], b"".join(written), head_only,
+                          self.proof), started[0]
         except Exception:  # noqa: BLE001 - any failure of the app is a 500, logged
             self.server.note(_ERROR, "the WSGI application failed on %s %s", self.head.method,
                              self.head.target.partition("?")[0], exc_info=True)
-            return _error_reply(500, "the application failed", head_only), 500
+            return _error_reply(500, "the application failed", head_only, self.proof), 500
 
     def send(self, reply: bytes, status: int) -> None:
         if not self.server.claim_reply(self.connection):  # type: ignore[attr-defined]
@@ -2225,11 +2242,25 @@ def _connection(host: str, timeout: float | None = None, **kwargs: Any) -> Any:
     import http.client
     import socket
     conn = http.client.HTTPConnection(host, timeout=timeout, **kwargs)
-    if timeout is not None:
-        deadline = time.monotonic() + timeout
-        conn._create_connection = lambda *args: _DeadlineSocket(  # type: ignore[attr-defined]
-            socket.create_connection(*args), deadline)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    verify = getattr(_local, "verify", None)
+
+    def connect(*args: Any) -> Any:
+        sock = socket.create_connection(*args)
+        # Connected: whoever listens there holds the port now. Nothing is sent
+        # (not the token, not the launch's data) unless the primary we read
+        # still holds its lock and its state: else it died or stopped, and
+        # another process may have bound its port (issue 27, finding 8).
+        if verify is not None and not verify():
+            sock.close()
+            raise _NotThePrimary("the primary left its address before the request was sent")
+        return sock if deadline is None else _DeadlineSocket(sock, deadline)
+    conn._create_connection = connect  # type: ignore[attr-defined]
     return conn
+
+
+class _NotThePrimary(ConnectionError):
+    """Connected to an address whose primary has gone: nothing was sent."""
 
 
 _openers: list = []
@@ -2248,6 +2279,7 @@ def _opener() -> Any:
                 # For the calls, as said above; encodings.idna: getaddrinfo() looks
                 # up this codec, so imports it, on first use.
                 import encodings.idna  # noqa: F401
+                import hmac  # noqa: F401
                 import http.client  # noqa: F401
                 import json  # noqa: F401
                 import socket  # noqa: F401
@@ -2263,18 +2295,26 @@ def _opener() -> Any:
     return _openers[0]
 
 
-def _open(url: str, method: str, body: bytes | None, token: str,
-          timeout: float | None) -> tuple[int, str, bytes]:
+def _open(url: str, method: str, body: bytes | None, token: str, timeout: float | None,
+          verify: Callable[[], bool] | None = None) -> tuple[int, str, bytes, bool]:
     """One HTTP exchange through urllib.request, within timeout seconds in
-    all; returns status, type, body."""
+    all, sent only if verify() says so once connected; returns status,
+    type, body, and whether the reply proved that it knows the token."""
     import urllib.request
     opener = _opener()
-    headers = {TOKEN_HEADER: token}
+    nonce = os.urandom(16).hex()
+    headers = {TOKEN_HEADER: token, NONCE_HEADER: nonce}
     if body is not None:
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=body, headers=headers, method=method)
-    with opener.open(req, timeout=timeout) as reply:
-        return reply.status, reply.headers.get("Content-Type", ""), reply.read()
+    _local.verify = verify
+    try:
+        with opener.open(req, timeout=timeout) as reply:
+            data = reply.read()
+            proved = reply.headers.get(PROOF_HEADER) == _proof(token, nonce)
+            return reply.status, reply.headers.get("Content-Type", ""), data, proved
+    finally:
+        _local.verify = None
 
 
 def _decode(content_type: str, data: bytes) -> Any:
@@ -2298,23 +2338,35 @@ class _Client:
         self.name = name
 
     def exchange(self, state: dict, method: str, path: str, body: bytes | None, wait: _Wait,
-                 ended: Callable[[dict, _Wait], str | None]) -> tuple[int, Any] | str:
-        """One exchange with the primary that published state: its status
-        and decoded reply, or "refused", "stopping" or "gone" when nothing
-        was handled (or that primary has ended: ended(state, wait) said so).
+                 ended: Callable[[dict, _Wait], str | None],
+                 still: Callable[[], bool] | None = None) -> tuple[int, Any] | str:
+        """One exchange with the primary that published state, sent once
+        connected only if still() says it holds its lock and state: its
+        status and decoded reply, or "refused", "stopping" or "gone" when
+        nothing was handled (or that primary has ended: ended(state, wait)
+        said so).
 
         Raises:
-            Timeout, Error: see transport_error.
+            Timeout, Error: see transport_error; Error: a reply that does
+            not prove it comes from the primary (a state that says its
+            primary proves its replies).
         """
         import http.client
         try:
-            status, ctype, data = _open("http://%s%s" % (state["address"], path), method,
-                                        body, state["token"], wait.remaining())
+            status, ctype, data, proved = _open(
+                "http://%s%s" % (state["address"], path), method, body, state["token"],
+                wait.remaining(), still)
         except (OSError, http.client.HTTPException) as exc:
+            if isinstance(getattr(exc, "reason", exc), _NotThePrimary):  # urllib wraps it
+                return "gone"  # nothing was sent
             kind = self.transport_error(exc, state, "%s %s" % (method, path), wait, ended)
             if isinstance(kind, str):
                 return kind
             raise kind from None
+        if state.get("proof") and not proved:
+            raise Error("%r's address %s answered %s %s without proof that it knows the "
+                        "primary's secret: another program may have taken its port; nothing "
+                        "of the reply was used" % (self.name, state["address"], method, path))
         reply = _decode(ctype, data)
         if status == 503 and isinstance(reply, dict) and reply.get("error") == "stopping":
             return "stopping"
@@ -2390,7 +2442,8 @@ class _Client:
 def _public(state: dict) -> dict:
     """An instance as the registry shows it: its published state without
     the token (a listing is printed, logged, passed around)."""
-    entry = {key: value for key, value in state.items() if key not in ("token", "pids")}
+    entry = {key: value for key, value in state.items()
+             if key not in ("token", "pids", "proof")}
     entry.setdefault("meta", {})
     entry.setdefault("active", entry.get("started"))
     return entry
@@ -2648,6 +2701,21 @@ class _Finder:
                 return None
             look.pause()
 
+    def still(self, state: dict) -> Callable[[], bool]:
+        """A check that the primary that published state still holds its
+        slot's lock and its state, in a process that runs: made before a
+        request is sent on a connection to its address (see _connection)."""
+        lock_file, pid_file = self.files(state.get("id"))
+        token, pid = state["token"].encode("ascii"), state["pid"]
+        same_space = state.get("pids") is not None and state.get("pids") == _pid_space()
+
+        def check() -> bool:
+            data = _read_bytes(pid_file + _SHADOW)  # as _read_state reads it
+            data = _read_bytes(pid_file) if data is None else data
+            return bool(data) and token in (data or b"") and _primary_holds(lock_file) and not (
+                same_space and _platform.pid_gone(pid))
+        return check
+
     # Reaching it ----------------------------------------------------------------
     def local(self, state: dict) -> _Primary | None:
         """The primary of this process that published state, if its
@@ -2680,7 +2748,8 @@ class _Finder:
             local = self.local(state)
             if local is not None:
                 return local.call_directly(method, path, body, wait.remaining())
-            result = self.client.exchange(state, method, path, body, wait, self.ended)
+            result = self.client.exchange(state, method, path, body, wait, self.ended,
+                                          self.still(state))
             if result == "refused":
                 refused = refused or (wait if wait.limit is not None else _Wait(DEFAULT_TIMEOUT))
                 if refused.over():
@@ -2713,7 +2782,8 @@ class _Finder:
             Timeout, RequestError, Error.
         """
         body = b'{"handover": true}' if handover else b"{}"
-        result = self.client.exchange(state, "POST", "/stop", body, wait, self.ended)
+        result = self.client.exchange(state, "POST", "/stop", body, wait, self.ended,
+                                      self.still(state))
         if not isinstance(result, str):
             reply = self.client.answer(result[0], result[1], "POST /stop")
             return reply.get("handover") if isinstance(reply, dict) else None
@@ -4158,7 +4228,7 @@ class _Primary:
                       "token": server.token, "started": started,
                       "host": socket.gethostname(), "machine": _machine(),
                       "active": started, "meta": dict(process._meta),
-                      "app_version": process.version, "pids": _pid_space()}
+                      "app_version": process.version, "pids": _pid_space(), "proof": 1}
         if self.slot is not None:
             self.state["id"] = self.slot
         _write_state(self.pid_file, self.state)

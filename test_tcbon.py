@@ -2984,6 +2984,103 @@ def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
     assert not alive and len(errors) == 1, "the call outlived its timeout"
 
 
+def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir, tmp_path):
+    # Issue 27, finding 8: between reading a state and connecting, the
+    # primary dies and another process binds its port. The client's thread
+    # is held just before it connects (a trace function on socket's
+    # create_connection) while that happens for real.
+    reached, go, outcome = threading.Event(), threading.Event(), []
+
+    def tracer(frame, event, arg):
+        if (event == "call" and frame.f_code.co_name == "create_connection"
+                and frame.f_globals.get("__name__") == "socket"):
+            reached.set()
+            go.wait(30)
+
+    def send():
+        sys.settrace(tracer)
+        try:
+            outcome.append(tcbon.Process(name, app_dir=app_dir).send(
+                "event", {"name": "ping", "data": "the launch's secret argv"}, timeout=2))
+        except tcbon.Error as exc:
+            outcome.append(exc)
+        finally:
+            sys.settrace(None)
+    with launch(name, app_dir, tmp_path) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        host, port = wait_primary(name, app_dir)["address"].rsplit(":", 1)
+        token = token_of(tcbon.Process(name, app_dir=app_dir))
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            wait_for(reached.is_set, 20, "the client to be about to connect")
+            hard_kill(child)
+            impostor = socket.socket()
+            impostor.bind((host, int(port)))
+            impostor.listen(1)
+            lock = tcbon._open_lock(tcbon.Process(name, app_dir=app_dir).lock_file)
+            assert tcbon._lock(lock)  # as the next primary holds it, before it withdraws
+        finally:
+            go.set()
+            sender.join(30)
+        try:
+            impostor.settimeout(5)
+            conn, _ = impostor.accept()
+            conn.settimeout(5)
+            with conn:
+                received = b""
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+        finally:
+            impostor.close()
+            tcbon._unlock(lock)
+            os.close(lock)
+    assert received == b""  # not the token, not the launch's data
+    assert token.encode() not in received
+    assert len(outcome) == 1 and isinstance(outcome[0], tcbon.Timeout), outcome
+
+
+def test_a_reply_without_the_primarys_proof_is_refused(name, app_dir, primary):
+    nonce = "n" * 32
+    status, reply, headers = raw_request(primary.address, "GET", "/", headers=good_headers(
+        primary, **{tcbon.NONCE_HEADER: nonce}))
+    assert status == 200 and headers[tcbon.PROOF_HEADER] == tcbon._proof(token_of(primary),
+                                                                           nonce)
+    status, reply, headers = raw_request(primary.address, "GET", "/", headers={
+        "Host": primary.address, tcbon.NONCE_HEADER: nonce})  # no token: no proof (no oracle)
+    assert status == 401 and tcbon.PROOF_HEADER not in headers
+    impostor = socket.socket()
+    impostor.bind(("127.0.0.1", 0))
+    impostor.listen(1)
+
+    def answer():
+        conn, _ = impostor.accept()
+        with conn:
+            conn.recv(65536)
+            body = b'{"success": true, "handover": "theirs"}'
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    other = tcbon.Process(name + "-other", app_dir=app_dir)
+    lock = tcbon._open_lock(other.lock_file)
+    assert tcbon._lock(lock)  # as a primary holds it
+    try:
+        tcbon._write_state(other.pid_file, {
+            "tcbon": 1, "pid": os.getpid(), "token": "t" * 48, "proof": 1,
+            "address": "127.0.0.1:%d" % impostor.getsockname()[1]})
+        with pytest.raises(tcbon.Error, match="without proof that it knows the primary's"):
+            other.get("/", timeout=5)
+    finally:
+        tcbon._unlock(lock)
+        os.close(lock)
+        server.join(5)
+        impostor.close()
+
+
 # Executors --------------------------------------------------------------------------------
 def test_a_future_holds_the_reply_until_handled(primary, name, app_dir):
     from concurrent.futures import Future
