@@ -1435,6 +1435,13 @@ def _proof(token: str, nonce: str) -> str:
     return hmac.new(token.encode("ascii"), nonce.encode("latin-1"), "sha256").hexdigest()
 
 
+def _proof_for(head: _Head | None, token: str) -> str | None:
+    """The proof a reply to head carries: only for a head that passed every
+    guard, the token's among them (else anyone could ask for proofs)."""
+    nonce = None if head is None or head.refusal is not None else head.get(NONCE_HEADER)
+    return None if nonce is None else _proof(token, nonce[:64])
+
+
 class _Head:
     """A request head, parsed once by _read_head() for the intake and the
     handler. ``refusal`` is the (status, message) to refuse it with, if any."""
@@ -1746,8 +1753,8 @@ class IntakeMixIn(_ServerBase):
         conn.buf, conn.refused = bytearray(), True
         conn.deadline = min(conn.deadline, time.monotonic() + _LINGER)
         head_only = conn.head is not None and conn.head.method == "HEAD"
-        try:
-            sock.send(_error_reply(status, message, head_only))  # a few hundred bytes
+        try:  # a few hundred bytes
+            sock.send(_error_reply(status, message, head_only, _proof_for(conn.head, self.token)))
             sock.shutdown(1)  # SHUT_WR
         except OSError:
             return self._drop(sock)
@@ -1853,6 +1860,7 @@ class WorkerPoolMixIn(_ServerBase):
         self._idle = threading.Condition()
         self._workers = threading.local()
         self._answered: dict[Any, bool] = {}  # connection of a request in progress -> replied
+        self._proofs: dict[Any, str | None] = {}  # its reply's proof (see _proof_for)
         self._stop_waiters: set[Any] = set()  # stop requests: answered once stopped
         super().__init__(*args, **kwargs)
 
@@ -1869,6 +1877,7 @@ class WorkerPoolMixIn(_ServerBase):
         import threading
         with self._idle:
             self._answered[request[0]] = False
+            self._proofs[request[0]] = _proof_for(request[1], self.token)  # type: ignore
             if _waits_for_stop(request[1]):
                 self._stop_waiters.add(request[0])
             if self.spare:
@@ -1892,6 +1901,7 @@ class WorkerPoolMixIn(_ServerBase):
                 self.shutdown_request(request)
             with self._idle:
                 self._answered.pop(request[0], None)
+                self._proofs.pop(request[0], None)
                 self._stop_waiters.discard(request[0])
                 self.busy -= 1
                 self._idle.notify_all()
@@ -1940,14 +1950,14 @@ class WorkerPoolMixIn(_ServerBase):
                               "stop again (Ctrl-C) to end them at once", timeout,
                               len(self._in_progress()))
                 self._idle.wait(min(0.1, max(0.0, deadline - time.monotonic())))
-            abandoned = self._in_progress()
-            for conn in abandoned:
+            abandoned = [(conn, self._proofs.get(conn)) for conn in self._in_progress()]
+            for conn, _ in abandoned:
                 self._answered[conn] = True
-        for conn in abandoned:
+        for conn, proof in abandoned:
             try:
                 conn.sendall(_error_reply(503, "the primary stopped before this request's "
                                                "handler finished; it may have done part of "
-                                               "its work"))
+                                               "its work", proof=proof))
             except OSError:
                 pass
         if abandoned:
@@ -1973,8 +1983,7 @@ class RequestHandler(_HandlerBase):
                  server: IntakeMixIn) -> None:
         self.connection, self.head, self.body = request
         self.client_address, self.server = client_address, server
-        nonce = self.head.get(NONCE_HEADER)  # the head carried the token: it passed
-        self.proof = None if nonce is None else _proof(server.token, nonce[:64])
+        self.proof = _proof_for(self.head, server.token)
         if server.stopping and not _waits_for_stop(self.head):  # queued before the stop
             self.send(_error_reply(503, "stopping", self.head.method == "HEAD", self.proof), 503)
         else:
