@@ -5110,6 +5110,76 @@ def test_cli_list_to_where_all(name, app_dir, tmp_path):
         assert tcbon.instances(name, app_dir) == []
 
 
+def proc_state(pid):
+    """The state letter of process pid in /proc/PID/stat (Z: a zombie)."""
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        return f.read().rpartition(b")")[2].split()[0].decode()
+
+
+@contextlib.contextmanager
+def lock_held(client):
+    """Hold client's lock as the next primary holds it before it withdraws
+    the file the last one left."""
+    lock = tcbon._open_lock(client.lock_file)
+    try:
+        assert tcbon._lock(lock)
+        yield
+    finally:
+        tcbon._unlock(lock)
+        os.close(lock)
+
+
+def assert_not_shown(client, tmp_path, pid):
+    """With client's lock held, the state of pid is neither listed, nor
+    asked, nor shown by the probe: as a primary still starting up."""
+    assert client.running and client.instances() == []
+    with pytest.raises(tcbon.Timeout, match="published no address"):
+        client.send("event", {"name": "ping"}, timeout=0.5)
+    code, out, err = cli(tmp_path, client.name, "--app-dir", client.app_dir, "--json",
+                         "--timeout", "0.5")
+    assert code == 4 and "starting up" in err and str(pid) not in out + err, (out, err)
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="a zombie's state is read from Linux's /proc; "
+                    "on Windows a killed process' exit code tells it, as before issue 27")
+def test_a_killed_primary_left_unreaped_is_gone(name, app_dir, tmp_path):
+    # Issue 27, finding 6: a zombie passes kill(pid, 0).
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        os.kill(child.pid, signal.SIGKILL)  # and no wait() until the checks are done
+        wait_for(lambda: proc_state(child.pid) == "Z", what="the child to be a zombie")
+        client = tcbon.Process(name, app_dir=app_dir)
+        with pytest.raises(tcbon.ProcessDoesNotExist):
+            client.send("event", {"name": "ping"})
+        with lock_held(client):
+            assert_not_shown(client, tmp_path, child.pid)
+        assert proc_state(child.pid) == "Z"  # unreaped all along
+        assert child.wait(30) == -signal.SIGKILL
+
+
+def test_a_state_whose_pid_started_at_another_time_is_gone(name, app_dir, tmp_path):
+    # Issue 27, finding 6: a pid reused by a later process passes kill(pid, 0).
+    client = tcbon.Process(name, app_dir=app_dir)
+    with tcbon.Process(name, app_dir=app_dir):
+        pass  # makes the app dir, as the first primary does
+    with launched(["-c", "import time; time.sleep(120)"], child_env(tmp_path)) as sleeper:
+        started = tcbon._platform.pid_started(sleeper.pid)
+        state = {"tcbon": tcbon.PROTOCOL, "version": tcbon.__version__, "name": name,
+                 "pid": sleeper.pid, "address": "127.0.0.1:9", "token": "x" * 32,
+                 "started": time.time(), "machine": tcbon._machine(),
+                 "pids": tcbon._pid_space()}
+        assert started or not (LINUX or WINDOWS), "no start time where tcbon publishes one"
+        with lock_held(client):
+            # Published by a tcbon before issue 27 (no start time) or with its own: shown.
+            for extra in ({}, {"pid_start": started}):
+                tcbon._write_state(client.pid_file, dict(state, **extra))
+                assert [e["pid"] for e in client.instances()] == [sleeper.pid]
+            if started is None:
+                pytest.skip("this platform gives no start time (macOS, the BSDs)")
+            tcbon._write_state(client.pid_file, dict(state, pid_start=started + "1"))
+            assert_not_shown(client, tmp_path, sleeper.pid)
+
+
 # Command line -----------------------------------------------------------------------------
 def cli(tmp_path, *args, timeout=60):
     """Run the real ``python -m tcbon``; return (code, stdout, stderr)."""
