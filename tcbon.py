@@ -208,7 +208,10 @@ WINDOWS = sys.platform == "win32"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
-_SAFE = _NOFOLLOW | _CLOEXEC | _BINARY  # every open() of our files
+# A FIFO planted where a file of ours goes would block open() until someone
+# writes it (issue 27): opened without waiting, and refused unless regular.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_SAFE = _NOFOLLOW | _CLOEXEC | _BINARY | _NONBLOCK  # every open() of our files
 
 
 class _Platform:
@@ -901,6 +904,10 @@ def _primary_holds(lock_path: str) -> bool:
         raise StateError("cannot open the lock file %s: %s" % (lock_path, _reason(exc)),
                          lock_path) from exc
     try:
+        import stat
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO: opened without waiting (issue 27)
+            raise StateError("refusing to use the lock file %s: it is not a regular file; "
+                             "remove it" % lock_path, lock_path)
         if _locked(fd, lock_path, shared=True):
             _unlock(fd, shared=True)
             return False
@@ -1024,6 +1031,9 @@ def _read_bytes(path: str) -> bytes | None:
     except OSError:
         return b""
     try:
+        import stat
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""  # a FIFO, a device: never read, never waited for (issue 27)
         return os.read(fd, MAX_HEAD)
     except OSError:
         return b""
@@ -1100,7 +1110,9 @@ def _empty_or_remove(path: str) -> str:
         fd = None
     if fd is not None:
         try:
-            os.ftruncate(fd, 0)
+            import stat
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO is only removed (issue 27)
+                os.ftruncate(fd, 0)
         finally:
             os.close(fd)
     try:

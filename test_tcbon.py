@@ -1956,6 +1956,65 @@ def test_sharing_violations_never_skip_on_stop_or_keep_the_lock(name, app_dir, t
     assert run_python(SHARING, tmp_path, name, app_dir, refuse) == expected
 
 
+def unblocked(call, fifo, bound=20.0):
+    """What call() returned or raised, run in a thread that must be done
+    within bound seconds: a bound against hanging, not a timing assert.
+    One blocked on fifo is let go (its write end opened, never written)
+    before the test fails."""
+    box = {}
+
+    def run():
+        try:
+            box["returned"] = call()
+        except tcbon.Error as exc:
+            box["raised"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked open returns
+        thread.join(bound)
+        pytest.fail("blocked on the FIFO %s for %s s" % (fifo, bound))
+    return box
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="Windows has no FIFOs in its file system")
+def test_a_fifo_at_the_state_path_blocks_no_client_nor_the_primary(name, app_dir, tmp_path):
+    # Issue 27, finding 7: open() of a FIFO waits until someone writes it.
+    with child_primary(name, app_dir, tmp_path):
+        client = tcbon.Process(name, app_dir=app_dir)
+        os.remove(client.pid_file)
+        os.mkfifo(client.pid_file, 0o600)
+        got = unblocked(lambda: client.send("event", {"name": "ping"}, timeout=2),
+                        client.pid_file)
+        assert isinstance(got.get("raised"), tcbon.Timeout), got
+        assert "published no address" in str(got["raised"])
+        assert unblocked(client.instances, client.pid_file) == {"returned": []}
+        assert stat.S_ISFIFO(os.lstat(client.pid_file).st_mode)  # nobody replaced it
+    # child_primary stopped it (exit 0 within 30 s), leaving what it did not
+    # write; the next primary removes it, as any file the last one left.
+    proc = tcbon.Process(name, app_dir=app_dir, timeout=5)
+    try:
+        assert "raised" not in unblocked(proc.start, client.pid_file)
+        assert client.info(timeout=2)["pid"] == os.getpid()
+        assert stat.S_ISREG(os.lstat(client.pid_file).st_mode)
+    finally:
+        proc.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="Windows has no FIFOs in its file system")
+def test_a_fifo_at_the_lock_path_blocks_no_probe(name, app_dir, tmp_path):
+    client = tcbon.Process(name, app_dir=app_dir)
+    with tcbon.Process(name, app_dir=app_dir):
+        pass  # makes the app dir, as the first primary does
+    os.remove(client.lock_file)
+    os.mkfifo(client.lock_file, 0o600)
+    for call in (lambda: client.running, client.start):
+        got = unblocked(call, client.lock_file)
+        assert isinstance(got.get("raised"), tcbon.StateError), got
+        assert "not a regular file" in str(got["raised"])
+
+
 # WSGI -------------------------------------------------------------------------------------
 def call(app, method="GET", path="/", body=None, query="", content_type="application/json"):
     """Drive a WSGI app in-process through wsgiref.validate."""
