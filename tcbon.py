@@ -210,7 +210,10 @@ WINDOWS = sys.platform == "win32"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
-_SAFE = _NOFOLLOW | _CLOEXEC | _BINARY  # every open() of our files
+# A FIFO planted where a file of ours goes would block open() until someone
+# writes it (issue 27): opened without waiting, and refused unless regular.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_SAFE = _NOFOLLOW | _CLOEXEC | _BINARY | _NONBLOCK  # every open() of our files
 
 
 class _Platform:
@@ -293,9 +296,18 @@ class _Platform:
         (pid_gone); None if that cannot be known."""
         return ""
 
-    def pid_gone(self, pid: int) -> bool:
-        """True if no process of that pid runs (in this pid space)."""
+    def pid_gone(self, pid: int, started: str | None = None) -> bool:
+        """True if no process of that pid runs (in this pid space): none
+        does, or it ended and waits to be reaped (a zombie), or, given
+        started (what pid_started() said of the one meant), the pid was
+        reused by a later process. started None: not compared."""
         return False
+
+    def pid_started(self, pid: int) -> str | None:
+        """When process pid started, as every process of its pid space
+        reads it while the machine runs, and as no later process of that
+        pid can have it; None where the platform does not tell."""
+        return None
 
     def hold_mutex(self, name: str) -> tuple[list[Any], str | None]:
         """Create the named mutex an installer looks for (issue 23): the
@@ -442,9 +454,12 @@ class _UnixPlatform(_Platform):
         except OSError:
             return None
 
-    def pid_gone(self, pid: int) -> bool:
+    def pid_gone(self, pid: int, started: str | None = None) -> bool:
         if pid <= 0:
             return False  # 0 and -1 would name process groups
+        stat = self._proc_stat(pid)
+        if stat is not None:  # Linux: a zombie and a reused pid pass kill(pid, 0) (issue 27)
+            return stat[0] in (b"Z", b"X") or started not in (None, self._born(stat))
         try:
             os.kill(pid, 0)  # no signal: only whether it exists
         except ProcessLookupError:
@@ -452,6 +467,51 @@ class _UnixPlatform(_Platform):
         except OSError:
             return False  # EPERM: another user's process, but it runs
         return False
+
+    def pid_started(self, pid: int) -> str | None:
+        stat = self._proc_stat(pid)
+        return None if stat is None else self._born(stat)
+
+    def _born(self, stat: list[bytes]) -> str:
+        """pid_started() from /proc/PID/stat's fields: its field 22 (clock
+        ticks since boot) and the boot's id, as a boot starts counting anew."""
+        return "%s/%s" % (self._proc()[1], stat[19].decode("ascii", "replace"))
+
+    def _proc_stat(self, pid: int) -> list[bytes] | None:
+        """/proc/PID/stat's fields from the process' state on (field 3);
+        None without such a process or a /proc that numbers them as we do."""
+        if not self._proc()[0]:
+            return None
+        try:
+            fd = os.open("/proc/%d/stat" % pid, os.O_RDONLY | _CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, 1024)
+        except OSError:  # ESRCH: it ended in between
+            return None
+        finally:
+            os.close(fd)
+        fields = data.rpartition(b")")[2].split()  # its name may hold ")" and spaces
+        return fields if len(fields) > 19 else None
+
+    def _proc(self) -> tuple[bool, str]:
+        """Whether /proc is Linux's and numbers processes as we do (not a
+        parent pid namespace's), and this boot's id; read once."""
+        if not _procs:
+            ours, boot = False, ""
+            try:
+                with open("/proc/self/stat", "rb") as f:
+                    ours = f.read(32).split(b" ", 1)[0] == b"%d" % os.getpid()
+                with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+                    boot = f.read(64).decode("ascii", "replace").strip()
+            except OSError:
+                pass
+            _procs.append((ours, boot))
+        return _procs[0]
+
+
+_procs: list[tuple[bool, str]] = []
 
 
 class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/windows)
@@ -573,7 +633,7 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
         finally:
             kernel32.CloseHandle(handle)
 
-    def pid_gone(self, pid: int) -> bool:
+    def pid_gone(self, pid: int, started: str | None = None) -> bool:
         import ctypes
         kernel32 = _kernel32()
         handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
@@ -583,9 +643,33 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
             code = ctypes.c_ulong()
             if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
                 return False
-            return code.value != 259  # STILL_ACTIVE; the object outlives the process
+            if code.value != 259:  # STILL_ACTIVE; the object outlives the process
+                return True
+            # A pid is reused once no handle holds its process (issue 27).
+            created = self._created(handle)
+            return None not in (started, created) and created != started
         finally:
             kernel32.CloseHandle(handle)
+
+    def pid_started(self, pid: int) -> str | None:
+        kernel32 = _kernel32()
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return None
+        try:
+            return self._created(handle)
+        finally:
+            kernel32.CloseHandle(handle)
+
+    def _created(self, handle: Any) -> str | None:
+        """The creation time of the process of handle (GetProcessTimes, in
+        100 ns since 1601: one clock for the whole machine), or None."""
+        import ctypes
+        from ctypes import wintypes
+        times = [wintypes.FILETIME() for _ in range(4)]  # created, exited, kernel, user
+        if not _kernel32().GetProcessTimes(handle, *[ctypes.byref(t) for t in times]):
+            return None
+        return str(times[0].dwHighDateTime << 32 | times[0].dwLowDateTime)
 
 
 def _kernel32() -> Any:  # pragma: no cover - Windows: run by the rig (.ci/windows)
@@ -606,6 +690,8 @@ def _kernel32() -> Any:  # pragma: no cover - Windows: run by the rig (.ci/windo
     kernel32.GetExitCodeProcess.restype = wintypes.BOOL
     kernel32.TerminateProcess.argtypes = [wintypes.HANDLE, wintypes.UINT]
     kernel32.TerminateProcess.restype = wintypes.BOOL
+    kernel32.GetProcessTimes.argtypes = [wintypes.HANDLE] + [ctypes.POINTER(wintypes.FILETIME)] * 4
+    kernel32.GetProcessTimes.restype = wintypes.BOOL
     _kernel32s.append(kernel32)
     return kernel32
 
@@ -862,6 +948,10 @@ def _primary_holds(lock_path: str) -> bool:
         raise StateError("cannot open the lock file %s: %s" % (lock_path, _reason(exc)),
                          lock_path) from exc
     try:
+        import stat
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO: opened without waiting (issue 27)
+            raise StateError("refusing to use the lock file %s: it is not a regular file; "
+                             "remove it" % lock_path, lock_path)
         if _locked(fd, lock_path, shared=True):
             _unlock(fd, shared=True)
             return False
@@ -951,15 +1041,19 @@ def _read_state(path: str) -> dict | None:
 
 def _live_state(path: str) -> dict | None:
     """The published state (see _read_state), unless its process is known
-    to have ended: a killed primary's file stays until the next primary,
+    to have ended (a zombie too, and a pid that a later process took, as
+    its start time tells): a killed primary's file stays until the next primary,
     which holds the lock already, withdraws it (under Wine, a scanner or a
     loaded machine, that takes a while), and a reader in between would take
     the dead one for it: a ghost in the list, an address refused."""
     state = _read_state(path)
-    if (state is None or state["pid"] == os.getpid() or state.get("pids") is None
+    if (state is None or state.get("pids") is None
             or state.get("pids") != _pid_space() or state.get("machine") != _machine()):
         return state  # the same pid space: a pid that runs is a pid we can see
-    return None if _platform.pid_gone(state["pid"]) else state
+    # Our own pid too: a killed primary's, reused by this process (issue 27).
+    started = state.get("pid_start")  # none from tcbon before issue 27: not compared
+    started = started if isinstance(started, str) else None
+    return None if _platform.pid_gone(state["pid"], started) else state
 
 
 def _pid_space() -> str | None:
@@ -981,6 +1075,9 @@ def _read_bytes(path: str) -> bytes | None:
     except OSError:
         return b""
     try:
+        import stat
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""  # a FIFO, a device: never read, never waited for (issue 27)
         return os.read(fd, MAX_HEAD)
     except OSError:
         return b""
@@ -1057,7 +1154,9 @@ def _empty_or_remove(path: str) -> str:
         fd = None
     if fd is not None:
         try:
-            os.ftruncate(fd, 0)
+            import stat
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO is only removed (issue 27)
+                os.ftruncate(fd, 0)
         finally:
             os.close(fd)
     try:
@@ -2452,7 +2551,7 @@ def _public(state: dict) -> dict:
     """An instance as the registry shows it: its published state without
     the token (a listing is printed, logged, passed around)."""
     entry = {key: value for key, value in state.items()
-             if key not in ("token", "pids", "proof")}
+             if key not in ("token", "pids", "proof", "pid_start")}
     entry.setdefault("meta", {})
     entry.setdefault("active", entry.get("started"))
     return entry
@@ -2715,14 +2814,14 @@ class _Finder:
         slot's lock and its state, in a process that runs: made before a
         request is sent on a connection to its address (see _connection)."""
         lock_file, pid_file = self.files(state.get("id"))
-        token, pid = state["token"].encode("ascii"), state["pid"]
+        token, pid, started = state["token"].encode("ascii"), state["pid"], state.get("pid_start")
         same_space = state.get("pids") is not None and state.get("pids") == _pid_space()
 
         def check() -> bool:
             data = _read_bytes(pid_file + _SHADOW)  # as _read_state reads it
             data = _read_bytes(pid_file) if data is None else data
             return bool(data) and token in (data or b"") and _primary_holds(lock_file) and not (
-                same_space and _platform.pid_gone(pid))
+                same_space and _platform.pid_gone(pid, started))
         return check
 
     # Reaching it ----------------------------------------------------------------
@@ -4237,7 +4336,8 @@ class _Primary:
                       "token": server.token, "started": started,
                       "host": socket.gethostname(), "machine": _machine(),
                       "active": started, "meta": dict(process._meta),
-                      "app_version": process.version, "pids": _pid_space(), "proof": 1}
+                      "app_version": process.version, "pids": _pid_space(), "proof": 1,
+                      "pid_start": _platform.pid_started(os.getpid())}
         if self.slot is not None:
             self.state["id"] = self.slot
         _write_state(self.pid_file, self.state)

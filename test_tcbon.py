@@ -2063,6 +2063,65 @@ def test_sharing_violations_never_skip_on_stop_or_keep_the_lock(name, app_dir, t
     assert run_python(SHARING, tmp_path, name, app_dir, refuse) == expected
 
 
+def unblocked(call, fifo, bound=20.0):
+    """What call() returned or raised, run in a thread that must be done
+    within bound seconds: a bound against hanging, not a timing assert.
+    One blocked on fifo is let go (its write end opened, never written)
+    before the test fails."""
+    box = {}
+
+    def run():
+        try:
+            box["returned"] = call()
+        except tcbon.Error as exc:
+            box["raised"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked open returns
+        thread.join(bound)
+        pytest.fail("blocked on the FIFO %s for %s s" % (fifo, bound))
+    return box
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="Windows has no FIFOs in its file system")
+def test_a_fifo_at_the_state_path_blocks_no_client_nor_the_primary(name, app_dir, tmp_path):
+    # Issue 27, finding 7: open() of a FIFO waits until someone writes it.
+    with child_primary(name, app_dir, tmp_path):
+        client = tcbon.Process(name, app_dir=app_dir)
+        os.remove(client.pid_file)
+        os.mkfifo(client.pid_file, 0o600)
+        got = unblocked(lambda: client.send("event", {"name": "ping"}, timeout=2),
+                        client.pid_file)
+        assert isinstance(got.get("raised"), tcbon.Timeout), got
+        assert "published no address" in str(got["raised"])
+        assert unblocked(client.instances, client.pid_file) == {"returned": []}
+        assert stat.S_ISFIFO(os.lstat(client.pid_file).st_mode)  # nobody replaced it
+    # child_primary stopped it (exit 0 within 30 s), leaving what it did not
+    # write; the next primary removes it, as any file the last one left.
+    proc = tcbon.Process(name, app_dir=app_dir, timeout=5)
+    try:
+        assert "raised" not in unblocked(proc.start, client.pid_file)
+        assert client.info(timeout=2)["pid"] == os.getpid()
+        assert stat.S_ISREG(os.lstat(client.pid_file).st_mode)
+    finally:
+        proc.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="Windows has no FIFOs in its file system")
+def test_a_fifo_at_the_lock_path_blocks_no_probe(name, app_dir, tmp_path):
+    client = tcbon.Process(name, app_dir=app_dir)
+    with tcbon.Process(name, app_dir=app_dir):
+        pass  # makes the app dir, as the first primary does
+    os.remove(client.lock_file)
+    os.mkfifo(client.lock_file, 0o600)
+    for call in (lambda: client.running, client.start):
+        got = unblocked(call, client.lock_file)
+        assert isinstance(got.get("raised"), tcbon.StateError), got
+        assert "not a regular file" in str(got["raised"])
+
+
 # WSGI -------------------------------------------------------------------------------------
 def call(app, method="GET", path="/", body=None, query="", content_type="application/json"):
     """Drive a WSGI app in-process through wsgiref.validate."""
@@ -5339,6 +5398,76 @@ def test_cli_list_to_where_all(name, app_dir, tmp_path):
         code, out, err = cli(tmp_path, name, "stop", "--all", "--app-dir", app_dir)
         assert code == 0, err
         assert tcbon.instances(name, app_dir) == []
+
+
+def proc_state(pid):
+    """The state letter of process pid in /proc/PID/stat (Z: a zombie)."""
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        return f.read().rpartition(b")")[2].split()[0].decode()
+
+
+@contextlib.contextmanager
+def lock_held(client):
+    """Hold client's lock as the next primary holds it before it withdraws
+    the file the last one left."""
+    lock = tcbon._open_lock(client.lock_file)
+    try:
+        assert tcbon._lock(lock)
+        yield
+    finally:
+        tcbon._unlock(lock)
+        os.close(lock)
+
+
+def assert_not_shown(client, tmp_path, pid):
+    """With client's lock held, the state of pid is neither listed, nor
+    asked, nor shown by the probe: as a primary still starting up."""
+    assert client.running and client.instances() == []
+    with pytest.raises(tcbon.Timeout, match="published no address"):
+        client.send("event", {"name": "ping"}, timeout=0.5)
+    code, out, err = cli(tmp_path, client.name, "--app-dir", client.app_dir, "--json",
+                         "--timeout", "0.5")
+    assert code == 4 and "starting up" in err and str(pid) not in out + err, (out, err)
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="a zombie's state is read from Linux's /proc; "
+                    "on Windows a killed process' exit code tells it, as before issue 27")
+def test_a_killed_primary_left_unreaped_is_gone(name, app_dir, tmp_path):
+    # Issue 27, finding 6: a zombie passes kill(pid, 0).
+    with launch(name, app_dir, tmp_path) as child:
+        wait_primary(name, app_dir)
+        os.kill(child.pid, signal.SIGKILL)  # and no wait() until the checks are done
+        wait_for(lambda: proc_state(child.pid) == "Z", what="the child to be a zombie")
+        client = tcbon.Process(name, app_dir=app_dir)
+        with pytest.raises(tcbon.ProcessDoesNotExist):
+            client.send("event", {"name": "ping"})
+        with lock_held(client):
+            assert_not_shown(client, tmp_path, child.pid)
+        assert proc_state(child.pid) == "Z"  # unreaped all along
+        assert child.wait(30) == -signal.SIGKILL
+
+
+def test_a_state_whose_pid_started_at_another_time_is_gone(name, app_dir, tmp_path):
+    # Issue 27, finding 6: a pid reused by a later process passes kill(pid, 0).
+    client = tcbon.Process(name, app_dir=app_dir)
+    with tcbon.Process(name, app_dir=app_dir):
+        pass  # makes the app dir, as the first primary does
+    with launched(["-c", "import time; time.sleep(120)"], child_env(tmp_path)) as sleeper:
+        started = tcbon._platform.pid_started(sleeper.pid)
+        state = {"tcbon": tcbon.PROTOCOL, "version": tcbon.__version__, "name": name,
+                 "pid": sleeper.pid, "address": "127.0.0.1:9", "token": "x" * 32,
+                 "started": time.time(), "machine": tcbon._machine(),
+                 "pids": tcbon._pid_space()}
+        assert started or not (LINUX or WINDOWS), "no start time where tcbon publishes one"
+        with lock_held(client):
+            # Published by a tcbon before issue 27 (no start time) or with its own: shown.
+            for extra in ({}, {"pid_start": started}):
+                tcbon._write_state(client.pid_file, dict(state, **extra))
+                assert [e["pid"] for e in client.instances()] == [sleeper.pid]
+            if started is None:
+                pytest.skip("this platform gives no start time (macOS, the BSDs)")
+            tcbon._write_state(client.pid_file, dict(state, pid_start=started + "1"))
+            assert_not_shown(client, tmp_path, sleeper.pid)
 
 
 # Command line -----------------------------------------------------------------------------
