@@ -2529,8 +2529,13 @@ class _Client:
             return Error("%s sent a reply that is not HTTP (%s): is another program using "
                          "its port?" % (where, exc))
         how = ended(state, wait)
-        if how == "withdrawn" or how == "died" and what == "POST /stop":
-            return "gone"  # a stop's closed listener never read it; a stop is done
+        # A process that dies with our request unread in its socket resets the
+        # connection (RST); one that had read it closes it (FIN): only then
+        # may its handler have run.
+        unread = isinstance(reason, (ConnectionResetError, BrokenPipeError)) and not isinstance(
+            reason, http.client.RemoteDisconnected)  # that one is a FIN: "closed without reply"
+        if how == "withdrawn" or how == "died" and (unread or what == "POST /stop"):
+            return "gone"  # a stop's closed listener, or a dead one's: never read
         return Error("lost the connection to %s during %s (%s): %s; the request may or may "
                      "not have been handled" % (where, what, reason, "it has ended"
                                                 if how else "it still runs"))
@@ -2947,8 +2952,9 @@ class _Finder:
         except OSError as exc:
             raise Error("%r (pid %s) did not stop when asked and cannot be ended: %s"
                         % (self.name, pid, _reason(exc))) from exc
-        wait.until(lambda: None if _primary_holds(lock_file) else pid, lambda: Timeout(
-            "%r: ended pid %s, but its lock is still held after %.1f s" % (
+        started = state.get("pid_start")  # gone (its lock with it), a zombie too
+        wait.until(lambda: pid if _platform.pid_gone(pid, started) else None, lambda: Timeout(
+            "%r: ended pid %s, but it still runs after %.1f s" % (
                 self.name, pid, wait.limit or 0.0), self.name, wait.limit or 0.0))
         return pid
 

@@ -3075,6 +3075,8 @@ def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir
             wait_for(reached.is_set, 20, "the client to be about to connect")
             hard_kill(child)
             impostor = socket.socket()
+            if POSIX:  # past the port's TIME_WAIT connections, as any process may
+                impostor.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             impostor.bind((host, int(port)))
             impostor.listen(1)
             lock = tcbon._open_lock(tcbon.Process(name, app_dir=app_dir).lock_file)
