@@ -2730,8 +2730,8 @@ class _Finder:
 
     def listing(self) -> list[dict]:
         """The primaries whose lock is held and whose state is published, by id."""
-        return sorted((_public(state) for state in self.scan()[0]),
-                      key=lambda entry: entry.get("id") or 0)
+        entries = [dict(_public(state), id=state.get("id")) for state in self.scan()[0]]
+        return sorted(entries, key=lambda entry: entry["id"] or 0)
 
     def pick(self, to: Any = None, where: dict | None = None,
              passed: Iterable[str] = ()) -> dict | None:

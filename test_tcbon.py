@@ -977,6 +977,25 @@ sys.exit(code)
 """
 
 
+# argv NAME APP_DIR VERSION MARK [N], the app of issue 30's model: main() of that
+# version (replacing an older one if REPLACE=older; N or INSTANCES=N: at most N
+# instances), with MARK as its project; 'who' answers its pid, instance id,
+# version and project. Env: GO_FILE (start barrier), TIMEOUT.
+MODEL_APP = r"""
+import os, sys, time, tcbon
+name, app_dir, version, mark = sys.argv[1:5]
+""" + BARRIER + r"""
+limit = sys.argv[5] if len(sys.argv) > 5 else os.environ.get("INSTANCES")
+app = tcbon.Process(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 5)),
+                    instances=int(limit or 0) or None, version=version)
+app.describe(project=mark)
+app.on("who")(lambda event: {"pid": os.getpid(), "id": app.instance_id, "version": version,
+                             "project": mark})
+app.on("second-instance")(lambda event: None)
+sys.exit(app.main(replace=os.environ.get("REPLACE") or False))
+"""
+
+
 # argv NAME APP_DIR VERSION FOLDER ROUNDS: for each round R, once FOLDER/go.R
 # exists, start(replace='older') of a new object of that version (prints "R
 # PRIMARY" or "R EXISTS", or "R ERROR ..."); once FOLDER/end.R exists, stops it if
@@ -5022,6 +5041,259 @@ def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
         max_examples=15, stateful_step_count=20, deadline=None, database=None,
         suppress_health_check=list(HealthCheck),
         phases=[Phase.explicit, Phase.reuse, Phase.generate]))  # each step is real: no shrinking
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSIX, reason="kill -9, SIGSTOP and SIGCONT to children are POSIX's")
+def test_instances_and_upgrades_keep_the_lifecycle_contract_in_any_order(tmp_path):
+    # Issue 30's model: an app of at most 3 instances, and one of a single
+    # instance upgraded by racing launches of several versions, all in real
+    # children; launched, killed -9, stopped with SIGSTOP and continued, asked
+    # by id, by metadata and by default, through the API and the command
+    # line, stopped one by one or all at once, started on demand. Its
+    # invariants: the listing is exactly the live instances (no ghost, none
+    # missing), a call goes where its rule says or raises a documented error
+    # within its timeout, and an upgrade ends with the newest version.
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                     run_state_machine_as_test)
+    limit, margin = 2.0, 3.0  # every call's timeout; how far past it a call may return
+    documented = (tcbon.ProcessExists, tcbon.ProcessDoesNotExist, tcbon.Timeout)
+    script = tmp_path / "model_app.py"
+    script.write_text(MODEL_APP)
+
+    def timed(action):
+        """(result, exception) of a call that kept to its timeout and raised
+        nothing undocumented."""
+        started = time.monotonic()
+        try:
+            result, exc = action(), None
+        except documented as error:
+            result, exc = None, error
+        took = time.monotonic() - started
+        assert took < limit + margin, "a call took %.1f s with a %.1f s timeout" % (took, limit)
+        return result, exc
+
+    class Instances(RuleBasedStateMachine):
+        """The model: the live instances' children, by pid, with their
+        project; which of them are stopped (SIGSTOP)."""
+
+        def __init__(self):
+            super().__init__()
+            self.name = "m-" + uuid.uuid4().hex[:12]
+            self.app_dir = str(tmp_path / self.name)
+            self.live, self.frozen, self.children, self.marks = {}, set(), [], 0
+            self.client = tcbon.Process(self.name, app_dir=self.app_dir, timeout=limit,
+                                        instances=3)
+
+        def launch_one(self, env):
+            self.marks += 1
+            mark = "p%d" % self.marks
+            child = subprocess.Popen(
+                [sys.executable, str(script), self.name, self.app_dir, "1.0", mark],
+                env=child_env(tmp_path, TIMEOUT=limit, **env), text=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.children.append(child)
+            return child, mark
+
+        def listed(self):
+            return {e["pid"]: e for e in tcbon.instances(self.name, self.app_dir)}
+
+        @rule()
+        def launch(self):
+            before = len(self.live)
+            child, mark = self.launch_one({"INSTANCES": 3})
+            wait_for(lambda: child.poll() is not None or child.pid in self.listed(), 30,
+                     "the launch to become an instance or to hand over")
+            if child.poll() is None:
+                assert before < 3, "a fourth instance of an app that allows 3"
+                self.live[child.pid] = (child, mark)
+            else:  # full, or handed to one that a SIGSTOP keeps from answering
+                assert before == 3 or self.frozen, child.stderr.read()
+                assert child.returncode in (0, tcbon.EXIT_TIMEOUT), child.stderr.read()
+
+        def ours(self):
+            """The live instances that are our children (not started on demand)."""
+            return sorted(pid for pid, (child, _) in self.live.items() if child is not None)
+
+        @precondition(lambda self: self.ours())
+        @rule(data=st.data(), how=st.sampled_from(["SIGKILL", "SIGSTOP", "SIGCONT"]))
+        def signal(self, data, how):
+            pid = data.draw(st.sampled_from(self.ours()))
+            child = self.live[pid][0]
+            child.send_signal(getattr(signal, how))
+            if how == "SIGKILL":
+                child.wait(10)
+                del self.live[pid]
+                self.frozen.discard(pid)
+            elif how == "SIGSTOP":
+                self.frozen.add(pid)
+            else:
+                self.frozen.discard(pid)
+
+        @precondition(lambda self: self.live)
+        @rule(data=st.data(), by=st.sampled_from(["id", "where", "cli"]))
+        def ask_one(self, data, by):
+            pid = data.draw(st.sampled_from(sorted(self.live)))
+            entry = self.listed()[pid]
+            if by == "cli":
+                code, out, err = cli(tmp_path, self.name, "send", "who", "--to", str(entry["id"]),
+                                     "--app-dir", self.app_dir, "--timeout", str(limit))
+                if pid in self.frozen:
+                    assert code == tcbon.EXIT_TIMEOUT, (code, out, err)
+                else:
+                    assert code == 0 and json.loads(out)["pid"] == pid, (code, out, err)
+                return
+            rule_ = {"to": entry["id"]} if by == "id" else {"where": {"project": entry[
+                "meta"]["project"]}}
+            reply, exc = timed(lambda: self.client.send("event", {"name": "who"}, **rule_))
+            if pid in self.frozen:
+                assert isinstance(exc, tcbon.Timeout), exc
+            else:
+                assert exc is None and reply["pid"] == pid, (reply, exc)
+
+        @rule()
+        def ask_default(self):
+            reply, exc = timed(lambda: self.client.send("event", {"name": "who"}))
+            if not self.live:
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+            elif exc is not None:
+                assert isinstance(exc, tcbon.Timeout) and self.frozen, exc
+            else:
+                assert reply["pid"] in self.live and reply["pid"] not in self.frozen
+
+        @precondition(lambda self: self.ours())
+        @rule(data=st.data())
+        def stop_one(self, data):
+            pid = data.draw(st.sampled_from(self.ours()))
+            child = self.live[pid][0]
+            if pid in self.frozen:  # a hung one: ended, verified as its lock's holder
+                ended, exc = timed(lambda: self.client.stop(
+                    to=self.listed()[pid]["id"], kill_after=0.5))
+                assert exc is None and ended == [pid], (ended, exc)
+                self.frozen.discard(pid)
+            else:
+                _, exc = timed(lambda: self.client.stop(to=self.listed()[pid]["id"]))
+                assert exc is None, exc
+                assert child.wait(10) == 0, child.stderr.read()
+            del self.live[pid]
+
+        @precondition(lambda self: not self.frozen)
+        @rule()
+        def stop_all(self):
+            _, exc = timed(lambda: self.client.stop(to="all"))
+            assert (exc is None) == bool(self.live), exc
+            for pid, (child, _) in list(self.live.items()):
+                if child is not None:
+                    assert child.wait(10) == 0, child.stderr.read()
+                del self.live[pid]
+
+        @precondition(lambda self: not self.frozen)
+        @rule()
+        def start_on_demand(self):
+            command = [sys.executable, str(script), self.name, self.app_dir, "1.0", "started",
+                       "3"]
+            running = set(self.live)
+            reply = self.client.send("event", {"name": "who"}, start=command, timeout=30)
+            if running:
+                assert reply["pid"] in running  # started nothing
+            else:  # detached: not our child; it is stopped by its pid below if need be
+                self.live[reply["pid"]] = (None, "started")
+
+        @invariant()
+        def listed_exactly_the_live_instances(self):
+            found = self.listed()
+            assert set(found) == set(self.live), (found, self.live)
+            assert len({e["id"] for e in found.values()}) == len(found) <= 3
+            for pid, (child, _) in self.live.items():
+                assert child is None or child.poll() is None, pid
+
+        def teardown(self):
+            for pid in self.frozen:
+                os.kill(pid, signal.SIGCONT)
+            try:
+                if self.live:
+                    self.client.stop(to="all", timeout=20)
+                wait_for(lambda: not self.client.running, 20, "every instance to stop")
+            finally:
+                for child in self.children:
+                    end(child)
+
+    class Upgrades(RuleBasedStateMachine):
+        """The model: the version of the primary of a single-instance app, or None."""
+
+        def __init__(self):
+            super().__init__()
+            self.name = "u-" + uuid.uuid4().hex[:12]
+            self.app_dir = str(tmp_path / self.name)
+            self.version, self.children = None, []
+            self.client = tcbon.Process(self.name, app_dir=self.app_dir, timeout=limit)
+
+        @rule(versions=st.lists(st.sampled_from(["1.9", "1.10", "2.0rc1", "2.0", "2.1"]),
+                                min_size=1, max_size=4))
+        def race(self, versions):
+            go = str(tmp_path / ("go-" + uuid.uuid4().hex))
+            racers = [subprocess.Popen(
+                [sys.executable, str(script), self.name, self.app_dir, version, "r"],
+                env=child_env(tmp_path, TIMEOUT=20, REPLACE="older", GO_FILE=go), text=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                for version in versions]
+            self.children += racers
+            open(go, "w").close()
+            newest = max(versions + ([self.version] if self.version else []),
+                         key=tcbon._version_key)
+
+            def settled():
+                try:
+                    return self.client.info()["app_version"] == newest and all(
+                        r.poll() is not None or tcbon.Process(
+                            self.name, app_dir=self.app_dir).info()["pid"] == r.pid
+                        for r in racers)
+                except tcbon.Error:
+                    return False
+            wait_for(settled, 60, "the newest version, %s, to be the primary" % newest)
+            for racer in racers:
+                if racer.poll() is not None:
+                    assert racer.returncode == 0, racer.stderr.read()
+            self.version = newest
+
+        @rule(how=st.sampled_from(["SIGKILL", "stop"]))
+        def end_it(self, how):
+            if self.version is None:
+                _, exc = timed(lambda: self.client.stop())
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+                return
+            pid = self.client.info()["pid"]
+            if how == "SIGKILL":
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: not self.client.running, 10, "the killed primary's lock")
+            else:
+                _, exc = timed(lambda: self.client.stop())
+                assert exc is None, exc
+            self.version = None
+
+        @rule()
+        def ask(self):
+            reply, exc = timed(lambda: self.client.send("event", {"name": "who"}))
+            if self.version is None:
+                assert isinstance(exc, tcbon.ProcessDoesNotExist), exc
+            else:
+                assert exc is None and reply["version"] == self.version, (reply, exc)
+
+        def teardown(self):
+            try:
+                if self.client.running:
+                    self.client.stop(timeout=20)
+            finally:
+                for child in self.children:
+                    end(child)
+
+    for machine in (Instances, Upgrades):
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=6, stateful_step_count=15, deadline=None, database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.reuse, Phase.generate]))  # real steps: no shrinking
+
 
 def test_every_launch_goes_through_one_door_the_first_ones_own_too(name, app_dir,
                                                                     tmp_path):
