@@ -6565,3 +6565,25 @@ def test_readme_commands_work_as_written(tmp_path, request):
     left = {path for path in clone_files(copy) ^ before
             if not README_LEAVES.intersection(path.split(os.sep))}
     assert not left, "the commands left (or removed) in the clone: %s" % sorted(left)
+
+
+def test_readme_app_opens_what_a_registered_link_or_file_passes(tmp_path):
+    # Finding 12: started as register() starts it (app.py -- PATH), the
+    # README's app.py answered "no such file: --" and exited 2.
+    saved = [step for step in readme_commands(["README.rst"]) if step[0] == "save"]
+    assert [step[2] for step in saved] == ["app.py"]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "app.py").write_text(saved[0][3])
+    for file_name in ("notes.txt", "--todo.txt"):
+        (work / file_name).write_text("x")
+    env, app_dir = child_env(tmp_path), os.path.join(str(tmp_path / "xdg"), "my_app")
+    with launched(["app.py", "--", str(work / "notes.txt")], env, cwd=str(work)) as first:
+        wait_primary("my_app", app_dir)
+        code, out, err = ran(["app.py", "--", str(work / "--todo.txt")], env, cwd=str(work))
+        assert (code, out) == (0, "2 document(s) open\n"), err
+        code, out, err = ran(["app.py", "--", "gone.txt"], env, cwd=str(work))
+        assert (code, err) == (2, "no such file: %s\n" % (work / "gone.txt")), out
+        tcbon.Process("my_app", app_dir=app_dir).stop()
+        code, out, err = finish(first)
+        assert (code, out) == (0, "1 document(s) open\n"), err
