@@ -3622,8 +3622,17 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             raise ValueError("command is the app's command line, e.g. "
                              "'\"C:\\Program Files\\MyApp\\myapp.exe\"', got %r" % command)
         line = command + ' -- "%1"'  # quoted: the shell passes a path with spaces whole
-        self.unregister(name)
+        # Registering again replaces, and never leaves nothing registered (issue
+        # 27, finding 10): the ProgID records the last registration's schemes and
+        # types with the new ones first (unregister finds all, whatever stops this
+        # one), values are set over the old ones (the registry replaces a value
+        # whole), and what the new one no longer needs goes last. No value is
+        # read, changed and written back, nor shared with another app's: no lock.
         progid, written = self.progid(name), []  # type: str, list[str]
+        key = "%s\\%s" % (self.classes, progid)
+        last = {kind: self.get(key, kind) or [] for kind in ("TcbonSchemes", "TcbonTypes")}
+        for kind, new in (("TcbonSchemes", schemes), ("TcbonTypes", types)):
+            self.set(key, kind, list(dict.fromkeys(last[kind] + new)), "REG_MULTI_SZ")
         for scheme in schemes:
             key = "%s\\%s" % (self.classes, scheme)
             self.set(key, "", "URL:%s" % title)
@@ -3632,8 +3641,6 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             written.append("HKCU\\" + key)
         key = "%s\\%s" % (self.classes, progid)
         self.set(key, "", title)
-        self.set(key, "TcbonSchemes", schemes, "REG_MULTI_SZ")
-        self.set(key, "TcbonTypes", types, "REG_MULTI_SZ")
         if types:
             self.set(key + r"\shell\open\command", "", line)
         for ext in types:
@@ -3641,6 +3648,14 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             if self.get("%s\\%s" % (self.classes, ext), "") is None:  # no default yet
                 self.set("%s\\%s" % (self.classes, ext), "", progid)
             written.append("HKCU\\%s\\%s\\OpenWithProgids\\%s" % (self.classes, ext, progid))
+        for scheme in set(last["TcbonSchemes"]) - set(schemes):
+            self.delete_tree("%s\\%s" % (self.classes, scheme))
+        for ext in set(last["TcbonTypes"]) - set(types):
+            self.forget_type(ext, progid)
+        if not types:
+            self.delete_tree(key + r"\shell")
+        self.set(key, "TcbonSchemes", schemes, "REG_MULTI_SZ")
+        self.set(key, "TcbonTypes", types, "REG_MULTI_SZ")
         return written + ["HKCU\\" + key]
 
     def progid(self, name: str) -> str:

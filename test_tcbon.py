@@ -3611,29 +3611,34 @@ def test_register_refuses_control_characters_in_every_string(title, tmp_path, na
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "config").exists()
 
 
-# argv NAME STEP LABEL: registers NAME again (schemes killed and killed-LABEL,
-# a new file type; LABEL in the command and the title: every file changes),
-# killed with SIGKILL just before the STEP-th change others can see (a file
-# synced, replaced or removed, a folder made or removed): step 0 runs to the
-# end and prints how many it made.
+# argv NAME STEP LABEL SCHEME EXT: registers NAME again (schemes SCHEME and
+# SCHEME-LABEL, file type EXT; LABEL in the command and the title: every file
+# or value changes), killed (SIGKILL; TerminateProcess on Windows) just before
+# the STEP-th change others can see (a file synced, replaced or removed, a
+# folder made or removed; a registry key or value set or deleted): step 0 runs
+# to the end and prints how many it made.
 KILLED_AT_STEP = r"""
 import os, signal, sys, tcbon
-name, step, label, seen = sys.argv[1], int(sys.argv[2]), sys.argv[3], [0]
-CHANGES = {"replace", "rename", "remove", "unlink", "rmdir", "mkdir", "symlink", "fsync"}
+name, step, label, scheme, ext = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+CHANGES = {"posix": {"replace", "rename", "remove", "unlink", "rmdir", "mkdir", "symlink",
+                     "fsync"},
+           "winreg": {"CreateKey", "SetValueEx", "DeleteKey", "DeleteValue"}}
+seen = [0]
 
 def profile(frame, event, arg):
-    if (event == "c_call" and getattr(arg, "__module__", "") == os.name
-            and getattr(arg, "__name__", "") in CHANGES):
+    if (event == "c_call" and getattr(arg, "__name__", "")
+            in CHANGES.get(getattr(arg, "__module__", ""), ())):
         seen[0] += 1
         if seen[0] == step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 sys.setprofile(profile)
-tcbon.register(name, schemes=["killed", "killed-" + label], types=[".tcbonkill"],
+tcbon.register(name, schemes=[scheme, scheme + "-" + label], types=[ext],
                command=["/bin/echo", label], title="Killed " + label)
 sys.setprofile(None)
 print(seen[0])
 """
+KILLED = signal.SIGTERM if WINDOWS else -signal.SIGKILL  # os.kill: TerminateProcess(sig)
 
 
 def registration_left(tmp_path, name, env):
@@ -3662,7 +3667,8 @@ def test_kill_9_at_every_step_of_a_re_register_leaves_a_registration(tmp_path, n
         require("xdg-utils", "apt-get install xdg-utils")
     env, tools = xdg_env(tmp_path, PATH=str(tmp_path)), xdg_env(tmp_path)
     for label in ("first", "second"):  # registered, then again: a re-register's steps
-        code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", label], env)
+        code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", label, "killed", ".tcbonkill"],
+                             env)
         assert code == 0, err
     expected = ([("tcbon-%s-url.desktop" % name, True), ("tcbon-%s-file.desktop" % name, True)],
                 True)
@@ -3670,16 +3676,54 @@ def test_kill_9_at_every_step_of_a_re_register_leaves_a_registration(tmp_path, n
     steps, killed = int(out), 0
     assert steps >= 12, steps  # four files synced and replaced, each under its lock
     for step in range(1, steps + 3):
-        code, out, err = ran(["-c", KILLED_AT_STEP, name, str(step), "s%d" % step], env)
-        assert code in (0, -signal.SIGKILL), err
-        killed += code == -signal.SIGKILL
+        code, out, err = ran(["-c", KILLED_AT_STEP, name, str(step), "s%d" % step, "killed",
+                              ".tcbonkill"], env)
+        assert code in (0, KILLED), err
+        killed += code == KILLED
         assert registration_left(tmp_path, name, tools) == expected, "killed at step %d" % step
     assert killed >= steps
-    code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", "last"], env)  # the killed ones' files
+    code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", "last", "killed", ".tcbonkill"],
+                         env)  # and what the killed ones left goes
     assert code == 0, err
     for folder in (tmp_path / "config", tmp_path / "data" / "applications",
                    tmp_path / "data" / "mime" / "packages"):
         assert not [f for f in os.listdir(str(folder)) if f.startswith(".")], folder
+
+
+@pytest.mark.skipif(not WINDOWS, reason="HKCU\\Software\\Classes is Windows'")
+def test_killed_at_every_step_of_a_re_register_the_user_classes_keep_one(tmp_path, name):
+    # Finding 10, on Windows: register() deleted the last registration's keys
+    # first; a process ended there left the app with none.
+    tag = uuid.uuid4().hex[:8]  # the registry outlives tmp_path: names of this run only
+    scheme, ext, classes = "tcbon-test-" + tag, ".tcbon" + tag, "Software\\Classes\\"
+    progid, env = "tcbon.%s.1" % name, child_env(tmp_path)
+
+    def registration_left():
+        commands = [registry_value(classes + key + "\\shell\\open\\command") or ""
+                    for key in (scheme, progid)]
+        return (all(c.startswith("/bin/echo ") and c.endswith(' -- "%1"') for c in commands)
+                and registry_has(classes + ext + "\\OpenWithProgids")
+                and progid in registry_names(classes + ext + "\\OpenWithProgids")
+                and registry_value(classes + ext) == progid)
+    labels = ["first", "second"]
+    try:
+        for label in labels:  # registered, then again: a re-register's steps
+            code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", label, scheme, ext], env)
+            assert code == 0 and registration_left(), err
+        steps, killed = int(out), 0
+        assert steps >= 10, steps
+        for step in range(1, steps + 3):
+            labels.append("s%d" % step)
+            code, out, err = ran(["-c", KILLED_AT_STEP, name, str(step), labels[-1], scheme,
+                                  ext], env)
+            assert code in (0, KILLED), err
+            killed += code == KILLED
+            assert registration_left(), "killed at step %d" % step
+        assert killed >= steps
+    finally:
+        tcbon.unregister(name)
+    for key in [scheme, progid, ext] + ["%s-%s" % (scheme, label) for label in labels]:
+        assert not registry_has(classes + key), key  # the record of what to remove held
 
 
 @pytest.mark.skipif(not LINUX, reason="mimeapps.list is the XDG desktops'")
