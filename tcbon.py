@@ -3794,9 +3794,11 @@ def register(name: str, schemes: Iterable[str] = (), types: Iterable[str] = (),
         What was written: file paths, or registry keys (``HKCU\\...``).
 
     Raises:
-        ValueError: a bad name, scheme, type, title or command, or nothing
-            to register.
-        Error: registering is not done at run time here (macOS).
+        ValueError: a bad name, scheme, type, title or command (a control
+            character in one), or nothing to register.
+        Error: registering is not done at run time here (macOS); a file
+            to change could not be locked, or another process kept it
+            locked for 30 s.
         OSError: a file or key could not be written.
     """
     schemes, types, title = _check_links(name, schemes, types, title)
@@ -3815,7 +3817,9 @@ def unregister(name: str) -> list[str]:
 
     Raises:
         ValueError: a bad name.
-        Error: registering is not done at run time here (macOS).
+        Error: registering is not done at run time here (macOS); a file
+            to change could not be locked, or another process kept it
+            locked for 30 s.
         OSError: a file or key could not be removed.
     """
     return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
