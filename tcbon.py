@@ -3563,6 +3563,19 @@ def _launch_command() -> list[str]:
     return [sys.executable, os.path.abspath(script)]
 
 
+def _text_problem(value: str) -> str | None:
+    """Why value cannot be written as it is into a desktop file, a MIME
+    package (XML 1.0) or the registry, or None. Every registered string is
+    checked so (issue 27, finding 9: a title with a newline made a MIME
+    package that update-mime-database rejects, and the type silently failed)."""
+    for c in value:
+        if ord(c) < 32 or ord(c) == 127:
+            return "holds a control character"
+        if 0xD800 <= ord(c) <= 0xDFFF or c in "\ufffe\uffff":
+            return "holds %r, which is not text (bytes that were not UTF-8?)" % c
+    return None
+
+
 def _check_command(command: Any) -> list[str]:
     """The command as a list of arguments (a string: split as a POSIX shell
     does; Windows takes its own string as it is, see _WindowsLinks).
@@ -3576,9 +3589,10 @@ def _check_command(command: Any) -> list[str]:
     if not command or not all(isinstance(arg, str) for arg in command):
         raise ValueError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
                          "[sys.executable, '/path/to/app.py'], got %r" % (command,))
-    if any(ord(c) < 32 or ord(c) == 127 for arg in command for c in arg):
-        raise ValueError("the command holds a control character, which a desktop file or "
-                         "the registry cannot pass on: %r" % (command,))
+    problem = next(filter(None, map(_text_problem, command)), None)
+    if problem:
+        raise ValueError("the command %s, which a desktop file or the registry cannot pass "
+                         "on: %r" % (problem, command))
     if "=" in command[0]:  # Desktop Entry spec: the program's name or path has none
         raise ValueError("the program's path %r holds '=', which the Desktop Entry spec "
                          "forbids there: move it, or start it through a script" % command[0])
@@ -3629,13 +3643,14 @@ def _xdg_home(variable: str, default: str) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    """Write a file whole, atomically: a desktop that reads it meanwhile
-    sees the old content or the new, never half."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write a file whole, as _edit_file writes: a desktop that reads it
+    meanwhile, or a kill -9, meets the old content or the new, never half."""
+    _edit_file(path, lambda old: text)
+
+
+def _no_file(old: str | None) -> None:
+    """_edit_file's edit that removes the file."""
+    return None
 
 
 def _read_text(path: str) -> str | None:
@@ -3644,6 +3659,172 @@ def _read_text(path: str) -> str | None:
             return f.read()
     except FileNotFoundError:
         return None
+
+
+# The files tcbon writes outside its app dir, mimeapps.list above all, are
+# shared with the user's editor, xdg-mime and other tcbon processes: each is
+# changed as careful tools change theirs (issue 27, findings 2-4, 10, 11).
+_EDITS = _thread.allocate_lock()  # this process' threads, one edit at a time
+_EDIT_LOCK_WAIT = 30.0  # seconds another process may hold a file's lock
+
+
+def _edit_file(path: str, edit: Callable[[str | None], str | None]) -> bool:
+    """Change a file: edit gets its text (None: there is none) and returns
+    the new text, or None to remove the file. True if the file changed.
+
+    Under a lock that other threads and processes take too, so no edit is
+    lost (finding 2). The new text goes to a temporary file of a random
+    name made with O_EXCL and O_NOFOLLOW, never through a planted symlink
+    (finding 3); synced, it replaces the file atomically, so that a reader
+    or a kill -9 meets the old text or the new, never half or none
+    (finding 10). Bytes that are not UTF-8 are kept as they were
+    (surrogateescape both ways, finding 4), and so is the mode; a symbolic
+    link (a dotfiles repository) is changed at its target and stays a link
+    (finding 11); removing the file removes the link, not its target.
+    """
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    with _EDITS:
+        while True:
+            if not os.path.isdir(folder):
+                if edit(None) is None:
+                    return False  # nothing to remove: no folder made for it
+                os.makedirs(folder, exist_ok=True)
+            try:
+                lock = _hold_edit_lock(target)
+                break
+            except FileNotFoundError:  # an unregister removed the folder, empty, meanwhile
+                continue
+        try:
+            _remove_killed_temps(target)
+            old, mode = _read_for_edit(target)
+            new = edit(old)
+            if new == old:
+                return False
+            if new is None:
+                os.remove(path)
+            else:
+                _replace_text(target, new, mode)
+            return True
+        finally:
+            _release_edit_lock(target, lock)
+
+
+def _edit_lock_path(target: str) -> str:
+    folder, base = os.path.split(target)
+    return os.path.join(folder, ".%s.tcbon-lock" % base)
+
+
+def _hold_edit_lock(target: str) -> int:
+    """Hold the lock of target's edits: its descriptor. The lock file
+    (.NAME.tcbon-lock, beside it) is made and removed by whoever holds it:
+    one taken is kept only if it is still the file at that path, so that
+    removing it never lets two hold it at once (filelock#574).
+
+    Raises:
+        Error: its file system has no locks, or another process held it
+            for _EDIT_LOCK_WAIT seconds.
+    """
+    path, wait = _edit_lock_path(target), _Wait(_EDIT_LOCK_WAIT)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
+        except OSError:
+            if not os.path.islink(path):
+                raise
+            os.remove(path)  # a planted link: never ours (finding 3), and removing never follows
+            continue
+        try:
+            if _lock(fd):
+                held, now = os.fstat(fd), os.lstat(path)
+                if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                    return fd
+        except FileNotFoundError:
+            pass  # removed by its last holder meanwhile: make it anew
+        except OSError as exc:
+            os.close(fd)
+            raise Error("cannot lock %s: %s: its file system does not support locks (NFS "
+                        "mounted with nolock, SMB, some FUSE file systems)"
+                        % (path, _reason(exc))) from exc
+        os.close(fd)  # let go of a stale one's lock too
+        if wait.over():
+            raise Error("%s is being changed by another process, which has held %s for %.0f s: "
+                        "try again once it is done" % (target, path, _EDIT_LOCK_WAIT))
+        wait.pause()
+
+
+def _release_edit_lock(target: str, fd: int) -> None:
+    try:
+        os.remove(_edit_lock_path(target))  # while held: nothing of ours is left behind
+    except OSError:
+        pass  # gone already: the next one makes it anew
+    os.close(fd)
+
+
+def _read_for_edit(target: str) -> tuple[str | None, int | None]:
+    """target's text and mode, or (None, None) if it is not there.
+
+    Raises:
+        Error: it is not a regular file (a FIFO would block every reader).
+    """
+    import stat
+    try:
+        fd = os.open(target, os.O_RDONLY | _SAFE | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None, None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Error("cannot change %s: it is not a regular file; move it away" % target)
+        return f.read().decode("utf-8", "surrogateescape"), stat.S_IMODE(st.st_mode)
+
+
+def _temp_path(target: str) -> str:
+    """A new temporary file's path for target: beside it, hidden, with a
+    random part that no other process can foresee (finding 3)."""
+    folder, base = os.path.split(target)
+    return os.path.join(folder, ".%s.%s.tcbon-tmp" % (base, os.urandom(6).hex()))
+
+
+def _remove_killed_temps(target: str) -> None:
+    """Under target's edit lock, a temporary file of target's that is there
+    is a killed writer's: it goes (a planted link goes, never its target)."""
+    folder, base = os.path.split(target)
+    for entry in os.listdir(folder):  # .BASE. + 12 hex digits + .tcbon-tmp (_temp_path)
+        if (entry.startswith(".%s." % base) and entry.endswith(".tcbon-tmp")
+                and len(entry) == len(base) + 24):
+            _withdraw_file(os.path.join(folder, entry))
+
+
+def _replace_text(target: str, text: str, mode: int | None) -> None:
+    """Replace target with text through a new temporary file, synced; the
+    file's mode kept (mode None: a new file, as the umask makes it). Under
+    the edit lock."""
+    for _attempt in range(100):
+        tmp = _temp_path(target)
+        try:  # O_EXCL: fails on anything there, a dangling symlink included
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
+                         0o666 if mode is None else 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise Error("cannot make a temporary file beside %s: every name tried was taken"
+                    % target)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            f.write(text.encode("utf-8", "surrogateescape"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.remove(tmp)  # nothing left behind, whatever failed
+        except OSError:
+            pass  # replaced already, or not ours to remove any more
+        raise
 
 
 def _desktop_entry(title: str, command: list[str], field_code: str,
@@ -3749,18 +3930,27 @@ class _XdgLinks:
 
     def register(self, name: str, schemes: list[str], types: list[str], command: Any,
                  title: str) -> list[str]:
+        # Registering again replaces, and never leaves nothing registered (issue
+        # 27, finding 10): the new files first, each replaced whole, then the
+        # defaults, then what the new registration no longer needs.
         argv, written = _check_command(command), []  # type: list[str], list[str]
-        self.unregister(name)  # registering again replaces, nothing left of the last
         handled = {"%u": ["x-scheme-handler/" + scheme for scheme in schemes],
                    "%f": self.mime_types(name, title, types, written)}
-        defaults = {}
-        for code, desktop in self.desktops(name).items():
+        defaults, ours = {}, self.desktops(name)
+        for code, desktop in ours.items():
             if handled[code]:
                 path = os.path.join(self.applications, desktop)
                 _write_text(path, _desktop_entry(title, argv, code, handled[code]))
                 written.append(path)
                 defaults.update(dict.fromkeys(handled[code], desktop))
-        _write_text(self.mimeapps, _with_defaults(_read_text(self.mimeapps) or "", defaults))
+        _edit_file(self.mimeapps, lambda old: _with_defaults(
+            _without_desktops(old or "", set(ours.values())), defaults))
+        for code, desktop in ours.items():
+            if not handled[code]:
+                _edit_file(os.path.join(self.applications, desktop), _no_file)
+        if self.package(name) not in written and _edit_file(self.package(name), _no_file):
+            self.drop_mime_database()
+            _remove_empty_dirs([os.path.join(self.mime, "packages"), self.mime])
         return written + [self.mimeapps]
 
     def mime_types(self, name: str, title: str, types: list[str], written: list[str]) -> list[str]:
@@ -3769,8 +3959,9 @@ class _XdgLinks:
         system = [d for d in os.environ.get("XDG_DATA_DIRS", "").split(os.pathsep)
                   if os.path.isabs(d)] or ["/usr/local/share", "/usr/share"]
         known = {ext: _known_mime_type(ext, [self.data] + system) for ext in types}
-        new = {ext: "application/x-%s-%s" % (_link_id(name).lower(), ext[1:])
-               for ext, mime in known.items() if mime is None}
+        ours = {ext: "application/x-%s-%s" % (_link_id(name).lower(), ext[1:]) for ext in types}
+        new = {ext: ours[ext] for ext, mime in known.items()  # ours: known from the last time
+               if mime in (None, ours[ext])}
         if new:
             _write_text(self.package(name), _mime_package(title, new))
             written.append(self.package(name))
@@ -3789,20 +3980,20 @@ class _XdgLinks:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
     def unregister(self, name: str) -> list[str]:
-        removed = []
-        for desktop in self.desktops(name).values():
-            if _withdraw_file(os.path.join(self.applications, desktop)):
+        removed, ours = [], self.desktops(name).values()
+
+        def without_us(text: str | None) -> str | None:
+            rest = None if text is None else _without_desktops(text, set(ours))
+            if rest is None or rest == text or os.path.islink(self.mimeapps) or any(
+                    line.strip() and not line.startswith("[") for line in rest.splitlines()):
+                return rest  # a symlink's target stays, as the user's repository has it
+            return None  # only section headers left: the file said nothing before us
+        for desktop in ours:
+            if _edit_file(os.path.join(self.applications, desktop), _no_file):
                 removed.append(os.path.join(self.applications, desktop))
-        text = _read_text(self.mimeapps)
-        if text is not None:
-            rest = _without_desktops(text, set(self.desktops(name).values()))
-            if rest != text:
-                removed.append(self.mimeapps)
-                if any(line.strip() and not line.startswith("[") for line in rest.splitlines()):
-                    _write_text(self.mimeapps, rest)
-                else:  # only section headers left: the file said nothing before us
-                    _withdraw_file(self.mimeapps)
-        if _withdraw_file(self.package(name)):
+        if _edit_file(self.mimeapps, without_us):
+            removed.append(self.mimeapps)
+        if _edit_file(self.package(name), _no_file):
             removed.append(self.package(name))
             self.drop_mime_database()
         _remove_empty_dirs([os.path.join(self.mime, "packages"), self.mime, self.applications])
@@ -3856,8 +4047,17 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             raise ValueError("command is the app's command line, e.g. "
                              "'\"C:\\Program Files\\MyApp\\myapp.exe\"', got %r" % command)
         line = command + ' -- "%1"'  # quoted: the shell passes a path with spaces whole
-        self.unregister(name)
+        # Registering again replaces, and never leaves nothing registered (issue
+        # 27, finding 10): the ProgID records the last registration's schemes and
+        # types with the new ones first (unregister finds all, whatever stops this
+        # one), values are set over the old ones (the registry replaces a value
+        # whole), and what the new one no longer needs goes last. No value is
+        # read, changed and written back, nor shared with another app's: no lock.
         progid, written = self.progid(name), []  # type: str, list[str]
+        key = "%s\\%s" % (self.classes, progid)
+        last = {kind: self.get(key, kind) or [] for kind in ("TcbonSchemes", "TcbonTypes")}
+        for kind, new in (("TcbonSchemes", schemes), ("TcbonTypes", types)):
+            self.set(key, kind, list(dict.fromkeys(last[kind] + new)), "REG_MULTI_SZ")
         for scheme in schemes:
             key = "%s\\%s" % (self.classes, scheme)
             self.set(key, "", "URL:%s" % title)
@@ -3866,8 +4066,6 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             written.append("HKCU\\" + key)
         key = "%s\\%s" % (self.classes, progid)
         self.set(key, "", title)
-        self.set(key, "TcbonSchemes", schemes, "REG_MULTI_SZ")
-        self.set(key, "TcbonTypes", types, "REG_MULTI_SZ")
         if types:
             self.set(key + r"\shell\open\command", "", line)
         for ext in types:
@@ -3875,6 +4073,14 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             if self.get("%s\\%s" % (self.classes, ext), "") is None:  # no default yet
                 self.set("%s\\%s" % (self.classes, ext), "", progid)
             written.append("HKCU\\%s\\%s\\OpenWithProgids\\%s" % (self.classes, ext, progid))
+        for scheme in set(last["TcbonSchemes"]) - set(schemes):
+            self.delete_tree("%s\\%s" % (self.classes, scheme))
+        for ext in set(last["TcbonTypes"]) - set(types):
+            self.forget_type(ext, progid)
+        if not types:
+            self.delete_tree(key + r"\shell")
+        self.set(key, "TcbonSchemes", schemes, "REG_MULTI_SZ")
+        self.set(key, "TcbonTypes", types, "REG_MULTI_SZ")
         return written + ["HKCU\\" + key]
 
     def progid(self, name: str) -> str:
@@ -3980,6 +4186,10 @@ def _check_links(name: str, schemes: Any, types: Any, title: Any) -> tuple:
                          "file type (types=['.shot']), or both")
     if title is not None and (not isinstance(title, str) or not title.strip()):
         raise ValueError("title is the app's name as people read it, got %r" % (title,))
+    problem = title and _text_problem(title)
+    if problem:
+        raise ValueError("the title %s, which a desktop file or a MIME package cannot hold: "
+                         "%r" % (problem, title))
     return schemes, types, title or name
 
 
@@ -4009,9 +4219,11 @@ def register(name: str, schemes: Iterable[str] = (), types: Iterable[str] = (),
         What was written: file paths, or registry keys (``HKCU\\...``).
 
     Raises:
-        ValueError: a bad name, scheme, type, title or command, or nothing
-            to register.
-        Error: registering is not done at run time here (macOS).
+        ValueError: a bad name, scheme, type, title or command (a control
+            character in one), or nothing to register.
+        Error: registering is not done at run time here (macOS); a file
+            to change could not be locked, or another process kept it
+            locked for 30 s.
         OSError: a file or key could not be written.
     """
     schemes, types, title = _check_links(name, schemes, types, title)
@@ -4030,7 +4242,9 @@ def unregister(name: str) -> list[str]:
 
     Raises:
         ValueError: a bad name.
-        Error: registering is not done at run time here (macOS).
+        Error: registering is not done at run time here (macOS); a file
+            to change could not be locked, or another process kept it
+            locked for 30 s.
         OSError: a file or key could not be removed.
     """
     return _links().unregister(_check_name(name))  # type: ignore[no-any-return]

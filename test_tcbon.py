@@ -3708,6 +3708,339 @@ def started_by_start(link, log, name, app_dir, tmp_path):
             tcbon.Process(name, app_dir=app_dir).stop(timeout=20)
 
 
+# The user's own mimeapps.list, which every registration must keep as it is.
+MIMEAPPS_OF_THE_USER = ("# my own defaults: keep them\n[Default Applications]\n"
+                        "text/plain=vim.desktop;\n")
+
+# argv NAME SCHEME: registers NAME for SCHEME once told to on stdin, then
+# unregisters it once told to again (a barrier: every child at once).
+REGISTER_WHEN_TOLD = r"""
+import sys, tcbon
+print("ready", flush=True)
+sys.stdin.readline()
+tcbon.register(sys.argv[1], schemes=[sys.argv[2]], command=["/bin/true"])
+print("registered", flush=True)
+sys.stdin.readline()
+tcbon.unregister(sys.argv[1])
+"""
+
+
+def mimeapps_defaults(path):
+    """mimeapps.list's [Default Applications]: {MIME type: its list}."""
+    found, inside = {}, False
+    for line in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+        if line.startswith("["):
+            inside = line.strip() == "[Default Applications]"
+        elif inside and "=" in line:
+            key, _, value = line.partition("=")
+            found[key] = value
+    return found
+
+
+def assert_all_defaults_kept(mimeapps, names):
+    text = mimeapps.read_text()
+    assert text.startswith("# my own defaults: keep them\n"), text
+    defaults = mimeapps_defaults(mimeapps)
+    assert defaults["text/plain"] == "vim.desktop;", text
+    expected = {"x-scheme-handler/race%d" % i: "tcbon-%s-url.desktop;" % n
+                for i, n in enumerate(names)}
+    assert {k: v for k, v in defaults.items() if k in expected} == expected, text
+
+
+@pytest.mark.skipif(not LINUX, reason="mimeapps.list is the XDG desktops'")
+def test_20_processes_registering_at_once_keep_every_default(tmp_path, name):
+    # Finding 2: no lock, one temporary name per pid; 3 to 8 of 20 defaults
+    # were kept, and the user's own line and comment could go too.
+    mimeapps = tmp_path / "config" / "mimeapps.list"
+    mimeapps.parent.mkdir()
+    mimeapps.write_text(MIMEAPPS_OF_THE_USER)
+    names = ["%s-%d" % (name, i) for i in range(20)]
+    env = child_env(tmp_path)
+    with contextlib.ExitStack() as stack:
+        children = [stack.enter_context(launched(
+            ["-c", REGISTER_WHEN_TOLD, n, "race%d" % i], env, stdin=subprocess.PIPE))
+            for i, n in enumerate(names)]
+        for said in ("ready\n", "registered\n"):
+            for child in children:
+                assert child.stdout.readline() == said, finish(child)
+            if said == "registered\n":
+                assert_all_defaults_kept(mimeapps, names)
+            for child in children:  # all of them told at once
+                child.stdin.write("go\n")
+                child.stdin.flush()
+        for child in children:
+            code, out, err = finish(child, timeout=60)
+            assert code == 0, err
+    assert mimeapps.read_text() == MIMEAPPS_OF_THE_USER
+    assert sorted(os.listdir(str(mimeapps.parent))) == ["mimeapps.list"]
+
+
+@pytest.mark.skipif(not LINUX, reason="mimeapps.list is the XDG desktops'")
+def test_12_threads_registering_at_once_keep_every_default(tmp_path, name):
+    # Finding 2: the threads of one process shared one temporary name, and
+    # half of them raised FileNotFoundError.
+    mimeapps = tmp_path / "config" / "mimeapps.list"
+    mimeapps.parent.mkdir()
+    mimeapps.write_text(MIMEAPPS_OF_THE_USER)
+
+    def at_once(call, names):
+        start, failed = threading.Barrier(len(names)), []
+
+        def run(i):
+            try:
+                start.wait(30)
+                call(names[i], schemes=["race%d" % i], command=["/bin/true"])
+            except Exception as exc:  # noqa: BLE001 - the test thread reports it
+                failed.append(exc)
+                start.abort()
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(names))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not failed, failed
+
+    for round_ in range(3):
+        names = ["%s-%d-%d" % (name, round_, i) for i in range(12)]
+        at_once(tcbon.register, names)
+        assert_all_defaults_kept(mimeapps, names)
+        at_once(lambda n, **links: tcbon.unregister(n), names)
+        assert mimeapps.read_text() == MIMEAPPS_OF_THE_USER
+        assert sorted(os.listdir(str(mimeapps.parent))) == ["mimeapps.list"]
+
+
+def link_files(tmp_path, name):
+    """What register(name, schemes, types=['.tcbonnew']) writes: mimeapps.list,
+    both desktop files and the MIME package."""
+    applications = tmp_path / "xdg" / "applications"
+    return [tmp_path / "config" / "mimeapps.list",
+            applications / ("tcbon-%s-url.desktop" % name),
+            applications / ("tcbon-%s-file.desktop" % name),
+            tmp_path / "xdg" / "mime" / "packages" / ("tcbon-%s.xml" % name)]
+
+
+@pytest.mark.skipif(not LINUX, reason="mimeapps.list is the XDG desktops'")
+def test_register_never_follows_a_symlink_planted_at_a_temporary_name(tmp_path, name,
+                                                                      monkeypatch):
+    # Finding 3: a process that may write only ~/.config planted
+    # mimeapps.list.PID.tmp -> ~/.bashrc, and register() wrote ~/.bashrc.
+    victim = tmp_path / "bashrc"
+    victim.write_text("# my shell\n")
+    files = link_files(tmp_path, name)
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for planted in ("%s.%d.tmp" % (path, os.getpid()),  # what tcbon 0.4 used
+                        str(path.parent / (".%s.tcbon-lock" % path.name))):
+            os.symlink(str(victim), planted)
+    files[0].write_text(MIMEAPPS_OF_THE_USER)
+    tcbon.register(name, schemes=["planted"], types=[".tcbonnew"], command=["/bin/true"])
+    assert victim.read_text() == "# my shell\n"
+    for path in files:
+        assert not path.is_symlink() and path.is_file(), path
+    # A temporary name that happens to be taken (by a link, dangling or not)
+    # is never opened through: O_EXCL and O_NOFOLLOW.
+    made = tcbon._temp_path
+    taken = {}
+
+    def first_a_planted_one(target):
+        if target in taken:
+            return made(target)
+        taken[target] = target + ".planted"
+        os.symlink(str(victim) if len(taken) % 2 else str(tmp_path / "nowhere"),
+                   taken[target])
+        return taken[target]
+    monkeypatch.setattr(tcbon, "_temp_path", first_a_planted_one)
+    tcbon.register(name, schemes=["planted2"], types=[".tcbonnew"], command=["/bin/false"],
+                   title="Planted")  # every file changes
+    assert len(taken) == 4
+    assert victim.read_text() == "# my shell\n"
+    for path in files:
+        assert not path.is_symlink() and path.is_file(), path
+    assert "Exec=/bin/false -- %u" in files[1].read_text()
+    assert mimeapps_defaults(files[0])["x-scheme-handler/planted2"] == files[1].name + ";"
+    assert "x-scheme-handler/planted=" not in files[0].read_text()
+    assert files[0].read_text().startswith(MIMEAPPS_OF_THE_USER)
+
+
+@pytest.mark.skipif(not LINUX, reason="mimeapps.list is the XDG desktops'")
+def test_a_mimeapps_list_that_is_not_utf8_keeps_its_bytes(tmp_path, name):
+    # Finding 4: a Latin-1 byte in a comment: UnicodeEncodeError after the
+    # desktop file was written, a temporary file left, and every later
+    # register and unregister failed the same way.
+    mimeapps = tmp_path / "config" / "mimeapps.list"
+    mimeapps.parent.mkdir()
+    mine = b"# caf\xe9 cr\xe8me\n[Default Applications]\ntext/plain=vim.desktop;\n"
+    mimeapps.write_bytes(mine)
+    line = b"x-scheme-handler/latin=tcbon-%s-url.desktop;\n" % name.encode()
+    for _ in range(2):
+        tcbon.register(name, schemes=["latin"], command=["/bin/true"])
+        assert mimeapps.read_bytes() == mine + line
+        assert os.listdir(str(mimeapps.parent)) == ["mimeapps.list"]
+    assert tcbon.unregister(name)
+    assert mimeapps.read_bytes() == mine
+    assert os.listdir(str(mimeapps.parent)) == ["mimeapps.list"]
+
+
+@pytest.mark.parametrize("title", ["My\nApp", "My\rApp", "tab\there", "nul\x00", "del\x7f",
+                                   "esc\x1b[31m", "not utf-8 \udce9", "\ufffe"])
+def test_register_refuses_control_characters_in_every_string(title, tmp_path, name):
+    # Finding 9: a title with a newline made a MIME package that
+    # update-mime-database rejects: the file type silently did not work.
+    with pytest.raises(ValueError, match="the title holds .*, which a desktop file or a MIME "
+                                         "package cannot hold"):
+        tcbon.register(name, schemes=["myapp"], types=[".tcbonnew"], command=["/bin/true"],
+                       title=title)
+    with pytest.raises(ValueError, match="the command holds"):
+        tcbon.register(name, schemes=["myapp"], command=["/bin/app", title])
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "config").exists()
+
+
+# argv NAME STEP LABEL SCHEME EXT: registers NAME again (schemes SCHEME and
+# SCHEME-LABEL, file type EXT; LABEL in the command and the title: every file
+# or value changes), killed (SIGKILL; TerminateProcess on Windows) just before
+# the STEP-th change others can see (a file synced, replaced or removed, a
+# folder made or removed; a registry key or value set or deleted): step 0 runs
+# to the end and prints how many it made.
+KILLED_AT_STEP = r"""
+import os, signal, sys, tcbon
+name, step, label, scheme, ext = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+CHANGES = {"posix": {"replace", "rename", "remove", "unlink", "rmdir", "mkdir", "symlink",
+                     "fsync"},
+           "winreg": {"CreateKey", "SetValueEx", "DeleteKey", "DeleteValue"}}
+seen = [0]
+
+def profile(frame, event, arg):
+    if (event == "c_call" and getattr(arg, "__name__", "")
+            in CHANGES.get(getattr(arg, "__module__", ""), ())):
+        seen[0] += 1
+        if seen[0] == step:
+            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+sys.setprofile(profile)
+tcbon.register(name, schemes=[scheme, scheme + "-" + label], types=[ext],
+               command=["/bin/echo", label], title="Killed " + label)
+sys.setprofile(None)
+print(seen[0])
+"""
+KILLED = signal.SIGTERM if WINDOWS else -signal.SIGKILL  # os.kill: TerminateProcess(sig)
+
+
+def registration_left(tmp_path, name, env):
+    """What xdg-mime says opens a killed: link and a .tcbonkill file, and
+    whether those desktop files and the MIME package are there (whole)."""
+    applications = tmp_path / "data" / "applications"
+    found = []
+    for mime in ("x-scheme-handler/killed", "application/x-%s-tcbonkill" % name.lower()):
+        done = subprocess.run(["xdg-mime", "query", "default", mime], env=env,
+                              capture_output=True, text=True, timeout=60)
+        desktop = applications / done.stdout.strip().split(";")[0]
+        whole = r"\nExec=/bin/echo (\S+) -- %[uf]\n.*\nX-Tcbon-Name=Killed \1\n\Z"
+        found.append((desktop.name, desktop.is_file()
+                      and bool(re.search(whole, desktop.read_text(), re.S))))
+    package = tmp_path / "data" / "mime" / "packages" / ("tcbon-%s.xml" % name)
+    return found, package.is_file() and package.read_text().endswith("</mime-info>\n")
+
+
+@pytest.mark.skipif(not LINUX, reason="mimeapps.list is the XDG desktops'")
+def test_kill_9_at_every_step_of_a_re_register_leaves_a_registration(tmp_path, name):
+    # Finding 10: register() removed the last registration first: a kill -9
+    # in the middle (2 and 5 of 60 tries) left none. Killed before each change
+    # in turn, every state a re-register passes through is seen. No
+    # update-mime-database on PATH: it would outlive a killed parent.
+    if not shutil.which("xdg-mime"):
+        require("xdg-utils", "apt-get install xdg-utils")
+    env, tools = xdg_env(tmp_path, PATH=str(tmp_path)), xdg_env(tmp_path)
+    for label in ("first", "second"):  # registered, then again: a re-register's steps
+        code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", label, "killed", ".tcbonkill"],
+                             env)
+        assert code == 0, err
+    expected = ([("tcbon-%s-url.desktop" % name, True), ("tcbon-%s-file.desktop" % name, True)],
+                True)
+    assert registration_left(tmp_path, name, tools) == expected
+    steps, killed = int(out), 0
+    assert steps >= 12, steps  # four files synced and replaced, each under its lock
+    for step in range(1, steps + 3):
+        code, out, err = ran(["-c", KILLED_AT_STEP, name, str(step), "s%d" % step, "killed",
+                              ".tcbonkill"], env)
+        assert code in (0, KILLED), err
+        killed += code == KILLED
+        assert registration_left(tmp_path, name, tools) == expected, "killed at step %d" % step
+    assert killed >= steps
+    code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", "last", "killed", ".tcbonkill"],
+                         env)  # and what the killed ones left goes
+    assert code == 0, err
+    for folder in (tmp_path / "config", tmp_path / "data" / "applications",
+                   tmp_path / "data" / "mime" / "packages"):
+        assert not [f for f in os.listdir(str(folder)) if f.startswith(".")], folder
+
+
+@pytest.mark.skipif(not WINDOWS, reason="HKCU\\Software\\Classes is Windows'")
+def test_killed_at_every_step_of_a_re_register_the_user_classes_keep_one(tmp_path, name):
+    # Finding 10, on Windows: register() deleted the last registration's keys
+    # first; a process ended there left the app with none.
+    tag = uuid.uuid4().hex[:8]  # the registry outlives tmp_path: names of this run only
+    scheme, ext, classes = "tcbon-test-" + tag, ".tcbon" + tag, "Software\\Classes\\"
+    progid, env = "tcbon.%s.1" % name, child_env(tmp_path)
+
+    def registration_left():
+        commands = [registry_value(classes + key + "\\shell\\open\\command") or ""
+                    for key in (scheme, progid)]
+        return (all(c.startswith("/bin/echo ") and c.endswith(' -- "%1"') for c in commands)
+                and registry_has(classes + ext + "\\OpenWithProgids")
+                and progid in registry_names(classes + ext + "\\OpenWithProgids")
+                and registry_value(classes + ext) == progid)
+    labels = ["first", "second"]
+    try:
+        for label in labels:  # registered, then again: a re-register's steps
+            code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", label, scheme, ext], env)
+            assert code == 0 and registration_left(), err
+        steps, killed = int(out), 0
+        assert steps >= 10, steps
+        for step in range(1, steps + 3):
+            labels.append("s%d" % step)
+            code, out, err = ran(["-c", KILLED_AT_STEP, name, str(step), labels[-1], scheme,
+                                  ext], env)
+            assert code in (0, KILLED), err
+            killed += code == KILLED
+            assert registration_left(), "killed at step %d" % step
+        assert killed >= steps
+    finally:
+        tcbon.unregister(name)
+    for key in [scheme, progid, ext] + ["%s-%s" % (scheme, label) for label in labels]:
+        assert not registry_has(classes + key), key  # the record of what to remove held
+
+
+@pytest.mark.skipif(not LINUX, reason="mimeapps.list is the XDG desktops'")
+def test_a_symlinked_mimeapps_list_stays_a_link_and_keeps_its_mode(tmp_path, name):
+    # Finding 11: a mimeapps.list kept in a dotfiles repository became a
+    # regular file, and a 0600 one became 0644.
+    dotfiles, config = tmp_path / "dotfiles", tmp_path / "config"
+    dotfiles.mkdir()
+    config.mkdir()
+    (dotfiles / "mimeapps.list").write_text(MIMEAPPS_OF_THE_USER)
+    os.chmod(str(dotfiles / "mimeapps.list"), 0o600)
+    os.symlink(os.path.join("..", "dotfiles", "mimeapps.list"), str(config / "mimeapps.list"))
+    line = "x-scheme-handler/dotted=tcbon-%s-url.desktop;\n" % name
+    tcbon.register(name, schemes=["dotted"], command=["/bin/true"])
+    assert os.readlink(str(config / "mimeapps.list")) == "../dotfiles/mimeapps.list"
+    assert (dotfiles / "mimeapps.list").read_text() == MIMEAPPS_OF_THE_USER + line
+    assert stat.S_IMODE(os.stat(str(dotfiles / "mimeapps.list")).st_mode) == 0o600
+    tcbon.unregister(name)
+    assert os.readlink(str(config / "mimeapps.list")) == "../dotfiles/mimeapps.list"
+    assert (dotfiles / "mimeapps.list").read_text() == MIMEAPPS_OF_THE_USER
+    assert stat.S_IMODE(os.stat(str(dotfiles / "mimeapps.list")).st_mode) == 0o600
+    assert sorted(os.listdir(str(dotfiles))) == ["mimeapps.list"]
+    os.remove(str(config / "mimeapps.list"))  # and a plain file of 0600, 0640 as well
+    for mode in (0o600, 0o640):
+        (config / "mimeapps.list").write_text(MIMEAPPS_OF_THE_USER)
+        os.chmod(str(config / "mimeapps.list"), mode)
+        tcbon.register(name, schemes=["dotted"], command=["/bin/true"])
+        assert stat.S_IMODE(os.stat(str(config / "mimeapps.list")).st_mode) == mode
+        assert (config / "mimeapps.list").read_text() == MIMEAPPS_OF_THE_USER + line
+        tcbon.unregister(name)
+        assert stat.S_IMODE(os.stat(str(config / "mimeapps.list")).st_mode) == mode
+
+
 # Process ----------------------------------------------------------------------------------
 def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
     other = tcbon.Process(name, app_dir=app_dir)
@@ -7147,3 +7480,25 @@ def test_readme_commands_work_as_written(tmp_path, request):
     left = {path for path in clone_files(copy) ^ before
             if not README_LEAVES.intersection(path.split(os.sep))}
     assert not left, "the commands left (or removed) in the clone: %s" % sorted(left)
+
+
+def test_readme_app_opens_what_a_registered_link_or_file_passes(tmp_path):
+    # Finding 12: started as register() starts it (app.py -- PATH), the
+    # README's app.py answered "no such file: --" and exited 2.
+    saved = [step for step in readme_commands(["README.rst"]) if step[0] == "save"]
+    assert [step[2] for step in saved] == ["app.py"]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "app.py").write_text(saved[0][3])
+    for file_name in ("notes.txt", "--todo.txt"):
+        (work / file_name).write_text("x")
+    env, app_dir = child_env(tmp_path), os.path.join(str(tmp_path / "xdg"), "my_app")
+    with launched(["app.py", "--", str(work / "notes.txt")], env, cwd=str(work)) as first:
+        wait_primary("my_app", app_dir)
+        code, out, err = ran(["app.py", "--", str(work / "--todo.txt")], env, cwd=str(work))
+        assert (code, out) == (0, "2 document(s) open\n"), err
+        code, out, err = ran(["app.py", "--", "gone.txt"], env, cwd=str(work))
+        assert (code, err) == (2, "no such file: %s\n" % (work / "gone.txt")), out
+        tcbon.Process("my_app", app_dir=app_dir).stop()
+        code, out, err = finish(first)
+        assert (code, out) == (0, "1 document(s) open\n"), err
