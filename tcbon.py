@@ -3666,6 +3666,16 @@ def _this_argv() -> list[str]:
     return list(getattr(sys, "argv", None) or [])
 
 
+def _cwd() -> str | None:
+    """The working directory, or None where there is none: a terminal left
+    in a deleted build folder, or one whose parent we may not read
+    (os.getcwd() raises; qutebrowser's IPC tests cover it, issue 28)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 def _handle_signals(names: tuple[str, ...], handler: Callable[[], Any]) -> Callable[[], None]:
     """Make each named signal this platform has call handler(); return what
     puts the previous handlers back. Nothing changes off the main thread
@@ -4829,7 +4839,8 @@ class Process:
 
         Args:
             argv (list): default ``sys.argv``.
-            cwd (str): default ``os.getcwd()``.
+            cwd (str): default ``os.getcwd()``, or None if this launch's
+                working directory was deleted.
             data: anything JSON-serializable.
             timeout (float): for the whole hand-off; None waits until the
                 primary has handled it.
@@ -4884,7 +4895,7 @@ class Process:
         env = {key: value for key, value in os.environ.items()
                if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.forward_env)}
         return {"name": SECOND_INSTANCE, "argv": _this_argv() if argv is None else list(argv),
-                "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
+                "cwd": _cwd() if cwd is None else cwd, "data": data, "env": env,
                 "activation_token": None, "stdin": stdin, "primary": primary}
 
     def wait_for_exit(self, timeout: float | None = _DEFAULT) -> None:

@@ -845,6 +845,18 @@ def opened(event):
 sys.exit(app.main())
 """
 
+# argv NAME APP_DIR: main() after the GO_FILE barrier (the test deletes the
+# working directory meanwhile); the second-instance handler prints CWD and the
+# event's cwd as JSON, for the first launch's own event too.
+PRINT_CWD = r"""
+import json, os, sys, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+""" + BARRIER + r"""
+app = tcbon.Process(name, app_dir=app_dir, timeout=20)
+app.on("second-instance")(lambda event: print("CWD", json.dumps(event["cwd"]), flush=True))
+sys.exit(app.main())
+"""
+
 # A frozen app with a spawn pool in on_start, and multiprocessing.freeze_support()
 # in the right place (before main(), with FREEZE_FIRST=1) or in the wrong one (in
 # on_start, after main() took the lock: every worker then starts as a launch).
@@ -3674,6 +3686,34 @@ def test_handoff_forwards_argv_and_cwd_exactly_and_relays_the_reply(name, app_di
     assert event["argv"] == ["-c", name, app_dir] + TRICKY + ["raw-\udcff"]
     assert event["cwd"] == str(cwd) and event["data"] is None
     assert event["name"] == tcbon.SECOND_INSTANCE
+
+
+@pytest.mark.skipif(not POSIX, reason="Windows cannot delete a process' working directory")
+def test_a_launch_from_a_deleted_directory_hands_over_cwd_none(name, app_dir, tmp_path):
+    # A terminal left in a removed build folder: os.getcwd() raises there
+    # (issue 28; qutebrowser's IPC tests cover it). The first launch and a
+    # later one both start there, then the folder goes.
+    def from_a_deleted_folder(stack, label):
+        gone, go = tmp_path / label, tmp_path / (label + ".go")
+        gone.mkdir()
+        child = stack.enter_context(launched(["-c", PRINT_CWD, name, app_dir],
+                                             child_env(tmp_path, GO_FILE=go, PYTHONPATH=HERE),
+                                             cwd=str(gone)))  # (no "" in PYTHONPATH:
+        # Python itself could not start where "" names no folder)
+        gone.rmdir()  # deleted under it, before main()
+        go.write_text("")
+        return child
+
+    with contextlib.ExitStack() as stack:
+        first = from_a_deleted_folder(stack, "first")
+        assert first.stdout.readline() == "CWD null\n", first.stderr.read()  # its own
+        later = from_a_deleted_folder(stack, "later")
+        assert first.stdout.readline() == "CWD null\n"
+        code, out, err = finish(later)
+        assert (code, err) == (0, ""), err
+        tcbon.Process(name, app_dir=app_dir).stop()
+        code, out, err = finish(first)
+        assert (code, "Traceback" in err) == (0, False), err
 
 
 def test_handoff_without_a_handler_succeeds_and_main_returns_0(name, app_dir, tmp_path):
