@@ -3676,8 +3676,33 @@ def _cwd() -> str | None:
         return None
 
 
-def _handle_signals(names: tuple[str, ...], handler: Callable[[], Any]) -> Callable[[], None]:
-    """Make each named signal this platform has call handler(); return what
+def _exit_now(code: int, signum: int | None = None) -> None:
+    """End this process at once (no atexit, no traceback), with code, or
+    as signum's default action ends it (killed by SIGTERM: what systemd
+    takes for a clean stop). Python lets only the main thread reset a
+    handler, so the C library's signal() does it; failing that, the
+    shell's 128 + signum."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - gone (pythonw), closed, or a full pipe
+            pass
+    if signum is not None and not WINDOWS:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            libc.signal(signum, None)  # SIG_DFL
+            os.kill(os.getpid(), signum)  # taken by a thread that does not block it
+            time.sleep(1.0)
+        except (OSError, AttributeError, ImportError):
+            pass
+    os._exit(128 + signum if signum is not None else code)
+
+
+def _handle_signals(names: tuple[str, ...],
+                    handler: Callable[[int], Any]) -> Callable[[], None]:
+    """Make each named signal this platform has call handler(signum); return what
     puts the previous handlers back. Nothing changes off the main thread
     (Python allows no handler there), nor for a signal whose handler the
     host installed from C (an embedding DCC app): Python could not put it
@@ -3689,7 +3714,7 @@ def _handle_signals(names: tuple[str, ...], handler: Callable[[], Any]) -> Calla
         for name in names:
             signum = getattr(signal, name, None)
             if signum is not None and signal.getsignal(signum) is not None:
-                previous[signum] = signal.signal(signum, lambda *_: handler())
+                previous[signum] = signal.signal(signum, lambda number, _: handler(number))
 
     def undo() -> None:
         for signum, old in previous.items():
@@ -3776,6 +3801,22 @@ class _Gate:
 
 
 _primaries: Any = None  # a WeakSet of the _Primary parts of this process
+_END_GRACE = 2.0  # seconds a main loop has to end after a stop, before the process does
+
+
+def _loop_quit(run: Callable[[], Any]) -> Callable[[], Any] | None:
+    """What ends the loop run() runs, where the toolkit says: a bound
+    method's object's quit (Tk's root.mainloop, Qt's app.exec, GLib's
+    MainLoop.run, Gtk.Application.run), Gtk.main's main_quit; else None."""
+    owner = getattr(run, "__self__", None)
+    quit = getattr(owner, "quit", None)
+    if callable(quit) and not isinstance(owner, type(sys)):
+        return quit
+    if getattr(run, "__name__", None) == "main":
+        quit = getattr(sys.modules.get(getattr(run, "__module__", None) or ""), "main_quit", None)
+        if callable(quit):
+            return quit
+    return None
 
 
 def _nothing() -> None:
@@ -3848,6 +3889,10 @@ class _Primary:
         self._starter = _thread.get_ident()
         self.hurried = False  # a second stop request came during the stop
         self.by_signal = False  # the stop was asked for by a signal
+        self.signum: int | None = None  # which one
+        # main(run=...): while run() runs, what ends its loop; opened once it returned
+        self.in_run, self.loop_over = False, _Gate()
+        self.loop_quit: Callable[[], Any] | None = None
         self.waiter = False  # a thread waits in run_forever()/main() to stop us
         self.serving: Any = None  # the executor whose calls that thread runs
         self.drain: float | None = process.drain_limit()  # for requests in progress
@@ -3969,18 +4014,19 @@ class _Primary:
     def handle_signals(self, names: tuple[str, ...], interrupt: bool = False) -> None:
         """Let these signals stop us (see signalled); wake the executor's
         loop when one arrives, so that its handler runs at once."""
-        self._undo.append(_handle_signals(names, lambda: self.signalled(interrupt)))
+        self._undo.append(_handle_signals(names, lambda signum: self.signalled(interrupt,
+                                                                               signum)))
         executor = self.process.executor
         if executor is not None and len(self._undo) == 1:
             self._undo.append(_wake_on_signals(lambda: _submit_later(executor, _nothing)))
 
-    def signalled(self, interrupt: bool = False) -> None:
+    def signalled(self, interrupt: bool = False, signum: int | None = None) -> None:
         """SIGTERM (SIGBREAK on Windows), or Ctrl-C where tcbon handles it:
         the first stops us cleanly (interrupt: by KeyboardInterrupt, out of
         a main loop that nothing else could end); a later one hurries the
         stop."""
         if not self.asked.opened:
-            self.by_signal = True
+            self.by_signal, self.signum = True, signum
             if not interrupt:
                 return self.stop_soon()
             self.ask()
@@ -4096,6 +4142,40 @@ class _Primary:
             process._note(_INFO, "%s stopped", process.name)
             if server is not None:
                 server.answer_stop_requests(1.0)
+            self._end_loop()
+
+    def _end_loop(self) -> None:
+        """A stop while main()'s run() still runs ends the app too (issue 28:
+        a window that outlived its primary opened a second one at the next
+        launch): its loop's quit, on the executor's thread, and if run()
+        has not returned _END_GRACE seconds later, the process."""
+        if not self.in_run or self.loop_over.opened:
+            return
+        executor, quit = self.process.executor, self.loop_quit
+        try:
+            if quit is None:
+                pass  # nothing known ends that loop: only the process' end will
+            elif executor is None or getattr(executor, "is_own_thread", _nothing)():
+                quit()  # Tk's quit and Qt's are safe from any thread
+            else:
+                _submit_later(executor, quit)
+        except Exception:  # noqa: BLE001 - the process' end follows
+            self.process._note(_ERROR, "%s: ending the main loop failed", self.process.name,
+                               exc_info=True)
+        import threading
+        _start_deaf(threading.Thread(target=self._end_process, name="tcbon-end", daemon=True))
+
+    def _end_process(self) -> None:
+        """The last resort of _end_loop: the lock is released and on_stop
+        ran, but run() goes on. End the process without a traceback, with
+        the status main() would have returned, or after a signal as that
+        signal ends a process (a service manager's clean stop)."""
+        if self.loop_over.wait(_END_GRACE):
+            return
+        process = self.process
+        process._note(_WARNING, "%s: its main loop still ran %.0f s after the stop: ending the "
+                      "process; pass main(quit=...) to end the loop", process.name, _END_GRACE)
+        _exit_now(self.exit_code, self.signum)
 
     def _handover(self) -> Any:
         """on_handover()'s state for the successor (None, logged, if it
@@ -4624,7 +4704,8 @@ class Process:
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: float | None = _DEFAULT, forward_stdin: bool = False,
-             own_launch: bool = True, replace: Any = False) -> int:
+             own_launch: bool = True, replace: Any = False,
+             quit: Callable[[], Any] | None = None) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -4643,6 +4724,11 @@ class Process:
         SIGTERM (and Ctrl-C) stop the primary cleanly, also while ``run()``
         idles in a Tk, Qt or GTK main loop, if the Process has an executor
         (its wake-up runs the handler at once); a later one hurries the stop.
+        Every stop (remote, a signal, stop()) ends the app too: once
+        on_stop ran and the lock is released, a ``run()`` that has not
+        returned is ended with ``quit`` (on the executor's thread), and if
+        it still runs 2 s later, the process ends: with main()'s exit code,
+        or, after a signal, as that signal ends a process.
 
         Args:
             argv (list): what to hand over; default ``sys.argv``.
@@ -4657,6 +4743,10 @@ class Process:
                 running one (its on_handover() state handed over, launches
                 meanwhile waiting for this one), and hand over to one that
                 is as new or newer.
+            quit (callable): what ends run()'s loop. Default: the quit of
+                the object whose method run is (``root.mainloop`` ->
+                ``root.quit``, Qt's ``app.exec`` -> ``app.quit``, GLib's
+                ``MainLoop.run``), or ``Gtk.main_quit`` for ``Gtk.main``.
 
         Returns:
             The exit code for this launch: the primary's, or, for an error
@@ -4692,7 +4782,7 @@ class Process:
                     return self._report(exc)
             except Error as exc:
                 return self._report(exc)
-            return self._serve_until_stopped(run, argv if own_launch else None)
+            return self._serve_until_stopped(run, argv if own_launch else None, quit)
 
     def _chosen(self, argv: list[str]) -> int | None:
         """The id of the instance choose() sends this launch to, or None
@@ -4713,7 +4803,8 @@ class Process:
         return None if chosen is None else _instance_id(chosen)
 
     def _serve_until_stopped(self, run: Callable[[], Any] | None,
-                             own_argv: list[str] | None = None) -> int:
+                             own_argv: list[str] | None = None,
+                             quit: Callable[[], Any] | None = None) -> int:
         """Run the app's main loop, or wait for a stop request; then stop.
         Ctrl-C's handler is in place before run(): the first stops (or,
         without an executor to run the stop, interrupts run() once), later
@@ -4728,12 +4819,16 @@ class Process:
             if own_argv is not None:
                 self._open_own_launch(primary, own_argv)
             if run is not None:
-                run()
+                primary.loop_quit = quit or _loop_quit(run)
+                primary.in_run = True  # a stop from now on ends run() (issue 28)
+                if not primary.done.opened:  # not if stopped already: nothing would end it
+                    run()
             else:
                 primary.wait(primary.asked)
         except KeyboardInterrupt:
             self._note(_INFO, "%s interrupted", self.name)
         finally:
+            primary.loop_over.open()
             try:
                 primary.stop()
             finally:
