@@ -187,6 +187,11 @@ class RequestError(Error):
         self.status, self.reply = status, reply
 
 
+class _CannotListen(Error):
+    """The primary's server cannot listen: the guard cannot work (a
+    blocked loopback, say), as with a StateError (see main's unguarded)."""
+
+
 def _exit_code(exc: BaseException) -> int:
     """The exit code for a failure, as python -m tcbon and Process.main() give it."""
     for kind, code in ((ProcessDoesNotExist, EXIT_NOT_RUNNING), (RequestError, EXIT_REFUSED),
@@ -738,6 +743,24 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _unusable(what: str, path: str, exc: OSError,
+              advice: str = "pass an app_dir you can write to") -> StateError:
+    """A StateError for a folder or file the guard cannot use, naming the
+    cause (a read-only or full folder, one not ours) and what to do: users
+    met a bare "cannot create" (issue 28)."""
+    import errno
+    causes = {errno.EROFS: ("its file system is read-only",
+                            "pass an app_dir on a disk you can write to"),
+              errno.ENOSPC: ("the disk is full", "free some space, or pass another app_dir"),
+              getattr(errno, "EDQUOT", -1): ("your disk quota is full", "free some space"),
+              errno.EACCES: ("you may not write there (%s)" % _reason(exc),
+                             "pass an app_dir you own"),
+              errno.EPERM: ("you may not write there (%s)" % _reason(exc),
+                            "pass an app_dir you own")}
+    cause, todo = causes.get(exc.errno or 0, (_reason(exc), advice))
+    return StateError("%s %s: %s; %s" % (what, path, cause, todo), path)
+
+
 def _ensure_private_dir(path: str, create: bool = True) -> None:
     """Create path 0700 if missing; refuse one that others could tamper with:
     they could plant a lock and an address there and receive our events.
@@ -758,8 +781,7 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
             raise StateError("cannot create the tcbon directory %s" % path, path) from None
         raise
     except OSError as exc:
-        raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
-                         "you can write to" % (path, _reason(exc)), path) from exc
+        raise _unusable("cannot create the tcbon directory", path, exc) from exc
     import stat
     if stat.S_ISLNK(st.st_mode):
         raise StateError("refusing to use %s: it is a symbolic link; pass the real "
@@ -778,12 +800,9 @@ def _open_lock(path: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
     except OSError as exc:
-        advice = {errno.ELOOP: "it is a symbolic link: remove it",
-                  errno.EACCES: "pass an app_dir you own",
-                  errno.EPERM: "pass an app_dir you own"}.get(
-                      exc.errno or 0, "pass an app_dir on a local disk you can write to")
-        raise StateError("cannot open the lock file %s: %s; %s" % (path, _reason(exc), advice),
-                         path) from exc
+        advice = ("it is a symbolic link: remove it" if exc.errno == errno.ELOOP
+                  else "pass an app_dir on a local disk you can write to")
+        raise _unusable("cannot open the lock file", path, exc, advice) from exc
     import stat
     st = os.fstat(fd)
     problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
@@ -3942,9 +3961,14 @@ class _Primary:
             return _server_class()(process._bind, process.wsgi, os.urandom(24).hex(),
                                    process._note)
         except OSError as exc:
-            raise Error("%r cannot listen on %s: %s; pass another address, or none to let "
-                        "the system pick a free port" % (
-                            process.name, _format_address(*process._bind), _reason(exc))) from exc
+            import errno
+            advice = "pass another address, or none to let the system pick a free port"
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.ENETDOWN) or (
+                    exc.errno in (errno.EACCES, errno.EPERM) and not process._bind[1]):
+                advice = ("the loopback network is blocked or down here (a sandbox without "
+                          "network, a firewall, a container whose lo is down); allow 127.0.0.1")
+            raise _CannotListen("%r cannot listen on %s: %s; %s" % (
+                process.name, _format_address(*process._bind), _reason(exc), advice)) from exc
 
     def _hold_mutex(self) -> None:
         """The named mutex of Process(mutex=...), with the lock (issue 23)."""
@@ -3996,7 +4020,10 @@ class _Primary:
                       "app_version": process.version, "pids": _pid_space()}
         if self.slot is not None:
             self.state["id"] = self.slot
-        _write_state(self.pid_file, self.state)
+        try:
+            _write_state(self.pid_file, self.state)
+        except OSError as exc:  # a full disk: the lock file took no space, the state does
+            raise _unusable("cannot write the state file", self.pid_file, exc) from exc
         _primaries.add(self)
 
     def republish(self, **changes: Any) -> None:
@@ -4705,7 +4732,7 @@ class Process:
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: float | None = _DEFAULT, forward_stdin: bool = False,
              own_launch: bool = True, replace: Any = False,
-             quit: Callable[[], Any] | None = None) -> int:
+             quit: Callable[[], Any] | None = None, unguarded: bool = False) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -4747,6 +4774,13 @@ class Process:
                 the object whose method run is (``root.mainloop`` ->
                 ``root.quit``, Qt's ``app.exec`` -> ``app.quit``, GLib's
                 ``MainLoop.run``), or ``Gtk.main_quit`` for ``Gtk.main``.
+            unguarded (bool): where the guard cannot work (the app_dir is
+                read-only, full or not yours, its file system has no locks,
+                loopback is blocked), say why once on stderr and run the app
+                as if it were the only one: on_start, the handler with the
+                own launch, run() (without one: until SIGTERM or Ctrl-C),
+                on_stop; no lock, no server. Without it, main() says why and
+                returns 5 (6 for a blocked loopback).
 
         Returns:
             The exit code for this launch: the primary's, or, for an error
@@ -4769,7 +4803,7 @@ class Process:
                 except ProcessDoesNotExist:
                     continue  # it went away meanwhile: choose again
                 except (ValueError, Error) as exc:
-                    return self._report(exc)
+                    return self._refused(exc, unguarded, run, argv if own_launch else None)
             try:
                 self._become_primary(wait, replace, signals=True, waiter=run is None)
             except ProcessExists:
@@ -4781,7 +4815,7 @@ class Process:
                 except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
                     return self._report(exc)
             except Error as exc:
-                return self._report(exc)
+                return self._refused(exc, unguarded, run, argv if own_launch else None)
             return self._serve_until_stopped(run, argv if own_launch else None, quit)
 
     def _chosen(self, argv: list[str]) -> int | None:
@@ -4869,6 +4903,47 @@ class Process:
         if getattr(sys, "frozen", False):
             import multiprocessing
             multiprocessing.freeze_support()  # returns only if it is no worker after all
+        return code
+
+    def _refused(self, exc: Exception, unguarded: bool, run: Callable[[], Any] | None,
+                 own_argv: list[str] | None) -> int:
+        """main() cannot become the primary: report why, or, unguarded, run
+        alone where the guard cannot work."""
+        if unguarded and isinstance(exc, (StateError, _CannotListen)):
+            return self._run_alone(exc, run, own_argv)
+        return self._report(exc)
+
+    def _run_alone(self, exc: Exception, run: Callable[[], Any] | None,
+                   own_argv: list[str] | None) -> int:
+        """main(unguarded=True) where the guard cannot work (issue 28): said
+        once on stderr, then the app runs as if it were the only one. No
+        lock, no server: a later launch cannot reach it and runs alone too.
+        With run(), signals are left as Python has them."""
+        _say(sys.stderr, "%s: warning: running without the single-instance guard: %s\n"
+             % (self.name, exc))
+        stopped, code = _Gate(), EXIT_OK
+        undo = _nothing if run is not None else _handle_signals(_STOP_SIGNALS,
+                                                                lambda _: stopped.open())
+        try:
+            self.on_start()
+            handler = self.event_handlers.get(SECOND_INSTANCE)
+            if own_argv is not None and handler is not None:
+                event = self._launch_event(own_argv, None, None, None, True)
+                executor = self.executor
+                if executor is None or getattr(executor, "is_own_thread", _nothing)():
+                    code = _relay(handler(event))
+                else:
+                    _submit_later(executor, lambda: handler(event))
+            if run is not None:
+                run()
+            else:
+                while not stopped.wait(_WAIT_SLICE):
+                    pass
+        except KeyboardInterrupt:
+            self._note(_INFO, "%s interrupted", self.name)
+        finally:
+            undo()
+            self.on_stop()
         return code
 
     def _report(self, exc: Exception) -> int:

@@ -845,6 +845,27 @@ def opened(event):
 sys.exit(app.main())
 """
 
+# argv NAME APP_DIR UNGUARDED [ERRNO]: main(run=..., unguarded=UNGUARDED == "1");
+# with ERRNO, the file system refuses locks with it (at fcntl.flock). Prints
+# ON_START, OPENED primary (the handler, which answers exit code 3), RAN (run()),
+# ON_STOP; exits with what main() returned.
+UNGUARDED = """
+import errno, fcntl, os, sys, tcbon
+name, app_dir, unguarded = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+if len(sys.argv) > 4:
+    code = getattr(errno, sys.argv[4])
+
+    def flock(fd, operation):
+        raise OSError(code, os.strerror(code))
+    fcntl.flock = flock
+app = tcbon.Process(name, app_dir=app_dir)
+app.on_start = lambda: print("ON_START", flush=True)
+app.on_stop = lambda: print("ON_STOP", flush=True)
+app.on("second-instance")(lambda event: print("OPENED", event["primary"], flush=True)
+                          or {"exit_code": 3})
+sys.exit(app.main(run=lambda: print("RAN", flush=True), unguarded=unguarded))
+"""
+
 # argv NAME APP_DIR: main() after the GO_FILE barrier (the test deletes the
 # working directory meanwhile); the second-instance handler prints CWD and the
 # event's cwd as JSON, for the first launch's own event too.
@@ -3688,34 +3709,6 @@ def test_handoff_forwards_argv_and_cwd_exactly_and_relays_the_reply(name, app_di
     assert event["name"] == tcbon.SECOND_INSTANCE
 
 
-@pytest.mark.skipif(not POSIX, reason="Windows cannot delete a process' working directory")
-def test_a_launch_from_a_deleted_directory_hands_over_cwd_none(name, app_dir, tmp_path):
-    # A terminal left in a removed build folder: os.getcwd() raises there
-    # (issue 28; qutebrowser's IPC tests cover it). The first launch and a
-    # later one both start there, then the folder goes.
-    def from_a_deleted_folder(stack, label):
-        gone, go = tmp_path / label, tmp_path / (label + ".go")
-        gone.mkdir()
-        child = stack.enter_context(launched(["-c", PRINT_CWD, name, app_dir],
-                                             child_env(tmp_path, GO_FILE=go, PYTHONPATH=HERE),
-                                             cwd=str(gone)))  # (no "" in PYTHONPATH:
-        # Python itself could not start where "" names no folder)
-        gone.rmdir()  # deleted under it, before main()
-        go.write_text("")
-        return child
-
-    with contextlib.ExitStack() as stack:
-        first = from_a_deleted_folder(stack, "first")
-        assert first.stdout.readline() == "CWD null\n", first.stderr.read()  # its own
-        later = from_a_deleted_folder(stack, "later")
-        assert first.stdout.readline() == "CWD null\n"
-        code, out, err = finish(later)
-        assert (code, err) == (0, ""), err
-        tcbon.Process(name, app_dir=app_dir).stop()
-        code, out, err = finish(first)
-        assert (code, "Traceback" in err) == (0, False), err
-
-
 def test_handoff_without_a_handler_succeeds_and_main_returns_0(name, app_dir, tmp_path):
     with tcbon.Process(name, app_dir=app_dir):
         assert ran(["-c", MAIN, name, app_dir, "file.txt"], child_env(tmp_path)) == (0, "", "")
@@ -5148,6 +5141,84 @@ def test_cli_list_to_where_all(name, app_dir, tmp_path):
         code, out, err = cli(tmp_path, name, "stop", "--all", "--app-dir", app_dir)
         assert code == 0, err
         assert tcbon.instances(name, app_dir) == []
+
+
+@pytest.mark.skipif(not POSIX, reason="Windows cannot delete a process' working directory")
+def test_a_launch_from_a_deleted_directory_hands_over_cwd_none(name, app_dir, tmp_path):
+    # A terminal left in a removed build folder: os.getcwd() raises there
+    # (issue 28; qutebrowser's IPC tests cover it). The first launch and a
+    # later one both start there, then the folder goes.
+    def from_a_deleted_folder(stack, label):
+        gone, go = tmp_path / label, tmp_path / (label + ".go")
+        gone.mkdir()
+        child = stack.enter_context(launched(["-c", PRINT_CWD, name, app_dir],
+                                             child_env(tmp_path, GO_FILE=go, PYTHONPATH=HERE),
+                                             cwd=str(gone)))  # (no "" in PYTHONPATH:
+        # Python itself could not start where "" names no folder)
+        gone.rmdir()  # deleted under it, before main()
+        go.write_text("")
+        return child
+
+    with contextlib.ExitStack() as stack:
+        first = from_a_deleted_folder(stack, "first")
+        assert first.stdout.readline() == "CWD null\n", first.stderr.read()  # its own
+        later = from_a_deleted_folder(stack, "later")
+        assert first.stdout.readline() == "CWD null\n"
+        code, out, err = finish(later)
+        assert (code, err) == (0, ""), err
+        tcbon.Process(name, app_dir=app_dir).stop()
+        code, out, err = finish(first)
+        assert (code, "Traceback" in err) == (0, False), err
+
+
+def read_only_folder(tmp_path):
+    """A folder a launch cannot write to, and the command prefix that runs
+    the launch there: as root, a read-only bind mount of it in a mount
+    namespace of the launch's own (root ignores file modes); else mode 0555."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    if not POSIX:
+        pytest.skip("Windows: a read-only folder is an ACL, which Wine does not enforce")
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return str(folder), [], "you may not write there"
+    if not shutil.which("unshare"):
+        require("namespaces", "needs unshare, to mount a folder read-only")
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+    return (str(folder), ["unshare", "-m", "sh", "-c", script, str(folder)],
+            "its file system is read-only")
+
+
+@pytest.mark.parametrize("unguarded", [False, True])
+def test_main_unguarded_runs_the_app_alone_in_a_read_only_folder(name, tmp_path, unguarded):
+    # Issue 28: a read-only home (a live system, a locked-down kiosk): the
+    # guard cannot work. Opted in, the app runs as if alone, said once;
+    # else the launch says why and what to do.
+    folder, via, cause = read_only_folder(tmp_path)
+    app_dir = os.path.join(folder, "state")
+    status, out, err = ran(["-c", UNGUARDED, name, app_dir, int(unguarded)],
+                           child_env(tmp_path), via=via)
+    if unguarded:
+        assert (status, out) == (3, "ON_START\nOPENED True\nRAN\nON_STOP\n"), err
+        assert len(err.splitlines()) == 1, err
+        assert "without the single-instance guard" in err and cause in err
+    else:
+        assert (status, out) == (5, ""), err
+        assert "cannot create the tcbon directory %s: %s" % (app_dir, cause) in err
+        assert "pass an app_dir" in err and "Traceback" not in err
+    assert not os.path.exists(app_dir)
+
+
+@pytest.mark.skipif(not POSIX, reason="injects NFS's errors at fcntl.flock, which Windows has not")
+def test_main_unguarded_runs_the_app_alone_on_a_file_system_without_locks(name, app_dir,
+                                                                         tmp_path):
+    # As test_a_file_system_without_locks_is_a_state_error_never_held: the
+    # errno of NFS without locks, injected at the platform seam.
+    status, out, err = ran(["-c", UNGUARDED, name, app_dir, 1, "ENOLCK"], child_env(tmp_path))
+    assert (status, out) == (3, "ON_START\nOPENED True\nRAN\nON_STOP\n"), err
+    assert len(err.splitlines()) == 1 and "does not support locks" in err, err
+    status, out, err = ran(["-c", UNGUARDED, name, app_dir, 0, "ENOLCK"], child_env(tmp_path))
+    assert (status, out) == (5, "") and "does not support locks" in err, err
 
 
 # Command line -----------------------------------------------------------------------------
