@@ -637,6 +637,10 @@ def _data_home(platform: str = sys.platform) -> str:
     """
     import ntpath
     import posixpath
+    own = _own_home() if platform != "win32" else None
+    if own is not None:  # $HOME is another user's: so are $XDG_DATA_HOME and $SNAP_USER_COMMON
+        return posixpath.join(own, *(("Library", "Application Support") if platform == "darwin"
+                                     else (".local", "share")))
     xdg = os.environ.get("XDG_DATA_HOME", "")  # absolute, or ignored (platformdirs 4)
     snap = os.environ.get("SNAP_USER_COMMON", "")
     if platform == "win32" and os.environ.get("LOCALAPPDATA"):
@@ -659,6 +663,40 @@ def _data_home(platform: str = sys.platform) -> str:
     return paths.join(home, ".local", "share")
 
 
+def _own_home() -> str | None:
+    """Our own user's home (the password database's) if $HOME belongs to
+    another user, else None. Root under ``sudo -E`` (or macOS' sudo, which
+    keeps $HOME), or a setuid helper, must never create state in the home
+    it was given: the folders it made were root's, and locked the user out
+    for good (issue 28; Electron #39656, VS Code #97626).
+
+    Raises:
+        StateError: $HOME is another user's and we have no home of our own.
+    """
+    home = os.environ.get("HOME", "")
+    if not home or not hasattr(os, "geteuid"):
+        return None
+    try:
+        owner = os.stat(home).st_uid
+    except OSError:
+        return None  # none yet: whoever creates it owns it
+    euid = os.geteuid()
+    if owner == euid:
+        return None
+    import pwd
+    try:
+        own = pwd.getpwuid(euid).pw_dir
+    except KeyError:
+        own = ""
+    if own == home:  # the password database says it is ours all the same
+        return None
+    if not own:
+        raise StateError("$HOME (%s) belongs to uid %d, not to you (uid %d), and you have no "
+                         "home of your own: tcbon creates no state in another user's home; "
+                         "run as that user, or pass app_dir" % (home, owner, euid), home)
+    return own
+
+
 def default_app_dir(name: str) -> str:
     """Return where ``Process(name)`` keeps its files by default.
 
@@ -666,7 +704,9 @@ def default_app_dir(name: str) -> str:
     (but on macOS, where $XDG_DATA_HOME is ignored: see _data_home): a
     place no logout or tmp cleaner wipes, unlike $XDG_RUNTIME_DIR
     (jupyter_core#143). Inside a Snap: $SNAP_USER_COMMON/NAME, the one
-    folder that every revision of the snap shares.
+    folder that every revision of the snap shares. A process whose $HOME
+    belongs to another user (root under ``sudo -E``) uses its own user's
+    home instead.
 
     Raises:
         StateError: there is no home directory to put it in.
@@ -769,6 +809,8 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
         FileNotFoundError: path is missing and create is false.
         StateError: path cannot be created or is not safe.
     """
+    if create and not os.path.lexists(path):
+        _check_creator(path)
     try:
         if create:
             try:
@@ -790,8 +832,100 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
         raise StateError("cannot use %s as the tcbon directory: it is a file, not a "
                          "directory; pass another app_dir" % path, path)
     problem = _owner_problem(st)
+    if problem and st.st_uid == 0:  # a launch as root (sudo) made it: issue 28
+        if create and _set_aside(path, st):
+            return _ensure_private_dir(path, create)
+        raise StateError("refusing to use %s: it %s: a launch as root (sudo) made it; give it "
+                         "back to you with: %s" % (path, problem, _give_back(path)), path)
     if problem:
         raise StateError("refusing to use %s: it %s" % (path, problem), path)
+
+
+def _nearest(path: str) -> tuple[str, os.stat_result]:
+    """The nearest existing folder at or above path, and its stat."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            return path, os.stat(path)
+        except FileNotFoundError:
+            if os.path.dirname(path) == path:
+                raise
+            path = os.path.dirname(path)
+
+
+def _check_creator(path: str) -> None:
+    """Refuse to create a state folder inside a folder of another user
+    (but root's: /tmp, /srv): root under sudo, say, in the user's home,
+    where the folder would then be root's and lock that user out (issue
+    28). Our own folders, and root's, are fine."""
+    if not hasattr(os, "geteuid"):
+        return
+    try:
+        folder, st = _nearest(path)
+    except OSError:
+        return  # said when it cannot be created
+    if st.st_uid not in (os.geteuid(), 0):
+        raise StateError("refusing to create %s: %s belongs to uid %d, not to you (uid %d), "
+                         "and the folder would then be yours, not that user's; run as that "
+                         "user (not with sudo), or pass an app_dir of your own"
+                         % (path, folder, st.st_uid, os.geteuid()), path)
+
+
+def _give_back(path: str) -> str:
+    """The command that gives path, which root took, back to this user."""
+    import pwd
+    import shlex
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return "sudo chown -R %s: %s" % (user, shlex.quote(path))
+
+
+def _set_aside(path: str, st: os.stat_result) -> bool:
+    """Move a state folder that a launch as root made out of the way, so
+    that this launch makes its own; True if it did (or path changed
+    meanwhile: look again). We cannot chown it, nor empty it (it is 0700
+    root's), but may rename it within a folder of ours: only there, and
+    only while no process of root holds a lock on its file system (its
+    lock file we cannot see: a root primary that may still use it keeps
+    it). Says where it went, and how to remove it."""
+    parent = os.path.dirname(os.path.abspath(path))
+    aside = "%s.root-%d" % (path, int(time.time()))
+    try:
+        if os.stat(parent).st_uid != os.geteuid() or _root_locks(st.st_dev) is not False:
+            return False
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return True  # another launch moved it already
+        os.rename(path, aside)
+    except OSError:
+        return False
+    if sys.stderr is not None:
+        sys.stderr.write("tcbon: %s was root's (a launch with sudo made it): moved it aside to "
+                         "%s; remove that with: sudo rm -r %s\n" % (path, aside, aside))
+    return True
+
+
+def _root_locks(dev: int) -> bool | None:
+    """Whether a process of root holds a lock on a file of file system
+    dev: Linux's /proc/locks lists every lock with its holder's pid and its
+    file's device. None where that is unknown."""
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    device = "%02x:%02x:" % (os.major(dev), os.minor(dev))
+    for fields in (line.split() for line in lines):
+        if "->" in fields or len(fields) < 6 or not fields[5].startswith(device):
+            continue  # "->": a waiter, not a holder
+        try:
+            if os.stat("/proc/" + fields[4]).st_uid == 0:
+                return True
+        except OSError:
+            continue  # gone meanwhile
+    return False
 
 
 def _open_lock(path: str) -> int:

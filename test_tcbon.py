@@ -357,6 +357,55 @@ for app_dir in sys.argv[1:]:
 """
 
 
+# argv NAME USER_HOME, as root with a user's HOME and XDG_DATA_HOME (sudo -E): a
+# primary of the default app_dir started and stopped (prints its app_dir), then
+# main() with an app_dir in the user's home (prints its exit code).
+ELEVATED = """
+import os, sys, tcbon
+name, home = sys.argv[1], sys.argv[2]
+with tcbon.Process(name) as app:
+    print(app.app_dir, flush=True)
+print(tcbon.Process(name, app_dir=os.path.join(home, "mine")).main(run=lambda: None))
+"""
+
+# argv NAME, as a user whose state folder a past root launch made: main() (its run()
+# prints RAN); then prints main()'s code and, for each entry of the folder's parent,
+# its name (".root-*" as " aside") and whether it is the user's.
+TAKEN_BY_ROOT = """
+import os, sys, tcbon
+name = sys.argv[1]
+share = os.path.join(os.environ["HOME"], ".local", "share")
+code = tcbon.Process(name).main(run=lambda: print("RAN", flush=True))
+print(code, sorted((entry.split(".root-")[0] + (" aside" if ".root-" in entry else ""),
+                    os.stat(os.path.join(share, entry)).st_uid == os.getuid())
+                   for entry in os.listdir(share)))
+"""
+
+# sh -c TAKEN_BY_ROOT_SETUP HOME NAME UID GID PYTHON LIB HOLD, as root: a tmpfs of its
+# own (no other lock on that file system) mounted on HOME in this mount namespace,
+# the user's, with the folder HOME/.local/share/NAME root's as a past `sudo -E app`
+# left it; with HOLD=1, a root primary of it still runs. Then TAKEN_BY_ROOT as the
+# user; exits with its status.
+TAKEN_BY_ROOT_SETUP = r"""
+H=$0 NAME=$1 U=$2 G=$3 PY=$4 LIB=$5 HOLD=$6
+D="$H/.local/share/$NAME"
+mount -t tmpfs -o mode=0755 tcbon-home "$H" && mkdir -p "$D" && chmod 700 "$D" &&
+    chown "$U:$G" "$H" "$H/.local" "$H/.local/share" || exit 90
+holder=
+trap '[ -z "$holder" ] || kill "$holder"' EXIT
+if [ "$HOLD" = 1 ]; then
+    PYTHONPATH="$LIB" "$PY" -c 'import sys, time, tcbon
+tcbon.Process(sys.argv[1], app_dir=sys.argv[2]).start()
+open(sys.argv[2] + "/held", "w").close()
+time.sleep(600)' "$NAME" "$D" & holder=$!
+    i=0
+    until [ -e "$D/held" ]; do i=$((i+1)); [ $i -lt 3000 ] || exit 91; sleep 0.01; done
+fi
+setpriv --reuid="$U" --regid="$G" --clear-groups env -i HOME="$H" PATH=/usr/bin:/bin \
+    PYTHONPATH="$LIB" "$PY" -c "$TAKEN_BY_ROOT" "$NAME"
+"""
+
+
 # argv NAME APP_DIR: a primary forks; the child exits (atexit runs), or stops
 # its copy first; the parent must still be the one primary. Prints 'ok'.
 FORK = """
@@ -1987,6 +2036,53 @@ def test_sharing_violations_never_skip_on_stop_or_keep_the_lock(name, app_dir, t
                                                                 refuse, expected):
     # No Windows here: its refusals are simulated at os.remove and os.replace.
     assert run_python(SHARING, tmp_path, name, app_dir, refuse) == expected
+
+
+def test_root_with_a_users_home_never_writes_state_there(other_user, name, tmp_path):
+    # Issue 28: one `sudo -E app` made the user's state folder root's, and
+    # locked the user out for good (Electron #39656, VS Code #97626).
+    import pwd
+    home = other_user.home
+    before = sorted(os.listdir(home))
+    env = child_env(tmp_path, HOME=home, XDG_DATA_HOME=os.path.join(home, ".local", "share"))
+    own = os.path.join(pwd.getpwuid(0).pw_dir, ".local", "share", name)  # root's own folder
+    try:
+        status, out, err = ran(["-c", ELEVATED, name, home], env)
+        assert (status, out) == (0, "%s\n5\n" % own), err
+        assert "refusing to create %s" % os.path.join(home, "mine") in err
+        assert "run as that user (not with sudo)" in err
+        assert sorted(os.listdir(home)) == before  # nothing made there
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+@pytest.mark.parametrize("root_primary", [False, True])
+def test_a_state_folder_root_took_is_set_aside_or_named_with_the_fix(other_user, name,
+                                                                    shared_parent, root_primary):
+    # A user whose folder a past root launch took: tcbon moves it aside by
+    # itself where it safely can (the user owns its parent, and no process
+    # of root holds a lock on that file system); else it says what fixes it.
+    tools = [shutil.which(tool) for tool in ("unshare", "setpriv", "mount")]
+    if not (LINUX and all(tools)):
+        require("namespaces", "needs Linux with unshare, setpriv and mount (util-linux)")
+    home = os.path.join(shared_parent, "home")
+    os.mkdir(home)
+    env = dict(os.environ, TAKEN_BY_ROOT=TAKEN_BY_ROOT)
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", TAKEN_BY_ROOT_SETUP, home, name, str(other_user.uid),
+         str(other_user.gid), other_user.python, other_user.lib, str(int(root_primary))],
+        env=env, capture_output=True, text=True, timeout=60)
+    folder = os.path.join(home, ".local", "share", name)
+    if root_primary:  # it may still use it: left alone, and the fix named
+        assert done.returncode == 0 and done.stdout == "5 [(%r, False)]\n" % name, done.stderr
+        assert ("refusing to use %s: it is owned by uid 0, not by you (uid %d): a launch as "
+                "root (sudo) made it; give it back to you with: sudo chown -R %s: %s\n"
+                % (folder, other_user.uid, "tcbon-test-other", folder)) in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "RAN\n0 [(%r, True), ('%s aside', False)]\n" % (name, name)
+        assert "moved it aside to %s.root-" % folder in done.stderr
+        assert "remove that with: sudo rm -r %s.root-" % folder in done.stderr
 
 
 # WSGI -------------------------------------------------------------------------------------
