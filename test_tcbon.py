@@ -6533,3 +6533,26 @@ def test_every_stop_ends_the_docs_minimal_app_that_has_no_on_stop(toolkit, stop,
         assert status == (0 if stop == "remote" else -signal.SIGTERM), err
         assert "ending the process; pass main(quit=...)" in err
     assert not tcbon.Process("my_viewer", app_dir=app_dir).running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["remote", "SIGTERM"])
+def test_every_stop_ends_a_gtk_main_loop_that_has_no_on_stop(stop, name, app_dir, tmp_path,
+                                                            display):
+    # As for Tk and Qt above: run=Gtk.main and nothing else; tcbon ends the
+    # loop with Gtk.main_quit once the primary has stopped.
+    if not POSIX:
+        require("PyGObject")
+    python = gtk_python()
+    env = child_env(tmp_path, DISPLAY=display, NO_AT_BRIDGE="1")
+    code = GTK_APP.replace("app.on_stop = Gtk.main_quit\n", "")
+    assert "on_stop" not in code
+    with launched(["-c", code, name, app_dir], env, python=python) as child:
+        assert wait_primary(name, app_dir, 60)["pid"] == child.pid
+        if stop == "remote":
+            assert cli(tmp_path, name, "--app-dir", app_dir, "stop")[0] == 0
+        else:
+            child.send_signal(signal.SIGTERM)
+        status, out, err = finish(child)
+    assert (status, "Traceback" in err, "ending the process" in err) == (0, False, False), err
+    assert not tcbon.Process(name, app_dir=app_dir).running
