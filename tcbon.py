@@ -832,7 +832,7 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
         raise StateError("cannot use %s as the tcbon directory: it is a file, not a "
                          "directory; pass another app_dir" % path, path)
     problem = _owner_problem(st)
-    if problem and st.st_uid == 0:  # a launch as root (sudo) made it: issue 28
+    if problem and st.st_uid == 0 != os.geteuid():  # a launch as root (sudo) made it: issue 28
         if create and _set_aside(path, st):
             return _ensure_private_dir(path, create)
         raise StateError("refusing to use %s: it %s: a launch as root (sudo) made it; give it "
@@ -4320,9 +4320,9 @@ class _Primary:
                 quit()  # Tk's quit and Qt's are safe from any thread
             else:
                 _submit_later(executor, quit)
-        except Exception:  # noqa: BLE001 - the process' end follows
-            self.process._note(_ERROR, "%s: ending the main loop failed", self.process.name,
-                               exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the process' end follows
+            self.process._note(_WARNING, "%s: ending the main loop failed: %r",
+                               self.process.name, exc)
         import threading
         _start_deaf(threading.Thread(target=self._end_process, name="tcbon-end", daemon=True))
 
