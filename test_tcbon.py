@@ -2046,6 +2046,8 @@ def test_root_with_a_users_home_never_writes_state_there(other_user, name, tmp_p
     before = sorted(os.listdir(home))
     env = child_env(tmp_path, HOME=home, XDG_DATA_HOME=os.path.join(home, ".local", "share"))
     own = os.path.join(pwd.getpwuid(0).pw_dir, ".local", "share", name)  # root's own folder
+    made = [p for p in (os.path.dirname(own), os.path.dirname(os.path.dirname(own)))
+            if not os.path.exists(p)]  # removed after, if this test made them
     try:
         status, out, err = ran(["-c", ELEVATED, name, home], env)
         assert (status, out) == (0, "%s\n5\n" % own), err
@@ -2054,6 +2056,8 @@ def test_root_with_a_users_home_never_writes_state_there(other_user, name, tmp_p
         assert sorted(os.listdir(home)) == before  # nothing made there
     finally:
         shutil.rmtree(own, ignore_errors=True)
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("root_primary", [False, True])
