@@ -189,6 +189,11 @@ class RequestError(Error):
         self.status, self.reply = status, reply
 
 
+class _CannotListen(Error):
+    """The primary's server cannot listen: the guard cannot work (a
+    blocked loopback, say), as with a StateError (see main's unguarded)."""
+
+
 def _exit_code(exc: BaseException) -> int:
     """The exit code for a failure, as python -m tcbon and Process.main() give it."""
     for kind, code in ((ProcessDoesNotExist, EXIT_NOT_RUNNING), (RequestError, EXIT_REFUSED),
@@ -762,6 +767,10 @@ def _data_home(platform: str = sys.platform) -> str:
     """
     import ntpath
     import posixpath
+    own = _own_home() if platform != "win32" else None
+    if own is not None:  # $HOME is another user's: so are $XDG_DATA_HOME and $SNAP_USER_COMMON
+        return posixpath.join(own, *(("Library", "Application Support") if platform == "darwin"
+                                     else (".local", "share")))
     xdg = os.environ.get("XDG_DATA_HOME", "")  # absolute, or ignored (platformdirs 4)
     snap = os.environ.get("SNAP_USER_COMMON", "")
     if platform == "win32" and os.environ.get("LOCALAPPDATA"):
@@ -784,6 +793,40 @@ def _data_home(platform: str = sys.platform) -> str:
     return paths.join(home, ".local", "share")
 
 
+def _own_home() -> str | None:
+    """Our own user's home (the password database's) if $HOME belongs to
+    another user, else None. Root under ``sudo -E`` (or macOS' sudo, which
+    keeps $HOME), or a setuid helper, must never create state in the home
+    it was given: the folders it made were root's, and locked the user out
+    for good (issue 28; Electron #39656, VS Code #97626).
+
+    Raises:
+        StateError: $HOME is another user's and we have no home of our own.
+    """
+    home = os.environ.get("HOME", "")
+    if not home or not hasattr(os, "geteuid"):
+        return None
+    try:
+        owner = os.stat(home).st_uid
+    except OSError:
+        return None  # none yet: whoever creates it owns it
+    euid = os.geteuid()
+    if owner == euid:
+        return None
+    import pwd
+    try:
+        own = pwd.getpwuid(euid).pw_dir
+    except KeyError:
+        own = ""
+    if own == home:  # the password database says it is ours all the same
+        return None
+    if not own:
+        raise StateError("$HOME (%s) belongs to uid %d, not to you (uid %d), and you have no "
+                         "home of your own: tcbon creates no state in another user's home; "
+                         "run as that user, or pass app_dir" % (home, owner, euid), home)
+    return own
+
+
 def default_app_dir(name: str) -> str:
     """Return where ``Process(name)`` keeps its files by default.
 
@@ -791,7 +834,9 @@ def default_app_dir(name: str) -> str:
     (but on macOS, where $XDG_DATA_HOME is ignored: see _data_home): a
     place no logout or tmp cleaner wipes, unlike $XDG_RUNTIME_DIR
     (jupyter_core#143). Inside a Snap: $SNAP_USER_COMMON/NAME, the one
-    folder that every revision of the snap shares.
+    folder that every revision of the snap shares. A process whose $HOME
+    belongs to another user (root under ``sudo -E``) uses its own user's
+    home instead.
 
     Raises:
         StateError: there is no home directory to put it in.
@@ -868,6 +913,24 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _unusable(what: str, path: str, exc: OSError,
+              advice: str = "pass an app_dir you can write to") -> StateError:
+    """A StateError for a folder or file the guard cannot use, naming the
+    cause (a read-only or full folder, one not ours) and what to do: users
+    met a bare "cannot create" (issue 28)."""
+    import errno
+    causes = {errno.EROFS: ("its file system is read-only",
+                            "pass an app_dir on a disk you can write to"),
+              errno.ENOSPC: ("the disk is full", "free some space, or pass another app_dir"),
+              getattr(errno, "EDQUOT", -1): ("your disk quota is full", "free some space"),
+              errno.EACCES: ("you may not write there (%s)" % _reason(exc),
+                             "pass an app_dir you own"),
+              errno.EPERM: ("you may not write there (%s)" % _reason(exc),
+                            "pass an app_dir you own")}
+    cause, todo = causes.get(exc.errno or 0, (_reason(exc), advice))
+    return StateError("%s %s: %s; %s" % (what, path, cause, todo), path)
+
+
 def _ensure_private_dir(path: str, create: bool = True) -> None:
     """Create path 0700 if missing; refuse one that others could tamper with:
     they could plant a lock and an address there and receive our events.
@@ -876,6 +939,8 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
         FileNotFoundError: path is missing and create is false.
         StateError: path cannot be created or is not safe.
     """
+    if create and not os.path.lexists(path):
+        _check_creator(path)
     try:
         if create:
             try:
@@ -888,8 +953,7 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
             raise StateError("cannot create the tcbon directory %s" % path, path) from None
         raise
     except OSError as exc:
-        raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
-                         "you can write to" % (path, _reason(exc)), path) from exc
+        raise _unusable("cannot create the tcbon directory", path, exc) from exc
     import stat
     if stat.S_ISLNK(st.st_mode):
         raise StateError("refusing to use %s: it is a symbolic link; pass the real "
@@ -898,8 +962,100 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
         raise StateError("cannot use %s as the tcbon directory: it is a file, not a "
                          "directory; pass another app_dir" % path, path)
     problem = _owner_problem(st)
+    if problem and st.st_uid == 0 != os.geteuid():  # a launch as root (sudo) made it: issue 28
+        if create and _set_aside(path, st):
+            return _ensure_private_dir(path, create)
+        raise StateError("refusing to use %s: it %s: a launch as root (sudo) made it; give it "
+                         "back to you with: %s" % (path, problem, _give_back(path)), path)
     if problem:
         raise StateError("refusing to use %s: it %s" % (path, problem), path)
+
+
+def _nearest(path: str) -> tuple[str, os.stat_result]:
+    """The nearest existing folder at or above path, and its stat."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            return path, os.stat(path)
+        except FileNotFoundError:
+            if os.path.dirname(path) == path:
+                raise
+            path = os.path.dirname(path)
+
+
+def _check_creator(path: str) -> None:
+    """Refuse to create a state folder inside a folder of another user
+    (but root's: /tmp, /srv): root under sudo, say, in the user's home,
+    where the folder would then be root's and lock that user out (issue
+    28). Our own folders, and root's, are fine."""
+    if not hasattr(os, "geteuid"):
+        return
+    try:
+        folder, st = _nearest(path)
+    except OSError:
+        return  # said when it cannot be created
+    if st.st_uid not in (os.geteuid(), 0):
+        raise StateError("refusing to create %s: %s belongs to uid %d, not to you (uid %d), "
+                         "and the folder would then be yours, not that user's; run as that "
+                         "user (not with sudo), or pass an app_dir of your own"
+                         % (path, folder, st.st_uid, os.geteuid()), path)
+
+
+def _give_back(path: str) -> str:
+    """The command that gives path, which root took, back to this user."""
+    import pwd
+    import shlex
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return "sudo chown -R %s: %s" % (user, shlex.quote(path))
+
+
+def _set_aside(path: str, st: os.stat_result) -> bool:
+    """Move a state folder that a launch as root made out of the way, so
+    that this launch makes its own; True if it did (or path changed
+    meanwhile: look again). We cannot chown it, nor empty it (it is 0700
+    root's), but may rename it within a folder of ours: only there, and
+    only while no process of root holds a lock on its file system (its
+    lock file we cannot see: a root primary that may still use it keeps
+    it). Says where it went, and how to remove it."""
+    parent = os.path.dirname(os.path.abspath(path))
+    aside = "%s.root-%d" % (path, int(time.time()))
+    try:
+        if os.stat(parent).st_uid != os.geteuid() or _root_locks(st.st_dev) is not False:
+            return False
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return True  # another launch moved it already
+        os.rename(path, aside)
+    except OSError:
+        return False
+    if sys.stderr is not None:
+        sys.stderr.write("tcbon: %s was root's (a launch with sudo made it): moved it aside to "
+                         "%s; remove that with: sudo rm -r %s\n" % (path, aside, aside))
+    return True
+
+
+def _root_locks(dev: int) -> bool | None:
+    """Whether a process of root holds a lock on a file of file system
+    dev: Linux's /proc/locks lists every lock with its holder's pid and its
+    file's device. None where that is unknown."""
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    device = "%02x:%02x:" % (os.major(dev), os.minor(dev))
+    for fields in (line.split() for line in lines):
+        if "->" in fields or len(fields) < 6 or not fields[5].startswith(device):
+            continue  # "->": a waiter, not a holder
+        try:
+            if os.stat("/proc/" + fields[4]).st_uid == 0:
+                return True
+        except OSError:
+            continue  # gone meanwhile
+    return False
 
 
 def _open_lock(path: str) -> int:
@@ -908,12 +1064,9 @@ def _open_lock(path: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
     except OSError as exc:
-        advice = {errno.ELOOP: "it is a symbolic link: remove it",
-                  errno.EACCES: "pass an app_dir you own",
-                  errno.EPERM: "pass an app_dir you own"}.get(
-                      exc.errno or 0, "pass an app_dir on a local disk you can write to")
-        raise StateError("cannot open the lock file %s: %s; %s" % (path, _reason(exc), advice),
-                         path) from exc
+        advice = ("it is a symbolic link: remove it" if exc.errno == errno.ELOOP
+                  else "pass an app_dir on a local disk you can write to")
+        raise _unusable("cannot open the lock file", path, exc, advice) from exc
     import stat
     st = os.fstat(fd)
     problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
@@ -4305,8 +4458,43 @@ def _this_argv() -> list[str]:
     return list(getattr(sys, "argv", None) or [])
 
 
-def _handle_signals(names: tuple[str, ...], handler: Callable[[], Any]) -> Callable[[], None]:
-    """Make each named signal this platform has call handler(); return what
+def _cwd() -> str | None:
+    """The working directory, or None where there is none: a terminal left
+    in a deleted build folder, or one whose parent we may not read
+    (os.getcwd() raises; qutebrowser's IPC tests cover it, issue 28)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def _exit_now(code: int, signum: int | None = None) -> None:
+    """End this process at once (no atexit, no traceback), with code, or
+    as signum's default action ends it (killed by SIGTERM: what systemd
+    takes for a clean stop). Python lets only the main thread reset a
+    handler, so the C library's signal() does it; failing that, the
+    shell's 128 + signum."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - gone (pythonw), closed, or a full pipe
+            pass
+    if signum is not None and not WINDOWS:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            libc.signal(signum, None)  # SIG_DFL
+            os.kill(os.getpid(), signum)  # taken by a thread that does not block it
+            time.sleep(1.0)
+        except (OSError, AttributeError, ImportError):
+            pass
+    os._exit(128 + signum if signum is not None else code)
+
+
+def _handle_signals(names: tuple[str, ...],
+                    handler: Callable[[int], Any]) -> Callable[[], None]:
+    """Make each named signal this platform has call handler(signum); return what
     puts the previous handlers back. Nothing changes off the main thread
     (Python allows no handler there), nor for a signal whose handler the
     host installed from C (an embedding DCC app): Python could not put it
@@ -4318,7 +4506,7 @@ def _handle_signals(names: tuple[str, ...], handler: Callable[[], Any]) -> Calla
         for name in names:
             signum = getattr(signal, name, None)
             if signum is not None and signal.getsignal(signum) is not None:
-                previous[signum] = signal.signal(signum, lambda *_: handler())
+                previous[signum] = signal.signal(signum, lambda number, _: handler(number))
 
     def undo() -> None:
         for signum, old in previous.items():
@@ -4404,6 +4592,24 @@ class _Gate:
         return self.opened
 
 
+_END_GRACE = 2.0  # seconds a main loop has to end after a stop, before the process does
+
+
+def _loop_quit(run: Callable[[], Any]) -> Callable[[], Any] | None:
+    """What ends the loop run() runs, where the toolkit says: a bound
+    method's object's quit (Tk's root.mainloop, Qt's app.exec, GLib's
+    MainLoop.run, Gtk.Application.run), Gtk.main's main_quit; else None."""
+    owner = getattr(run, "__self__", None)
+    quit = getattr(owner, "quit", None)
+    if callable(quit) and not isinstance(owner, type(sys)):
+        return quit
+    if getattr(run, "__name__", None) == "main":
+        quit = getattr(sys.modules.get(getattr(run, "__module__", None) or ""), "main_quit", None)
+        if callable(quit):
+            return quit
+    return None
+
+
 def _nothing() -> None:
     """A call that only wakes the thread that runs it."""
 
@@ -4456,6 +4662,10 @@ class _Primary:
         self._starter = _thread.get_ident()
         self.hurried = False  # a second stop request came during the stop
         self.by_signal = False  # the stop was asked for by a signal
+        self.signum: int | None = None  # which one
+        # main(run=...): while run() runs, what ends its loop; opened once it returned
+        self.in_run, self.loop_over = False, _Gate()
+        self.loop_quit: Callable[[], Any] | None = None
         self.waiter = False  # a thread waits in run_forever()/main() to stop us
         self.serving: Any = None  # the executor whose calls that thread runs
         self.drain: float | None = process.drain_limit()  # for requests in progress
@@ -4505,9 +4715,14 @@ class _Primary:
             return _server_class()(process._bind, process.wsgi, os.urandom(24).hex(),
                                    process._note)
         except OSError as exc:
-            raise Error("%r cannot listen on %s: %s; pass another address, or none to let "
-                        "the system pick a free port" % (
-                            process.name, _format_address(*process._bind), _reason(exc))) from exc
+            import errno
+            advice = "pass another address, or none to let the system pick a free port"
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.ENETDOWN) or (
+                    exc.errno in (errno.EACCES, errno.EPERM) and not process._bind[1]):
+                advice = ("the loopback network is blocked or down here (a sandbox without "
+                          "network, a firewall, a container whose lo is down); allow 127.0.0.1")
+            raise _CannotListen("%r cannot listen on %s: %s; %s" % (
+                process.name, _format_address(*process._bind), _reason(exc), advice)) from exc
 
     def _hold_mutex(self) -> None:
         """The named mutex of Process(mutex=...), with the lock (issue 23)."""
@@ -4560,7 +4775,10 @@ class _Primary:
                       "pid_start": _platform.pid_started(os.getpid())}
         if self.slot is not None:
             self.state["id"] = self.slot
-        _write_state(self.pid_file, self.state)
+        try:
+            _write_state(self.pid_file, self.state)
+        except OSError as exc:  # a full disk: the lock file took no space, the state does
+            raise _unusable("cannot write the state file", self.pid_file, exc) from exc
         _primaries.add(self)
 
     def republish(self, **changes: Any) -> None:
@@ -4578,18 +4796,19 @@ class _Primary:
     def handle_signals(self, names: tuple[str, ...], interrupt: bool = False) -> None:
         """Let these signals stop us (see signalled); wake the executor's
         loop when one arrives, so that its handler runs at once."""
-        self._undo.append(_handle_signals(names, lambda: self.signalled(interrupt)))
+        self._undo.append(_handle_signals(names, lambda signum: self.signalled(interrupt,
+                                                                               signum)))
         executor = self.process.executor
         if executor is not None and len(self._undo) == 1:
             self._undo.append(_wake_on_signals(lambda: _submit_later(executor, _nothing)))
 
-    def signalled(self, interrupt: bool = False) -> None:
+    def signalled(self, interrupt: bool = False, signum: int | None = None) -> None:
         """SIGTERM (SIGBREAK on Windows), or Ctrl-C where tcbon handles it:
         the first stops us cleanly (interrupt: by KeyboardInterrupt, out of
         a main loop that nothing else could end); a later one hurries the
         stop."""
         if not self.asked.opened:
-            self.by_signal = True
+            self.by_signal, self.signum = True, signum
             if not interrupt:
                 return self.stop_soon()
             self.ask()
@@ -4705,6 +4924,40 @@ class _Primary:
             process._note(_INFO, "%s stopped", process.name)
             if server is not None:
                 server.answer_stop_requests(1.0)
+            self._end_loop()
+
+    def _end_loop(self) -> None:
+        """A stop while main()'s run() still runs ends the app too (issue 28:
+        a window that outlived its primary opened a second one at the next
+        launch): its loop's quit, on the executor's thread, and if run()
+        has not returned _END_GRACE seconds later, the process."""
+        if not self.in_run or self.loop_over.opened:
+            return
+        executor, quit = self.process.executor, self.loop_quit
+        try:
+            if quit is None:
+                pass  # nothing known ends that loop: only the process' end will
+            elif executor is None or getattr(executor, "is_own_thread", _nothing)():
+                quit()  # Tk's quit and Qt's are safe from any thread
+            else:
+                _submit_later(executor, quit)
+        except Exception as exc:  # noqa: BLE001 - the process' end follows
+            self.process._note(_WARNING, "%s: ending the main loop failed: %r",
+                               self.process.name, exc)
+        import threading
+        _start_deaf(threading.Thread(target=self._end_process, name="tcbon-end", daemon=True))
+
+    def _end_process(self) -> None:
+        """The last resort of _end_loop: the lock is released and on_stop
+        ran, but run() goes on. End the process without a traceback, with
+        the status main() would have returned, or after a signal as that
+        signal ends a process (a service manager's clean stop)."""
+        if self.loop_over.wait(_END_GRACE):
+            return
+        process = self.process
+        process._note(_WARNING, "%s: its main loop still ran %.0f s after the stop: ending the "
+                      "process; pass main(quit=...) to end the loop", process.name, _END_GRACE)
+        _exit_now(self.exit_code, self.signum)
 
     def _handover(self) -> Any:
         """on_handover()'s state for the successor (None, logged, if it
@@ -5223,7 +5476,8 @@ class Process:
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: float | None = _DEFAULT, forward_stdin: bool = False,
-             own_launch: bool = True, replace: Any = False) -> int:
+             own_launch: bool = True, replace: Any = False,
+             quit: Callable[[], Any] | None = None, unguarded: bool = False) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
         The first launch becomes the primary: it calls ``run()`` (your main
@@ -5242,6 +5496,11 @@ class Process:
         SIGTERM (and Ctrl-C) stop the primary cleanly, also while ``run()``
         idles in a Tk, Qt or GTK main loop, if the Process has an executor
         (its wake-up runs the handler at once); a later one hurries the stop.
+        Every stop (remote, a signal, stop()) ends the app too: once
+        on_stop ran and the lock is released, a ``run()`` that has not
+        returned is ended with ``quit`` (on the executor's thread), and if
+        it still runs 2 s later, the process ends: with main()'s exit code,
+        or, after a signal, as that signal ends a process.
 
         Args:
             argv (list): what to hand over; default ``sys.argv``.
@@ -5256,6 +5515,17 @@ class Process:
                 running one (its on_handover() state handed over, launches
                 meanwhile waiting for this one), and hand over to one that
                 is as new or newer.
+            quit (callable): what ends run()'s loop. Default: the quit of
+                the object whose method run is (``root.mainloop`` ->
+                ``root.quit``, Qt's ``app.exec`` -> ``app.quit``, GLib's
+                ``MainLoop.run``), or ``Gtk.main_quit`` for ``Gtk.main``.
+            unguarded (bool): where the guard cannot work (the app_dir is
+                read-only, full or not yours, its file system has no locks,
+                loopback is blocked), say why once on stderr and run the app
+                as if it were the only one: on_start, the handler with the
+                own launch, run() (without one: until SIGTERM or Ctrl-C),
+                on_stop; no lock, no server. Without it, main() says why and
+                returns 5 (6 for a blocked loopback).
 
         Returns:
             The exit code for this launch: the primary's, or, for an error
@@ -5286,8 +5556,8 @@ class Process:
             except ProcessDoesNotExist:
                 continue  # it went away meanwhile: choose again, or take its place
             except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
-                return self._report(exc)
-            return self._serve_until_stopped(run, argv if own_launch else None)
+                return self._refused(exc, unguarded, run, argv if own_launch else None)
+            return self._serve_until_stopped(run, argv if own_launch else None, quit)
 
     def _hand_over(self, argv: list[str], forward_stdin: bool, wait: _Wait,
                    to: Any = None) -> int:
@@ -5322,7 +5592,8 @@ class Process:
         return _instance_id(chosen)
 
     def _serve_until_stopped(self, run: Callable[[], Any] | None,
-                             own_argv: list[str] | None = None) -> int:
+                             own_argv: list[str] | None = None,
+                             quit: Callable[[], Any] | None = None) -> int:
         """Run the app's main loop, or wait for a stop request; then stop.
         Ctrl-C's handler is in place before run(): the first stops (or,
         without an executor to run the stop, interrupts run() once), later
@@ -5337,12 +5608,16 @@ class Process:
             if own_argv is not None:
                 self._open_own_launch(primary, own_argv)
             if run is not None:
-                run()
+                primary.loop_quit = quit or _loop_quit(run)
+                primary.in_run = True  # a stop from now on ends run() (issue 28)
+                if not primary.done.opened:  # not if stopped already: nothing would end it
+                    run()
             else:
                 primary.wait(primary.asked)
         except KeyboardInterrupt:
             self._note(_INFO, "%s interrupted", self.name)
         finally:
+            primary.loop_over.open()
             try:
                 primary.stop()
             finally:
@@ -5383,6 +5658,47 @@ class Process:
         if getattr(sys, "frozen", False):
             import multiprocessing
             multiprocessing.freeze_support()  # returns only if it is no worker after all
+        return code
+
+    def _refused(self, exc: Exception, unguarded: bool, run: Callable[[], Any] | None,
+                 own_argv: list[str] | None) -> int:
+        """main() cannot become the primary: report why, or, unguarded, run
+        alone where the guard cannot work."""
+        if unguarded and isinstance(exc, (StateError, _CannotListen)):
+            return self._run_alone(exc, run, own_argv)
+        return self._report(exc)
+
+    def _run_alone(self, exc: Exception, run: Callable[[], Any] | None,
+                   own_argv: list[str] | None) -> int:
+        """main(unguarded=True) where the guard cannot work (issue 28): said
+        once on stderr, then the app runs as if it were the only one. No
+        lock, no server: a later launch cannot reach it and runs alone too.
+        With run(), signals are left as Python has them."""
+        _say(sys.stderr, "%s: warning: running without the single-instance guard: %s\n"
+             % (self.name, exc))
+        stopped, code = _Gate(), EXIT_OK
+        undo = _nothing if run is not None else _handle_signals(_STOP_SIGNALS,
+                                                                lambda _: stopped.open())
+        try:
+            self.on_start()
+            handler = self.event_handlers.get(SECOND_INSTANCE)
+            if own_argv is not None and handler is not None:
+                event = self._launch_event(own_argv, None, None, None, True)
+                executor = self.executor
+                if executor is None or getattr(executor, "is_own_thread", _nothing)():
+                    code = _relay(handler(event))
+                else:
+                    _submit_later(executor, lambda: handler(event))
+            if run is not None:
+                run()
+            else:
+                while not stopped.wait(_WAIT_SLICE):
+                    pass
+        except KeyboardInterrupt:
+            self._note(_INFO, "%s interrupted", self.name)
+        finally:
+            undo()
+            self.on_stop()
         return code
 
     def _report(self, exc: Exception) -> int:
@@ -5462,7 +5778,8 @@ class Process:
 
         Args:
             argv (list): default ``sys.argv``.
-            cwd (str): default ``os.getcwd()``.
+            cwd (str): default ``os.getcwd()``, or None if this launch's
+                working directory was deleted.
             data: anything JSON-serializable.
             timeout (float): for the whole hand-off; None waits until the
                 primary has handled it.
@@ -5513,7 +5830,7 @@ class Process:
         env = {key: value for key, value in os.environ.items()
                if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.forward_env)}
         return {"name": SECOND_INSTANCE, "argv": _this_argv() if argv is None else list(argv),
-                "cwd": os.getcwd() if cwd is None else cwd, "data": data, "env": env,
+                "cwd": _cwd() if cwd is None else cwd, "data": data, "env": env,
                 "activation_token": None, "stdin": stdin, "primary": primary}
 
     def wait_for_exit(self, timeout: float | None = _DEFAULT) -> None:

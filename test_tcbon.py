@@ -376,6 +376,55 @@ for app_dir in sys.argv[1:]:
 """
 
 
+# argv NAME USER_HOME, as root with a user's HOME and XDG_DATA_HOME (sudo -E): a
+# primary of the default app_dir started and stopped (prints its app_dir), then
+# main() with an app_dir in the user's home (prints its exit code).
+ELEVATED = """
+import os, sys, tcbon
+name, home = sys.argv[1], sys.argv[2]
+with tcbon.Process(name) as app:
+    print(app.app_dir, flush=True)
+print(tcbon.Process(name, app_dir=os.path.join(home, "mine")).main(run=lambda: None))
+"""
+
+# argv NAME, as a user whose state folder a past root launch made: main() (its run()
+# prints RAN); then prints main()'s code and, for each entry of the folder's parent,
+# its name (".root-*" as " aside") and whether it is the user's.
+TAKEN_BY_ROOT = """
+import os, sys, tcbon
+name = sys.argv[1]
+share = os.path.join(os.environ["HOME"], ".local", "share")
+code = tcbon.Process(name).main(run=lambda: print("RAN", flush=True))
+print(code, sorted((entry.split(".root-")[0] + (" aside" if ".root-" in entry else ""),
+                    os.stat(os.path.join(share, entry)).st_uid == os.getuid())
+                   for entry in os.listdir(share)))
+"""
+
+# sh -c TAKEN_BY_ROOT_SETUP HOME NAME UID GID PYTHON LIB HOLD, as root: a tmpfs of its
+# own (no other lock on that file system) mounted on HOME in this mount namespace,
+# the user's, with the folder HOME/.local/share/NAME root's as a past `sudo -E app`
+# left it; with HOLD=1, a root primary of it still runs. Then TAKEN_BY_ROOT as the
+# user; exits with its status.
+TAKEN_BY_ROOT_SETUP = r"""
+H=$0 NAME=$1 U=$2 G=$3 PY=$4 LIB=$5 HOLD=$6
+D="$H/.local/share/$NAME"
+mount -t tmpfs -o mode=0755 tcbon-home "$H" && mkdir -p "$D" && chmod 700 "$D" &&
+    chown "$U:$G" "$H" "$H/.local" "$H/.local/share" || exit 90
+holder=
+trap '[ -z "$holder" ] || kill "$holder"' EXIT
+if [ "$HOLD" = 1 ]; then
+    PYTHONPATH="$LIB" "$PY" -c 'import sys, time, tcbon
+tcbon.Process(sys.argv[1], app_dir=sys.argv[2]).start()
+open(sys.argv[2] + "/held", "w").close()
+time.sleep(600)' "$NAME" "$D" & holder=$!
+    i=0
+    until [ -e "$D/held" ]; do i=$((i+1)); [ $i -lt 3000 ] || exit 91; sleep 0.01; done
+fi
+setpriv --reuid="$U" --regid="$G" --clear-groups env -i HOME="$H" PATH=/usr/bin:/bin \
+    PYTHONPATH="$LIB" "$PY" -c "$TAKEN_BY_ROOT" "$NAME"
+"""
+
+
 # argv NAME APP_DIR: a primary forks; the child exits (atexit runs), or stops
 # its copy first; the parent must still be the one primary. Prints 'ok'.
 FORK = """
@@ -861,6 +910,39 @@ def opened(event):
             "stdout": "said to %s\n" % ("me" if event["primary"] else "you")}
 
 
+sys.exit(app.main())
+"""
+
+# argv NAME APP_DIR UNGUARDED [ERRNO]: main(run=..., unguarded=UNGUARDED == "1");
+# with ERRNO, the file system refuses locks with it (at fcntl.flock). Prints
+# ON_START, OPENED primary (the handler, which answers exit code 3), RAN (run()),
+# ON_STOP; exits with what main() returned.
+UNGUARDED = """
+import errno, fcntl, os, sys, tcbon
+name, app_dir, unguarded = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+if len(sys.argv) > 4:
+    code = getattr(errno, sys.argv[4])
+
+    def flock(fd, operation):
+        raise OSError(code, os.strerror(code))
+    fcntl.flock = flock
+app = tcbon.Process(name, app_dir=app_dir)
+app.on_start = lambda: print("ON_START", flush=True)
+app.on_stop = lambda: print("ON_STOP", flush=True)
+app.on("second-instance")(lambda event: print("OPENED", event["primary"], flush=True)
+                          or {"exit_code": 3})
+sys.exit(app.main(run=lambda: print("RAN", flush=True), unguarded=unguarded))
+"""
+
+# argv NAME APP_DIR: main() after the GO_FILE barrier (the test deletes the
+# working directory meanwhile); the second-instance handler prints CWD and the
+# event's cwd as JSON, for the first launch's own event too.
+PRINT_CWD = r"""
+import json, os, sys, time, tcbon
+name, app_dir = sys.argv[1], sys.argv[2]
+""" + BARRIER + r"""
+app = tcbon.Process(name, app_dir=app_dir, timeout=20)
+app.on("second-instance")(lambda event: print("CWD", json.dumps(event["cwd"]), flush=True))
 sys.exit(app.main())
 """
 
@@ -2139,6 +2221,57 @@ def test_a_fifo_at_the_lock_path_blocks_no_probe(name, app_dir, tmp_path):
         got = unblocked(call, client.lock_file)
         assert isinstance(got.get("raised"), tcbon.StateError), got
         assert "not a regular file" in str(got["raised"])
+
+
+def test_root_with_a_users_home_never_writes_state_there(other_user, name, tmp_path):
+    # Issue 28: one `sudo -E app` made the user's state folder root's, and
+    # locked the user out for good (Electron #39656, VS Code #97626).
+    import pwd
+    home = other_user.home
+    before = sorted(os.listdir(home))
+    env = child_env(tmp_path, HOME=home, XDG_DATA_HOME=os.path.join(home, ".local", "share"))
+    own = os.path.join(pwd.getpwuid(0).pw_dir, ".local", "share", name)  # root's own folder
+    made = [p for p in (os.path.dirname(own), os.path.dirname(os.path.dirname(own)))
+            if not os.path.exists(p)]  # removed after, if this test made them
+    try:
+        status, out, err = ran(["-c", ELEVATED, name, home], env)
+        assert (status, out) == (0, "%s\n5\n" % own), err
+        assert "refusing to create %s" % os.path.join(home, "mine") in err
+        assert "run as that user (not with sudo)" in err
+        assert sorted(os.listdir(home)) == before  # nothing made there
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("root_primary", [False, True])
+def test_a_state_folder_root_took_is_set_aside_or_named_with_the_fix(other_user, name,
+                                                                    shared_parent, root_primary):
+    # A user whose folder a past root launch took: tcbon moves it aside by
+    # itself where it safely can (the user owns its parent, and no process
+    # of root holds a lock on that file system); else it says what fixes it.
+    tools = [shutil.which(tool) for tool in ("unshare", "setpriv", "mount")]
+    if not (LINUX and all(tools)):
+        require("namespaces", "needs Linux with unshare, setpriv and mount (util-linux)")
+    home = os.path.join(shared_parent, "home")
+    os.mkdir(home)
+    env = dict(os.environ, TAKEN_BY_ROOT=TAKEN_BY_ROOT)
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", TAKEN_BY_ROOT_SETUP, home, name, str(other_user.uid),
+         str(other_user.gid), other_user.python, other_user.lib, str(int(root_primary))],
+        env=env, capture_output=True, text=True, timeout=60)
+    folder = os.path.join(home, ".local", "share", name)
+    if root_primary:  # it may still use it: left alone, and the fix named
+        assert done.returncode == 0 and done.stdout == "5 [(%r, False)]\n" % name, done.stderr
+        assert ("refusing to use %s: it is owned by uid 0, not by you (uid %d): a launch as "
+                "root (sudo) made it; give it back to you with: sudo chown -R %s: %s\n"
+                % (folder, other_user.uid, "tcbon-test-other", folder)) in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "RAN\n0 [(%r, True), ('%s aside', False)]\n" % (name, name)
+        assert "moved it aside to %s.root-" % folder in done.stderr
+        assert "remove that with: sudo rm -r %s.root-" % folder in done.stderr
 
 
 # WSGI -------------------------------------------------------------------------------------
@@ -6077,6 +6210,84 @@ def test_a_state_whose_pid_started_at_another_time_is_gone(name, app_dir, tmp_pa
             assert_not_shown(client, tmp_path, sleeper.pid)
 
 
+@pytest.mark.skipif(not POSIX, reason="Windows cannot delete a process' working directory")
+def test_a_launch_from_a_deleted_directory_hands_over_cwd_none(name, app_dir, tmp_path):
+    # A terminal left in a removed build folder: os.getcwd() raises there
+    # (issue 28; qutebrowser's IPC tests cover it). The first launch and a
+    # later one both start there, then the folder goes.
+    def from_a_deleted_folder(stack, label):
+        gone, go = tmp_path / label, tmp_path / (label + ".go")
+        gone.mkdir()
+        child = stack.enter_context(launched(["-c", PRINT_CWD, name, app_dir],
+                                             child_env(tmp_path, GO_FILE=go, PYTHONPATH=HERE),
+                                             cwd=str(gone)))  # (no "" in PYTHONPATH:
+        # Python itself could not start where "" names no folder)
+        gone.rmdir()  # deleted under it, before main()
+        go.write_text("")
+        return child
+
+    with contextlib.ExitStack() as stack:
+        first = from_a_deleted_folder(stack, "first")
+        assert first.stdout.readline() == "CWD null\n", first.stderr.read()  # its own
+        later = from_a_deleted_folder(stack, "later")
+        assert first.stdout.readline() == "CWD null\n"
+        code, out, err = finish(later)
+        assert (code, err) == (0, ""), err
+        tcbon.Process(name, app_dir=app_dir).stop()
+        code, out, err = finish(first)
+        assert (code, "Traceback" in err) == (0, False), err
+
+
+def read_only_folder(tmp_path):
+    """A folder a launch cannot write to, and the command prefix that runs
+    the launch there: as root, a read-only bind mount of it in a mount
+    namespace of the launch's own (root ignores file modes); else mode 0555."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    if not POSIX:
+        pytest.skip("Windows: a read-only folder is an ACL, which Wine does not enforce")
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return str(folder), [], "you may not write there"
+    if not shutil.which("unshare"):
+        require("namespaces", "needs unshare, to mount a folder read-only")
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && exec "$@"'
+    return (str(folder), ["unshare", "-m", "sh", "-c", script, str(folder)],
+            "its file system is read-only")
+
+
+@pytest.mark.parametrize("unguarded", [False, True])
+def test_main_unguarded_runs_the_app_alone_in_a_read_only_folder(name, tmp_path, unguarded):
+    # Issue 28: a read-only home (a live system, a locked-down kiosk): the
+    # guard cannot work. Opted in, the app runs as if alone, said once;
+    # else the launch says why and what to do.
+    folder, via, cause = read_only_folder(tmp_path)
+    app_dir = os.path.join(folder, "state")
+    status, out, err = ran(["-c", UNGUARDED, name, app_dir, int(unguarded)],
+                           child_env(tmp_path), via=via)
+    if unguarded:
+        assert (status, out) == (3, "ON_START\nOPENED True\nRAN\nON_STOP\n"), err
+        assert len(err.splitlines()) == 1, err
+        assert "without the single-instance guard" in err and cause in err
+    else:
+        assert (status, out) == (5, ""), err
+        assert "cannot create the tcbon directory %s: %s" % (app_dir, cause) in err
+        assert "pass an app_dir" in err and "Traceback" not in err
+    assert not os.path.exists(app_dir)
+
+
+@pytest.mark.skipif(not POSIX, reason="injects NFS's errors at fcntl.flock, which Windows has not")
+def test_main_unguarded_runs_the_app_alone_on_a_file_system_without_locks(name, app_dir,
+                                                                         tmp_path):
+    # As test_a_file_system_without_locks_is_a_state_error_never_held: the
+    # errno of NFS without locks, injected at the platform seam.
+    status, out, err = ran(["-c", UNGUARDED, name, app_dir, 1, "ENOLCK"], child_env(tmp_path))
+    assert (status, out) == (3, "ON_START\nOPENED True\nRAN\nON_STOP\n"), err
+    assert len(err.splitlines()) == 1 and "does not support locks" in err, err
+    status, out, err = ran(["-c", UNGUARDED, name, app_dir, 0, "ENOLCK"], child_env(tmp_path))
+    assert (status, out) == (5, "") and "does not support locks" in err, err
+
+
 # Command line -----------------------------------------------------------------------------
 def cli(tmp_path, *args, timeout=60):
     """Run the real ``python -m tcbon``; return (code, stdout, stderr)."""
@@ -7502,3 +7713,76 @@ def test_readme_app_opens_what_a_registered_link_or_file_passes(tmp_path):
         tcbon.Process("my_app", app_dir=app_dir).stop()
         code, out, err = finish(first)
         assert (code, out) == (0, "1 document(s) open\n"), err
+
+
+def docs_app(title, without=""):
+    """The code block after TITLE:: in docs/desktop.rst, as written there
+    (with the text `without` taken out of it)."""
+    with open(os.path.join(HERE, "docs", "desktop.rst"), encoding="utf-8") as f:
+        text = f.read()
+    marker = "%s::\n\n" % title
+    lines = []
+    for line in text[text.index(marker) + len(marker):].split("\n"):
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    code = "\n".join(lines)
+    assert without in code
+    return code.replace(without, "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("toolkit", ["Tk", "Qt"])
+@pytest.mark.parametrize("stop", ["remote", "SIGTERM"])
+@pytest.mark.parametrize("quit", ["as written", "without quit="])
+def test_every_stop_ends_the_docs_minimal_app_that_has_no_on_stop(toolkit, stop, quit,
+                                                                  tmp_path, request):
+    # Issue 28: a primary stopped, its window left open; the next launch
+    # opened a second one. As docs/desktop.rst writes it, quit= ends the
+    # loop; without it, tcbon ends the process 2 s after the stop.
+    if not POSIX and stop == "SIGTERM":
+        pytest.skip("Windows has no SIGTERM to send")
+    display = request.getfixturevalue("display") if toolkit == "Tk" else None
+    env = ui_env(toolkit.lower(), tmp_path, display)
+    app_dir = os.path.join(str(tmp_path / "xdg"), "my_viewer")
+    code = docs_app("The minimal %s app" % toolkit, {
+        "Tk": ", quit=lambda: root.quit()", "Qt": ", quit=lambda: ui['qapp'].quit()"}[toolkit]
+        if quit == "without quit=" else "")
+    with launched(["-c", code], env) as child:
+        pid = wait_primary("my_viewer", app_dir, 60)["pid"]
+        assert pid == child.pid
+        if stop == "remote":
+            assert ran(["-m", "tcbon", "my_viewer", "stop"], env)[0] == 0
+        else:
+            child.send_signal(signal.SIGTERM)
+        status, out, err = finish(child)
+    assert "Traceback" not in err, err
+    if quit == "as written":  # the loop ended: main() returned
+        assert (status, err) == (0, ""), err
+    else:  # the process was ended, as the signal would have
+        assert status == (0 if stop == "remote" else -signal.SIGTERM), err
+        assert "ending the process; pass main(quit=...)" in err
+    assert not tcbon.Process("my_viewer", app_dir=app_dir).running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["remote", "SIGTERM"])
+def test_every_stop_ends_a_gtk_main_loop_that_has_no_on_stop(stop, name, app_dir, tmp_path,
+                                                            display):
+    # As for Tk and Qt above: run=Gtk.main and nothing else; tcbon ends the
+    # loop with Gtk.main_quit once the primary has stopped.
+    if not POSIX:
+        require("PyGObject")
+    python = gtk_python()
+    env = child_env(tmp_path, DISPLAY=display, NO_AT_BRIDGE="1")
+    code = GTK_APP.replace("app.on_stop = Gtk.main_quit\n", "")
+    assert "on_stop" not in code
+    with launched(["-c", code, name, app_dir], env, python=python) as child:
+        assert wait_primary(name, app_dir, 60)["pid"] == child.pid
+        if stop == "remote":
+            assert cli(tmp_path, name, "--app-dir", app_dir, "stop")[0] == 0
+        else:
+            child.send_signal(signal.SIGTERM)
+        status, out, err = finish(child)
+    assert (status, "Traceback" in err, "ending the process" in err) == (0, False, False), err
+    assert not tcbon.Process(name, app_dir=app_dir).running
