@@ -1114,7 +1114,10 @@ for r in range(int(rounds)):
 
 # argv EXAMPLE APP_DIR PATH...: the UI example's app, whose toolkit then gets
 # the documents as macOS delivers them to a running app: Tk calls the Tcl
-# command ::tk::mac::OpenDocument, Qt's Cocoa plugin sends a QFileOpenEvent.
+# command ::tk::mac::OpenDocument, Qt's Cocoa plugin sends a QFileOpenEvent;
+# then a click on its Dock icon (issue 28): Tk calls ::tk::mac::ReopenApplication,
+# Qt changes the application's state to active. Prints DELIVERED, then REOPENED
+# and what the handler said to that launch with no files.
 APPLE_EVENTS = r"""
 import importlib.util, sys
 example, app_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -1127,11 +1130,15 @@ app = module.FileList(app_dir=app_dir)
 def finder_opens():
     if hasattr(app, "root"):
         app.root.tk.call("::tk::mac::OpenDocument", *paths)
+        said = app.root.tk.call("::tk::mac::ReopenApplication")  # a Dock click
     else:
         from PySide6 import QtCore, QtGui
         for path in paths:
             QtCore.QCoreApplication.sendEvent(app.qapp, QtGui.QFileOpenEvent(path))
+        # What Qt's Cocoa plugin calls on a Dock click: connected on macOS only.
+        said = app.reopened(QtCore.Qt.ApplicationState.ApplicationActive)
     print("DELIVERED", flush=True)
+    print("REOPENED", said.strip(), flush=True)
 
 
 def run():
@@ -6961,6 +6968,7 @@ def test_ui_example_opens_documents_that_macos_sends_as_apple_events(toolkit, tm
     with launched(["-c", APPLE_EVENTS, example(toolkit + "_app.py"), app_dir] + documents,
                   env) as app:
         assert app.stdout.readline() == "DELIVERED\n"
+        assert app.stdout.readline() == "REOPENED opened 0 file(s) in the running window\n"
         client = tcbon.Process(toolkit + "_app", app_dir=app_dir)
         assert wait_for(lambda: listed_files(client), 30, "the window's list") == documents
         client.stop(timeout=30)

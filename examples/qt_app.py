@@ -61,8 +61,21 @@ class FileList(tcbon.Process):
         self.list = QtWidgets.QListWidget()
         self.window.setCentralWidget(self.list)
         self.qapp.installEventFilter(self.bridge)  # macOS's documents: see Bridge
+        if sys.platform == 'darwin':
+            # A click on the running app's Dock icon is a "reopen" Apple Event,
+            # not a launch; Qt makes it an application-state change to active
+            # (as it does cmd-tab: a launch with no files only raises the window).
+            self.qapp.applicationStateChanged.connect(self.reopened)
         self.window.resize(640, 360)
         self.window.show()
+
+    def reopened(self, state):
+        """macOS: the app became active (the Dock icon clicked while it
+        runs): a launch with no files. Returns what it said."""
+        from PySide6 import QtCore
+        if state == QtCore.Qt.ApplicationState.ApplicationActive:
+            return self.deliver([]).get('stdout', '')
+        return ''
 
     def on_stop(self):
         if self.qapp is not None:  # a remote stop: end the event loop
@@ -84,9 +97,11 @@ class FileList(tcbon.Process):
                 'stdout': 'opened %d file(s) in the running window\n' % len(paths)}
 
     def open_files(self, cwd, names):
-        """List the files that exist; return them and the missing ones."""
-        paths = [os.path.join(cwd, name) for name in names]
-        missing = [path for path in paths if not os.path.exists(path)]
+        """List the files that exist; return them and the missing ones. A
+        launch from a deleted folder has no cwd (None): a relative name
+        means nothing then, and is missing."""
+        paths = [os.path.join(cwd, name) if cwd else name for name in names]
+        missing = [path for path in paths if not (os.path.isabs(path) and os.path.exists(path))]
         paths = [path for path in paths if path not in missing]
         self.list.addItems(paths)
         return paths, missing

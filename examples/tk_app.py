@@ -57,9 +57,17 @@ class FileList(tcbon.Process):
         # macOS sends a document opened in the Finder to the running app as
         # an Apple Event (not as a launch's argv); Tk calls this for it.
         self.root.createcommand('::tk::mac::OpenDocument', lambda *paths: self.deliver(paths))
+        # A click on the running app's Dock icon is a "reopen" Apple Event, not
+        # a launch: it reaches on_second_instance as a launch that names no file.
+        self.root.createcommand('::tk::mac::ReopenApplication', self.reopen)
         self.root.after_idle(self.executor.run_pending)
         if platform.python_implementation() != 'CPython':
             self.root.after(50, self.poll)
+
+    def reopen(self):
+        """macOS: the Dock icon clicked while the app runs: a launch with no
+        files (the window comes to the front). Returns what it said."""
+        return self.deliver([]).get('stdout', '')
 
     def closed(self):
         """The user closed the window: the main loop ends, and main() stops."""
@@ -86,9 +94,11 @@ class FileList(tcbon.Process):
                 'stdout': 'opened %d file(s) in the running window\n' % len(paths)}
 
     def open_files(self, cwd, names):
-        """List the files that exist; return them and the missing ones."""
-        paths = [os.path.join(cwd, name) for name in names]
-        missing = [path for path in paths if not os.path.exists(path)]
+        """List the files that exist; return them and the missing ones. A
+        launch from a deleted folder has no cwd (None): a relative name
+        means nothing then, and is missing."""
+        paths = [os.path.join(cwd, name) if cwd else name for name in names]
+        missing = [path for path in paths if not (os.path.isabs(path) and os.path.exists(path))]
         paths = [path for path in paths if path not in missing]
         for path in paths:
             self.listbox.insert('end', path)
