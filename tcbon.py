@@ -24,6 +24,7 @@ __version__ = "0.4.0"
 __all__ = [
     "App",
     "AsyncioExecutor",
+    "Busy",
     "Error",
     "HTTPError",
     "HostExecutor",
@@ -68,6 +69,8 @@ DEFAULT_TIMEOUT = 5.0  #: Seconds a client call may take unless told otherwise.
 TOKEN_HEADER = "X-Tcbon-Token"
 NONCE_HEADER = "X-Tcbon-Nonce"  #: A client's fresh random value, which the reply proves.
 PROOF_HEADER = "X-Tcbon-Proof"  #: HMAC-SHA256(token, nonce), hex: the primary knows the token.
+DEADLINE_HEADER = "X-Tcbon-Deadline"  #: Seconds the sender waits; no handler starts later.
+ACK_HEADER = "X-Tcbon-Ack"  #: "1": an interim "100 Continue" says the handler starts.
 MAX_BODY = 1 << 20  #: Largest request body the server reads, in bytes.
 MAX_HEAD = 1 << 16  #: Largest request line plus headers, in bytes.
 MAX_WORKERS = 64  #: Requests handled at once; more get 503 at once.
@@ -90,7 +93,7 @@ SECOND_INSTANCE = "second-instance"  #: The event a later launch hands over with
 _DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40  # logging's levels, without importing it
 # Exit codes of python -m tcbon and of Process.main(), one meaning each.
 (EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE,
- EXIT_ERROR, EXIT_UNREACHABLE) = range(8)
+ EXIT_ERROR, EXIT_UNREACHABLE, EXIT_BUSY) = range(9)
 
 
 # Exceptions ------------------------------------------------------------------
@@ -140,6 +143,12 @@ class Timeout(Error, TimeoutError):
     def __init__(self, message: str, name: str, timeout: float) -> None:
         super().__init__(message)
         self.name, self.timeout = name, timeout
+
+
+class Busy(Timeout):
+    """The primary took the request (its handler started: delivered) but
+    did not answer within the timeout: it goes on, and runs it once; only
+    its reply is lost (issue 29). A launch exits with EXIT_BUSY (8)."""
 
 
 class Unreachable(Error, ConnectionError):
@@ -194,10 +203,32 @@ class _CannotListen(Error):
     blocked loopback, say), as with a StateError (see main's unguarded)."""
 
 
+def _env_timeout() -> Any:
+    """A launch's timeout from the environment, TCBON_TIMEOUT (seconds, or
+    "none" for no limit), else the Process' own (issue 29).
+
+    Raises:
+        ValueError: it is set, but to neither.
+    """
+    text = os.environ.get("TCBON_TIMEOUT", "").strip()
+    if not text:
+        return _DEFAULT
+    if text.lower() == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError("TCBON_TIMEOUT must be a number of seconds >= 0, or none; got %r"
+                         % text)
+    return seconds
+
+
 def _exit_code(exc: BaseException) -> int:
     """The exit code for a failure, as python -m tcbon and Process.main() give it."""
     for kind, code in ((ProcessDoesNotExist, EXIT_NOT_RUNNING), (RequestError, EXIT_REFUSED),
-                       (Timeout, EXIT_TIMEOUT), (StateError, EXIT_STATE),
+                       (Busy, EXIT_BUSY), (Timeout, EXIT_TIMEOUT), (StateError, EXIT_STATE),
                        (Unreachable, EXIT_UNREACHABLE), (ValueError, EXIT_USAGE)):
         if isinstance(exc, kind):
             return code
@@ -1687,6 +1718,15 @@ def _proof(token: str, nonce: str) -> str:
     return hmac.new(token.encode("ascii"), nonce.encode("latin-1"), "sha256").hexdigest()
 
 
+def _seconds(text: str | None) -> float | None:
+    """A DEADLINE_HEADER's seconds, or None if absent or not a sane number."""
+    try:
+        seconds = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0.0 <= seconds <= 1e7 else None
+
+
 def _proof_for(head: _Head | None, token: str) -> str | None:
     """The proof a reply to head carries: only for a head that passed every
     guard, the token's among them (else anyone could ask for proofs)."""
@@ -2246,6 +2286,12 @@ class RequestHandler(_HandlerBase):
         environ = _environ(head.method, head.target, head.get("Content-Type") or "", self.body,
                            (self.server.server_name, self.server.server_port),
                            self.client_address[0])
+        seconds = _seconds(head.get(DEADLINE_HEADER))
+        if seconds is not None:  # the sender's: no handler starts after it (issue 29)
+            environ["tcbon.deadline"] = time.monotonic() + seconds
+            environ["tcbon.timeout"] = seconds
+        if head.get(ACK_HEADER) == "1":
+            environ["tcbon.delivered"] = self.delivered
         for key, value in head.headers:
             key = key.upper()
             # With '_', X_Token and X-Token would be one key; servers drop them.
@@ -2253,6 +2299,19 @@ class RequestHandler(_HandlerBase):
                 key = "HTTP_" + key.replace("-", "_")
                 environ[key] = environ[key] + "," + value if key in environ else value
         return environ
+
+    def delivered(self) -> None:
+        """Tell the sender, once, that its request's handler starts: an
+        interim "100 Continue" (http.client passes over it; tcbon's client
+        notes it), sent at once (TCP_NODELAY: no stall before the reply)."""
+        if getattr(self, "_acked", False):
+            return
+        self._acked = True
+        try:
+            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n%s: 1\r\n\r\n"
+                                    % ACK_HEADER.encode("ascii"))
+        except OSError:
+            pass  # the sender went away: its handler runs all the same
 
     def run_wsgi(self) -> tuple[bytes, int]:
         """Call the app; return the whole reply and its status."""
@@ -2458,12 +2517,15 @@ class _DeadlineSocket:
     or a connect that waited for a SYN retry, would stretch a call far past
     its timeout."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
         self._sock, self._deadline = sock, deadline
         self._files, self._closed = 0, False
+        self._start = b""  # the reply's first bytes, until an interim one is known
 
     def _arm(self) -> None:
         import socket
+        if self._deadline is None:
+            return
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout("timed out")
@@ -2475,7 +2537,12 @@ class _DeadlineSocket:
 
     def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
         self._arm()
-        return self._sock.recv_into(buffer, nbytes)
+        got = self._sock.recv_into(buffer, nbytes)
+        if len(self._start) < 13:  # "HTTP/1.1 100 ": the primary said its handler starts
+            self._start += bytes(memoryview(buffer)[:min(got, 13 - len(self._start))])
+            if self._start == b"HTTP/1.1 100 ":
+                _local.delivered = True
+        return got
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
         import io
@@ -2515,7 +2582,7 @@ def _connection(host: str, timeout: float | None = None, **kwargs: Any) -> Any:
         if verify is not None and not verify():
             sock.close()
             raise _NotThePrimary("the primary left its address before the request was sent")
-        return sock if deadline is None else _DeadlineSocket(sock, deadline)
+        return _DeadlineSocket(sock, deadline)
     conn._create_connection = connect  # type: ignore[attr-defined]
     return conn
 
@@ -2557,18 +2624,26 @@ def _opener() -> Any:
 
 
 def _open(url: str, method: str, body: bytes | None, token: str, timeout: float | None,
-          verify: Callable[[], bool] | None = None) -> tuple[int, str, bytes, bool]:
+          verify: Callable[[], bool] | None = None,
+          ack: bool = False) -> tuple[int, str, bytes, bool]:
     """One HTTP exchange through urllib.request, within timeout seconds in
     all, sent only if verify() says so once connected; returns status,
-    type, body, and whether the reply proved that it knows the token."""
+    type, body, and whether the reply proved that it knows the token. The
+    primary runs no handler after this call has given up (a deadline a
+    little before the timeout), and with ack says when one starts
+    (_local.delivered; see _DeadlineSocket)."""
     import urllib.request
     opener = _opener()
     nonce = os.urandom(16).hex()
     headers = {TOKEN_HEADER: token, NONCE_HEADER: nonce}
+    if timeout is not None:
+        headers[DEADLINE_HEADER] = "%.3f" % max(0.0, timeout - min(0.1, timeout / 10))
+    if ack:
+        headers[ACK_HEADER] = "1"
     if body is not None:
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=body, headers=headers, method=method)
-    _local.verify = verify
+    _local.verify, _local.delivered, _local.ack = verify, False, ack
     try:
         with opener.open(req, timeout=timeout) as reply:
             data = reply.read()
@@ -2600,7 +2675,8 @@ class _Client:
 
     def exchange(self, state: dict, method: str, path: str, body: bytes | None, wait: _Wait,
                  ended: Callable[[dict, _Wait], str | None],
-                 still: Callable[[], bool] | None = None) -> tuple[int, Any] | str:
+                 still: Callable[[], bool] | None = None,
+                 ack: bool = False) -> tuple[int, Any] | str:
         """One exchange with the primary that published state, sent once
         connected only if still() says it holds its lock and state: its
         status and decoded reply, or "refused", "stopping" or "gone" when
@@ -2616,7 +2692,7 @@ class _Client:
         try:
             status, ctype, data, proved = _open(
                 "http://%s%s" % (state["address"], path), method, body, state["token"],
-                wait.remaining(), still)
+                wait.remaining(), still, ack)
         except (OSError, http.client.HTTPException) as exc:
             if isinstance(getattr(exc, "reason", exc), _NotThePrimary):  # urllib wraps it
                 return "gone"  # nothing was sent
@@ -2646,8 +2722,24 @@ class _Client:
                         "send less, or a file name" % (len(body), self.name, MAX_BODY))
         return body
 
-    def answer(self, status: int, reply: Any, what: str) -> Any:
-        """The reply, or the RequestError a 4xx or 5xx status means."""
+    def answer(self, status: int, reply: Any, what: str, limit: float | None = None) -> Any:
+        """The reply, or the RequestError a 4xx or 5xx status means; a 504
+        that says the sender's time is up: Busy (the handler started: it
+        runs once) or Timeout (it did not: it never will)."""
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if status == 504 and error in ("busy", "expired"):
+            if error == "busy":
+                late: Timeout = Busy("handed %s to %r, which is busy: its handler started and goes "
+                               "on (it runs once), but did not answer within %.1f s; do not "
+                               "send it again" % (what, self.name, limit or 0.0), self.name,
+                               limit or 0.0)
+            else:
+                late = Timeout("%r did not answer %s within %.1f s, nor start its handler: "
+                                  "it will not run it; it is busy or hung: retry with a longer "
+                                  "timeout, or stop it (python -m tcbon %s stop)" % (
+                                      self.name, what, limit or 0.0, self.name), self.name,
+                                  limit or 0.0)
+            raise late
         if status >= 400:
             error = reply.get("error") if isinstance(reply, dict) else reply
             raise RequestError("%r answered %s with %d: %s" % (self.name, what, status, error),
@@ -2672,10 +2764,17 @@ class _Client:
             return Timeout("asked %s to stop, but it still runs after %.1f s: it may be stuck "
                            "in on_stop or a handler; end pid %s if it never stops"
                            % (where, limit, state.get("pid")), self.name, limit)
+        if (isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout)) and (
+                getattr(_local, "delivered", False)):
+            return Busy("handed %s to %s, which is busy: its handler started and goes on "
+                        "(it runs once), but did not answer within %.1f s; do not send it "
+                        "again" % (what, where, limit), self.name, limit)
         if isinstance(reason, socket.timeout) or isinstance(exc, socket.timeout):
-            return Timeout("%s did not answer %s within %.1f s: it is busy or hung; retry "
+            never = (", nor start its handler: it will not run it" if getattr(
+                _local, "ack", False) else "")  # it says when one starts (a launch's)
+            return Timeout("%s did not answer %s within %.1f s%s; it is busy or hung: retry "
                            "with a longer timeout, or stop it (python -m tcbon %s stop)"
-                           % (where, what, limit, self.name), self.name, limit)
+                           % (where, what, limit, never, self.name), self.name, limit)
         if isinstance(reason, ConnectionRefusedError):
             return "refused"
         if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):
@@ -2709,7 +2808,7 @@ def _public(state: dict) -> dict:
     """An instance as the registry shows it: its published state without
     the token (a listing is printed, logged, passed around)."""
     entry = {key: value for key, value in state.items()
-             if key not in ("token", "pids", "proof", "pid_start")}
+             if key not in ("token", "pids", "proof", "pid_start", "ready")}
     entry.setdefault("meta", {})
     entry.setdefault("active", entry.get("started"))
     return entry
@@ -2869,9 +2968,17 @@ class _Finder:
                 continue
             held += 1
             state = _live_state(pid_file)
-            if state is not None and state.get("id") == slot:
+            if state is not None and state.get("id") == slot and self.answers(state):
                 published.append(state)
         return published, held
+
+    def answers(self, state: dict) -> bool:
+        """Whether a published primary answers yet: one whose handlers run
+        on an executor does once that has run its first call (a UI loop, a
+        DCC host's timer); until then it is starting up (issue 29). One of
+        this process whose handlers run on the calling thread answers (it
+        is called directly)."""
+        return state.get("ready", True) is not False or self.local(state) is not None
 
     def running(self) -> bool:
         """True while any primary of the name holds its lock."""
@@ -2905,7 +3012,7 @@ class _Finder:
             lock_file, pid_file = self.files()
             if _primary_holds(lock_file):
                 state = _live_state(pid_file)
-                ok = state is not None and state.get("id") is None
+                ok = state is not None and state.get("id") is None and self.answers(state)
                 return state if ok and state["token"] not in passed else None  # type: ignore
         published, held = self.scan()
         published = [s for s in published if s["token"] not in passed]
@@ -2941,8 +3048,8 @@ class _Finder:
 
     def no_address(self, limit: float | None, past: bool = False) -> Timeout:
         phase = ("the primary it reached is stopping, and no next primary answered"
-                 if past else "it holds its lock (%s) but published no address"
-                 % self.files()[0])
+                 if past else "it holds its lock (%s) but published no address, or none it "
+                 "answers at yet (its executor has not run)" % self.files()[0])
         return Timeout("%r did not become reachable within %.1f s: %s; it is starting up or "
                        "shutting down slowly, or is hung; retry with a longer timeout, or "
                        "end that process" % (self.name, limit or 0.0, phase),
@@ -2993,7 +3100,8 @@ class _Finder:
         return None
 
     def call(self, method: str, route: str, payload: Any, wait: _Wait, to: Any = None,
-             where: dict | None = None, found: Callable[[dict], Any] | None = None) -> Any:
+             where: dict | None = None, found: Callable[[dict], Any] | None = None,
+             ack: bool = False) -> Any:
         """One request to the primary the rule chooses now, within wait
         (found(state) first). Tried again only where nothing was handled: a
         refused connection, a primary that answered "stopping" or that
@@ -3015,7 +3123,7 @@ class _Finder:
             if local is not None:
                 return local.call_directly(method, path, body, wait.remaining())
             result = self.client.exchange(state, method, path, body, wait, self.ended,
-                                          self.still(state))
+                                          self.still(state), ack)
             if result == "refused":
                 refused = refused or (wait if wait.limit is not None else _Wait(DEFAULT_TIMEOUT))
                 if refused.over():
@@ -3024,7 +3132,8 @@ class _Finder:
             elif isinstance(result, str):  # stopping, or gone: on to the next primary
                 passed.add(state["token"])
             else:
-                return self.client.answer(result[0], result[1], "%s %s" % (method, path))
+                return self.client.answer(result[0], result[1], "%s %s" % (method, path),
+                                          wait.limit)
 
     def call_all(self, method: str, route: str, payload: Any, wait: _Wait,
                  where: dict | None) -> dict:
@@ -4635,6 +4744,10 @@ class _Stopping(Exception):
     goes on to the next primary."""
 
 
+class _Expired(Exception):
+    """A handler that would start after its sender's deadline is not run."""
+
+
 class _Primary:
     """This process as the primary of one name. It exists from the lock
     taken to the lock released, and owns both, the server and its thread,
@@ -4772,6 +4885,7 @@ class _Primary:
                       "host": socket.gethostname(), "machine": _machine(),
                       "active": started, "meta": dict(process._meta),
                       "app_version": process.version, "pids": _pid_space(), "proof": 1,
+                      "ready": process.executor is None,
                       "pid_start": _platform.pid_started(os.getpid())}
         if self.slot is not None:
             self.state["id"] = self.slot
@@ -4780,6 +4894,8 @@ class _Primary:
         except OSError as exc:  # a full disk: the lock file took no space, the state does
             raise _unusable("cannot write the state file", self.pid_file, exc) from exc
         _primaries.add(self)
+        if not self.state["ready"]:  # answering once the executor runs calls (issue 29)
+            _submit_later(process.executor, lambda: self.republish(ready=True))
 
     def republish(self, **changes: Any) -> None:
         """Publish the state again with changes (meta, active), atomically;
@@ -5043,11 +5159,7 @@ class _Primary:
                                      started.extend((status, headers))))
         status = int(started[0].split(" ", 1)[0])
         reply = _decode(dict(started[1]).get("Content-Type", ""), data)
-        if status == 504:
-            raise Timeout("%r did not handle %s %s within %.1f s: its thread is busy or hung"
-                          % (process.name, method, path, limit or 0.0), process.name,
-                          limit or 0.0)
-        return process._finder.client.answer(status, reply, "%s %s" % (method, path))
+        return process._finder.client.answer(status, reply, "%s %s" % (method, path), limit)
 
     def took_own_launch(self, result: Any) -> None:
         """What the handler said to the first launch (main()'s own argv):
@@ -5065,13 +5177,115 @@ class _Primary:
         else:
             self.took_own_launch(result.result())
 
-    def handler(self, handler: Callable, event: dict) -> Callable[[], Any]:
+    # Routes ---------------------------------------------------------------------
+    def route_index(self) -> dict:
+        state = self.state
+        return {"success": True, "name": self.process.name, "pid": state.get("pid"),
+                "address": state.get("address"), "version": __version__,
+                "protocol": PROTOCOL, "started": state.get("started"),
+                "argv": _this_argv(), "host": state.get("host"), "id": state.get("id"),
+                "active": state.get("active"), "meta": state.get("meta", {}),
+                "app_version": state.get("app_version"), "ready": state.get("ready", True)}
+
+    def route_event(self) -> dict:
+        """An event to its handler, on the executor if there is one: run
+        only if it starts before the request's deadline (issue 29: a launch
+        that timed out never happens later), and said delivered to the
+        sender as it starts (an interim reply, when asked for)."""
+        process = self.process
+        event = request.get_json()
+        if not isinstance(event, dict) or not isinstance(event.get("name"), str):
+            raise HTTPError(400, "an event is a JSON object with a string 'name'")
+        name = event["name"]
+        handler = process.event_handlers.get(name)
+        if handler is None:
+            raise HTTPError(404, "no handler for event %r; registered: %s"
+                            % (name, ", ".join(sorted(process.event_handlers)) or "none"))
+        environ, started = request.environ, []
+        delivered = environ.get("tcbon.delivered")
+
+        def starts() -> None:
+            started.append(True)
+            if delivered is not None:
+                delivered()
+        call = self.handler(handler, event, environ.get("tcbon.deadline"), starts)
+        try:
+            result = call() if process.executor is None else process.executor.submit(call)
+            # A Future (or a handler that takes long) holds the reply until
+            # it is handled, or the sender's deadline: then it gave up.
+            while _is_future(result):
+                result = self._result(result, name)
+            if hasattr(result, "__await__"):
+                getattr(result, "close", lambda: None)()
+                raise TypeError("async def handlers need Process(executor="
+                                "tcbon.AsyncioExecutor(loop))")
+        except _Stopping:
+            raise HTTPError(503, "stopping") from None
+        except _Expired:
+            raise HTTPError(504, "the sender's deadline passed before the handler for event "
+                            "%r could start: it did not run" % name) from None
+        except Exception as exc:
+            from concurrent.futures import TimeoutError as FutureTimeout
+            if isinstance(exc, FutureTimeout):  # the sender's time is up: see _Client.answer
+                raise HTTPError(504, "busy" if started else "expired") from None
+            process.log.exception("the handler for event %r failed", name)
+            raise HTTPError(500, "the handler for event %r failed: %s: %s"
+                            % (name, type(exc).__name__, exc)) from None
+        reply = {"success": True}
+        if isinstance(result, dict):
+            reply.update(result)
+        elif result is not None:
+            reply["result"] = result
+        return reply
+
+    def _result(self, future: Any, name: str) -> Any:
+        """A handler's Future's result, within the request's time; said
+        once if it waits on a MainThreadExecutor that nothing has ever run."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+        process = self.process
+        limit = request.environ.get("tcbon.timeout")
+        first = 2.0 if limit is None else min(2.0, limit)
+        try:
+            return future.result(first)
+        except FutureTimeout:
+            if getattr(process.executor, "idle", False) and not process._warned_idle:
+                process._warned_idle = True
+                process._note(_WARNING, "%s: the handler for event %r waits for a "
+                              "MainThreadExecutor that nothing runs: call its run_pending() "
+                              "from your UI thread, or run_forever() on that thread",
+                              process.name, name)
+            return future.result(None if limit is None else max(0.0, limit - first))
+
+    def route_stop(self) -> dict:
+        """Stop; answer once stopped (the lock released), so that the
+        sender knows this primary is gone, whoever runs next."""
+        asked = request.get_json(silent=True)
+        if isinstance(asked, dict) and asked.get("handover") is True and not self.asked.opened:
+            self.handing_over = True  # a successor replaces us (start(replace=...))
+        if request.environ.get("REMOTE_ADDR") == "in-process":
+            self.stop()  # on the thread that runs the handlers: here
+        else:
+            self.stop_soon()
+            self.done.wait()
+        reply = {"success": True, "stopped": True, "message": "%s stopped" % self.process.name}
+        if self.handing_over:
+            reply["handover"] = self.handed
+        return reply
+
+    def handler(self, handler: Callable, event: dict, deadline: float | None = None,
+                delivered: Callable[[], Any] | None = None) -> Callable[[], Any]:
         """handler(event) as the executor runs it: not at all once a stop
         was asked for (the closing app must not tell a launch that it took
-        its work), and known there as a handler (see Process.stop)."""
+        its work), nor past deadline (time.monotonic(): the sender gave
+        up); delivered() as it starts; known there as a handler (see
+        Process.stop)."""
         def call() -> Any:
             if self.asked.opened:
                 raise _Stopping()
+            if deadline is not None and time.monotonic() > deadline:
+                raise _Expired()
+            if delivered is not None:
+                delivered()
             outer, _local.handling = getattr(_local, "handling", False), True
             try:
                 return handler(event)
@@ -5202,9 +5416,9 @@ class Process:
         if debug or type(self).setup_logger is not Process.setup_logger:
             self.log  # noqa: B018 - set up now: the app asked for logging
         self.wsgi = App(_LazyLog(self))
-        self.wsgi.add_route("/", self._route_index)
-        self.wsgi.add_route("/event", self._route_event, ["POST"])
-        self.wsgi.add_route("/stop", self._route_stop, ["POST"])
+        self.wsgi.add_route("/", lambda: self._serving().route_index())
+        self.wsgi.add_route("/event", lambda: self._serving().route_event(), ["POST"])
+        self.wsgi.add_route("/stop", lambda: self._serving().route_stop(), ["POST"])
         self.setup_wsgi(self.wsgi)
 
     def __repr__(self) -> str:
@@ -5506,7 +5720,12 @@ class Process:
             argv (list): what to hand over; default ``sys.argv``.
             run (callable): the primary's main loop; stop() follows its return.
             timeout (float): limit for the whole launch, every phase of it;
-                None waits until handled.
+                None waits until handled. Default: the Process' timeout, or
+                the environment's TCBON_TIMEOUT (seconds, or "none"), so that
+                an app's user can wait longer. A launch whose handler has not
+                started by then never runs (it says so: exit code 4); one whose
+                handler started but has not answered runs once, and says so
+                (``Busy``: exit code 8).
             forward_stdin (bool): a later launch whose stdin is not a terminal
                 (``cmd | app -``) hands the text over as ``event['stdin']``.
             own_launch (bool): False keeps the first launch's argv from the
@@ -5530,14 +5749,18 @@ class Process:
         Returns:
             The exit code for this launch: the primary's, or, for an error
             reported on stderr, the code python -m tcbon gives it (EXIT_*):
-            3 refused, 4 not answering in time, 5 state directory unusable,
-            6 any other failure.
+            3 refused, 4 not taken in time (nothing runs), 5 state directory
+            unusable, 6 any other failure, 8 taken but not answered in time
+            (it runs once).
         """
         worker = _worker_sign()
         if worker is not None:
             return self._not_a_launch(worker)
         argv = _this_argv() if argv is None else list(argv)
-        wait = _Wait(self._limit(timeout))
+        try:
+            wait = _Wait(self._limit(_env_timeout() if timeout is _DEFAULT else timeout))
+        except ValueError as exc:
+            return self._report(exc)
         while True:
             if wait.over():  # each round keeps to the launch's deadline (issue 30)
                 return self._report(Timeout(
@@ -5802,7 +6025,7 @@ class Process:
             for key in keys:
                 os.environ.pop(key, None)
             _allow_foreground(state["pid"])
-        return self._request("POST", "event", event, wait, to, where, found=found)
+        return self._request("POST", "event", event, wait, to, where, found=found, ack=True)
 
     def deliver(self, items: Iterable[str], timeout: float | None = _DEFAULT) -> Any:
         """Hand documents or links that reached this app by another way than
@@ -5911,7 +6134,7 @@ class Process:
 
     def _request(self, method: str, route: str, payload: Any, wait: _Wait,
                  to: Any = None, where: dict | None = None, start: Any = None,
-                 found: Callable[[dict], Any] | None = None) -> Any:
+                 found: Callable[[dict], Any] | None = None, ack: bool = False) -> Any:
         """The one path of get, send, handoff: the finder's call, and with
         start, the app started whenever no primary will answer, a stop in
         progress included (issue 30), then the call made again."""
@@ -5921,7 +6144,7 @@ class Process:
             try:
                 if to == "all":
                     return self._finder.call_all(method, route, payload, wait, where)
-                return self._finder.call(method, route, payload, wait, to, where, found)
+                return self._finder.call(method, route, payload, wait, to, where, found, ack)
             except ProcessDoesNotExist:
                 if command is None:
                     raise
@@ -6080,94 +6303,17 @@ class Process:
                              "among the instances, got %r" % (to,))
         return True
 
+    def _serving(self) -> _Primary:
+        """The primary part that answers a route: gone once stopped."""
+        primary = self._primary
+        if primary is None:
+            raise HTTPError(503, "stopping")
+        return primary
+
     def _limit(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)
 
     # Routes and events -------------------------------------------------------
-    def _route_index(self) -> dict:
-        state = self._primary.state if self._primary is not None else {}
-        return {"success": True, "name": self.name, "pid": state.get("pid"),
-                "address": state.get("address"), "version": __version__,
-                "protocol": PROTOCOL, "started": state.get("started"),
-                "argv": _this_argv(), "host": state.get("host"), "id": state.get("id"),
-                "active": state.get("active"), "meta": state.get("meta", {}),
-                "app_version": state.get("app_version")}
-
-    def _route_event(self) -> dict:
-        event = request.get_json()
-        if not isinstance(event, dict) or not isinstance(event.get("name"), str):
-            raise HTTPError(400, "an event is a JSON object with a string 'name'")
-        name = event["name"]
-        handler = self.event_handlers.get(name)
-        if handler is None:
-            raise HTTPError(404, "no handler for event %r; registered: %s"
-                            % (name, ", ".join(sorted(self.event_handlers)) or "none"))
-        primary = self._primary
-        try:
-            if self.executor is not None and primary is not None:
-                result = self.executor.submit(primary.handler(handler, event))
-            else:
-                result = handler(event)
-            # A Future (or a handler that takes long) holds the reply until
-            # it is handled: the sender chooses how long to wait (in this
-            # process, no socket times out: it says how long).
-            while _is_future(result):
-                result = self._result(result, name)
-            if hasattr(result, "__await__"):
-                getattr(result, "close", lambda: None)()
-                raise TypeError("async def handlers need Process(executor="
-                                "tcbon.AsyncioExecutor(loop))")
-        except _Stopping:
-            raise HTTPError(503, "stopping") from None
-        except Exception as exc:
-            from concurrent.futures import TimeoutError as FutureTimeout
-            if isinstance(exc, FutureTimeout):  # only in this process: see _call_directly
-                raise HTTPError(504, "the handler for event %r is still waiting" % name) from None
-            self.log.exception("the handler for event %r failed", name)
-            raise HTTPError(500, "the handler for event %r failed: %s: %s"
-                            % (name, type(exc).__name__, exc)) from None
-        reply = {"success": True}
-        if isinstance(result, dict):
-            reply.update(result)
-        elif result is not None:
-            reply["result"] = result
-        return reply
-
-    def _result(self, future: Any, name: str) -> Any:
-        """A handler's Future's result; said once if it waits on a
-        MainThreadExecutor that nothing has ever run."""
-        from concurrent.futures import TimeoutError as FutureTimeout
-        limit = request.environ.get("tcbon.timeout")
-        first = 2.0 if limit is None else min(2.0, limit)
-        try:
-            return future.result(first)
-        except FutureTimeout:
-            if getattr(self.executor, "idle", False) and not self._warned_idle:
-                self._warned_idle = True
-                self._note(_WARNING, "%s: the handler for event %r waits for a "
-                           "MainThreadExecutor that nothing runs: call its run_pending() "
-                           "from your UI thread, or run_forever() on that thread", self.name, name)
-            return future.result(None if limit is None else max(0.0, limit - first))
-
-    def _route_stop(self) -> dict:
-        """Stop; answer once stopped (the lock released), so that the
-        sender knows this primary is gone, whoever runs next."""
-        primary = self._primary
-        if primary is None:
-            raise HTTPError(503, "stopping")
-        asked = request.get_json(silent=True)
-        if isinstance(asked, dict) and asked.get("handover") is True and not primary.asked.opened:
-            primary.handing_over = True  # a successor replaces us (start(replace=...))
-        if request.environ.get("REMOTE_ADDR") == "in-process":
-            primary.stop()  # on the thread that runs the handlers: here
-        else:
-            primary.stop_soon()
-            primary.done.wait()
-        reply = {"success": True, "stopped": True, "message": "%s stopped" % self.name}
-        if primary.handing_over:
-            reply["handover"] = primary.handed
-        return reply
-
     def register_event_handler(self, event: str, handler: Callable) -> None:
         """Call handler(event_dict) for events named ``event``; its dict
         return value is merged into the reply."""

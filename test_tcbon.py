@@ -1078,6 +1078,51 @@ sys.exit(app.main(replace=os.environ.get("REPLACE") or False))
 """
 
 
+# argv NAME APP_DIR LOG MARK SECONDS: main() of an app whose handlers run one at a
+# time (an executor of one thread, as a UI loop runs them); its launch handler
+# appends "START MARK" to LOG, takes SECONDS, then appends "DONE MARK" (issue 29).
+# The launch's timeout comes from TCBON_TIMEOUT, as an app's user would set it.
+BUSY_APP = r"""
+import concurrent.futures, sys, time, tcbon
+name, app_dir, log = sys.argv[1:4]
+app = tcbon.Process(name, app_dir=app_dir, executor=concurrent.futures.ThreadPoolExecutor(1))
+
+
+def note(line):
+    with open(log, "a") as f:
+        f.write(line + "\n")
+
+
+@app.on("second-instance")
+def launched(event):
+    mark, seconds = event["argv"][4], float(event["argv"][5])
+    note("START " + mark)
+    time.sleep(seconds)
+    note("DONE " + mark)
+    return {"stdout": "handled %s\n" % mark}
+
+
+sys.exit(app.main())
+"""
+
+
+# argv NAME APP_DIR GO: a primary whose handlers run on its main thread (a
+# MainThreadExecutor), whose loop starts only once GO exists, as a GUI's timer
+# starts late (issue 29); prints STARTED once start() returned.
+LATE_LOOP = r"""
+import os, sys, time, tcbon
+name, app_dir, go = sys.argv[1:4]
+app = tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor())
+app.on("ping")(lambda event: {"pid": os.getpid()})
+app.start()
+print("STARTED", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.01)
+app.run_forever()  # runs the executor's calls on this thread until stopped
+"""
+
+
 # argv NAME APP_DIR VERSION FOLDER ROUNDS: for each round R, once FOLDER/go.R
 # exists, start(replace='older') of a new object of that version (prints "R
 # PRIMARY" or "R EXISTS", or "R ERROR ..."); once FOLDER/end.R exists, stops it if
@@ -6713,6 +6758,65 @@ def test_stop_kill_after_never_ends_a_process_it_cannot_verify(name, app_dir, tm
             finder.end_holder(forged, tcbon._Wait(5))
         assert primary.poll() is None and tcbon.Process(name, app_dir=app_dir).info()[
             "pid"] == state["pid"]
+
+
+def logged(path, kind):
+    """The marks of BUSY_APP's log lines of kind (START or DONE)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split()[1] for line in f if line.startswith(kind + " ")]
+
+
+def test_a_launch_not_taken_in_time_never_runs_and_one_taken_runs_once(name, app_dir,
+                                                                       tmp_path):
+    # Issue 29: the launch's deadline travels with it; delivered and handled differ.
+    log = str(tmp_path / "log")
+
+    def busy_app(mark, seconds, timeout=None):
+        env = child_env(tmp_path) if timeout is None else child_env(tmp_path,
+                                                                   TCBON_TIMEOUT=timeout)
+        return ["-c", BUSY_APP, name, app_dir, log, mark, seconds], env
+    args, env = busy_app("first", 0)
+    with launched(args, env) as first:
+        wait_for(lambda: "first" in logged(log, "DONE"), 30, "the first launch's own")
+        args, env = busy_app("busy", 3, 30)
+        with launched(args, env) as busy:
+            wait_for(lambda: "busy" in logged(log, "START"), 30, "the busy handler to start")
+            code, out, err = ran(*busy_app("late", 0, 1))
+            assert code == tcbon.EXIT_TIMEOUT and "nor start its handler" in err, (code, err)
+            assert finish(busy)[:2] == (0, "handled busy\n")
+        code, out, err = ran(*busy_app("after", 0, 30))  # one thread: "late" would be first
+        assert (code, out) == (0, "handled after\n"), err
+        assert "late" not in logged(log, "START")  # not taken in time: it never runs
+        code, out, err = ran(*busy_app("slow", 2, 0.5))
+        assert code == tcbon.EXIT_BUSY and "its handler started" in err, (code, err)
+        wait_for(lambda: "slow" in logged(log, "DONE"), 30, "the taken launch's handler")
+        assert logged(log, "START").count("slow") == 1  # taken: it ran, once
+        tcbon.Process(name, app_dir=app_dir).stop(timeout=30)
+        assert finish(first)[0] == 0
+
+
+def test_a_primary_answers_once_its_executor_runs_not_before(name, app_dir, tmp_path):
+    # Issue 29: "running" means answering.
+    go = str(tmp_path / "go")
+    with launched(["-c", LATE_LOOP, name, app_dir, go], child_env(tmp_path)) as child:
+        assert child.stdout.readline() == "STARTED\n"
+        client = tcbon.Process(name, app_dir=app_dir)
+        assert client.running  # its lock is held: no second primary can start
+        with pytest.raises(tcbon.Timeout, match="none it answers at yet"):
+            client.info(timeout=0.5)
+        code, out, err = cli(tmp_path, name, "wait", "--timeout", "0.5", "--app-dir", app_dir)
+        assert code == tcbon.EXIT_TIMEOUT, (out, err)
+        assert tcbon.instances(name, app_dir) == []
+        with launched(["-m", "tcbon", name, "wait", "--timeout", "60", "--app-dir", app_dir],
+                      child_env(tmp_path)) as waiting:
+            open(go, "w").close()
+            code, out, err = finish(waiting)
+            assert code == 0 and out.startswith("%s is running: pid %d" % (name, child.pid))
+        assert client.send("event", {"name": "ping"})["pid"] == child.pid
+        client.stop(timeout=30)
+        assert finish(child)[0] == 0
 
 
 def test_wait_for_exit_and_wait_exit_see_instances(name, app_dir, tmp_path):
