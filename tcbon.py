@@ -1089,59 +1089,119 @@ def _root_locks(dev: int) -> bool | None:
     return False
 
 
-def _open_lock(path: str) -> int:
-    """Open (creating 0600) the lock file without truncating it."""
-    import errno
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
-    except OSError as exc:
-        advice = ("it is a symbolic link: remove it" if exc.errno == errno.ELOOP
-                  else "pass an app_dir on a local disk you can write to")
-        raise _unusable("cannot open the lock file", path, exc, advice) from exc
-    import stat
-    st = os.fstat(fd)
-    problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
-    problem = problem or _owner_problem(st)
-    if problem:
-        os.close(fd)
-        raise StateError("refusing to use the lock file %s: it %s" % (path, problem), path)
-    return fd
+class _Lock:
+    """One lock file: its path and, while open, its descriptor. Taken
+    exclusively by a primary (the name's, or its slot's) and by the side
+    locks (a launch replacing the primary, one starting it on demand);
+    shared, for a moment, by a probe, which can never make a launch believe
+    that a primary runs. Opened without truncating, never unlinked
+    (filelock#574); released by closing, as by a process' end (kill -9).
 
+    Attributes:
+        path (str): the lock file.
+        fd (int): its descriptor while open, else -1.
+    """
 
-def _locked(fd: int, path: str, shared: bool = False) -> bool:
-    """_lock(fd): True if taken, False if another process holds it; a
-    failure that is not contention is a StateError, never "held"."""
-    try:
-        return _lock(fd, shared)
-    except OSError as exc:
+    def __init__(self, path: str) -> None:
+        self.path, self.fd = path, -1
+
+    def open(self) -> _Lock:
+        """Open (creating 0600) without truncating; return self.
+
+        Raises:
+            StateError: it cannot be opened, or is not a regular file of ours.
+        """
         import errno
-        raise StateError("cannot lock %s: %s (%s): its file system does not support locks "
-                         "(NFS mounted with nolock, SMB, some FUSE file systems); pass an "
-                         "app_dir on a local disk" % (path, _reason(exc), errno.errorcode.get(
-                             exc.errno or 0, exc.errno)), path) from exc
-
-
-def _primary_holds(lock_path: str) -> bool:
-    """True while a primary holds the lock. Probes take a shared lock, so a
-    probe can never make a launch believe a primary exists."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | _SAFE)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise StateError("cannot open the lock file %s: %s" % (lock_path, _reason(exc)),
-                         lock_path) from exc
-    try:
         import stat
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO: opened without waiting (issue 27)
-            raise StateError("refusing to use the lock file %s: it is not a regular file; "
-                             "remove it" % lock_path, lock_path)
-        if _locked(fd, lock_path, shared=True):
-            _unlock(fd, shared=True)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
+        except OSError as exc:
+            advice = ("it is a symbolic link: remove it" if exc.errno == errno.ELOOP
+                      else "pass an app_dir on a local disk you can write to")
+            raise _unusable("cannot open the lock file", self.path, exc, advice) from exc
+        st = os.fstat(self.fd)
+        problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
+        problem = problem or _owner_problem(st)
+        if problem:
+            self.close()
+            raise StateError("refusing to use the lock file %s: it %s" % (self.path, problem),
+                             self.path)
+        return self
+
+    def _try(self, shared: bool = False) -> bool:
+        """_lock(): True if taken, False if another process holds it; a
+        failure that is not contention is a StateError, never "held"."""
+        try:
+            return _lock(self.fd, shared)
+        except OSError as exc:
+            import errno
+            raise StateError("cannot lock %s: %s (%s): its file system does not support "
+                             "locks (NFS mounted with nolock, SMB, some FUSE file systems); "
+                             "pass an app_dir on a local disk" % (
+                                 self.path, _reason(exc),
+                                 errno.errorcode.get(exc.errno or 0, exc.errno)),
+                             self.path) from exc
+
+    def take(self) -> str:
+        """Take it exclusively, without waiting: "ours"; else who holds it:
+        "probed" (probes only, for microseconds: look again) or "held"."""
+        if self._try():
+            return "ours"
+        if self._try(shared=True):
+            _unlock(self.fd, shared=True)
+            return "probed"
+        return "held"
+
+    def wait(self, wait: _Wait, timed_out: Callable[[], Exception]) -> _Lock:
+        """Open and take it, waiting within wait (a side lock); return self.
+
+        Raises:
+            timed_out(): it was still held once wait was over.
+        """
+        self.open()
+        try:
+            wait.until(lambda: self.take() == "ours" or None, timed_out)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Let go of it (ours) and close it."""
+        try:
+            _unlock(self.fd)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close it: released if ours, unless another descriptor shares it
+        (a forked child's copy closes without releasing the parent's)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    @staticmethod
+    def held(path: str) -> bool:
+        """True while a primary (or a launch, for a side lock) holds it."""
+        import stat
+        lock = _Lock(path)
+        try:
+            lock.fd = os.open(path, os.O_RDONLY | _SAFE)
+        except FileNotFoundError:
             return False
-        return True
-    finally:
-        os.close(fd)
+        except OSError as exc:
+            raise StateError("cannot open the lock file %s: %s" % (path, _reason(exc)),
+                             path) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(lock.fd).st_mode):  # a FIFO, opened without waiting
+                raise StateError("refusing to use the lock file %s: it is not a regular "
+                                 "file; remove it" % path, path)  # (issue 27)
+            if lock._try(shared=True):
+                _unlock(lock.fd, shared=True)
+                return False
+            return True
+        finally:
+            lock.close()
 
 
 # Windows refuses to remove or replace a file that another program has open
@@ -2964,7 +3024,7 @@ class _Finder:
             return [], 0
         for slot in self.slots():
             lock_file, pid_file = self.files(slot)
-            if not _primary_holds(lock_file):
+            if not _Lock.held(lock_file):
                 continue
             held += 1
             state = _live_state(pid_file)
@@ -2982,7 +3042,7 @@ class _Finder:
 
     def running(self) -> bool:
         """True while any primary of the name holds its lock."""
-        return self.trusted() and (_primary_holds(self.files()[0]) or self.scan()[1] > 0)
+        return self.trusted() and (_Lock.held(self.files()[0]) or self.scan()[1] > 0)
 
     def answering(self) -> bool:
         """True once a primary has published its address (not withdrawn)."""
@@ -3010,7 +3070,7 @@ class _Finder:
             raise self.none_runs(to, where)
         if not self.limit and to is None and not where:  # the name's own first: no listing
             lock_file, pid_file = self.files()
-            if _primary_holds(lock_file):
+            if _Lock.held(lock_file):
                 state = _live_state(pid_file)
                 ok = state is not None and state.get("id") is None and self.answers(state)
                 return state if ok and state["token"] not in passed else None  # type: ignore
@@ -3019,7 +3079,7 @@ class _Finder:
         chosen = _choose([_public(s) for s in published], to, where)
         if chosen is not None:
             return next(s for s in published if s.get("id") == chosen.get("id"))
-        if held > len(published) or _primary_holds(self.side_file("successor")):
+        if held > len(published) or _Lock.held(self.side_file("successor")):
             return None
         raise self.none_runs(to, where)
 
@@ -3068,7 +3128,7 @@ class _Finder:
             now = _read_state(pid_file)
             if now is None or now["token"] != state["token"]:
                 return "withdrawn"
-            if not _primary_holds(lock_file) or _live_state(pid_file) is None:
+            if not _Lock.held(lock_file) or _live_state(pid_file) is None:
                 return "died"
             if look.over():
                 return None
@@ -3085,7 +3145,7 @@ class _Finder:
         def check() -> bool:
             data = _read_bytes(pid_file + _SHADOW)  # as _read_state reads it
             data = _read_bytes(pid_file) if data is None else data
-            return bool(data) and token in (data or b"") and _primary_holds(lock_file) and not (
+            return bool(data) and token in (data or b"") and _Lock.held(lock_file) and not (
                 same_space and _platform.pid_gone(pid, started))
         return check
 
@@ -3167,7 +3227,7 @@ class _Finder:
         def gone() -> bool | None:  # its lock free, or its slot another's
             now = _live_state(pid_file)
             taken = now is not None and now["token"] != state["token"]
-            return True if taken or not _primary_holds(lock_file) else None
+            return True if taken or not _Lock.held(lock_file) else None
         wait.until(gone, lambda: Timeout(
             "asked %r (pid %s) to stop, but it still runs after %.1f s; end pid %s if it "
             "never stops" % (self.name, state.get("pid"), wait.limit or 0.0, state.get("pid")),
@@ -3247,9 +3307,9 @@ class _Finder:
         return [result for result in results if isinstance(result, int)]
 
     # Becoming one -----------------------------------------------------------------
-    def take(self, wait: _Wait, replacing: bool = False) -> tuple[int | None, int]:
+    def take(self, wait: _Wait, replacing: bool = False) -> tuple[int | None, _Lock]:
         """Take a slot: the name's own, or with limit the first free one;
-        its number (None: the name's own) and the locked descriptor.
+        its number (None: the name's own) and its lock, taken.
 
         Raises:
             ProcessExists: the primary runs (or every slot is held).
@@ -3257,31 +3317,29 @@ class _Finder:
         """
         if self.limit:
             return self._take_numbered(wait)
-        lock_file = self.files()[0]
-        fd = _open_lock(lock_file)
+        lock = _Lock(self.files()[0]).open()
         try:
-            wait.until(lambda: self._try_lock(fd, replacing),
+            wait.until(lambda: self._try_lock(lock, replacing),
                        lambda: self.no_address(wait.limit))
         except BaseException:
-            os.close(fd)
+            lock.close()
             raise
-        return None, fd
+        return None, lock
 
-    def _try_lock(self, fd: int, replacing: bool) -> bool | None:
+    def _try_lock(self, lock: _Lock, replacing: bool) -> bool | None:
         """True once ours; None to look again (the holder is a probe, or a
         primary starting up or stopping, or another launch is replacing
         it). Raises ProcessExists for a primary that has published its
         address."""
-        lock_file, pid_file = self.files()
-        if _locked(fd, lock_file):
-            if not replacing and _primary_holds(self.side_file("successor")):
-                _unlock(fd)  # another launch is replacing the primary: the lock is its
+        taken = lock.take()
+        if taken == "ours":
+            if not replacing and _Lock.held(self.side_file("successor")):
+                _unlock(lock.fd)  # another launch is replacing the primary: the lock is its
                 return None
             return True
-        if _locked(fd, lock_file, shared=True):  # only probes hold it
-            _unlock(fd, shared=True)
+        if taken == "probed":
             return None
-        state = _live_state(pid_file)
+        state = _live_state(self.files()[1])
         if state is None:
             return None
         here = any(p.state.get("token") == state["token"] for p in list(_primaries or ()))
@@ -3292,7 +3350,7 @@ class _Finder:
                                                              state["address"]))
         raise ProcessExists(message, self.name, state["pid"], state["address"])
 
-    def _take_numbered(self, wait: _Wait) -> tuple[int, int]:
+    def _take_numbered(self, wait: _Wait) -> tuple[int, _Lock]:
         """The first free numbered slot. Each is one OS lock, taken
         atomically: launches that race get distinct slots. A slot that only
         probes hold (a listing, for a few microseconds) is tried again at
@@ -3301,21 +3359,20 @@ class _Finder:
         while True:
             probed = False
             for slot in range(1, self.limit + 1):
-                lock_file = self.files(slot)[0]
-                fd = _open_lock(lock_file)
+                lock = _Lock(self.files(slot)[0]).open()
                 try:
                     for attempt in range(_PROBE_RETRIES):
-                        if _locked(fd, lock_file):
-                            return slot, fd
-                        if not _locked(fd, lock_file, shared=True):
+                        taken = lock.take()
+                        if taken == "ours":
+                            return slot, lock
+                        if taken == "held":
                             break  # an instance holds it
-                        _unlock(fd, shared=True)  # only probes hold it
-                        probed = True
+                        probed = True  # only probes hold it
                         time.sleep(0.001 * attempt)
                 except BaseException:
-                    os.close(fd)
+                    lock.close()
                     raise
-                os.close(fd)  # ours never held it: nobody's lock goes with it
+                lock.close()  # ours never held it: nobody's lock goes with it
             if not probed or wait.over():
                 raise self.full()
             wait.pause()
@@ -3327,31 +3384,16 @@ class _Finder:
                              "launch goes to one of them, or stop one first"
                              % (self.name, self.limit), self.name, pid, address)
 
-    def take_side_lock(self, kind: str, wait: _Wait, doing: str) -> int:
+    def side_lock(self, kind: str, wait: _Wait, doing: str) -> _Lock:
         """Take the side lock of kind (the successor's, the starter's),
-        waiting within wait while another launch holds it; return its
-        descriptor (release_side_lock() lets go of it).
+        waiting within wait while another launch holds it.
 
         Raises:
             Timeout: another launch was still doing what doing says.
         """
-        path = self.side_file(kind)
-        fd = _open_lock(path)
-        try:
-            wait.until(lambda: _locked(fd, path) or None, lambda: Timeout(
-                "%r: another launch has been %s for %.1f s; try again with a longer timeout"
-                % (self.name, doing, wait.limit or 0.0), self.name, wait.limit or 0.0))
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    @staticmethod
-    def release_side_lock(fd: int) -> None:
-        try:
-            _unlock(fd)
-        finally:
-            os.close(fd)
+        return _Lock(self.side_file(kind)).wait(wait, lambda: Timeout(
+            "%r: another launch has been %s for %.1f s; try again with a longer timeout"
+            % (self.name, doing, wait.limit or 0.0), self.name, wait.limit or 0.0))
 
 
 # Executors -------------------------------------------------------------------
@@ -4763,9 +4805,9 @@ class _Primary:
         slot (int): its instance id where several may run, else None.
     """
 
-    def __init__(self, process: Process, fd: int, files: tuple[str, str],
+    def __init__(self, process: Process, lock: _Lock | None, files: tuple[str, str],
                  slot: int | None = None) -> None:
-        self.process, self.fd, self.slot = process, fd, slot
+        self.process, self.lock, self.slot = process, lock, slot
         self.lock_file, self.pid_file = files
         self.state: dict = {}
         self._publishing = _thread.allocate_lock()  # republish() against the withdrawal
@@ -5116,9 +5158,9 @@ class _Primary:
         handles, self._mutex = self._mutex, []
         _release_mutex(handles)  # with the lock: an installer sees both go together
         try:
-            _unlock(self.fd)
+            if self.lock is not None:
+                self.lock.release()
         finally:
-            os.close(self.fd)
             self.process._primary_ended(self)
             self.done.open()
             self._ring()
@@ -5132,7 +5174,8 @@ class _Primary:
         withdrawing or stopping anything of the parent's."""
         import atexit
         atexit.unregister(self.at_exit)
-        os.close(self.fd)  # the child's copy only
+        if self.lock is not None:
+            self.lock.close()  # the child's copy only: the parent keeps it
         _primaries.discard(self)
         self.process._primary_ended(self)
         self.process._inherited = True  # its stop() must not stop the parent
@@ -5239,26 +5282,16 @@ class _Primary:
         return reply
 
     def _result(self, future: Any, name: str) -> Any:
-        """A handler's Future's result, within the request's time; said
-        once if it waits on a MainThreadExecutor that nothing has ever run."""
-        from concurrent.futures import TimeoutError as FutureTimeout
-        process = self.process
-        limit = request.environ.get("tcbon.timeout")
-        first = 2.0 if limit is None else min(2.0, limit)
-        try:
-            return future.result(first)
-        except FutureTimeout:
-            if getattr(process.executor, "idle", False) and not process._warned_idle:
-                process._warned_idle = True
-                process._note(_WARNING, "%s: the handler for event %r waits for a "
-                              "MainThreadExecutor that nothing runs: call its run_pending() "
-                              "from your UI thread, or run_forever() on that thread",
-                              process.name, name)
-            return future.result(None if limit is None else max(0.0, limit - first))
+        """A handler's Future's result, within the sender's time (no limit
+        for a sender that gave none). An executor that nothing runs is
+        told to callers before this: its primary never answers (ready)."""
+        return future.result(request.environ.get("tcbon.timeout"))
 
     def route_stop(self) -> dict:
         """Stop; answer once stopped (the lock released), so that the
         sender knows this primary is gone, whoever runs next."""
+        if self.lock is None:  # inert: not (or no longer) the primary
+            raise HTTPError(503, "stopping")
         asked = request.get_json(silent=True)
         if isinstance(asked, dict) and asked.get("handover") is True and not self.asked.opened:
             self.handing_over = True  # a successor replaces us (start(replace=...))
@@ -5394,7 +5427,7 @@ class Process:
         self.instances_allowed = _check_instances(instances)
         self.version = _check_version(version)
         self.handed_over: Any = None
-        self._succession: int | None = None  # the successor lock, while we replace a primary
+        self._succession: _Lock | None = None  # the successor lock, while we replace one
         self._meta: dict = {}
         self._meta_lock = _thread.allocate_lock()
         self.forward_env = [forward_env] if isinstance(forward_env, str) else list(forward_env)
@@ -5409,7 +5442,6 @@ class Process:
         self._primary: _Primary | None = None  # while this object is the primary
         self._inherited = False  # a forked child's copy of a primary (see stop)
         self._lifecycle = _thread.RLock()  # becoming the primary, one at a time
-        self._warned_idle = False
         self._warned_global = False  # mutex: the Global one refused, said once
         self._debug = debug
         self._log: Any = None
@@ -5596,8 +5628,7 @@ class Process:
             return self._take_over(wait, signals, waiter)
         except ProcessExists as exc:  # to be replaced, perhaps: with the successor lock held
             seen = (exc.pid, exc.address)
-        self._succession = self._finder.take_side_lock("successor", wait,
-                                                       "replacing the primary")
+        self._succession = self._finder.side_lock("successor", wait, "replacing the primary")
         try:
             try:
                 return self._take_over(wait, signals, waiter)
@@ -5612,8 +5643,9 @@ class Process:
             self.handed_over = self._stop_for_successor(state, wait)
             return self._take_over(wait, signals, waiter)  # once: one that took over stays
         finally:
-            fd, self._succession = self._succession, None
-            _Finder.release_side_lock(fd)
+            succession, self._succession = self._succession, None
+            if succession is not None:
+                succession.release()
 
     def _replaces(self, replace: Any, state: dict) -> bool:
         """Whether start(replace=...) replaces the primary that published state."""
@@ -5663,8 +5695,8 @@ class Process:
             if self._primary is not None:
                 return
             _ensure_private_dir(self.app_dir)
-            slot, fd = self._finder.take(wait, replacing=self._succession is not None)
-            primary = self._primary = _Primary(self, fd, self._finder.files(slot), slot)
+            slot, lock = self._finder.take(wait, replacing=self._succession is not None)
+            primary = self._primary = _Primary(self, lock, self._finder.files(slot), slot)
             primary.start(signals, waiter)  # on failure, it lets go of everything
             self._inherited = False
             self.wsgi_thread = primary.thread
@@ -6158,12 +6190,12 @@ class Process:
         take the starter lock in turn, beside the primary's (as the successor
         lock): the first starts the app, the others find it answering."""
         _ensure_private_dir(self.app_dir)
-        fd = self._finder.take_side_lock("starter", wait, "starting it")
+        starter = self._finder.side_lock("starter", wait, "starting it")
         try:
             if not self._finder.answering():  # the launch before us may have started it
                 self._run_until_answering(command, wait)
         finally:
-            _Finder.release_side_lock(fd)
+            starter.release()
 
     def _run_until_answering(self, command: str | list[str], wait: _Wait) -> None:
         """Run command detached; wait until a primary publishes its address."""
@@ -6304,11 +6336,10 @@ class Process:
         return True
 
     def _serving(self) -> _Primary:
-        """The primary part that answers a route: gone once stopped."""
-        primary = self._primary
-        if primary is None:
-            raise HTTPError(503, "stopping")
-        return primary
+        """The primary part that answers a route; while there is none (the
+        app driven in-process through wsgi, a request after a stop), an
+        inert one: its events run at once, and it refuses to stop."""
+        return self._primary or _Primary(self, None, ("", ""))
 
     def _limit(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)
