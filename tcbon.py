@@ -89,6 +89,9 @@ _DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40  # logging's levels, without im
 # Exit codes of python -m tcbon and of Process.main(), one meaning each.
 (EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE,
  EXIT_ERROR, EXIT_UNREACHABLE) = range(8)
+# Ctrl-C: what a shell reports for a program that SIGINT ended (128 + 2), as
+# Python's own exit by KeyboardInterrupt reads to it; said in one line (issue 29).
+EXIT_INTERRUPTED = 130
 
 
 # Exceptions ------------------------------------------------------------------
@@ -4652,13 +4655,25 @@ class Process:
             The exit code for this launch: the primary's, or, for an error
             reported on stderr, the code python -m tcbon gives it (EXIT_*):
             3 refused, 4 not answering in time, 5 state directory unusable,
-            6 any other failure.
+            6 any other failure; 130 (EXIT_INTERRUPTED) for a launch that
+            Ctrl-C interrupted before it served or had its answer, said in
+            one line, no traceback.
         """
         worker = _worker_sign()
         if worker is not None:
             return self._not_a_launch(worker)
         argv = _this_argv() if argv is None else list(argv)
-        wait = _Wait(self._limit(timeout))
+        try:
+            return self._launch(argv, run, self._limit(timeout), forward_stdin, own_launch,
+                                replace)
+        except KeyboardInterrupt:  # a later launch's (the primary handles its own)
+            _say(sys.stderr, "%s: interrupted (Ctrl-C)\n" % self.name)
+            return EXIT_INTERRUPTED
+
+    def _launch(self, argv: list[str], run: Callable[[], Any] | None, limit: float | None,
+                forward_stdin: bool, own_launch: bool, replace: Any) -> int:
+        """main(): hand over to the primary, or become it and serve."""
+        wait = _Wait(limit)
         while True:
             if self._registry is not None and not (replace and self._own_instance()):
                 try:  # several instances: a new one, or where choose() says
@@ -4672,7 +4687,9 @@ class Process:
                     return self._report(exc)
             try:
                 self._become_primary(wait, replace, signals=True, waiter=run is None)
-            except ProcessExists:
+            except ProcessExists as exc:
+                if self._elsewhere_in_this_process():  # a notebook's second run: say it
+                    return self._report(exc)
                 try:
                     stdin = _piped_stdin() if forward_stdin else None
                     return _relay(self._handoff(argv, None, None, stdin, wait))
@@ -4683,6 +4700,16 @@ class Process:
             except Error as exc:
                 return self._report(exc)
             return self._serve_until_stopped(run, argv if own_launch else None)
+
+    def _elsewhere_in_this_process(self) -> bool:
+        """main() found this process the primary through another object,
+        and not as a relaunch on the thread of its handlers (a DCC shelf
+        button, which hands over directly): a notebook cell run again, whose
+        new handlers would silently go unused (issue 29). main() says what
+        start() says instead."""
+        return self._local_primary() is None and any(
+            primary.process is not self and primary.process.lock_file == self.lock_file
+            for primary in list(_primaries or ()))
 
     def _chosen(self, argv: list[str]) -> int | None:
         """The id of the instance choose() sends this launch to, or None
@@ -5593,13 +5620,17 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit code (see ``python -m tcbon --help``); never exits itself.
+        The exit code (see ``python -m tcbon --help``; 130, EXIT_INTERRUPTED,
+        after Ctrl-C); never exits itself.
     """
     import io
     streams = sys.stdout, sys.stderr
     try:  # pythonw has none: argparse and print() must not fail for it
         sys.stdout, sys.stderr = sys.stdout or io.StringIO(), sys.stderr or io.StringIO()
         return _cli(argv)
+    except KeyboardInterrupt:  # one line, not urllib's traceback (issue 29)
+        _say(sys.stderr, "tcbon: interrupted (Ctrl-C)\n")
+        return EXIT_INTERRUPTED
     finally:
         sys.stdout, sys.stderr = streams
 

@@ -1039,6 +1039,30 @@ for name in sys.argv[1:]:
         kernel32.CloseHandle(handle)
 """
 
+# argv NAME APP_DIR GATE: the primary of the Ctrl-C tests (issue 29), run_forever().
+# Prints STARTING in on_start, HANDLING argv[1:] in its second-instance handler and
+# SLOW in its 'slow' handler; each of those then waits until the file GATE exists
+# (60 s at most); on_start only with HOLD_START=1.
+INTERRUPTED = r"""
+import json, os, sys, time, tcbon
+name, app_dir, gate = sys.argv[1:4]
+app = tcbon.Process(name, app_dir=app_dir, timeout=60)
+
+def gated(what):
+    print(what, flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+def on_start():
+    if os.environ.get("HOLD_START"):
+        gated("STARTING")
+app.on_start = on_start
+app.on("second-instance")(lambda event: gated("HANDLING " + json.dumps(event["argv"][1:])))
+app.on("slow")(lambda event: gated("SLOW"))
+app.run_forever()
+"""
+
 
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
@@ -5110,6 +5134,84 @@ def test_cli_list_to_where_all(name, app_dir, tmp_path):
         assert tcbon.instances(name, app_dir) == []
 
 
+def test_main_run_again_in_the_same_process_says_what_start_says(name, app_dir, capsys):
+    # Issue 29: a notebook cell run twice handed over to the old object, whose
+    # handler answered, and main() returned 0; the new handler never ran.
+    with tcbon.Process(name, app_dir=app_dir) as first:
+        first.on("second-instance")(lambda event: {"stdout": "the old handler\n"})
+        again = tcbon.Process(name, app_dir=app_dir)
+        again.on("second-instance")(lambda event: {"stdout": "the new handler\n"})
+        assert again.main(["app", "x"], timeout=10) == tcbon.EXIT_ERROR
+        said = capsys.readouterr()
+        assert said.out == "" and said.err == (
+            "%s: this process (pid %d) is already the primary of %r, through another Process "
+            "object; stop() that one first, or use start(replace=True)\n"
+            % (name, os.getpid(), name))
+        assert first.is_primary and not again.is_primary
+
+
+@contextlib.contextmanager
+def gated_primary(name, app_dir, tmp_path, **env):
+    """An INTERRUPTED primary, its stdout in a file: yields (read its
+    output, open the gate); opens the gate and ends it on the way out."""
+    gate, out_path = tmp_path / "gate", str(tmp_path / ("%s.out" % name))
+
+    def said():
+        with open(out_path) as f:
+            return f.read()
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, name, app_dir, str(gate)],
+                                env=child_env(tmp_path, **env), stdin=subprocess.DEVNULL,
+                                stdout=out)
+    try:
+        yield said, gate.touch
+    finally:
+        gate.touch()
+        end(proc, grace=30)
+
+
+def interrupted(args, tmp_path, ready, **env):
+    """Run python ARGS; once ready(pid) is true, send it a real SIGINT (the
+    terminal's Ctrl-C); return (exit code, stdout, stderr)."""
+    with launched(args, child_env(tmp_path, **env)) as proc:
+        wait_for(lambda: ready(proc.pid) or proc.poll() is not None, 60,
+                 "the launch to be under way")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        return finish(proc)
+
+
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
+def test_ctrl_c_on_a_launch_during_its_hand_off_says_one_line_and_exits_130(name, app_dir,
+                                                                           tmp_path):
+    # Issue 29: it printed urllib's 40-line traceback and died by SIGINT (-2).
+    with gated_primary(name, app_dir, tmp_path) as (said, release):
+        wait_primary(name, app_dir)
+        code, out, err = interrupted(["-c", MAIN, name, app_dir], tmp_path,
+                                     lambda pid: "HANDLING" in said(), TIMEOUT=60)
+        assert (code, out, err) == (130, "", "%s: interrupted (Ctrl-C)\n" % name)
+        release()
+        assert tcbon.Process(name, app_dir=app_dir).info(timeout=30)  # it serves on
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
+def test_ctrl_c_on_a_launch_before_delivery_delivers_nothing(name, app_dir, tmp_path):
+    # The launch waits for a primary that holds the lock and has no address yet.
+    with gated_primary(name, app_dir, tmp_path, HOLD_START=1) as (said, release):
+        wait_for(lambda: "STARTING" in said(), 60, "the primary's on_start")
+        lock_file = tcbon.Process(name, app_dir=app_dir).lock_file
+
+        def waiting(pid):
+            fds = "/proc/%d/fd" % pid
+            with contextlib.suppress(OSError):
+                return any(os.readlink(os.path.join(fds, fd)) == lock_file
+                           for fd in os.listdir(fds))
+        code, out, err = interrupted(["-c", MAIN, name, app_dir, "interrupted"], tmp_path,
+                                     waiting, TIMEOUT=60)
+        assert (code, out, err) == (130, "", "%s: interrupted (Ctrl-C)\n" % name)
+        release()
+        wait_primary(name, app_dir)
+        assert "HANDLING" not in said()
 # Command line -----------------------------------------------------------------------------
 def cli(tmp_path, *args, timeout=60):
     """Run the real ``python -m tcbon``; return (code, stdout, stderr)."""
@@ -5256,6 +5358,17 @@ def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsy
     assert tcbon.main([name, "--app-dir", str(shared)]) == 5
     assert "writable by other users" in capsys.readouterr().err
 
+
+
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
+def test_cli_ctrl_c_says_one_line_and_exits_130(name, app_dir, tmp_path):
+    # Issue 29: urllib's traceback before, and an end by SIGINT (-2).
+    with gated_primary(name, app_dir, tmp_path) as (said, release):
+        wait_primary(name, app_dir)
+        code, out, err = interrupted(["-m", "tcbon", name, "send", "slow", "--timeout", "60",
+                                      "--app-dir", app_dir], tmp_path,
+                                     lambda pid: "SLOW" in said())
+        assert (code, out, err) == (130, "", "tcbon: interrupted (Ctrl-C)\n")
 
 # Start on demand (issue 23) ---------------------------------------------------------------
 def on_demand(tmp_path, name, app_dir, monkeypatch):
