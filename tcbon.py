@@ -38,6 +38,7 @@ __all__ = [
     "StateError",
     "Timeout",
     "Unreachable",
+    "UsageError",
     "WorkerPoolMixIn",
     "abort",
     "bring_to_front",
@@ -188,6 +189,12 @@ class RequestError(Error):
     def __init__(self, message: str, status: int, reply: Any) -> None:
         super().__init__(message)
         self.status, self.reply = status, reply
+
+
+class UsageError(Error, ValueError):
+    """A value given to tcbon is wrong (a name, an address, a timeout, a
+    URL scheme, a JSON argument, ...): nothing was done. Also a
+    ValueError, as these have always been, so either catches it."""
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -679,19 +686,19 @@ def default_app_dir(name: str) -> str:
 # NAME.pid, a third: NAME.pid~, its shadow (see _SHADOW).
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("a tcbon name must be a non-empty string, got %r" % (name,))
+        raise UsageError("a tcbon name must be a non-empty string, got %r" % (name,))
     bad = sorted({c for c in name if c in _BAD_NAME_CHARS or ord(c) < 32})
     if bad or name in (".", "..") or ".." in name:
-        raise ValueError(
+        raise UsageError(
             "tcbon name %r cannot be used as a file name: it must not contain "
             "'..', control characters or any of %s" % (name, _BAD_NAME_CHARS))
     if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
-        raise ValueError("tcbon name is too long: %d bytes of UTF-8, at most %d"
+        raise UsageError("tcbon name is too long: %d bytes of UTF-8, at most %d"
                          % (len(name.encode("utf-8")), _MAX_NAME_BYTES))
     # Refused everywhere, so that a name means the same app on every system:
     # Windows reads these as devices, and drops a trailing dot or space.
     if name.split(".")[0].rstrip(" ").upper() in _DEVICE_NAMES or name[-1] in ". ":
-        raise ValueError("tcbon name %r is not a file name on Windows: it names a device "
+        raise UsageError("tcbon name %r is not a file name on Windows: it names a device "
                          "(CON, PRN, AUX, NUL, COM1-9, LPT1-9) or ends with a dot or a "
                          "space; choose another" % (name,))
     return name
@@ -717,7 +724,7 @@ def _scope_suffix(scope: Any) -> str:
         return ".session-" + "".join(c for c in session if c.isalnum())[:32]
     path = _installation() if scope == "installation" else scope
     if not isinstance(path, (str, os.PathLike)) or not os.path.isabs(path):
-        raise ValueError("scope must be 'user', 'session', 'installation' or the absolute "
+        raise UsageError("scope must be 'user', 'session', 'installation' or the absolute "
                          "path of an installation, got %r" % (scope,))
     import hashlib
     key = os.path.normcase(os.path.realpath(path)).encode("utf-8", "surrogateescape")
@@ -756,9 +763,10 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
             except FileExistsError:
                 pass  # a file is in the way: said below, as for clients
         st = os.lstat(path)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:  # e.g. under /proc, which takes no new folder
         if create:
-            raise StateError("cannot create the tcbon directory %s" % path, path) from None
+            raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
+                             "you can write to" % (path, _reason(exc)), path) from None
         raise
     except OSError as exc:
         raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
@@ -1033,7 +1041,7 @@ def _parse_address(address: str | int) -> tuple[str, int]:
     if isinstance(address, int) and not isinstance(address, bool):
         address = "127.0.0.1:%d" % address
     if not isinstance(address, str):
-        raise ValueError("address must be a loopback 'host:port' string or a port number, "
+        raise UsageError("address must be a loopback 'host:port' string or a port number, "
                          "got %r" % (address,))
     text = address[len("http://"):] if address.startswith("http://") else address
     host, sep, port = text.rstrip("/").rpartition(":")
@@ -1046,7 +1054,7 @@ def _parse_address(address: str | int) -> tuple[str, int]:
     except ValueError:
         loopback, number = False, -1
     if not sep or not loopback or not 0 <= number <= 65535:
-        raise ValueError("address must be a loopback 'host:port' such as '127.0.0.1:9876', "
+        raise UsageError("address must be a loopback 'host:port' such as '127.0.0.1:9876', "
                          "got %r: tcbon never listens beyond this machine" % (address,))
     return host, number
 
@@ -1191,7 +1199,7 @@ class Request:
             raise HTTPError(415, "expected a body sent as Content-Type: application/json")
         try:
             if not self.data:
-                raise ValueError("the request has no body")
+                raise UsageError("the request has no body")
             return json.loads(self.data)
         except (ValueError, RecursionError) as exc:
             if silent:
@@ -1247,12 +1255,12 @@ class App:
         """Register callback for rule and methods (default GET)."""
         import re
         if not rule.startswith("/"):
-            raise ValueError("a route rule starts with '/', got %r" % (rule,))
+            raise UsageError("a route rule starts with '/', got %r" % (rule,))
         pattern, converters, pos = [], {}, 0
         for m in re.finditer(r"<(?:(\w+):)?(\w+)>", rule):
             kind = m.group(1) or "str"
             if kind not in _PARAM_TYPES:
-                raise ValueError("unknown converter %r in rule %r" % (kind, rule))
+                raise UsageError("unknown converter %r in rule %r" % (kind, rule))
             pattern.append(re.escape(rule[pos:m.start()]))
             pattern.append("(?P<%s>%s)" % (m.group(2), _PARAM_TYPES[kind][0]))
             converters[m.group(2)] = _PARAM_TYPES[kind][1]
@@ -1496,7 +1504,7 @@ def _reply(status: int, headers: list[tuple[str, str]], body: bytes,
     for key, value in headers:
         # send_header() passes CR/LF through (gh-142533): never split a reply.
         if "\r" in key + value or "\n" in key + value:
-            raise ValueError("a response header contains CR or LF")
+            raise UsageError("a response header contains CR or LF")
         lines.append("%s: %s" % (key, value))
     lines += ["Content-Length: %d" % len(body), "Connection: close",
               "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
@@ -2015,14 +2023,14 @@ def _server_class() -> type[IntakeMixIn]:
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(
             timeout, (int, float)) or not timeout >= 0):
-        raise ValueError("timeout must be a number of seconds >= 0, or None to wait "
+        raise UsageError("timeout must be a number of seconds >= 0, or None to wait "
                          "without limit; got %r" % (timeout,))
     return timeout
 
 
 def _check_version(version: Any) -> str | None:
     if version is not None and not (isinstance(version, str) and version.strip()):
-        raise ValueError("version must be a non-empty string such as '1.4.2', or None; "
+        raise UsageError("version must be a non-empty string such as '1.4.2', or None; "
                          "got %r" % (version,))
     return version
 
@@ -2032,7 +2040,7 @@ def _check_mutex(mutex: Any) -> str | None:
     if mutex is None:
         return None
     if not isinstance(mutex, str) or not mutex or "\\" in mutex or len(mutex) > 200:
-        raise ValueError("mutex must be a name of 1 to 200 characters without a backslash "
+        raise UsageError("mutex must be a name of 1 to 200 characters without a backslash "
                          "(tcbon creates both the plain and the Global\\ one), e.g. "
                          "mutex='MyAppMutex'; got %r" % (mutex,))
     return mutex
@@ -2045,7 +2053,7 @@ def _check_start(command: Any) -> str | list[str]:
         return list(command)
     if isinstance(command, str) and command.strip():
         return command
-    raise ValueError("start must be the app's command line: a string (split as a shell "
+    raise UsageError("start must be the app's command line: a string (split as a shell "
                      "would on POSIX) or a list of strings, e.g. ['myapp', '--hidden']; "
                      "got %r" % (command,))
 
@@ -2083,7 +2091,7 @@ def _older(version: str | None, than: str | None) -> bool:
 
 def _check_replace(replace: Any) -> Any:
     if replace not in (False, True, "older") and not callable(replace):
-        raise ValueError("replace must be True, False, 'older' or a callable that takes the "
+        raise UsageError("replace must be True, False, 'older' or a callable that takes the "
                          "running primary's info (a dict) and returns True to replace it; "
                          "got %r" % (replace,))
     return replace
@@ -2097,7 +2105,7 @@ def _check_instances(instances: Any) -> int:
     if instances is True:
         return _MAX_INSTANCES
     if not isinstance(instances, int) or not 1 <= instances <= _MAX_INSTANCES:
-        raise ValueError("instances must be a number from 1 to %d, True (any number) or "
+        raise UsageError("instances must be a number from 1 to %d, True (any number) or "
                          "None (one instance), got %r" % (_MAX_INSTANCES, instances))
     return instances
 
@@ -3082,19 +3090,19 @@ def _check_scheme(scheme: Any) -> str:
         ValueError: not a scheme that an app may take for its own.
     """
     if not isinstance(scheme, str) or not scheme:
-        raise ValueError("a URL scheme is a name such as 'myapp', got %r" % (scheme,))
+        raise UsageError("a URL scheme is a name such as 'myapp', got %r" % (scheme,))
     low = scheme.lower()
     if low.endswith(":") or "/" in low:
-        raise ValueError("give the scheme without ':' or '://': %r, not %r"
+        raise UsageError("give the scheme without ':' or '://': %r, not %r"
                          % (low.split(":")[0], scheme))
     if not (low[0] in _LOWER and set(low) <= _SCHEME_CHARS):
-        raise ValueError("%r is not a URL scheme: it must start with a letter, followed by "
+        raise UsageError("%r is not a URL scheme: it must start with a letter, followed by "
                          "letters, digits, '+', '-' or '.' (RFC 3986)" % scheme)
     if len(low) == 1:  # Windows reads C:\path as the scheme "c"
-        raise ValueError("%r is one letter, which Windows takes for a drive: choose a scheme "
+        raise UsageError("%r is one letter, which Windows takes for a drive: choose a scheme "
                          "of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
     if low in _TAKEN_SCHEMES:
-        raise ValueError("%r belongs to browsers and the system, not to one app: choose a "
+        raise UsageError("%r belongs to browsers and the system, not to one app: choose a "
                          "scheme of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
     return low
 
@@ -3106,11 +3114,11 @@ def _check_type(extension: Any) -> str:
         ValueError: not an extension such as '.shot'.
     """
     if not isinstance(extension, str):
-        raise ValueError("a file type is an extension such as '.shot', got %r" % (extension,))
+        raise UsageError("a file type is an extension such as '.shot', got %r" % (extension,))
     low = extension.lower()
     if (len(low) < 2 or low[0] != "." or not set(low[1:]) <= _TYPE_CHARS
             or low.endswith(".") or ".." in low):
-        raise ValueError("%r is not a file name extension: give one such as '.shot' (a dot, "
+        raise UsageError("%r is not a file name extension: give one such as '.shot' (a dot, "
                          "then letters, digits, '_', '+', '-' or inner dots)" % extension)
     return low
 
@@ -3125,7 +3133,7 @@ def _launch_command() -> list[str]:
         ValueError: this launch has no command of its own to give.
     """
     if not sys.executable:
-        raise ValueError("this interpreter does not know its executable (an embedding host): "
+        raise UsageError("this interpreter does not know its executable (an embedding host): "
                          "pass command=[...] to tcbon.register()")
     if getattr(sys, "frozen", False):  # PyInstaller, cx_Freeze, py2exe
         return [sys.executable]
@@ -3136,7 +3144,7 @@ def _launch_command() -> list[str]:
         return [sys.executable, "-m", module[:-len(suffix)] if module.endswith(suffix) else module]
     script = (_this_argv() or [""])[0]
     if script in ("", "-", "-c") or not os.path.exists(script):
-        raise ValueError("this launch has no command of its own to register (python -c, "
+        raise UsageError("this launch has no command of its own to register (python -c, "
                          "an interactive session): pass command=[...] to tcbon.register()")
     return [sys.executable, os.path.abspath(script)]
 
@@ -3152,13 +3160,13 @@ def _check_command(command: Any) -> list[str]:
         import shlex
         command = shlex.split(command)
     if not command or not all(isinstance(arg, str) for arg in command):
-        raise ValueError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
+        raise UsageError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
                          "[sys.executable, '/path/to/app.py'], got %r" % (command,))
     if any(ord(c) < 32 or ord(c) == 127 for arg in command for c in arg):
-        raise ValueError("the command holds a control character, which a desktop file or "
+        raise UsageError("the command holds a control character, which a desktop file or "
                          "the registry cannot pass on: %r" % (command,))
     if "=" in command[0]:  # Desktop Entry spec: the program's name or path has none
-        raise ValueError("the program's path %r holds '=', which the Desktop Entry spec "
+        raise UsageError("the program's path %r holds '=', which the Desktop Entry spec "
                          "forbids there: move it, or start it through a script" % command[0])
     return list(command)
 
@@ -3431,7 +3439,7 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             import subprocess
             command = subprocess.list2cmdline(_check_command(command))
         elif not command.strip() or any(ord(c) < 32 for c in command):
-            raise ValueError("command is the app's command line, e.g. "
+            raise UsageError("command is the app's command line, e.g. "
                              "'\"C:\\Program Files\\MyApp\\myapp.exe\"', got %r" % command)
         line = command + ' -- "%1"'  # quoted: the shell passes a path with spaces whole
         self.unregister(name)
@@ -3550,14 +3558,14 @@ def _check_links(name: str, schemes: Any, types: Any, title: Any) -> tuple:
     """
     _check_name(name)
     if isinstance(schemes, str) or isinstance(types, str):
-        raise ValueError("schemes and types are lists, e.g. schemes=['myapp'], types=['.shot']")
+        raise UsageError("schemes and types are lists, e.g. schemes=['myapp'], types=['.shot']")
     schemes = list(dict.fromkeys(_check_scheme(scheme) for scheme in schemes))
     types = list(dict.fromkeys(_check_type(ext) for ext in types))
     if not schemes and not types:
-        raise ValueError("nothing to register: give a URL scheme (schemes=['myapp']) or a "
+        raise UsageError("nothing to register: give a URL scheme (schemes=['myapp']) or a "
                          "file type (types=['.shot']), or both")
     if title is not None and (not isinstance(title, str) or not title.strip()):
-        raise ValueError("title is the app's name as people read it, got %r" % (title,))
+        raise UsageError("title is the app's name as people read it, got %r" % (title,))
     return schemes, types, title or name
 
 
@@ -3587,14 +3595,25 @@ def register(name: str, schemes: Iterable[str] = (), types: Iterable[str] = (),
         What was written: file paths, or registry keys (``HKCU\\...``).
 
     Raises:
-        ValueError: a bad name, scheme, type, title or command, or nothing
-            to register.
-        Error: registering is not done at run time here (macOS).
-        OSError: a file or key could not be written.
+        UsageError: a bad name, scheme, type, title or command, or nothing
+            to register (also a ValueError).
+        Error: registering is not done at run time here (macOS), or a
+            file or key could not be written (the OSError's reason said).
     """
     schemes, types, title = _check_links(name, schemes, types, title)
     command = _launch_command() if command is None else command
-    return _links().register(name, schemes, types, command, title)  # type: ignore[no-any-return]
+    try:
+        return _links().register(name, schemes, types, command,  # type: ignore[no-any-return]
+                                 title)
+    except OSError as exc:
+        raise _links_failed("register", name, exc) from exc
+
+
+def _links_failed(action: str, name: str, exc: OSError) -> Error:
+    """An OSError of register or unregister as a tcbon.Error, with its reason."""
+    where = exc.filename if exc.filename is not None else "the registry"
+    return Error("cannot %s %r: %s: %s; check that you may write there" % (
+        action, name, where, _reason(exc)))
 
 
 def unregister(name: str) -> list[str]:
@@ -3607,11 +3626,14 @@ def unregister(name: str) -> list[str]:
         What was removed (empty if nothing was registered).
 
     Raises:
-        ValueError: a bad name.
-        Error: registering is not done at run time here (macOS).
-        OSError: a file or key could not be removed.
+        UsageError: a bad name (also a ValueError).
+        Error: registering is not done at run time here (macOS), or a
+            file or key could not be removed (the OSError's reason said).
     """
-    return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
+    try:
+        return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
+    except OSError as exc:
+        raise _links_failed("unregister", name, exc) from exc
 
 
 # Process ---------------------------------------------------------------------
@@ -3633,7 +3655,7 @@ def _piped_stdin() -> str | None:
         return None
     text = stream.read(MAX_BODY + 1)
     if len(text) > MAX_BODY:
-        raise ValueError("the piped input is larger than %d characters, more than a "
+        raise UsageError("the piped input is larger than %d characters, more than a "
                          "hand-off carries; pass a file name instead" % MAX_BODY)
     return text
 
@@ -4468,7 +4490,7 @@ class Process:
                         waiter: bool = False) -> None:
         replace = _check_replace(replace)
         if replace == "older" and self.version is None:
-            raise ValueError("replace='older' compares versions: pass Process(..., "
+            raise UsageError("replace='older' compares versions: pass Process(..., "
                              "version='1.4.2') too")
         if not self.is_primary:
             self.handed_over = None
@@ -4725,7 +4747,7 @@ class Process:
         if isinstance(chosen, dict):
             chosen = chosen.get("id")
         if chosen is not None and _instance_id(chosen) is None:
-            raise ValueError("choose() must return one of the instances, its id, or None "
+            raise UsageError("choose() must return one of the instances, its id, or None "
                              "for a new one; it returned %r" % (chosen,))
         return None if chosen is None else _instance_id(chosen)
 
@@ -5071,9 +5093,9 @@ class Process:
             try:
                 size = len(json.dumps(meta))
             except (TypeError, ValueError) as exc:
-                raise ValueError("describe() takes JSON values only: %s" % exc) from None
+                raise UsageError("describe() takes JSON values only: %s" % exc) from None
             if size > _MAX_META:
-                raise ValueError("describe() got %d bytes of JSON, at most %d: publish a "
+                raise UsageError("describe() got %d bytes of JSON, at most %d: publish a "
                                  "file name rather than its content" % (size, _MAX_META))
             self._meta = meta
             primary = self._primary
@@ -5118,11 +5140,11 @@ class Process:
             What was written: file paths, or registry keys.
 
         Raises:
-            ValueError: a bad scheme, type or title; nothing to register;
+            UsageError: a bad scheme, type or title; nothing to register;
                 no command of its own (python -c: call tcbon.register with
-                command=[...]).
-            Error: registering is not done at run time here (macOS).
-            OSError: a file or key could not be written.
+                command=[...]). Also a ValueError.
+            Error: registering is not done at run time here (macOS), or
+                a file or key could not be written.
         """
         return register(self.name, schemes, types, None, title)
 
@@ -5133,8 +5155,8 @@ class Process:
             What was removed (empty if nothing was registered).
 
         Raises:
-            Error: registering is not done at run time here (macOS).
-            OSError: a file or key could not be removed.
+            Error: registering is not done at run time here (macOS), or a
+                file or key could not be removed.
         """
         return unregister(self.name)
 
@@ -5158,12 +5180,12 @@ class Process:
         if to is None and where is None:
             return False
         if self._registry is None:
-            raise ValueError("to= and where= choose among several instances, but %r allows "
+            raise UsageError("to= and where= choose among several instances, but %r allows "
                              "one: pass Process(..., instances=N or True)" % self.name)
         if where is not None and not isinstance(where, dict):
-            raise ValueError("where must be a dict of metadata values, got %r" % (where,))
+            raise UsageError("where must be a dict of metadata values, got %r" % (where,))
         if not (to is None or to == "all" or callable(to) or _instance_id(to) is not None):
-            raise ValueError("to must be an instance id, 'all' or a callable that chooses "
+            raise UsageError("to must be an instance id, 'all' or a callable that chooses "
                              "among the instances, got %r" % (to,))
         return True
 
@@ -5534,10 +5556,10 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
     arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0),
              "list": (0, 0)}
     if action not in arity:
-        raise ValueError("unknown action %r; use one of: %s" % (action, ", ".join(arity)))
+        raise UsageError("unknown action %r; use one of: %s" % (action, ", ".join(arity)))
     low, high = arity[action]
     if not low <= len(args) <= high:
-        raise ValueError("%s takes %s argument(s), got %d" % (
+        raise UsageError("%s takes %s argument(s), got %d" % (
             action, low if low == high else "%d to %d" % (low, high), len(args)))
     limit = DEFAULT_TIMEOUT if timeout is None and action != "wait" else timeout
     if action == "send":
@@ -5546,9 +5568,9 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
             try:
                 event = json.loads(args[1])
             except ValueError as exc:
-                raise ValueError("the JSON argument is not valid JSON: %s" % exc) from None
+                raise UsageError("the JSON argument is not valid JSON: %s" % exc) from None
             if not isinstance(event, dict):
-                raise ValueError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
+                raise UsageError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
         return proc.send("event", dict(event, name=args[0]), timeout=limit, to=to, where=where,
                          start=start)
     if action == "get":

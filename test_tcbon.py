@@ -1438,6 +1438,19 @@ def test_exceptions_have_one_root_and_carry_details():
         assert issubclass(cls, tcbon.Error)
 
 
+
+def test_bad_values_are_tcbon_errors_and_still_value_errors(name, app_dir):
+    # Issue 29: Process.register() and friends raised a bare ValueError.
+    calls = (lambda: tcbon.Process("a/b"), lambda: tcbon.Process(name, timeout=-1),
+             lambda: tcbon.Process(name, address="10.0.0.1:80"),
+             lambda: tcbon.Process(name, app_dir=app_dir).register(schemes=["http"]),
+             lambda: tcbon.register(name, types=["shot"], command=["/bin/x"]))
+    for call in calls:
+        with pytest.raises(tcbon.UsageError) as info:
+            call()
+        assert isinstance(info.value, tcbon.Error) and isinstance(info.value, ValueError)
+    assert tcbon.main(["a/b"]) == tcbon.EXIT_USAGE
+
 # Platform ---------------------------------------------------------------------------------
 def test_any_name_is_refused_clearly_or_works_as_a_file_name(tmp_path):
     from hypothesis import given, settings
@@ -1634,6 +1647,14 @@ def test_windows_machine_id_is_the_registrys_and_a_probe_takes_no_lock(name, app
 
 
 # State file -------------------------------------------------------------------------------
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
+def test_an_app_dir_that_cannot_be_created_says_why(name):
+    # Issue 29: "cannot create the tcbon directory /proc/tcbon_x" gave no reason.
+    with pytest.raises(tcbon.StateError, match="cannot create the tcbon directory "
+                       "/proc/tcbon_x: No such file or directory; pass an app_dir"):
+        tcbon.Process(name, app_dir="/proc/tcbon_x").start()
+
+
 def test_an_app_dir_that_is_a_file_says_so_the_same_way_everywhere(name, tmp_path):
     path = tmp_path / "a file"
     path.write_text("x")
@@ -3447,6 +3468,17 @@ def started_by_start(link, log, name, app_dir, tmp_path):
         with contextlib.suppress(tcbon.ProcessDoesNotExist):
             tcbon.Process(name, app_dir=app_dir).stop(timeout=20)
 
+
+
+@pytest.mark.skipif(not LINUX, reason="the XDG registrar is Linux's (Windows: the registry)")
+def test_register_says_why_a_file_could_not_be_written(tmp_path, name, monkeypatch):
+    # An OSError went out bare; now a tcbon.Error with the path and the reason.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker / "xdg"))
+    with pytest.raises(tcbon.Error, match="cannot register %r: .*a-file.*: Not a directory; "
+                                          % name):
+        tcbon.register(name, schemes=["tcbon-test"], command=["/bin/x"])
 
 # Process ----------------------------------------------------------------------------------
 def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
