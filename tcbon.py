@@ -5457,30 +5457,17 @@ def instances(name: str, app_dir: str | None = None,
 # Command line ----------------------------------------------------------------
 
 _CLI_HELP = """\
-actions:
-  (none), probe         say whether NAME runs: one line, exit 0 if it does, 1 if not
-  send EVENT [JSON]     send an event named EVENT (JSON: an object merged into it);
-                        --start COMMAND: start the app first if none runs
-  get [ROUTE]           GET a route of the primary (default /) and print the reply
-  stop                  ask the primary to stop; return once it has
-  wait                  block until a primary of NAME runs (default: no time limit)
-  wait --exit           block until no primary of NAME runs, without asking it to stop
-  list                  the running instances of an app that allows several, with
-                        their metadata: one line each (exit 1 if none runs)
-  register --command CMD --scheme S --type .EXT
-                        make S:... links and *.EXT files start CMD (per user; the
-                        link or path follows "--"); --scheme and --type repeatable
-  unregister            remove what register wrote for NAME
-
-several instances (Process(NAME, instances=...)): send, get, stop, probe and wait
-  go to the most recently active one, or: --to ID (that one), --where KEY=VALUE (the
-  most recently active whose metadata has it; repeatable), --all (every one: one
-  reply per instance, by id)
+NAME ACTION --help shows an action's own options; an option goes before or after
+the action. Several instances (Process(NAME, instances=...)): send, get, stop,
+probe and wait go to the most recently active one, or: --to ID (that one), --where
+KEY=VALUE (the most recently active whose metadata has it; repeatable), --all
+(every one: one reply per instance, by id).
 
 exit codes:
   0 done / running        1 not running            2 usage error or bad input
   3 refused by primary    4 timed out (busy/hung)  5 state directory unusable
   6 other failure         7 runs, but unreachable (another network namespace or machine)
+  130 interrupted (Ctrl-C)
 
 examples:
   python -m tcbon my_app && echo running
@@ -5492,6 +5479,64 @@ examples:
   python -m tcbon my_app send open '{"path": "a.txt"}' --where project=alpha
   python -m tcbon my_app register --scheme myapp --type .shot --command "/opt/my_app/run"
 """
+
+# The actions, each an argparse sub-command with its own options (issue 29:
+# one flat list of every option before): its arguments, what it does.
+_CLI_ACTIONS = {
+    "probe": ("", "say whether NAME runs: one line, exit 0 if it does, 1 if not (the "
+                  "default action)"),
+    "send": ("EVENT [JSON]", "send an event named EVENT (JSON: an object merged into it) "
+                             "and print the reply"),
+    "get": ("[ROUTE]", "GET a route of the primary (default /) and print the reply"),
+    "stop": ("", "ask the primary to stop; return once it has"),
+    "wait": ("", "block until a primary of NAME runs (default: no time limit); with "
+                 "--exit, until none runs, without asking it to stop"),
+    "list": ("", "the running instances of an app that allows several, with their "
+                 "metadata: one line each (exit 1 if none runs)"),
+    "register": ("", "make SCHEME:... links and *.EXT files start COMMAND (per user; the "
+                     "link or path follows \"--\")"),
+    "unregister": ("", "remove what register wrote for NAME"),
+}
+_CLI_TARGETS = ("probe", "send", "get", "stop", "wait")  # those that talk to one primary
+
+
+def _cli_options() -> dict:
+    """Every option: the actions it goes with, how it is used (for the
+    message that says where it goes), add_argument's keywords."""
+    targets, state = _CLI_TARGETS, _CLI_TARGETS + ("list",)
+    several = "several instances: "
+    return {
+        "--app-dir": (state, "", dict(metavar="DIR", help="the Process' app_dir, if it is "
+                                                          "not the default")),
+        "--scope": (state, "", dict(help="the Process' scope: user (the default), session "
+                                         "(this login session's primary), or an "
+                                         "installation's absolute path")),
+        "--timeout": (targets, "", dict(type=float, metavar="S", help=(
+            "seconds to wait at most (default: %s; wait: no limit)" % DEFAULT_TIMEOUT))),
+        "--json": (tuple(_CLI_ACTIONS), "", dict(action="store_true",
+                                                 help="print JSON, for scripts")),
+        "--to": (targets, "", dict(metavar="ID", help=several + "the one with this id")),
+        "--where": (targets, "", dict(metavar="KEY=VALUE", action="append", help=(
+            several + "the most recently active one whose metadata has KEY=VALUE "
+            "(repeatable: all of them)"))),
+        "--all": (targets, "", dict(action="store_true", help=(
+            several + "every one (of those --where accepts)"))),
+        "--exit": (("wait",), "wait --exit", dict(action="store_true", help=(
+            "until no primary runs (it is not asked to stop)"))),
+        "--start": (("send", "get"), "send EVENT --start COMMAND", dict(
+            metavar="COMMAND", help="if no primary runs, start the app with COMMAND "
+                                    "(detached), wait for it to answer, then send")),
+        "--command": (("register",), "register --command CMD --scheme SCHEME", dict(
+            help="the app's command line (the link or path is added after --); required")),
+        "--scheme": (("register",), "register --command CMD --scheme SCHEME", dict(
+            action="append", help="a URL scheme (myapp for myapp://...); repeatable")),
+        "--type": (("register",), "register --command CMD --type .EXT", dict(
+            action="append", metavar="EXT",
+            help="a file name extension (.shot); repeatable")),
+        "--title": (("register",), "register --command CMD --title TITLE", dict(
+            help="the app's name as people read it")),
+    }
+
 
 
 def _uptime(seconds: float) -> str:
@@ -5508,44 +5553,133 @@ def _cli_name() -> str:
     return "tcbon" if program in ("tcbon", "tcbon.exe", "tcbon-script.py") else "python -m tcbon"
 
 
-def _cli_parser() -> Any:
+def _cli_parser(name: str = "NAME") -> tuple[Any, dict]:
+    """The command line's parser, and one parser per action (a sub-command)."""
     import argparse
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=_cli_name(), description="Probe and talk to the primary instance of NAME.",
-        epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="the application name, as given to tcbon.Process")
-    parser.add_argument("action", nargs="?", default="probe",
-                        help="probe (default), send, get, stop, wait, list, register "
-                             "or unregister")
-    parser.add_argument("args", nargs="*", help="the action's arguments")
-    parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
-    parser.add_argument("--scope", default="user",
-                        help="the Process' scope: user (the default), session (this login "
-                             "session's primary), or an installation's absolute path")
-    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    parser.add_argument("--exit", action="store_true",
-                        help="wait: until no primary runs (it is not asked to stop)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds to wait at most (default: %s; wait: no limit)"
-                        % DEFAULT_TIMEOUT)
-    parser.add_argument("--to", metavar="ID", help="several instances: the one with this id")
-    parser.add_argument("--where", metavar="KEY=VALUE", action="append", default=[],
-                        help="several instances: the most recently active one whose "
-                             "metadata has KEY=VALUE (repeatable: all of them)")
-    parser.add_argument("--all", action="store_true",
-                        help="several instances: every one (of those --where accepts)")
-    parser.add_argument("--scheme", action="append", default=[],
-                        help="register: a URL scheme (myapp for myapp://...); repeatable")
-    parser.add_argument("--type", action="append", default=[], metavar="EXT",
-                        help="register: a file name extension (.shot); repeatable")
-    parser.add_argument("--command", help="register: the app's command line (the link "
-                                          "or path is added after --)")
-    parser.add_argument("--title", help="register: the app's name as people read it")
-    parser.add_argument("--start", metavar="COMMAND",
-                        help="send, get: if no primary runs, start the app with COMMAND "
-                             "(detached), wait for it to answer, then send")
+        usage="%(prog)s [-h] [--version] NAME [ACTION] [ARGUMENTS AND OPTIONS]",
+        epilog=_CLI_HELP, formatter_class=raw)
+    parser.add_argument("name", metavar="NAME",
+                        help="the application name, as given to tcbon.Process")
     parser.add_argument("--version", action="version", version="tcbon " + __version__)
-    return parser
+    subparsers = parser.add_subparsers(title="actions", metavar="ACTION", dest="action")
+    actions, options = {}, _cli_options()
+    for action, (_, summary) in _CLI_ACTIONS.items():
+        sub = actions[action] = subparsers.add_parser(
+            action, help=summary, description=summary, formatter_class=raw,
+            prog="%s %s %s" % (parser.prog, name, action))
+        if action == "send":
+            sub.add_argument("event", metavar="EVENT", help="the event's name")
+            sub.add_argument("payload", metavar="JSON", nargs="?",
+                             help="a JSON object merged into the event")
+        elif action == "get":
+            sub.add_argument("route", metavar="ROUTE", nargs="?", help="default /")
+        for option, (goes_with, _, keywords) in options.items():
+            if action in goes_with:
+                sub.add_argument(option, **keywords)
+    return parser, actions
+
+
+def _cli_option(word: str) -> str | None:
+    """The option a command-line word names, as argparse reads it (a unique
+    prefix will do), or None."""
+    if word == "-h":
+        return "--help"
+    known = list(_cli_options()) + ["--help", "--version"]
+    key = word.split("=", 1)[0]
+    matches = [option for option in known if option.startswith(key)]
+    return key if key in known else matches[0] if len(matches) == 1 else None
+
+
+def _cli_split(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """NAME and the action (the first two words that are neither an option
+    nor an option's value), the rest of argv, and the options given."""
+    takes_value = [option for option, (_, _, keywords) in _cli_options().items()
+                   if keywords.get("action") in (None, "append")]
+    words: list[str] = []
+    rest: list[str] = []
+    given: list[str] = []
+    index = 0
+    while index < len(argv):
+        word, index = argv[index], index + 1
+        option = None
+        if "--" not in rest and word.startswith("-") and word != "-":
+            option = _cli_option(word) or word
+        if option is None and len(words) < 2:
+            words.append(word)
+            continue
+        rest.append(word)
+        if option is not None:
+            given.append(option)
+        if option in takes_value and "=" not in word and index < len(argv):
+            rest.append(argv[index])
+            index += 1
+    return words, rest, given
+
+
+def _cli_parse(argv: list[str]) -> tuple[Any, Any]:
+    """The action's parser and the options argv gives it. Raises SystemExit
+    as parse_args() does, for --help, --version and usage errors."""
+    import argparse
+    words, rest, given = _cli_split(argv)
+    parser, actions = _cli_parser(words[0] if words else "NAME")
+    if "--version" in given or ("--help" in given and len(words) < 2):
+        parser.parse_args(["--version" if "--version" in given else "--help"])
+    if not words:  # argparse would say that ACTION is required too: it is not
+        parser.error("NAME is required: %s NAME [ACTION ...]" % parser.prog)
+    action = words[1] if len(words) > 1 else "probe"
+    if action not in actions:
+        _cli_unknown(parser, words[0], action)
+    sub = actions[action]
+    _cli_misplaced(sub, words[0], action, given)
+    opts = argparse.Namespace(
+        name=words[0], action=action, app_dir=None, scope="user", json=False, timeout=None,
+        to=None, where=[], all=False, exit=False, start=None, command=None, scheme=[],
+        type=[], title=None, event=None, payload=None, route=None)
+    opts, extra = sub.parse_known_intermixed_args(rest, opts)
+    if any(word.startswith("-") for word in extra):
+        sub.error("unrecognized arguments: %s" % " ".join(extra))
+    if extra:
+        sub.error("%s takes %s, not %s" % (action, _CLI_ACTIONS[action][0] or "no arguments",
+                                           " ".join(extra)))
+    opts.args = [value for value in (opts.event, opts.payload, opts.route) if value is not None]
+    if opts.timeout is not None and not opts.timeout >= 0:  # NaN too
+        sub.error("--timeout must be a number of seconds >= 0, got %s" % opts.timeout)
+    if action == "register" and not opts.command:
+        sub.error("register needs --command, the command line that starts your app, "
+                  "e.g. %s %s register --command \"/opt/%s/run\" --scheme myapp"
+                  % (parser.prog, opts.name, opts.name))
+    return sub, opts
+
+
+def _cli_unknown(parser: Any, name: str, action: str) -> None:
+    """A usage error for an action that is none: the nearest, and all."""
+    import difflib
+    near = difflib.get_close_matches(action, list(_CLI_ACTIONS), 1)
+    hint = " (did you mean %s?)" % near[0] if near else ""
+    if name in _CLI_ACTIONS:
+        hint = " (NAME comes first: %s %s %s)" % (parser.prog, action, name)
+    parser.error("unknown action %r%s; the actions are: %s"
+                 % (action, hint, ", ".join(_CLI_ACTIONS)))
+
+
+def _cli_misplaced(parser: Any, name: str, action: str, given: list[str]) -> None:
+    """A usage error for an option given to an action it does not go with."""
+    options = _cli_options()
+    for option in given:
+        if option not in options or action in options[option][0]:
+            continue
+        goes_with, usage, _ = options[option]
+        if action == "list" and "list" not in goes_with and option in ("--to", "--where",
+                                                                       "--all"):
+            parser.error("list shows every instance: filter its --json output instead")
+        actions = goes_with[0] if len(goes_with) == 1 else "%s and %s" % (
+            ", ".join(goes_with[:-1]), goes_with[-1])
+        parser.error("%s goes with %s only%s" % (
+            option, actions, ": %s %s %s" % (_cli_name(), name, usage) if usage
+            else ", not with %s" % action))
 
 
 def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None,
@@ -5658,37 +5792,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cli(argv: list[str] | None) -> int:
-    import json
-    parser = _cli_parser()
     try:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        if not argv:  # argparse would say that 'args' is required too: it is not
-            parser.error("NAME is required: %s NAME [ACTION ...]" % parser.prog)
-        opts = parser.parse_intermixed_args(argv)
-        if opts.exit and opts.action != "wait":
-            parser.error("--exit goes with wait only: %s %s wait --exit"
-                         % (parser.prog, opts.name))
-        if opts.start is not None and opts.action not in ("send", "get"):
-            parser.error("--start goes with send and get: %s %s send EVENT --start COMMAND"
-                         % (parser.prog, opts.name))
-        if opts.timeout is not None and not opts.timeout >= 0:  # NaN too
-            parser.error("--timeout must be a number of seconds >= 0, got %s" % opts.timeout)
-        _cli_check_links(parser, opts)
+        parser, opts = _cli_parse(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-
-    def fail(code: int, message: str) -> int:
-        if opts.json:
-            _say(sys.stderr, json.dumps({"error": message, "exit_code": code}) + "\n")
-        else:
-            _say(sys.stderr, "tcbon: %s\n" % message)
-        return code
-
     if opts.action in ("register", "unregister"):
         try:
             return _cli_links(opts)
         except (ValueError, Error, OSError) as exc:
-            return fail(_exit_code(exc), str(exc))
+            return _cli_fail(opts, _exit_code(exc), str(exc))
     try:
         to, where, several = _cli_target(parser, opts)
     except SystemExit as exc:
@@ -5700,17 +5812,43 @@ def _cli(argv: list[str] | None) -> int:
                              opts.start)
     except ProcessDoesNotExist as exc:
         if opts.start is not None:  # the command failed: say how
-            return fail(EXIT_NOT_RUNNING, str(exc))
-        place = "" if opts.app_dir is None else " in %s" % proc.app_dir
-        if opts.json:
-            print(json.dumps({"name": opts.name, "running": False}))
-        elif where or to not in (None, "all"):  # some may run, but none that was asked for
-            print(exc)
-        else:
-            print("%s is not running%s" % (opts.name, place))
-        return EXIT_NOT_RUNNING
+            return _cli_fail(opts, EXIT_NOT_RUNNING, str(exc))
+        return _cli_absent(opts, proc.app_dir, to, where)
     except (ValueError, Error) as exc:
-        return fail(_exit_code(exc), str(exc))
+        return _cli_fail(opts, _exit_code(exc), str(exc))
+    return _cli_show(opts, to, result)
+
+
+def _cli_fail(opts: Any, code: int, message: str) -> int:
+    """An error on stderr: a line, or JSON with --json; its exit code."""
+    import json
+    if opts.json:
+        _say(sys.stderr, json.dumps({"error": message, "exit_code": code}) + "\n")
+    else:
+        _say(sys.stderr, "tcbon: %s\n" % message)
+    return code
+
+
+def _cli_absent(opts: Any, app_dir: str, to: Any, where: dict | None) -> int:
+    """Nothing runs, or none of the instances asked for (in the words of
+    the command line: --to, --where)."""
+    import json
+    if opts.json:
+        print(json.dumps({"name": opts.name, "running": False}))
+    elif to not in (None, "all"):
+        print("%s has no instance %s running (list shows those that do)" % (opts.name, to))
+    elif where:
+        print("%s has no instance running whose metadata has %s" % (opts.name, " and ".join(
+            "%s=%s" % item for item in sorted(where.items()))))
+    else:
+        print("%s is not running%s" % (opts.name, "" if opts.app_dir is None
+                                        else " in %s" % app_dir))
+    return EXIT_NOT_RUNNING
+
+
+def _cli_show(opts: Any, to: Any, result: Any) -> int:
+    """Print what an action returned; its exit code."""
+    import json
     if opts.action == "list":
         return _cli_list(opts.name, result, opts.json)
     if to == "all" and opts.action != "stop":
@@ -5737,22 +5875,6 @@ def _cli(argv: list[str] | None) -> int:
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return EXIT_OK
-
-
-def _cli_check_links(parser: Any, opts: Any) -> None:
-    """register's options go with register only, and it needs --command: the
-    command line is not the app, so it has no command of its own to give."""
-    given = [option for option, value in (("--scheme", opts.scheme), ("--type", opts.type),
-             ("--command", opts.command), ("--title", opts.title)) if value]
-    if given and opts.action != "register":
-        parser.error("%s go(es) with register only: %s %s register --command CMD "
-                     "--scheme SCHEME" % (", ".join(given), parser.prog, opts.name))
-    if opts.action in ("register", "unregister") and opts.args:
-        parser.error("%s takes no arguments, got %s" % (opts.action, " ".join(opts.args)))
-    if opts.action == "register" and not opts.command:
-        parser.error("register needs --command, the command line that starts your app, "
-                     "e.g. %s %s register --command \"/opt/%s/run\" --scheme myapp"
-                     % (parser.prog, opts.name, opts.name))
 
 
 def _cli_links(opts: Any) -> int:

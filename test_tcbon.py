@@ -3251,7 +3251,7 @@ print(tcbon.Process(sys.argv[1]).register(schemes=["myapp"], types=[".txt"]))
 @pytest.mark.skipif(not LINUX, reason="desktop files are the XDG desktops'")
 def test_cli_register_errors_and_a_script_that_registers_itself(tmp_path, name):
     for args, said in ((["register", "--scheme", "myapp"], "register needs --command"),
-                       (["send", "x", "--scheme", "myapp"], "--scheme go(es) with register only"),
+                       (["send", "x", "--scheme", "myapp"], "--scheme goes with register only"),
                        (["unregister", "extra"], "unregister takes no arguments"),
                        (["register", "--scheme", "http", "--command", "/bin/x"],
                         "tcbon: 'http' belongs to browsers and the system")):
@@ -5332,10 +5332,10 @@ def test_cli_console_script_is_declared():
 @pytest.mark.parametrize("argv, code, message", [
     ([], 2, "NAME is required: python -m tcbon NAME [ACTION ...]"),
     (["x", "frob"], 2, "unknown action 'frob'"),
-    (["x", "send"], 2, "send takes 1 to 2 argument(s), got 0"),
+    (["x", "send"], 2, "the following arguments are required: EVENT"),
     (["x", "send", "ev", "{bad"], 2, "not valid JSON"),
     (["x", "send", "ev", "[1]"], 2, "must be an object"),
-    (["x", "stop", "extra"], 2, "stop takes 0 argument(s)"),
+    (["x", "stop", "extra"], 2, "stop takes no arguments, not extra"),
     (["a/b"], 2, "cannot be used as a file name"),
     (["x", "--timeout", "soon"], 2, "invalid float"),
     (["x", "wait", "--timeout", "-1"], 2, "--timeout must be a number of seconds >= 0"),
@@ -5346,6 +5346,30 @@ def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
     assert tcbon.main(argv) == code
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+def test_cli_each_action_has_its_own_options_and_a_typo_gets_a_suggestion(capsys, name,
+                                                                          app_dir):
+    # Issue 29: one flat option list for every action; "stpo" suggested nothing and the
+    # list of actions left out register and unregister; --to 7 spoke of "the chooser".
+    for action, own, others in (("send", ["EVENT [JSON]", "--start", "--to", "--timeout"],
+                                 ["--scheme", "--exit", "--command"]),
+                                ("wait", ["--exit", "--where"], ["--start", "--type"]),
+                                ("register", ["--scheme", "--type", "--command", "--title"],
+                                 ["--to", "--start", "--timeout", "--app-dir"])):
+        assert tcbon.main(["x", action, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: python -m tcbon x %s " % action), out
+        assert all(option in out for option in own) and not any(o in out for o in others)
+    assert tcbon.main(["x", "stpo"]) == 2
+    assert ("unknown action 'stpo' (did you mean stop?); the actions are: probe, send, get, "
+            "stop, wait, list, register, unregister") in capsys.readouterr().err
+    assert tcbon.main(["send", "x"]) == 2
+    assert "(NAME comes first: python -m tcbon x send)" in capsys.readouterr().err
+    with tcbon.Process(name, app_dir=app_dir, instances=True):
+        assert tcbon.main([name, "send", "x", "--to", "7", "--app-dir", app_dir]) == 1
+        assert capsys.readouterr().out == (
+            "%s has no instance 7 running (list shows those that do)\n" % name)
 
 
 def test_cli_without_a_console_exits_with_its_code_and_no_traceback(tmp_path):
