@@ -20,7 +20,7 @@ One file, standard library only: copy it into your project if you like.
 """
 from __future__ import annotations
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = [
     "App",
     "AsyncioExecutor",

@@ -1425,6 +1425,29 @@ def test_tcbon_imports_only_the_standard_library():
     assert imported - set(sys.stdlib_module_names) == set()
 
 
+
+def test_the_version_is_said_once_and_changes_rst_starts_with_it():
+    # Issue 29: 0.4.0 stayed after several instances, replace, links and start on
+    # demand landed, and nothing said what changed. performance.rst names the
+    # version it measured, a fact about that run.
+    import re
+    with open(os.path.join(HERE, "CHANGES.rst"), encoding="utf-8") as f:
+        releases = re.findall(r"^(\d+)\.(\d+)\.(\d+) \(\d{4}-\d\d-\d\d\)$", f.read(), re.M)
+    assert releases and ".".join(releases[0]) == tcbon.__version__
+    numbers = [tuple(map(int, release)) for release in releases]
+    assert numbers == sorted(numbers, reverse=True)  # newest first
+    with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
+        assert "<CHANGES.rst>`_" in f.read()
+    pages = ["tcbon.py", "setup.cfg", "pyproject.toml", "tox.ini", "README.rst",
+             "CONTRIBUTING.rst"] + [os.path.join("docs", page) for page in os.listdir(
+                 os.path.join(HERE, "docs")) if page != "performance.rst"] + [
+             os.path.join("examples", example) for example in os.listdir(
+                 os.path.join(HERE, "examples"))]
+    for page in pages:
+        with open(os.path.join(HERE, page), encoding="utf-8") as f:
+            said = f.read().count(tcbon.__version__)
+        assert said == (1 if page == "tcbon.py" else 0), page
+
 # Exceptions -------------------------------------------------------------------------------
 def test_exceptions_have_one_root_and_carry_details():
     exc = tcbon.Timeout("it took too long", "app", 1.5)
