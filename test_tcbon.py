@@ -4573,9 +4573,9 @@ def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, reque
     # idle main loop sits in C.
     display = request.getfixturevalue("display") if toolkit == "tk" else None
     env = ui_env(toolkit, tmp_path, display)
-    name = toolkit + "_app"
+    name = "tcbon-example-" + toolkit
     client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
-    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app:
+    with launched([example(toolkit + "_app.py")], env, cwd=str(tmp_path)) as app:
         wait_for(lambda: listed_files(client) is not None, 60, "the window")
         app.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
@@ -5635,15 +5635,20 @@ def example(script):
     return os.path.join(HERE, "examples", script)
 
 
+# The examples' app names: none a real app's (issue 29: "simple" and "several" left
+# folders under those names in the user's data dir).
+SIMPLE, TK_APP, QT_APP = "tcbon-example-simple", "tcbon-example-tk", "tcbon-example-qt"
+
+
 def test_example_simple(tmp_path):
     env = child_env(tmp_path)
     with launched([example("simple.py")], env, cwd=str(tmp_path)) as first:
-        wait_primary("simple", os.path.join(str(tmp_path / "xdg"), "simple"))
+        wait_primary(SIMPLE, os.path.join(str(tmp_path / "xdg"), SIMPLE))
         with launched([example("simple.py")], env, cwd=str(tmp_path)) as second:
             code, out, err = finish(second)
         assert code == 0, err
         assert out.strip() == str({"success": True, "message": "Hello there!"})
-        tcbon.Process("simple").stop()
+        tcbon.Process(SIMPLE).stop()
         assert finish(first)[0] == 0
 
 
@@ -5738,7 +5743,7 @@ def test_ui_example_opens_documents_that_macos_sends_as_apple_events(toolkit, tm
     with launched(["-c", APPLE_EVENTS, example(toolkit + "_app.py"), app_dir] + documents,
                   env) as app:
         assert app.stdout.readline() == "DELIVERED\n"
-        client = tcbon.Process(toolkit + "_app", app_dir=app_dir)
+        client = tcbon.Process("tcbon-example-" + toolkit, app_dir=app_dir)
         assert wait_for(lambda: listed_files(client), 30, "the window's list") == documents
         client.stop(timeout=30)
         code, out, err = finish(app)
@@ -5750,8 +5755,7 @@ def test_ui_example_opens_documents_that_macos_sends_as_apple_events(toolkit, tm
 def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_path, request):
     display = request.getfixturevalue("display") if toolkit == "tk" else None
     env = ui_env(toolkit, tmp_path, display)
-    name = toolkit + "_app"
-    script = example(name + ".py")
+    name, script = "tcbon-example-" + toolkit, example(toolkit + "_app.py")
     work = tmp_path / "work dir"
     work.mkdir()
     for file_name in ("notes.txt", "todo ü.txt"):
@@ -5910,8 +5914,7 @@ def desktop(tmp_path, request):
 @pytest.mark.parametrize("toolkit", ["tk", "qt"])
 def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_path, desktop):
     env = ui_env(toolkit, tmp_path, desktop.display)
-    name = toolkit + "_app"
-    script = example(name + ".py")
+    name, script = "tcbon-example-" + toolkit, example(toolkit + "_app.py")
     for file_name in ("notes.txt", "todo.txt"):
         (tmp_path / file_name).write_text("x")
     client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
@@ -5937,9 +5940,9 @@ def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_p
 @pytest.mark.parametrize("toolkit", ["tk", "qt"])
 def test_closing_a_ui_examples_window_stops_it_cleanly(toolkit, tmp_path, desktop):
     env = ui_env(toolkit, tmp_path, desktop.display)
-    name = toolkit + "_app"
+    name = "tcbon-example-" + toolkit
     client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
-    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app, \
+    with launched([example(toolkit + "_app.py")], env, cwd=str(tmp_path)) as app, \
             desktop.screenshot_on_failure():
         wait_for(lambda: listed_files(client) == [], 60, "the window")
         desktop.x("wmctrl", "-i", "-c", desktop.window("tcbon: one window"))  # as its X does
@@ -5953,7 +5956,7 @@ def test_the_tk_example_without_a_display_says_so_in_one_line(tmp_path):
     started = time.monotonic()
     status, out, err = ran([example("tk_app.py"), "notes.txt"], env, cwd=str(tmp_path))
     assert status == 1 and err.startswith("tk_app: ") and err.count("\n") == 1, err
-    client = tcbon.Process("tk_app", app_dir=os.path.join(str(tmp_path / "xdg"), "tk_app"))
+    client = tcbon.Process(TK_APP, app_dir=os.path.join(str(tmp_path / "xdg"), TK_APP))
     assert time.monotonic() - started < 10 and not client.running
 
 
@@ -5966,7 +5969,7 @@ def test_a_tk_window_asks_with_the_time_of_the_launchs_startup_id(tmp_path, desk
     # carries the launch's time, not "now".
     env = ui_env("tk", tmp_path, desktop.display)
     script = example("tk_app.py")
-    client = tcbon.Process("tk_app", app_dir=os.path.join(str(tmp_path / "xdg"), "tk_app"))
+    client = tcbon.Process(TK_APP, app_dir=os.path.join(str(tmp_path / "xdg"), TK_APP))
     with launched([script], env, cwd=str(tmp_path)) as first, desktop.screenshot_on_failure():
         wait_for(lambda: listed_files(client) == [], 60, "the first window")
         window = desktop.window("tcbon: one window")
@@ -6147,7 +6150,7 @@ def test_qt_example_takes_the_focus_with_the_launchers_wayland_token(tmp_path, w
     env.update(QT_QPA_PLATFORM="wayland", WAYLAND_DISPLAY=wayland.socket,
                XDG_RUNTIME_DIR=str(runtime), WAYLAND_DEBUG="client")  # Qt's requests, on stderr
     (tmp_path / "notes.txt").write_text("x")
-    client = tcbon.Process("qt_app", app_dir=os.path.join(str(tmp_path / "xdg"), "qt_app"))
+    client = tcbon.Process(QT_APP, app_dir=os.path.join(str(tmp_path / "xdg"), QT_APP))
     log_path = tmp_path / "primary.log"
     window = "tcbon: one window for every launch"
     cover = ["-c", "from PySide6 import QtWidgets\napp = QtWidgets.QApplication([])\n"
@@ -6310,6 +6313,28 @@ def test_blender_tool_reloaded_in_its_blender_keeps_what_it_did(tmp_path, scenes
         assert "Traceback" not in log.read_text()
 
 
+def test_example_demo_prints_its_commands_in_order_into_a_file(tmp_path):
+    # Issue 29: piped to a file, its "$" lines came last (unflushed), after what
+    # the commands they introduce printed.
+    out_path, err_path = str(tmp_path / "demo.out"), str(tmp_path / "demo.err")
+    env = child_env(tmp_path)
+    env.pop("PYTHONUNBUFFERED", None)  # as a user's shell has it
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        done = subprocess.run([sys.executable, example("demo.py")], env=env,
+                              cwd=str(tmp_path), stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=err, timeout=120)
+    with open(out_path) as out, open(err_path) as err:
+        lines, said = out.read().splitlines(), err.read()
+    assert done.returncode == 0, said
+    assert [line.split("  #")[0].rstrip() for line in lines[:3]] == [
+        "$ python examples/simple.py &", "$ python examples/simple.py",
+        str({"success": True, "message": "Hello there!"})]
+    assert lines[3] == "$ python -m tcbon %s" % SIMPLE
+    assert lines[4].startswith("%s is running: pid " % SIMPLE)
+    assert lines[5:] == ["$ python -m tcbon %s stop" % SIMPLE, "%s stopped" % SIMPLE,
+                         "the primary exited with code 0"]
+
+
 # The pages whose commands the README test runs, in this order, each from the
 # clone's top folder (CONTRIBUTING.rst says how to write them).
 README_PAGES = (
@@ -6425,7 +6450,8 @@ def clone_files(root):
             for folder, folders, files in os.walk(root) for name in folders + files}
 
 
-@pytest.mark.slow
+# Not marked slow: -m "not slow" runs it too (issue 29: the quick run dropped the
+# README's own test).
 @pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell: Windows has none")
 def test_readme_commands_work_as_written(tmp_path, request):
     import shutil
