@@ -90,8 +90,9 @@ _DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40  # logging's levels, without im
 # Exit codes of python -m tcbon and of Process.main(), one meaning each.
 (EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE,
  EXIT_ERROR, EXIT_UNREACHABLE) = range(8)
-# Ctrl-C: what a shell reports for a program that SIGINT ended (128 + 2), as
-# Python's own exit by KeyboardInterrupt reads to it; said in one line (issue 29).
+# Ctrl-C ended a launch or a command-line call: the status a shell shows for a
+# program that SIGINT ended (128 + 2), as for Python's own end by KeyboardInterrupt;
+# said in one line, with no traceback (issue 29).
 EXIT_INTERRUPTED = 130
 
 
