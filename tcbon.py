@@ -20,7 +20,7 @@ One file, standard library only: copy it into your project if you like.
 """
 from __future__ import annotations
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = [
     "App",
     "AsyncioExecutor",
@@ -39,6 +39,7 @@ __all__ = [
     "StateError",
     "Timeout",
     "Unreachable",
+    "UsageError",
     "WorkerPoolMixIn",
     "abort",
     "bring_to_front",
@@ -94,6 +95,10 @@ _DEBUG, _INFO, _WARNING, _ERROR = 10, 20, 30, 40  # logging's levels, without im
 # Exit codes of python -m tcbon and of Process.main(), one meaning each.
 (EXIT_OK, EXIT_NOT_RUNNING, EXIT_USAGE, EXIT_REFUSED, EXIT_TIMEOUT, EXIT_STATE,
  EXIT_ERROR, EXIT_UNREACHABLE, EXIT_BUSY) = range(9)
+# Ctrl-C ended a launch or a command-line call: the status a shell shows for a
+# program that SIGINT ended (128 + 2), as for Python's own end by KeyboardInterrupt;
+# said in one line, with no traceback (issue 29).
+EXIT_INTERRUPTED = 130
 
 
 # Exceptions ------------------------------------------------------------------
@@ -198,6 +203,12 @@ class RequestError(Error):
         self.status, self.reply = status, reply
 
 
+class UsageError(Error, ValueError):
+    """A value given to tcbon is wrong (a name, an address, a timeout, a
+    URL scheme, a JSON argument, ...): nothing was done. Also a
+    ValueError, as these have always been, so either catches it."""
+
+
 class _CannotListen(Error):
     """The primary's server cannot listen: the guard cannot work (a
     blocked loopback, say), as with a StateError (see main's unguarded)."""
@@ -208,7 +219,7 @@ def _env_timeout() -> Any:
     "none" for no limit), else the Process' own (issue 29).
 
     Raises:
-        ValueError: it is set, but to neither.
+        UsageError: it is set, but to neither.
     """
     text = os.environ.get("TCBON_TIMEOUT", "").strip()
     if not text:
@@ -220,7 +231,7 @@ def _env_timeout() -> Any:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
-        raise ValueError("TCBON_TIMEOUT must be a number of seconds >= 0, or none; got %r"
+        raise UsageError("TCBON_TIMEOUT must be a number of seconds >= 0, or none; got %r"
                          % text)
     return seconds
 
@@ -882,19 +893,19 @@ def default_app_dir(name: str) -> str:
 # NAME.pid, a third: NAME.pid~, its shadow (see _SHADOW).
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise ValueError("a tcbon name must be a non-empty string, got %r" % (name,))
+        raise UsageError("a tcbon name must be a non-empty string, got %r" % (name,))
     bad = sorted({c for c in name if c in _BAD_NAME_CHARS or ord(c) < 32})
     if bad or name in (".", "..") or ".." in name:
-        raise ValueError(
+        raise UsageError(
             "tcbon name %r cannot be used as a file name: it must not contain "
             "'..', control characters or any of %s" % (name, _BAD_NAME_CHARS))
     if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
-        raise ValueError("tcbon name is too long: %d bytes of UTF-8, at most %d"
+        raise UsageError("tcbon name is too long: %d bytes of UTF-8, at most %d"
                          % (len(name.encode("utf-8")), _MAX_NAME_BYTES))
     # Refused everywhere, so that a name means the same app on every system:
     # Windows reads these as devices, and drops a trailing dot or space.
     if name.split(".")[0].rstrip(" ").upper() in _DEVICE_NAMES or name[-1] in ". ":
-        raise ValueError("tcbon name %r is not a file name on Windows: it names a device "
+        raise UsageError("tcbon name %r is not a file name on Windows: it names a device "
                          "(CON, PRN, AUX, NUL, COM1-9, LPT1-9) or ends with a dot or a "
                          "space; choose another" % (name,))
     return name
@@ -920,7 +931,7 @@ def _scope_suffix(scope: Any) -> str:
         return ".session-" + "".join(c for c in session if c.isalnum())[:32]
     path = _installation() if scope == "installation" else scope
     if not isinstance(path, (str, os.PathLike)) or not os.path.isabs(path):
-        raise ValueError("scope must be 'user', 'session', 'installation' or the absolute "
+        raise UsageError("scope must be 'user', 'session', 'installation' or the absolute "
                          "path of an installation, got %r" % (scope,))
     import hashlib
     key = os.path.normcase(os.path.realpath(path)).encode("utf-8", "surrogateescape")
@@ -979,9 +990,10 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
             except FileExistsError:
                 pass  # a file is in the way: said below, as for clients
         st = os.lstat(path)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:  # e.g. under /proc, which takes no new folder
         if create:
-            raise StateError("cannot create the tcbon directory %s" % path, path) from None
+            raise StateError("cannot create the tcbon directory %s: %s; pass an app_dir "
+                             "you can write to" % (path, _reason(exc)), path) from None
         raise
     except OSError as exc:
         raise _unusable("cannot create the tcbon directory", path, exc) from exc
@@ -1417,7 +1429,7 @@ def _parse_address(address: str | int) -> tuple[str, int]:
     if isinstance(address, int) and not isinstance(address, bool):
         address = "127.0.0.1:%d" % address
     if not isinstance(address, str):
-        raise ValueError("address must be a loopback 'host:port' string or a port number, "
+        raise UsageError("address must be a loopback 'host:port' string or a port number, "
                          "got %r" % (address,))
     text = address[len("http://"):] if address.startswith("http://") else address
     host, sep, port = text.rstrip("/").rpartition(":")
@@ -1430,7 +1442,7 @@ def _parse_address(address: str | int) -> tuple[str, int]:
     except ValueError:
         loopback, number = False, -1
     if not sep or not loopback or not 0 <= number <= 65535:
-        raise ValueError("address must be a loopback 'host:port' such as '127.0.0.1:9876', "
+        raise UsageError("address must be a loopback 'host:port' such as '127.0.0.1:9876', "
                          "got %r: tcbon never listens beyond this machine" % (address,))
     return host, number
 
@@ -1575,7 +1587,7 @@ class Request:
             raise HTTPError(415, "expected a body sent as Content-Type: application/json")
         try:
             if not self.data:
-                raise ValueError("the request has no body")
+                raise UsageError("the request has no body")
             return json.loads(self.data)
         except (ValueError, RecursionError) as exc:
             if silent:
@@ -1631,12 +1643,12 @@ class App:
         """Register callback for rule and methods (default GET)."""
         import re
         if not rule.startswith("/"):
-            raise ValueError("a route rule starts with '/', got %r" % (rule,))
+            raise UsageError("a route rule starts with '/', got %r" % (rule,))
         pattern, converters, pos = [], {}, 0
         for m in re.finditer(r"<(?:(\w+):)?(\w+)>", rule):
             kind = m.group(1) or "str"
             if kind not in _PARAM_TYPES:
-                raise ValueError("unknown converter %r in rule %r" % (kind, rule))
+                raise UsageError("unknown converter %r in rule %r" % (kind, rule))
             pattern.append(re.escape(rule[pos:m.start()]))
             pattern.append("(?P<%s>%s)" % (m.group(2), _PARAM_TYPES[kind][0]))
             converters[m.group(2)] = _PARAM_TYPES[kind][1]
@@ -1906,7 +1918,7 @@ def _reply(status: int, headers: list[tuple[str, str]], body: bytes,
     for key, value in headers:
         # send_header() passes CR/LF through (gh-142533): never split a reply.
         if "\r" in key + value or "\n" in key + value:
-            raise ValueError("a response header contains CR or LF")
+            raise UsageError("a response header contains CR or LF")
         lines.append("%s: %s" % (key, value))
     lines += ["Content-Length: %d" % len(body), "Connection: close",
               "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
@@ -2451,14 +2463,14 @@ def _server_class() -> type[IntakeMixIn]:
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(
             timeout, (int, float)) or not timeout >= 0):
-        raise ValueError("timeout must be a number of seconds >= 0, or None to wait "
+        raise UsageError("timeout must be a number of seconds >= 0, or None to wait "
                          "without limit; got %r" % (timeout,))
     return timeout
 
 
 def _check_version(version: Any) -> str | None:
     if version is not None and not (isinstance(version, str) and version.strip()):
-        raise ValueError("version must be a non-empty string such as '1.4.2', or None; "
+        raise UsageError("version must be a non-empty string such as '1.4.2', or None; "
                          "got %r" % (version,))
     return version
 
@@ -2468,7 +2480,7 @@ def _check_mutex(mutex: Any) -> str | None:
     if mutex is None:
         return None
     if not isinstance(mutex, str) or not mutex or "\\" in mutex or len(mutex) > 200:
-        raise ValueError("mutex must be a name of 1 to 200 characters without a backslash "
+        raise UsageError("mutex must be a name of 1 to 200 characters without a backslash "
                          "(tcbon creates both the plain and the Global\\ one), e.g. "
                          "mutex='MyAppMutex'; got %r" % (mutex,))
     return mutex
@@ -2481,7 +2493,7 @@ def _check_start(command: Any) -> str | list[str]:
         return list(command)
     if isinstance(command, str) and command.strip():
         return command
-    raise ValueError("start must be the app's command line: a string (split as a shell "
+    raise UsageError("start must be the app's command line: a string (split as a shell "
                      "would on POSIX) or a list of strings, e.g. ['myapp', '--hidden']; "
                      "got %r" % (command,))
 
@@ -2519,7 +2531,7 @@ def _older(version: str | None, than: str | None) -> bool:
 
 def _check_replace(replace: Any) -> Any:
     if replace not in (False, True, "older") and not callable(replace):
-        raise ValueError("replace must be True, False, 'older' or a callable that takes the "
+        raise UsageError("replace must be True, False, 'older' or a callable that takes the "
                          "running primary's info (a dict) and returns True to replace it; "
                          "got %r" % (replace,))
     return replace
@@ -2533,7 +2545,7 @@ def _check_instances(instances: Any) -> int:
     if instances is True:
         return _MAX_INSTANCES
     if not isinstance(instances, int) or not 1 <= instances <= _MAX_INSTANCES:
-        raise ValueError("instances must be a number from 1 to %d, True (any number) or "
+        raise UsageError("instances must be a number from 1 to %d, True (any number) or "
                          "None (one instance), got %r" % (_MAX_INSTANCES, instances))
     return instances
 
@@ -3808,19 +3820,19 @@ def _check_scheme(scheme: Any) -> str:
         ValueError: not a scheme that an app may take for its own.
     """
     if not isinstance(scheme, str) or not scheme:
-        raise ValueError("a URL scheme is a name such as 'myapp', got %r" % (scheme,))
+        raise UsageError("a URL scheme is a name such as 'myapp', got %r" % (scheme,))
     low = scheme.lower()
     if low.endswith(":") or "/" in low:
-        raise ValueError("give the scheme without ':' or '://': %r, not %r"
+        raise UsageError("give the scheme without ':' or '://': %r, not %r"
                          % (low.split(":")[0], scheme))
     if not (low[0] in _LOWER and set(low) <= _SCHEME_CHARS):
-        raise ValueError("%r is not a URL scheme: it must start with a letter, followed by "
+        raise UsageError("%r is not a URL scheme: it must start with a letter, followed by "
                          "letters, digits, '+', '-' or '.' (RFC 3986)" % scheme)
     if len(low) == 1:  # Windows reads C:\path as the scheme "c"
-        raise ValueError("%r is one letter, which Windows takes for a drive: choose a scheme "
+        raise UsageError("%r is one letter, which Windows takes for a drive: choose a scheme "
                          "of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
     if low in _TAKEN_SCHEMES:
-        raise ValueError("%r belongs to browsers and the system, not to one app: choose a "
+        raise UsageError("%r belongs to browsers and the system, not to one app: choose a "
                          "scheme of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
     return low
 
@@ -3832,11 +3844,11 @@ def _check_type(extension: Any) -> str:
         ValueError: not an extension such as '.shot'.
     """
     if not isinstance(extension, str):
-        raise ValueError("a file type is an extension such as '.shot', got %r" % (extension,))
+        raise UsageError("a file type is an extension such as '.shot', got %r" % (extension,))
     low = extension.lower()
     if (len(low) < 2 or low[0] != "." or not set(low[1:]) <= _TYPE_CHARS
             or low.endswith(".") or ".." in low):
-        raise ValueError("%r is not a file name extension: give one such as '.shot' (a dot, "
+        raise UsageError("%r is not a file name extension: give one such as '.shot' (a dot, "
                          "then letters, digits, '_', '+', '-' or inner dots)" % extension)
     return low
 
@@ -3851,7 +3863,7 @@ def _launch_command() -> list[str]:
         ValueError: this launch has no command of its own to give.
     """
     if not sys.executable:
-        raise ValueError("this interpreter does not know its executable (an embedding host): "
+        raise UsageError("this interpreter does not know its executable (an embedding host): "
                          "pass command=[...] to tcbon.register()")
     if getattr(sys, "frozen", False):  # PyInstaller, cx_Freeze, py2exe
         return [sys.executable]
@@ -3862,7 +3874,7 @@ def _launch_command() -> list[str]:
         return [sys.executable, "-m", module[:-len(suffix)] if module.endswith(suffix) else module]
     script = (_this_argv() or [""])[0]
     if script in ("", "-", "-c") or not os.path.exists(script):
-        raise ValueError("this launch has no command of its own to register (python -c, "
+        raise UsageError("this launch has no command of its own to register (python -c, "
                          "an interactive session): pass command=[...] to tcbon.register()")
     return [sys.executable, os.path.abspath(script)]
 
@@ -3891,14 +3903,14 @@ def _check_command(command: Any) -> list[str]:
         import shlex
         command = shlex.split(command)
     if not command or not all(isinstance(arg, str) for arg in command):
-        raise ValueError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
+        raise UsageError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
                          "[sys.executable, '/path/to/app.py'], got %r" % (command,))
     problem = next(filter(None, map(_text_problem, command)), None)
     if problem:
-        raise ValueError("the command %s, which a desktop file or the registry cannot pass "
+        raise UsageError("the command %s, which a desktop file or the registry cannot pass "
                          "on: %r" % (problem, command))
     if "=" in command[0]:  # Desktop Entry spec: the program's name or path has none
-        raise ValueError("the program's path %r holds '=', which the Desktop Entry spec "
+        raise UsageError("the program's path %r holds '=', which the Desktop Entry spec "
                          "forbids there: move it, or start it through a script" % command[0])
     return list(command)
 
@@ -4348,7 +4360,7 @@ class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
             import subprocess
             command = subprocess.list2cmdline(_check_command(command))
         elif not command.strip() or any(ord(c) < 32 for c in command):
-            raise ValueError("command is the app's command line, e.g. "
+            raise UsageError("command is the app's command line, e.g. "
                              "'\"C:\\Program Files\\MyApp\\myapp.exe\"', got %r" % command)
         line = command + ' -- "%1"'  # quoted: the shell passes a path with spaces whole
         # Registering again replaces, and never leaves nothing registered (issue
@@ -4482,17 +4494,17 @@ def _check_links(name: str, schemes: Any, types: Any, title: Any) -> tuple:
     """
     _check_name(name)
     if isinstance(schemes, str) or isinstance(types, str):
-        raise ValueError("schemes and types are lists, e.g. schemes=['myapp'], types=['.shot']")
+        raise UsageError("schemes and types are lists, e.g. schemes=['myapp'], types=['.shot']")
     schemes = list(dict.fromkeys(_check_scheme(scheme) for scheme in schemes))
     types = list(dict.fromkeys(_check_type(ext) for ext in types))
     if not schemes and not types:
-        raise ValueError("nothing to register: give a URL scheme (schemes=['myapp']) or a "
+        raise UsageError("nothing to register: give a URL scheme (schemes=['myapp']) or a "
                          "file type (types=['.shot']), or both")
     if title is not None and (not isinstance(title, str) or not title.strip()):
-        raise ValueError("title is the app's name as people read it, got %r" % (title,))
+        raise UsageError("title is the app's name as people read it, got %r" % (title,))
     problem = title and _text_problem(title)
     if problem:
-        raise ValueError("the title %s, which a desktop file or a MIME package cannot hold: "
+        raise UsageError("the title %s, which a desktop file or a MIME package cannot hold: "
                          "%r" % (problem, title))
     return schemes, types, title or name
 
@@ -4523,16 +4535,27 @@ def register(name: str, schemes: Iterable[str] = (), types: Iterable[str] = (),
         What was written: file paths, or registry keys (``HKCU\\...``).
 
     Raises:
-        ValueError: a bad name, scheme, type, title or command (a control
-            character in one), or nothing to register.
+        UsageError: a bad name, scheme, type, title or command (a control
+            character in one), or nothing to register (also a ValueError).
         Error: registering is not done at run time here (macOS); a file
             to change could not be locked, or another process kept it
-            locked for 30 s.
-        OSError: a file or key could not be written.
+            locked for 30 s; a file or key could not be written (the
+            OSError's reason said).
     """
     schemes, types, title = _check_links(name, schemes, types, title)
     command = _launch_command() if command is None else command
-    return _links().register(name, schemes, types, command, title)  # type: ignore[no-any-return]
+    try:
+        return _links().register(name, schemes, types, command,  # type: ignore[no-any-return]
+                                 title)
+    except OSError as exc:
+        raise _links_failed("register", name, exc) from exc
+
+
+def _links_failed(action: str, name: str, exc: OSError) -> Error:
+    """An OSError of register or unregister as a tcbon.Error, with its reason."""
+    where = exc.filename if exc.filename is not None else "the registry"
+    return Error("cannot %s %r: %s: %s; check that you may write there" % (
+        action, name, where, _reason(exc)))
 
 
 def unregister(name: str) -> list[str]:
@@ -4545,13 +4568,16 @@ def unregister(name: str) -> list[str]:
         What was removed (empty if nothing was registered).
 
     Raises:
-        ValueError: a bad name.
+        UsageError: a bad name (also a ValueError).
         Error: registering is not done at run time here (macOS); a file
             to change could not be locked, or another process kept it
-            locked for 30 s.
-        OSError: a file or key could not be removed.
+            locked for 30 s; a file or key could not be removed (the
+            OSError's reason said).
     """
-    return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
+    try:
+        return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
+    except OSError as exc:
+        raise _links_failed("unregister", name, exc) from exc
 
 
 # Process ---------------------------------------------------------------------
@@ -4573,7 +4599,7 @@ def _piped_stdin() -> str | None:
         return None
     text = stream.read(MAX_BODY + 1)
     if len(text) > MAX_BODY:
-        raise ValueError("the piped input is larger than %d characters, more than a "
+        raise UsageError("the piped input is larger than %d characters, more than a "
                          "hand-off carries; pass a file name instead" % MAX_BODY)
     return text
 
@@ -5600,7 +5626,7 @@ class Process:
                         waiter: bool = False) -> None:
         replace = _check_replace(replace)
         if replace == "older" and self.version is None:
-            raise ValueError("replace='older' compares versions: pass Process(..., "
+            raise UsageError("replace='older' compares versions: pass Process(..., "
                              "version='1.4.2') too")
         if not self.is_primary:
             self.handed_over = None
@@ -5783,16 +5809,30 @@ class Process:
             reported on stderr, the code python -m tcbon gives it (EXIT_*):
             3 refused, 4 not taken in time (nothing runs), 5 state directory
             unusable, 6 any other failure, 8 taken but not answered in time
-            (it runs once).
+            (it runs once); 130 (EXIT_INTERRUPTED) for a launch that Ctrl-C
+            interrupted before it served or had its answer, said in one
+            line, no traceback.
         """
         worker = _worker_sign()
         if worker is not None:
             return self._not_a_launch(worker)
         argv = _this_argv() if argv is None else list(argv)
         try:
-            wait = _Wait(self._limit(_env_timeout() if timeout is _DEFAULT else timeout))
+            limit = self._limit(_env_timeout() if timeout is _DEFAULT else timeout)
         except ValueError as exc:
             return self._report(exc)
+        try:
+            return self._launch(argv, run, limit, forward_stdin, own_launch, replace, quit,
+                                unguarded)
+        except KeyboardInterrupt:  # a later launch's (the primary handles its own)
+            _say(sys.stderr, "%s: interrupted (Ctrl-C)\n" % self.name)
+            return EXIT_INTERRUPTED
+
+    def _launch(self, argv: list[str], run: Callable[[], Any] | None, limit: float | None,
+                forward_stdin: bool, own_launch: bool, replace: Any,
+                quit: Callable[[], Any] | None, unguarded: bool) -> int:
+        """main(): hand over to the primary, or become it and serve."""
+        wait = _Wait(limit)
         while True:
             if wait.over():  # each round keeps to the launch's deadline (issue 30)
                 return self._report(Timeout(
@@ -5806,7 +5846,9 @@ class Process:
                         return self._hand_over(argv, forward_stdin, wait, chosen)
                 try:
                     self._become_primary(wait, replace, signals=True, waiter=run is None)
-                except ProcessExists:
+                except ProcessExists as exc:
+                    if self._elsewhere_in_this_process():  # a notebook's second run: say it
+                        return self._report(exc)
                     return self._hand_over(argv, forward_stdin, wait)
             except ProcessDoesNotExist:
                 continue  # it went away meanwhile: choose again, or take its place
@@ -5819,6 +5861,16 @@ class Process:
         """A later launch: argv to the primary (to: the instance chosen)."""
         stdin = _piped_stdin() if forward_stdin else None
         return _relay(self._handoff(argv, None, None, stdin, wait, to))
+
+    def _elsewhere_in_this_process(self) -> bool:
+        """main() found this process the primary through another object,
+        and not as a relaunch on the thread of its handlers (a DCC shelf
+        button, which hands over directly): a notebook cell run again, whose
+        new handlers would silently go unused (issue 29). main() says what
+        start() says instead."""
+        mine = [primary for primary in list(_primaries or ()) if primary.process is not self
+                and primary.process._finder.stem == self._finder.stem]
+        return bool(mine) and not any(primary.serves_this_thread() for primary in mine)
 
     def _chosen(self, argv: list[str]) -> int | None:
         """The id of the instance choose() sends this launch to, or None
@@ -5837,7 +5889,7 @@ class Process:
         if chosen is None:
             return None
         if _instance_id(chosen) is None:
-            raise ValueError("choose() must return one of the instances, its id, or None "
+            raise UsageError("choose() must return one of the instances, its id, or None "
                              "for a new one; it returned %r" % (chosen,))
         if _instance_id(chosen) not in [entry.get("id") for entry in entries]:
             raise Error("choose() returned instance %s of %r, which is not running (those "
@@ -6244,9 +6296,9 @@ class Process:
             try:
                 size = len(json.dumps(meta))
             except (TypeError, ValueError) as exc:
-                raise ValueError("describe() takes JSON values only: %s" % exc) from None
+                raise UsageError("describe() takes JSON values only: %s" % exc) from None
             if size > _MAX_META:
-                raise ValueError("describe() got %d bytes of JSON, at most %d: publish a "
+                raise UsageError("describe() got %d bytes of JSON, at most %d: publish a "
                                  "file name rather than its content" % (size, _MAX_META))
             self._meta = meta
             primary = self._primary
@@ -6286,11 +6338,11 @@ class Process:
             What was written: file paths, or registry keys.
 
         Raises:
-            ValueError: a bad scheme, type or title; nothing to register;
+            UsageError: a bad scheme, type or title; nothing to register;
                 no command of its own (python -c: call tcbon.register with
-                command=[...]).
-            Error: registering is not done at run time here (macOS).
-            OSError: a file or key could not be written.
+                command=[...]). Also a ValueError.
+            Error: registering is not done at run time here (macOS), or
+                a file or key could not be written.
         """
         return register(self.name, schemes, types, None, title)
 
@@ -6301,8 +6353,8 @@ class Process:
             What was removed (empty if nothing was registered).
 
         Raises:
-            Error: registering is not done at run time here (macOS).
-            OSError: a file or key could not be removed.
+            Error: registering is not done at run time here (macOS), or a
+                file or key could not be removed.
         """
         return unregister(self.name)
 
@@ -6326,12 +6378,12 @@ class Process:
         if to is None and where is None:
             return False
         if not self.instances_allowed:
-            raise ValueError("to= and where= choose among several instances, but %r allows "
+            raise UsageError("to= and where= choose among several instances, but %r allows "
                              "one: pass Process(..., instances=N or True)" % self.name)
         if where is not None and not isinstance(where, dict):
-            raise ValueError("where must be a dict of metadata values, got %r" % (where,))
+            raise UsageError("where must be a dict of metadata values, got %r" % (where,))
         if not (to is None or to == "all" or callable(to) or _instance_id(to) is not None):
-            raise ValueError("to must be an instance id, 'all' or a callable that chooses "
+            raise UsageError("to must be an instance id, 'all' or a callable that chooses "
                              "among the instances, got %r" % (to,))
         return True
 
@@ -6419,30 +6471,17 @@ def instances(name: str, app_dir: str | None = None,
 # Command line ----------------------------------------------------------------
 
 _CLI_HELP = """\
-actions:
-  (none), probe         say whether NAME runs: one line, exit 0 if it does, 1 if not
-  send EVENT [JSON]     send an event named EVENT (JSON: an object merged into it);
-                        --start COMMAND: start the app first if none runs
-  get [ROUTE]           GET a route of the primary (default /) and print the reply
-  stop                  ask the primary to stop; return once it has
-  wait                  block until a primary of NAME runs (default: no time limit)
-  wait --exit           block until no primary of NAME runs, without asking it to stop
-  list                  the running instances of an app that allows several, with
-                        their metadata: one line each (exit 1 if none runs)
-  register --command CMD --scheme S --type .EXT
-                        make S:... links and *.EXT files start CMD (per user; the
-                        link or path follows "--"); --scheme and --type repeatable
-  unregister            remove what register wrote for NAME
-
-several instances (Process(NAME, instances=...)): send, get, stop, probe and wait
-  go to the most recently active one, or: --to ID (that one), --where KEY=VALUE (the
-  most recently active whose metadata has it; repeatable), --all (every one: one
-  reply per instance, by id)
+NAME ACTION --help shows an action's own options; an option goes before or after
+the action. Several instances (Process(NAME, instances=...)): send, get, stop,
+probe and wait go to the most recently active one, or: --to ID (that one), --where
+KEY=VALUE (the most recently active whose metadata has it; repeatable), --all
+(every one: one reply per instance, by id).
 
 exit codes:
   0 done / running        1 not running            2 usage error or bad input
   3 refused by primary    4 timed out (busy/hung)  5 state directory unusable
   6 other failure         7 runs, but unreachable (another network namespace or machine)
+  130 interrupted (Ctrl-C)
 
 examples:
   python -m tcbon my_app && echo running
@@ -6454,6 +6493,68 @@ examples:
   python -m tcbon my_app send open '{"path": "a.txt"}' --where project=alpha
   python -m tcbon my_app register --scheme myapp --type .shot --command "/opt/my_app/run"
 """
+
+# The actions, each an argparse sub-command with its own options (issue 29:
+# one flat list of every option before): its arguments, what it does.
+_CLI_ACTIONS = {
+    "probe": ("", "say whether NAME runs: one line, exit 0 if it does, 1 if not (the "
+                  "default action)"),
+    "send": ("EVENT [JSON]", "send an event named EVENT (JSON: an object merged into it) "
+                             "and print the reply"),
+    "get": ("[ROUTE]", "GET a route of the primary (default /) and print the reply"),
+    "stop": ("", "ask the primary to stop; return once it has"),
+    "wait": ("", "block until a primary of NAME runs (default: no time limit); with "
+                 "--exit, until none runs, without asking it to stop"),
+    "list": ("", "the running instances of an app that allows several, with their "
+                 "metadata: one line each (exit 1 if none runs)"),
+    "register": ("", "make SCHEME:... links and *.EXT files start COMMAND (per user; the "
+                     "link or path follows \"--\")"),
+    "unregister": ("", "remove what register wrote for NAME"),
+}
+_CLI_TARGETS = ("probe", "send", "get", "stop", "wait")  # those that talk to one primary
+
+
+def _cli_options() -> dict:
+    """Every option: the actions it goes with, how it is used (for the
+    message that says where it goes), add_argument's keywords."""
+    targets, state = _CLI_TARGETS, _CLI_TARGETS + ("list",)
+    several = "several instances: "
+    return {
+        "--app-dir": (state, "", dict(metavar="DIR", help="the Process' app_dir, if it is "
+                                                          "not the default")),
+        "--scope": (state, "", dict(help="the Process' scope: user (the default), session "
+                                         "(this login session's primary), or an "
+                                         "installation's absolute path")),
+        "--timeout": (targets, "", dict(type=float, metavar="S", help=(
+            "seconds to wait at most (default: %s; wait: no limit)" % DEFAULT_TIMEOUT))),
+        "--json": (tuple(_CLI_ACTIONS), "", dict(action="store_true",
+                                                 help="print JSON, for scripts")),
+        "--to": (targets, "", dict(metavar="ID", help=several + "the one with this id")),
+        "--where": (targets, "", dict(metavar="KEY=VALUE", action="append", help=(
+            several + "the most recently active one whose metadata has KEY=VALUE "
+            "(repeatable: all of them)"))),
+        "--all": (targets, "", dict(action="store_true", help=(
+            several + "every one (of those --where accepts)"))),
+        "--exit": (("wait",), "wait --exit", dict(action="store_true", help=(
+            "until no primary runs (it is not asked to stop)"))),
+        "--kill-after": (("stop",), "stop --kill-after S", dict(
+            type=float, metavar="S", help="if it has not stopped S seconds after being "
+            "asked (hung), end the process that holds its lock, verified in the system's "
+            "lock table (Linux)")),
+        "--start": (("send", "get"), "send EVENT --start COMMAND", dict(
+            metavar="COMMAND", help="if no primary runs, start the app with COMMAND "
+                                    "(detached), wait for it to answer, then send")),
+        "--command": (("register",), "register --command CMD --scheme SCHEME", dict(
+            help="the app's command line (the link or path is added after --); required")),
+        "--scheme": (("register",), "register --command CMD --scheme SCHEME", dict(
+            action="append", help="a URL scheme (myapp for myapp://...); repeatable")),
+        "--type": (("register",), "register --command CMD --type .EXT", dict(
+            action="append", metavar="EXT",
+            help="a file name extension (.shot); repeatable")),
+        "--title": (("register",), "register --command CMD --title TITLE", dict(
+            help="the app's name as people read it")),
+    }
+
 
 
 def _uptime(seconds: float) -> str:
@@ -6470,69 +6571,163 @@ def _cli_name() -> str:
     return "tcbon" if program in ("tcbon", "tcbon.exe", "tcbon-script.py") else "python -m tcbon"
 
 
-def _cli_parser() -> Any:
+def _cli_parser(name: str = "NAME") -> tuple[Any, dict]:
+    """The command line's parser, and one parser per action (a sub-command)."""
     import argparse
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=_cli_name(), description="Probe and talk to the primary instance of NAME.",
-        epilog=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="the application name, as given to tcbon.Process")
-    parser.add_argument("action", nargs="?", default="probe",
-                        help="probe (default), send, get, stop, wait, list, register "
-                             "or unregister")
-    parser.add_argument("args", nargs="*", help="the action's arguments")
-    parser.add_argument("--app-dir", help="the Process' app_dir, if it is not the default")
-    parser.add_argument("--scope", default="user",
-                        help="the Process' scope: user (the default), session (this login "
-                             "session's primary), or an installation's absolute path")
-    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
-    parser.add_argument("--exit", action="store_true",
-                        help="wait: until no primary runs (it is not asked to stop)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds to wait at most (default: %s; wait: no limit)"
-                        % DEFAULT_TIMEOUT)
-    parser.add_argument("--to", metavar="ID", help="several instances: the one with this id")
-    parser.add_argument("--where", metavar="KEY=VALUE", action="append", default=[],
-                        help="several instances: the most recently active one whose "
-                             "metadata has KEY=VALUE (repeatable: all of them)")
-    parser.add_argument("--all", action="store_true",
-                        help="several instances: every one (of those --where accepts)")
-    parser.add_argument("--scheme", action="append", default=[],
-                        help="register: a URL scheme (myapp for myapp://...); repeatable")
-    parser.add_argument("--type", action="append", default=[], metavar="EXT",
-                        help="register: a file name extension (.shot); repeatable")
-    parser.add_argument("--command", help="register: the app's command line (the link "
-                                          "or path is added after --)")
-    parser.add_argument("--title", help="register: the app's name as people read it")
-    parser.add_argument("--start", metavar="COMMAND",
-                        help="send, get: if no primary runs, start the app with COMMAND "
-                             "(detached), wait for it to answer, then send")
+        usage="%(prog)s [-h] [--version] NAME [ACTION] [ARGUMENTS AND OPTIONS]",
+        epilog=_CLI_HELP, formatter_class=raw)
+    parser.add_argument("name", metavar="NAME",
+                        help="the application name, as given to tcbon.Process")
     parser.add_argument("--version", action="version", version="tcbon " + __version__)
-    return parser
+    subparsers = parser.add_subparsers(title="actions", metavar="ACTION", dest="action")
+    actions, options = {}, _cli_options()
+    for action, (_, summary) in _CLI_ACTIONS.items():
+        sub = actions[action] = subparsers.add_parser(
+            action, help=summary, description=summary, formatter_class=raw,
+            prog="%s %s %s" % (parser.prog, name, action))
+        if action == "send":
+            sub.add_argument("event", metavar="EVENT", help="the event's name")
+            sub.add_argument("payload", metavar="JSON", nargs="?",
+                             help="a JSON object merged into the event")
+        elif action == "get":
+            sub.add_argument("route", metavar="ROUTE", nargs="?", help="default /")
+        for option, (goes_with, _, keywords) in options.items():
+            if action in goes_with:
+                sub.add_argument(option, **keywords)
+    return parser, actions
+
+
+def _cli_option(word: str) -> str | None:
+    """The option a command-line word names, as argparse reads it (a unique
+    prefix will do), or None."""
+    if word == "-h":
+        return "--help"
+    known = list(_cli_options()) + ["--help", "--version"]
+    key = word.split("=", 1)[0]
+    matches = [option for option in known if option.startswith(key)]
+    return key if key in known else matches[0] if len(matches) == 1 else None
+
+
+def _cli_split(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """NAME and the action (the first two words that are neither an option
+    nor an option's value), the rest of argv, and the options given."""
+    takes_value = [option for option, (_, _, keywords) in _cli_options().items()
+                   if keywords.get("action") in (None, "append")]
+    words: list[str] = []
+    rest: list[str] = []
+    given: list[str] = []
+    index = 0
+    while index < len(argv):
+        word, index = argv[index], index + 1
+        option = None
+        if "--" not in rest and word.startswith("-") and word != "-":
+            option = _cli_option(word) or word
+        if option is None and len(words) < 2:
+            words.append(word)
+            continue
+        rest.append(word)
+        if option is not None:
+            given.append(option)
+        if option in takes_value and "=" not in word and index < len(argv):
+            rest.append(argv[index])
+            index += 1
+    return words, rest, given
+
+
+def _cli_parse(argv: list[str]) -> tuple[Any, Any]:
+    """The action's parser and the options argv gives it. Raises SystemExit
+    as parse_args() does, for --help, --version and usage errors."""
+    import argparse
+    words, rest, given = _cli_split(argv)
+    parser, actions = _cli_parser(words[0] if words else "NAME")
+    if "--version" in given or ("--help" in given and len(words) < 2):
+        parser.parse_args(["--version" if "--version" in given else "--help"])
+    if not words:  # argparse would say that ACTION is required too: it is not
+        parser.error("NAME is required: %s NAME [ACTION ...]" % parser.prog)
+    action = words[1] if len(words) > 1 else "probe"
+    if action not in actions:
+        _cli_unknown(parser, words[0], action)
+    sub = actions[action]
+    _cli_misplaced(sub, words[0], action, given)
+    opts = argparse.Namespace(
+        name=words[0], action=action, app_dir=None, scope="user", json=False, timeout=None,
+        to=None, where=[], all=False, exit=False, start=None, command=None, scheme=[],
+        type=[], title=None, event=None, payload=None, route=None)
+    opts, extra = sub.parse_known_intermixed_args(rest, opts)
+    if any(word.startswith("-") for word in extra):
+        sub.error("unrecognized arguments: %s" % " ".join(extra))
+    if extra:
+        sub.error("%s takes %s, not %s" % (action, _CLI_ACTIONS[action][0] or "no arguments",
+                                           " ".join(extra)))
+    opts.args = [value for value in (opts.event, opts.payload, opts.route) if value is not None]
+    for option in ("timeout", "kill_after"):
+        value = getattr(opts, option, None)
+        if value is not None and not 0 <= value < float("inf"):  # NaN too
+            sub.error("--%s must be a number of seconds >= 0, got %s"
+                      % (option.replace("_", "-"), value))
+    if action == "register" and not opts.command:
+        sub.error("register needs --command, the command line that starts your app, "
+                  "e.g. %s %s register --command \"/opt/%s/run\" --scheme myapp"
+                  % (parser.prog, opts.name, opts.name))
+    return sub, opts
+
+
+def _cli_unknown(parser: Any, name: str, action: str) -> None:
+    """A usage error for an action that is none: the nearest, and all."""
+    import difflib
+    near = difflib.get_close_matches(action, list(_CLI_ACTIONS), 1)
+    hint = " (did you mean %s?)" % near[0] if near else ""
+    if name in _CLI_ACTIONS:
+        hint = " (NAME comes first: %s %s %s)" % (parser.prog, action, name)
+    parser.error("unknown action %r%s; the actions are: %s"
+                 % (action, hint, ", ".join(_CLI_ACTIONS)))
+
+
+def _cli_misplaced(parser: Any, name: str, action: str, given: list[str]) -> None:
+    """A usage error for an option given to an action it does not go with."""
+    options = _cli_options()
+    for option in given:
+        if option not in options or action in options[option][0]:
+            continue
+        goes_with, usage, _ = options[option]
+        if action == "list" and "list" not in goes_with and option in ("--to", "--where",
+                                                                       "--all"):
+            parser.error("list shows every instance: filter its --json output instead")
+        actions = goes_with[0] if len(goes_with) == 1 else "%s and %s" % (
+            ", ".join(goes_with[:-1]), goes_with[-1])
+        parser.error("%s goes with %s only%s" % (
+            option, actions, ": %s %s %s" % (_cli_name(), name, usage) if usage
+            else ", not with %s" % action))
 
 
 def _cli_action(proc: Process, action: str, args: list[str], timeout: float | None,
                 until_exit: bool = False, to: Any = None, where: dict | None = None,
-                start: str | None = None) -> Any:
+                start: str | None = None, kill_after: float | None = None) -> Any:
     """Run one action; return what to print, or raise."""
     import json
     arity = {"probe": (0, 0), "send": (1, 2), "get": (0, 1), "stop": (0, 0), "wait": (0, 0),
              "list": (0, 0)}
     if action not in arity:
-        raise ValueError("unknown action %r; use one of: %s" % (action, ", ".join(arity)))
+        raise UsageError("unknown action %r; use one of: %s" % (action, ", ".join(arity)))
     low, high = arity[action]
     if not low <= len(args) <= high:
-        raise ValueError("%s takes %s argument(s), got %d" % (
+        raise UsageError("%s takes %s argument(s), got %d" % (
             action, low if low == high else "%d to %d" % (low, high), len(args)))
     limit = DEFAULT_TIMEOUT if timeout is None and action != "wait" else timeout
+    if timeout is None and kill_after is not None:  # time to ask, then to end it
+        limit = kill_after + DEFAULT_TIMEOUT
     if action == "send":
         event = {}
         if len(args) == 2:
             try:
                 event = json.loads(args[1])
             except ValueError as exc:
-                raise ValueError("the JSON argument is not valid JSON: %s" % exc) from None
+                raise UsageError("the JSON argument is not valid JSON: %s" % exc) from None
             if not isinstance(event, dict):
-                raise ValueError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
+                raise UsageError("the JSON argument must be an object, e.g. '{\"x\": 1}'")
         return proc.send("event", dict(event, name=args[0]), timeout=limit, to=to, where=where,
                          start=start)
     if action == "get":
@@ -6541,8 +6736,8 @@ def _cli_action(proc: Process, action: str, args: list[str], timeout: float | No
     if action == "list":
         return proc.instances()
     if action == "stop":
-        proc.stop(timeout=limit, to=to, where=where)
-        return {"name": proc.name, "stopped": True}
+        ended = proc.stop(timeout=limit, to=to, where=where, kill_after=kill_after)
+        return {"name": proc.name, "stopped": True, "ended": ended or []}
     if action == "wait" and until_exit:
         proc.wait_for_exit(timeout=limit)
         return {"name": proc.name, "running": False}
@@ -6599,49 +6794,31 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit code (see ``python -m tcbon --help``); never exits itself.
+        The exit code (see ``python -m tcbon --help``; 130, EXIT_INTERRUPTED,
+        after Ctrl-C); never exits itself.
     """
     import io
     streams = sys.stdout, sys.stderr
     try:  # pythonw has none: argparse and print() must not fail for it
         sys.stdout, sys.stderr = sys.stdout or io.StringIO(), sys.stderr or io.StringIO()
         return _cli(argv)
+    except KeyboardInterrupt:  # one line, not urllib's traceback (issue 29)
+        _say(sys.stderr, "tcbon: interrupted (Ctrl-C)\n")
+        return EXIT_INTERRUPTED
     finally:
         sys.stdout, sys.stderr = streams
 
 
 def _cli(argv: list[str] | None) -> int:
-    import json
-    parser = _cli_parser()
     try:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        if not argv:  # argparse would say that 'args' is required too: it is not
-            parser.error("NAME is required: %s NAME [ACTION ...]" % parser.prog)
-        opts = parser.parse_intermixed_args(argv)
-        if opts.exit and opts.action != "wait":
-            parser.error("--exit goes with wait only: %s %s wait --exit"
-                         % (parser.prog, opts.name))
-        if opts.start is not None and opts.action not in ("send", "get"):
-            parser.error("--start goes with send and get: %s %s send EVENT --start COMMAND"
-                         % (parser.prog, opts.name))
-        if opts.timeout is not None and not opts.timeout >= 0:  # NaN too
-            parser.error("--timeout must be a number of seconds >= 0, got %s" % opts.timeout)
-        _cli_check_links(parser, opts)
+        parser, opts = _cli_parse(sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:  # --help, --version or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-
-    def fail(code: int, message: str) -> int:
-        if opts.json:
-            _say(sys.stderr, json.dumps({"error": message, "exit_code": code}) + "\n")
-        else:
-            _say(sys.stderr, "tcbon: %s\n" % message)
-        return code
-
     if opts.action in ("register", "unregister"):
         try:
             return _cli_links(opts)
         except (ValueError, Error, OSError) as exc:
-            return fail(_exit_code(exc), str(exc))
+            return _cli_fail(opts, _exit_code(exc), str(exc))
     try:
         to, where, several = _cli_target(parser, opts)
     except SystemExit as exc:
@@ -6650,20 +6827,46 @@ def _cli(argv: list[str] | None) -> int:
         proc = Process(opts.name, app_dir=opts.app_dir, scope=opts.scope,
                        instances=True if several else None)
         result = _cli_action(proc, opts.action, opts.args, opts.timeout, opts.exit, to, where,
-                             opts.start)
+                             opts.start, getattr(opts, "kill_after", None))
     except ProcessDoesNotExist as exc:
         if opts.start is not None:  # the command failed: say how
-            return fail(EXIT_NOT_RUNNING, str(exc))
-        place = "" if opts.app_dir is None else " in %s" % proc.app_dir
-        if opts.json:
-            print(json.dumps({"name": opts.name, "running": False}))
-        elif where or to not in (None, "all"):  # some may run, but none that was asked for
-            print(exc)
-        else:
-            print("%s is not running%s" % (opts.name, place))
-        return EXIT_NOT_RUNNING
+            return _cli_fail(opts, EXIT_NOT_RUNNING, str(exc))
+        return _cli_absent(opts, proc.app_dir, to, where)
     except (ValueError, Error) as exc:
-        return fail(_exit_code(exc), str(exc))
+        return _cli_fail(opts, _exit_code(exc), str(exc))
+    return _cli_show(opts, to, result)
+
+
+def _cli_fail(opts: Any, code: int, message: str) -> int:
+    """An error on stderr: a line, or JSON with --json; its exit code."""
+    import json
+    if opts.json:
+        _say(sys.stderr, json.dumps({"error": message, "exit_code": code}) + "\n")
+    else:
+        _say(sys.stderr, "tcbon: %s\n" % message)
+    return code
+
+
+def _cli_absent(opts: Any, app_dir: str, to: Any, where: dict | None) -> int:
+    """Nothing runs, or none of the instances asked for (in the words of
+    the command line: --to, --where)."""
+    import json
+    if opts.json:
+        print(json.dumps({"name": opts.name, "running": False}))
+    elif to not in (None, "all"):
+        print("%s has no instance %s running (list shows those that do)" % (opts.name, to))
+    elif where:
+        print("%s has no instance running whose metadata has %s" % (opts.name, " and ".join(
+            "%s=%s" % item for item in sorted(where.items()))))
+    else:
+        print("%s is not running%s" % (opts.name, "" if opts.app_dir is None
+                                        else " in %s" % app_dir))
+    return EXIT_NOT_RUNNING
+
+
+def _cli_show(opts: Any, to: Any, result: Any) -> int:
+    """Print what an action returned; its exit code."""
+    import json
     if opts.action == "list":
         return _cli_list(opts.name, result, opts.json)
     if to == "all" and opts.action != "stop":
@@ -6682,7 +6885,9 @@ def _cli(argv: list[str] | None) -> int:
                 "" if result["app_version"] is None else " version %s," % result["app_version"],
                 result["version"], _uptime(result["uptime"]))
     elif opts.action == "stop" and not opts.json:
-        result = "%s stopped" % opts.name
+        result = "%s stopped" % opts.name + ("" if not result["ended"] else (
+            " (it did not stop within %s s when asked: ended pid %s, which held its lock)"
+            % (opts.kill_after, ", ".join(map(str, result["ended"])))))
     if opts.json:
         print(json.dumps(result))
     elif isinstance(result, str):
@@ -6690,22 +6895,6 @@ def _cli(argv: list[str] | None) -> int:
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return EXIT_OK
-
-
-def _cli_check_links(parser: Any, opts: Any) -> None:
-    """register's options go with register only, and it needs --command: the
-    command line is not the app, so it has no command of its own to give."""
-    given = [option for option, value in (("--scheme", opts.scheme), ("--type", opts.type),
-             ("--command", opts.command), ("--title", opts.title)) if value]
-    if given and opts.action != "register":
-        parser.error("%s go(es) with register only: %s %s register --command CMD "
-                     "--scheme SCHEME" % (", ".join(given), parser.prog, opts.name))
-    if opts.action in ("register", "unregister") and opts.args:
-        parser.error("%s takes no arguments, got %s" % (opts.action, " ".join(opts.args)))
-    if opts.action == "register" and not opts.command:
-        parser.error("register needs --command, the command line that starts your app, "
-                     "e.g. %s %s register --command \"/opt/%s/run\" --scheme myapp"
-                     % (parser.prog, opts.name, opts.name))
 
 
 def _cli_links(opts: Any) -> int:

@@ -1249,6 +1249,30 @@ for name in sys.argv[1:]:
         kernel32.CloseHandle(handle)
 """
 
+# argv NAME APP_DIR GATE: the primary of the Ctrl-C tests (issue 29), run_forever().
+# Prints STARTING in on_start, HANDLING argv[1:] in its second-instance handler and
+# SLOW in its 'slow' handler; each of those then waits until the file GATE exists
+# (60 s at most); on_start only with HOLD_START=1.
+INTERRUPTED = r"""
+import json, os, sys, time, tcbon
+name, app_dir, gate = sys.argv[1:4]
+app = tcbon.Process(name, app_dir=app_dir, timeout=60)
+
+def gated(what):
+    print(what, flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+def on_start():
+    if os.environ.get("HOLD_START"):
+        gated("STARTING")
+app.on_start = on_start
+app.on("second-instance")(lambda event: gated("HANDLING " + json.dumps(event["argv"][1:])))
+app.on("slow")(lambda event: gated("SLOW"))
+app.run_forever()
+"""
+
 
 # Helpers and fixtures ---------------------------------------------------------------------
 # One way to start a child interpreter (launched in the background, ran to
@@ -1620,6 +1644,29 @@ def test_tcbon_imports_only_the_standard_library():
     assert imported - set(sys.stdlib_module_names) == set()
 
 
+
+def test_the_version_is_said_once_and_changes_rst_starts_with_it():
+    # Issue 29: 0.4.0 stayed after several instances, replace, links and start on
+    # demand landed, and nothing said what changed. performance.rst names the
+    # version it measured, a fact about that run.
+    import re
+    with open(os.path.join(HERE, "CHANGES.rst"), encoding="utf-8") as f:
+        releases = re.findall(r"^(\d+)\.(\d+)\.(\d+) \(\d{4}-\d\d-\d\d\)$", f.read(), re.M)
+    assert releases and ".".join(releases[0]) == tcbon.__version__
+    numbers = [tuple(map(int, release)) for release in releases]
+    assert numbers == sorted(numbers, reverse=True)  # newest first
+    with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
+        assert "<CHANGES.rst>`_" in f.read()
+    pages = ["tcbon.py", "setup.cfg", "pyproject.toml", "tox.ini", "README.rst",
+             "CONTRIBUTING.rst"] + [os.path.join("docs", page) for page in os.listdir(
+                 os.path.join(HERE, "docs")) if page != "performance.rst"] + [
+             os.path.join("examples", example) for example in os.listdir(
+                 os.path.join(HERE, "examples"))]
+    for page in pages:
+        with open(os.path.join(HERE, page), encoding="utf-8") as f:
+            said = f.read().count(tcbon.__version__)
+        assert said == (1 if page == "tcbon.py" else 0), page
+
 # Exceptions -------------------------------------------------------------------------------
 def test_exceptions_have_one_root_and_carry_details():
     exc = tcbon.Timeout("it took too long", "app", 1.5)
@@ -1632,6 +1679,19 @@ def test_exceptions_have_one_root_and_carry_details():
                 tcbon.RequestError, tcbon.HTTPError):
         assert issubclass(cls, tcbon.Error)
 
+
+
+def test_bad_values_are_tcbon_errors_and_still_value_errors(name, app_dir):
+    # Issue 29: Process.register() and friends raised a bare ValueError.
+    calls = (lambda: tcbon.Process("a/b"), lambda: tcbon.Process(name, timeout=-1),
+             lambda: tcbon.Process(name, address="10.0.0.1:80"),
+             lambda: tcbon.Process(name, app_dir=app_dir).register(schemes=["http"]),
+             lambda: tcbon.register(name, types=["shot"], command=["/bin/x"]))
+    for call in calls:
+        with pytest.raises(tcbon.UsageError) as info:
+            call()
+        assert isinstance(info.value, tcbon.Error) and isinstance(info.value, ValueError)
+    assert tcbon.main(["a/b"]) == tcbon.EXIT_USAGE
 
 # Platform ---------------------------------------------------------------------------------
 def test_any_name_is_refused_clearly_or_works_as_a_file_name(tmp_path):
@@ -1829,6 +1889,14 @@ def test_windows_machine_id_is_the_registrys_and_a_probe_takes_no_lock(name, app
 
 
 # State file -------------------------------------------------------------------------------
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
+def test_an_app_dir_that_cannot_be_created_says_why(name):
+    # Issue 29: "cannot create the tcbon directory /proc/tcbon_x" gave no reason.
+    with pytest.raises(tcbon.StateError, match="cannot create the tcbon directory "
+                       "/proc/tcbon_x: No such file or directory; pass an app_dir"):
+        tcbon.Process(name, app_dir="/proc/tcbon_x").start()
+
+
 def test_an_app_dir_that_is_a_file_says_so_the_same_way_everywhere(name, tmp_path):
     path = tmp_path / "a file"
     path.write_text("x")
@@ -3674,7 +3742,7 @@ print(tcbon.Process(sys.argv[1]).register(schemes=["myapp"], types=[".txt"]))
 @pytest.mark.skipif(not LINUX, reason="desktop files are the XDG desktops'")
 def test_cli_register_errors_and_a_script_that_registers_itself(tmp_path, name):
     for args, said in ((["register", "--scheme", "myapp"], "register needs --command"),
-                       (["send", "x", "--scheme", "myapp"], "--scheme go(es) with register only"),
+                       (["send", "x", "--scheme", "myapp"], "--scheme goes with register only"),
                        (["unregister", "extra"], "unregister takes no arguments"),
                        (["register", "--scheme", "http", "--command", "/bin/x"],
                         "tcbon: 'http' belongs to browsers and the system")):
@@ -4224,6 +4292,17 @@ def test_a_symlinked_mimeapps_list_stays_a_link_and_keeps_its_mode(tmp_path, nam
         tcbon.unregister(name)
         assert stat.S_IMODE(os.stat(str(config / "mimeapps.list")).st_mode) == mode
 
+
+
+@pytest.mark.skipif(not LINUX, reason="the XDG registrar is Linux's (Windows: the registry)")
+def test_register_says_why_a_file_could_not_be_written(tmp_path, name, monkeypatch):
+    # An OSError went out bare; now a tcbon.Error with the path and the reason.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker / "xdg"))
+    with pytest.raises(tcbon.Error, match="cannot register %r: .*a-file.*: Not a directory; "
+                                          % name):
+        tcbon.register(name, schemes=["tcbon-test"], command=["/bin/x"])
 
 # Process ----------------------------------------------------------------------------------
 def test_a_second_process_object_gets_process_exists(primary, name, app_dir):
@@ -5295,9 +5374,9 @@ def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, reque
     # idle main loop sits in C.
     display = request.getfixturevalue("display") if toolkit == "tk" else None
     env = ui_env(toolkit, tmp_path, display)
-    name = toolkit + "_app"
+    name = "tcbon-example-" + toolkit
     client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
-    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app:
+    with launched([example(toolkit + "_app.py")], env, cwd=str(tmp_path)) as app:
         wait_for(lambda: listed_files(client) is not None, 60, "the window")
         app.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
@@ -6339,6 +6418,84 @@ def test_main_unguarded_runs_the_app_alone_on_a_file_system_without_locks(name, 
     assert (status, out) == (5, "") and "does not support locks" in err, err
 
 
+def test_main_run_again_in_the_same_process_says_what_start_says(name, app_dir, capsys):
+    # Issue 29: a notebook cell run twice handed over to the old object, whose
+    # handler answered, and main() returned 0; the new handler never ran.
+    with tcbon.Process(name, app_dir=app_dir) as first:
+        first.on("second-instance")(lambda event: {"stdout": "the old handler\n"})
+        again = tcbon.Process(name, app_dir=app_dir)
+        again.on("second-instance")(lambda event: {"stdout": "the new handler\n"})
+        assert again.main(["app", "x"], timeout=10) == tcbon.EXIT_ERROR
+        said = capsys.readouterr()
+        assert said.out == "" and said.err == (
+            "%s: this process (pid %d) is already the primary of %r, through another Process "
+            "object; stop() that one first, or use start(replace=True)\n"
+            % (name, os.getpid(), name))
+        assert first.is_primary and not again.is_primary
+
+
+@contextlib.contextmanager
+def gated_primary(name, app_dir, tmp_path, **env):
+    """An INTERRUPTED primary, its stdout in a file: yields (read its
+    output, open the gate); opens the gate and ends it on the way out."""
+    gate, out_path = tmp_path / "gate", str(tmp_path / ("%s.out" % name))
+
+    def said():
+        with open(out_path) as f:
+            return f.read()
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, name, app_dir, str(gate)],
+                                env=child_env(tmp_path, **env), stdin=subprocess.DEVNULL,
+                                stdout=out)
+    try:
+        yield said, gate.touch
+    finally:
+        gate.touch()
+        end(proc, grace=30)
+
+
+def interrupted(args, tmp_path, ready, **env):
+    """Run python ARGS; once ready(pid) is true, send it a real SIGINT (the
+    terminal's Ctrl-C); return (exit code, stdout, stderr)."""
+    with launched(args, child_env(tmp_path, **env)) as proc:
+        wait_for(lambda: ready(proc.pid) or proc.poll() is not None, 60,
+                 "the launch to be under way")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        return finish(proc)
+
+
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
+def test_ctrl_c_on_a_launch_during_its_hand_off_says_one_line_and_exits_130(name, app_dir,
+                                                                           tmp_path):
+    # Issue 29: it printed urllib's 40-line traceback and died by SIGINT (-2).
+    with gated_primary(name, app_dir, tmp_path) as (said, release):
+        wait_primary(name, app_dir)
+        code, out, err = interrupted(["-c", MAIN, name, app_dir], tmp_path,
+                                     lambda pid: "HANDLING" in said(), TIMEOUT=60)
+        assert (code, out, err) == (130, "", "%s: interrupted (Ctrl-C)\n" % name)
+        release()
+        assert tcbon.Process(name, app_dir=app_dir).info(timeout=30)  # it serves on
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason=NO_PROC)
+def test_ctrl_c_on_a_launch_before_delivery_delivers_nothing(name, app_dir, tmp_path):
+    # The launch waits for a primary that holds the lock and has no address yet.
+    with gated_primary(name, app_dir, tmp_path, HOLD_START=1) as (said, release):
+        wait_for(lambda: "STARTING" in said(), 60, "the primary's on_start")
+        lock_file = tcbon.Process(name, app_dir=app_dir).lock_file
+
+        def waiting(pid):
+            fds = "/proc/%d/fd" % pid
+            with contextlib.suppress(OSError):
+                return any(os.readlink(os.path.join(fds, fd)) == lock_file
+                           for fd in os.listdir(fds))
+        code, out, err = interrupted(["-c", MAIN, name, app_dir, "interrupted"], tmp_path,
+                                     waiting, TIMEOUT=60)
+        assert (code, out, err) == (130, "", "%s: interrupted (Ctrl-C)\n" % name)
+        release()
+        wait_primary(name, app_dir)
+        assert "HANDLING" not in said()
 # Command line -----------------------------------------------------------------------------
 def cli(tmp_path, *args, timeout=60):
     """Run the real ``python -m tcbon``; return (code, stdout, stderr)."""
@@ -6427,10 +6584,10 @@ def test_cli_console_script_is_declared():
 @pytest.mark.parametrize("argv, code, message", [
     ([], 2, "NAME is required: python -m tcbon NAME [ACTION ...]"),
     (["x", "frob"], 2, "unknown action 'frob'"),
-    (["x", "send"], 2, "send takes 1 to 2 argument(s), got 0"),
+    (["x", "send"], 2, "the following arguments are required: EVENT"),
     (["x", "send", "ev", "{bad"], 2, "not valid JSON"),
     (["x", "send", "ev", "[1]"], 2, "must be an object"),
-    (["x", "stop", "extra"], 2, "stop takes 0 argument(s)"),
+    (["x", "stop", "extra"], 2, "stop takes no arguments, not extra"),
     (["a/b"], 2, "cannot be used as a file name"),
     (["x", "--timeout", "soon"], 2, "invalid float"),
     (["x", "wait", "--timeout", "-1"], 2, "--timeout must be a number of seconds >= 0"),
@@ -6441,6 +6598,30 @@ def test_cli_usage_errors_exit_2_and_send_nothing(capsys, argv, code, message):
     assert tcbon.main(argv) == code
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
+
+
+def test_cli_each_action_has_its_own_options_and_a_typo_gets_a_suggestion(capsys, name,
+                                                                          app_dir):
+    # Issue 29: one flat option list for every action; "stpo" suggested nothing and the
+    # list of actions left out register and unregister; --to 7 spoke of "the chooser".
+    for action, own, others in (("send", ["EVENT [JSON]", "--start", "--to", "--timeout"],
+                                 ["--scheme", "--exit", "--command"]),
+                                ("wait", ["--exit", "--where"], ["--start", "--type"]),
+                                ("register", ["--scheme", "--type", "--command", "--title"],
+                                 ["--to", "--start", "--timeout", "--app-dir"])):
+        assert tcbon.main(["x", action, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: python -m tcbon x %s " % action), out
+        assert all(option in out for option in own) and not any(o in out for o in others)
+    assert tcbon.main(["x", "stpo"]) == 2
+    assert ("unknown action 'stpo' (did you mean stop?); the actions are: probe, send, get, "
+            "stop, wait, list, register, unregister") in capsys.readouterr().err
+    assert tcbon.main(["send", "x"]) == 2
+    assert "(NAME comes first: python -m tcbon x send)" in capsys.readouterr().err
+    with tcbon.Process(name, app_dir=app_dir, instances=True):
+        assert tcbon.main([name, "send", "x", "--to", "7", "--app-dir", app_dir]) == 1
+        assert capsys.readouterr().out == (
+            "%s has no instance 7 running (list shows those that do)\n" % name)
 
 
 def test_cli_without_a_console_exits_with_its_code_and_no_traceback(tmp_path):
@@ -6485,6 +6666,17 @@ def test_clients_refuse_a_state_directory_others_can_write(name, tmp_path, capsy
     assert tcbon.main([name, "--app-dir", str(shared)]) == 5
     assert "writable by other users" in capsys.readouterr().err
 
+
+
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
+def test_cli_ctrl_c_says_one_line_and_exits_130(name, app_dir, tmp_path):
+    # Issue 29: urllib's traceback before, and an end by SIGINT (-2).
+    with gated_primary(name, app_dir, tmp_path) as (said, release):
+        wait_primary(name, app_dir)
+        code, out, err = interrupted(["-m", "tcbon", name, "send", "slow", "--timeout", "60",
+                                      "--app-dir", app_dir], tmp_path,
+                                     lambda pid: "SLOW" in said())
+        assert (code, out, err) == (130, "", "tcbon: interrupted (Ctrl-C)\n")
 
 # Start on demand (issue 23) ---------------------------------------------------------------
 def on_demand(tmp_path, name, app_dir, monkeypatch):
@@ -6729,7 +6921,8 @@ def test_a_primary_killed_during_a_replace_is_replaced(name, app_dir, tmp_path):
 @pytest.mark.skipif(not LINUX, reason="the lock table that verifies the holder is Linux's")
 def test_stop_kill_after_ends_a_hung_primary_and_no_launch_is_lost(name, app_dir, tmp_path):
     # Issue 28: a SIGSTOPped primary, a launch handing over to it, then a
-    # stop that ends the holder of the lock when it has not stopped in 1 s.
+    # stop that ends the holder of the lock when it has not stopped in 1 s
+    # (python -m tcbon NAME stop --kill-after 1; the API's kill_after below).
     with launch(name, app_dir, tmp_path) as hung:
         assert hung.stdout.readline().startswith("PRIMARY")
         wait_primary(name, app_dir)
@@ -6738,7 +6931,11 @@ def test_stop_kill_after_ends_a_hung_primary_and_no_launch_is_lost(name, app_dir
         with pytest.raises(tcbon.Timeout, match="still runs"):
             client.stop(timeout=0.5)  # asked alone, it cannot stop
         with launched(["-c", MAIN, name, app_dir], child_env(tmp_path, TIMEOUT=60)) as later:
-            assert client.stop(timeout=30, kill_after=1) == [hung.pid]
+            code, out, err = cli(tmp_path, name, "stop", "--kill-after", "1",
+                                 "--app-dir", app_dir)
+            assert (code, out) == (0, "%s stopped (it did not stop within 1.0 s when asked: "
+                                      "ended pid %d, which held its lock)\n"
+                                   % (name, hung.pid)), err
             assert hung.wait(10) == -signal.SIGKILL
             assert later.stdout.readline() == "PRIMARY %d\n" % later.pid  # not lost: it runs
             assert client.info()["pid"] == later.pid
@@ -6968,15 +7165,20 @@ def example(script):
     return os.path.join(HERE, "examples", script)
 
 
+# The examples' app names: none a real app's (issue 29: "simple" and "several" left
+# folders under those names in the user's data dir).
+SIMPLE, TK_APP, QT_APP = "tcbon-example-simple", "tcbon-example-tk", "tcbon-example-qt"
+
+
 def test_example_simple(tmp_path):
     env = child_env(tmp_path)
     with launched([example("simple.py")], env, cwd=str(tmp_path)) as first:
-        wait_primary("simple", os.path.join(str(tmp_path / "xdg"), "simple"))
+        wait_primary(SIMPLE, os.path.join(str(tmp_path / "xdg"), SIMPLE))
         with launched([example("simple.py")], env, cwd=str(tmp_path)) as second:
             code, out, err = finish(second)
         assert code == 0, err
         assert out.strip() == str({"success": True, "message": "Hello there!"})
-        tcbon.Process("simple").stop()
+        tcbon.Process(SIMPLE).stop()
         assert finish(first)[0] == 0
 
 
@@ -7072,7 +7274,7 @@ def test_ui_example_opens_documents_that_macos_sends_as_apple_events(toolkit, tm
                   env) as app:
         assert app.stdout.readline() == "DELIVERED\n"
         assert app.stdout.readline() == "REOPENED opened 0 file(s) in the running window\n"
-        client = tcbon.Process(toolkit + "_app", app_dir=app_dir)
+        client = tcbon.Process("tcbon-example-" + toolkit, app_dir=app_dir)
         assert wait_for(lambda: listed_files(client), 30, "the window's list") == documents
         client.stop(timeout=30)
         code, out, err = finish(app)
@@ -7084,8 +7286,7 @@ def test_ui_example_opens_documents_that_macos_sends_as_apple_events(toolkit, tm
 def test_ui_example_shows_forwarded_files_and_relays_exit_codes(toolkit, tmp_path, request):
     display = request.getfixturevalue("display") if toolkit == "tk" else None
     env = ui_env(toolkit, tmp_path, display)
-    name = toolkit + "_app"
-    script = example(name + ".py")
+    name, script = "tcbon-example-" + toolkit, example(toolkit + "_app.py")
     work = tmp_path / "work dir"
     work.mkdir()
     for file_name in ("notes.txt", "todo ü.txt"):
@@ -7244,8 +7445,7 @@ def desktop(tmp_path, request):
 @pytest.mark.parametrize("toolkit", ["tk", "qt"])
 def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_path, desktop):
     env = ui_env(toolkit, tmp_path, desktop.display)
-    name = toolkit + "_app"
-    script = example(name + ".py")
+    name, script = "tcbon-example-" + toolkit, example(toolkit + "_app.py")
     for file_name in ("notes.txt", "todo.txt"):
         (tmp_path / file_name).write_text("x")
     client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
@@ -7271,9 +7471,9 @@ def test_ui_example_window_comes_to_the_front_for_a_second_launch(toolkit, tmp_p
 @pytest.mark.parametrize("toolkit", ["tk", "qt"])
 def test_closing_a_ui_examples_window_stops_it_cleanly(toolkit, tmp_path, desktop):
     env = ui_env(toolkit, tmp_path, desktop.display)
-    name = toolkit + "_app"
+    name = "tcbon-example-" + toolkit
     client = tcbon.Process(name, app_dir=os.path.join(str(tmp_path / "xdg"), name))
-    with launched([example(name + ".py")], env, cwd=str(tmp_path)) as app, \
+    with launched([example(toolkit + "_app.py")], env, cwd=str(tmp_path)) as app, \
             desktop.screenshot_on_failure():
         wait_for(lambda: listed_files(client) == [], 60, "the window")
         desktop.x("wmctrl", "-i", "-c", desktop.window("tcbon: one window"))  # as its X does
@@ -7287,7 +7487,7 @@ def test_the_tk_example_without_a_display_says_so_in_one_line(tmp_path):
     started = time.monotonic()
     status, out, err = ran([example("tk_app.py"), "notes.txt"], env, cwd=str(tmp_path))
     assert status == 1 and err.startswith("tk_app: ") and err.count("\n") == 1, err
-    client = tcbon.Process("tk_app", app_dir=os.path.join(str(tmp_path / "xdg"), "tk_app"))
+    client = tcbon.Process(TK_APP, app_dir=os.path.join(str(tmp_path / "xdg"), TK_APP))
     assert time.monotonic() - started < 10 and not client.running
 
 
@@ -7300,7 +7500,7 @@ def test_a_tk_window_asks_with_the_time_of_the_launchs_startup_id(tmp_path, desk
     # carries the launch's time, not "now".
     env = ui_env("tk", tmp_path, desktop.display)
     script = example("tk_app.py")
-    client = tcbon.Process("tk_app", app_dir=os.path.join(str(tmp_path / "xdg"), "tk_app"))
+    client = tcbon.Process(TK_APP, app_dir=os.path.join(str(tmp_path / "xdg"), TK_APP))
     with launched([script], env, cwd=str(tmp_path)) as first, desktop.screenshot_on_failure():
         wait_for(lambda: listed_files(client) == [], 60, "the first window")
         window = desktop.window("tcbon: one window")
@@ -7481,7 +7681,7 @@ def test_qt_example_takes_the_focus_with_the_launchers_wayland_token(tmp_path, w
     env.update(QT_QPA_PLATFORM="wayland", WAYLAND_DISPLAY=wayland.socket,
                XDG_RUNTIME_DIR=str(runtime), WAYLAND_DEBUG="client")  # Qt's requests, on stderr
     (tmp_path / "notes.txt").write_text("x")
-    client = tcbon.Process("qt_app", app_dir=os.path.join(str(tmp_path / "xdg"), "qt_app"))
+    client = tcbon.Process(QT_APP, app_dir=os.path.join(str(tmp_path / "xdg"), QT_APP))
     log_path = tmp_path / "primary.log"
     window = "tcbon: one window for every launch"
     cover = ["-c", "from PySide6 import QtWidgets\napp = QtWidgets.QApplication([])\n"
@@ -7644,6 +7844,28 @@ def test_blender_tool_reloaded_in_its_blender_keeps_what_it_did(tmp_path, scenes
         assert "Traceback" not in log.read_text()
 
 
+def test_example_demo_prints_its_commands_in_order_into_a_file(tmp_path):
+    # Issue 29: piped to a file, its "$" lines came last (unflushed), after what
+    # the commands they introduce printed.
+    out_path, err_path = str(tmp_path / "demo.out"), str(tmp_path / "demo.err")
+    env = child_env(tmp_path)
+    env.pop("PYTHONUNBUFFERED", None)  # as a user's shell has it
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        done = subprocess.run([sys.executable, example("demo.py")], env=env,
+                              cwd=str(tmp_path), stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=err, timeout=120)
+    with open(out_path) as out, open(err_path) as err:
+        lines, said = out.read().splitlines(), err.read()
+    assert done.returncode == 0, said
+    assert [line.split("  #")[0].rstrip() for line in lines[:3]] == [
+        "$ python examples/simple.py &", "$ python examples/simple.py",
+        str({"success": True, "message": "Hello there!"})]
+    assert lines[3] == "$ python -m tcbon %s" % SIMPLE
+    assert lines[4].startswith("%s is running: pid " % SIMPLE)
+    assert lines[5:] == ["$ python -m tcbon %s stop" % SIMPLE, "%s stopped" % SIMPLE,
+                         "the primary exited with code 0"]
+
+
 # The pages whose commands the README test runs, in this order, each from the
 # clone's top folder (CONTRIBUTING.rst says how to write them).
 README_PAGES = (
@@ -7759,7 +7981,8 @@ def clone_files(root):
             for folder, folders, files in os.walk(root) for name in folders + files}
 
 
-@pytest.mark.slow
+# Not marked slow: -m "not slow" runs it too (issue 29: the quick run dropped the
+# README's own test).
 @pytest.mark.skipif(not POSIX, reason="the README's sessions are POSIX shell: Windows has none")
 def test_readme_commands_work_as_written(tmp_path, request):
     import shutil

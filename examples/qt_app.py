@@ -7,7 +7,7 @@
                                             # launch exits with its exit code
 
 A launch naming a missing file exits with code 2 and says so on stderr.
-Stop it by closing the window or with ``python -m tcbon qt_app stop``.
+Stop it by closing the window or with ``python -m tcbon tcbon-example-qt stop``.
 """
 import os
 import sys
@@ -20,7 +20,7 @@ class FileList(tcbon.Process):
 
     def __init__(self, **kwargs):
         executor = tcbon.MainThreadExecutor(wake=self.wake)
-        super().__init__('qt_app', executor=executor, **kwargs)
+        super().__init__('tcbon-example-qt', executor=executor, **kwargs)
         self.qapp = None
 
     def wake(self):

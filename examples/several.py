@@ -5,16 +5,16 @@ Try it from the project directory, with tcbon importable (pip install ., or
 PYTHONPATH set to the project directory):
     python examples/several.py alpha &     # an instance for project alpha
     python examples/several.py beta &      # a second instance, for beta
-    python -m tcbon several list           # both, with their metadata
+    python -m tcbon tcbon-example-several list           # both, with their metadata
     python examples/several.py alpha       # handed to the alpha instance
-    python -m tcbon several send ping --where project=beta
-    python -m tcbon several stop --all
+    python -m tcbon tcbon-example-several send ping --where project=beta
+    python -m tcbon tcbon-example-several stop --all
 """
 import sys
 
 import tcbon
 
-app = tcbon.Process('several', instances=True)   # any number of instances
+app = tcbon.Process('tcbon-example-several', instances=True)   # any number of instances
 shown = {}                                         # what this instance shows
 
 

@@ -4,7 +4,7 @@ Try it in two terminals from the project directory, with tcbon importable
 (pip install ., or PYTHONPATH set to the project directory):
     1. python examples/simple.py      # becomes the primary, logs each request
     2. python examples/simple.py      # sends an 'ack' event and prints the reply
-Stop the first with Ctrl-C, or from anywhere with: python -m tcbon simple stop
+Stop the first with Ctrl-C, or from anywhere with: python -m tcbon tcbon-example-simple stop
 """
 import tcbon
 
@@ -14,7 +14,7 @@ def on_ack(event):
 
 
 # Create a Process
-simple = tcbon.Process('simple', debug=True)  # the primary logs to stderr
+simple = tcbon.Process('tcbon-example-simple', debug=True)  # the primary logs to stderr
 simple.register_event_handler('ack', on_ack)
 
 

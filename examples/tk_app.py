@@ -7,7 +7,7 @@
 
 A launch naming a missing file exits with code 2 and says so on stderr, as
 the running window decided. Stop it by closing the window or with
-``python -m tcbon tk_app stop``.
+``python -m tcbon tcbon-example-tk stop``.
 """
 import os
 import platform
@@ -22,7 +22,7 @@ class FileList(tcbon.Process):
 
     def __init__(self, **kwargs):
         executor = tcbon.MainThreadExecutor(wake=self.wake)
-        super().__init__('tk_app', executor=executor, **kwargs)
+        super().__init__('tcbon-example-tk', executor=executor, **kwargs)
         self.root = None
 
     def wake(self):
