@@ -17,6 +17,29 @@ launches and local tools talk to it over an authenticated loopback HTTP API.
         print(app.send('event', {'name': 'ack'}))
 
 One file, standard library only: copy it into your project if you like.
+
+The file, top to bottom (each section uses only those above it):
+
+    Constants, Exceptions   protocol limits; Error and its subclasses
+    Platform                _UnixPlatform / _WindowsPlatform, picked once
+    Checks and waits        argument checks; _Wait, a call's one deadline
+    State file              the app dir's safety; NAME.pid, written atomically
+    WSGI, Server            App (routes), Request; intake, worker pool, handler
+    Lock                    _Lock: the primary's, a slot's, the side locks
+    Finding the primary     _Client (one HTTP exchange); _Finder (which primary,
+                            for one instance or several, and how to reach it)
+    The primary, Process    _Primary (lock, server, state, routes, the stop
+                            sequence); Process, the front: public calls, hooks
+    Optional parts          executors, desktop windows, links, command line
+
+A launch, Process.main(): _Finder.take() takes the name's lock (or a slot's)
+and _Primary.start() listens, runs on_start and publishes the state; if the
+lock is held, the launch hands its argv over: _Finder.call() locates the
+primary (waiting through a start-up, a stop, a replace), checks it once
+connected, and _Client.exchange() sends the event, whose handler runs on the
+primary's executor. Where a change goes: how a primary is found or chosen,
+_Finder; what a primary does while it runs or stops, _Primary; a new public
+call, Process (a few lines, delegating); an OS difference, the platform classes.
 """
 from __future__ import annotations
 
@@ -365,6 +388,11 @@ class _Platform:
     def release_mutex(self, handles: list[Any]) -> None:
         """Close what hold_mutex() created."""
 
+    def die_by_signal(self, signum: int) -> None:
+        """End this process as signum's default action does (killed by
+        SIGTERM: what systemd takes for a clean stop), if this system can;
+        else return."""
+
     def lock_holders(self, path: str) -> list[int] | None:
         """The pids the OS's lock table names as holding path's exclusive
         lock; None where no lock table can be read (issue 28)."""
@@ -394,6 +422,19 @@ class _UnixPlatform(_Platform):
         if previous is not None:
             import signal
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def die_by_signal(self, signum: int) -> None:
+        # Python lets only the main thread reset a handler: the C library's
+        # signal() does it from any.
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None)
+            libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            libc.signal(signum, None)  # SIG_DFL
+            os.kill(os.getpid(), signum)  # taken by a thread that does not block it
+            time.sleep(1.0)
+        except (OSError, AttributeError, ImportError):
+            pass
 
     def lock_holders(self, path: str) -> list[int] | None:
         try:  # Linux: "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
@@ -753,17 +794,6 @@ def _ctypes_error() -> OSError:  # pragma: no cover - Windows: run by the rig (.
 
 
 _platform: _Platform = _WindowsPlatform() if WINDOWS else _UnixPlatform()
-# The names the sections below use.
-_lock, _unlock, _allow_foreground = _platform.lock, _platform.unlock, _platform.allow_foreground
-_machine_id, _session_id = _platform.machine_id, _platform.session_id
-_owner_problem, _pending_cap = _platform.owner_problem, _platform.pending_cap
-_PRIVATE_DIR, _REUSE_ADDRESS = _platform.private_dir, _platform.reuse_address
-_WAIT_SLICE, _STOP_SIGNALS = _platform.wait_slice, _platform.stop_signals
-_SIGNAL_WAKE, _LINKS = _platform.signal_wake, _platform.links
-_mask_stop_signals, _restore_signal_mask = (_platform.mask_stop_signals,
-                                            _platform.restore_signal_mask)
-_spawn_detached, _command_line = _platform.spawn_detached, _platform.command_line
-_hold_mutex, _release_mutex = _platform.hold_mutex, _platform.release_mutex
 
 
 def _start_deaf(thread: Any) -> None:
@@ -774,11 +804,11 @@ def _start_deaf(thread: Any) -> None:
     only once the main thread runs bytecode, so a main thread asleep in a
     slow on_stop slept on through the second Ctrl-C or SIGTERM meant to
     hurry it (1 of about 75 tries under load)."""
-    previous = _mask_stop_signals(True)
+    previous = _platform.mask_stop_signals(True)
     try:
         thread.start()
     finally:
-        _restore_signal_mask(previous)
+        _platform.restore_signal_mask(previous)
 
 
 _machines: list[str] = []
@@ -790,7 +820,7 @@ def _machine() -> str:
     per machine, as each machine has its own loopback. Never the hostname,
     which macOS changes with the network; that only as a last resort."""
     if not _machines:
-        text = _machine_id()
+        text = _platform.machine_id()
         if not text:
             import socket
             text = socket.gethostname()
@@ -886,6 +916,132 @@ def default_app_dir(name: str) -> str:
     return os.path.join(_data_home(), name)
 
 
+# Checks and bounded waits ---------------------------------------------------
+# What the public calls accept (each refusal a UsageError that says what to
+# pass), and _Wait, the one deadline every call keeps through all its phases.
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, (int, float)) or not timeout >= 0):
+        raise UsageError("timeout must be a number of seconds >= 0, or None to wait "
+                         "without limit; got %r" % (timeout,))
+    return timeout
+
+
+def _check_version(version: Any) -> str | None:
+    if version is not None and not (isinstance(version, str) and version.strip()):
+        raise UsageError("version must be a non-empty string such as '1.4.2', or None; "
+                         "got %r" % (version,))
+    return version
+
+
+def _check_mutex(mutex: Any) -> str | None:
+    """A mutex name for Windows' installers, or None (issue 23)."""
+    if mutex is None:
+        return None
+    if not isinstance(mutex, str) or not mutex or "\\" in mutex or len(mutex) > 200:
+        raise UsageError("mutex must be a name of 1 to 200 characters without a backslash "
+                         "(tcbon creates both the plain and the Global\\ one), e.g. "
+                         "mutex='MyAppMutex'; got %r" % (mutex,))
+    return mutex
+
+
+def _check_start(command: Any) -> str | list[str]:
+    """A start= command: a non-empty string or list of strings (issue 23)."""
+    if isinstance(command, (list, tuple)) and command and all(
+            isinstance(arg, str) for arg in command):
+        return list(command)
+    if isinstance(command, str) and command.strip():
+        return command
+    raise UsageError("start must be the app's command line: a string (split as a shell "
+                     "would on POSIX) or a list of strings, e.g. ['myapp', '--hidden']; "
+                     "got %r" % (command,))
+
+
+def _shown(command: str | list[str]) -> str:
+    """A command as a person would type it, for messages."""
+    return command if isinstance(command, str) else _platform.command_line(command)
+
+
+def _version_key(version: str | None) -> tuple:
+    """A key that orders versions as people read them: numbers as numbers
+    (1.10 after 1.9, 1.5.0 the same as 1.5), a pre-release (dev, a, b, rc)
+    before its release and a post-release after it; no version, or one
+    that does not start with a number, before any that does."""
+    import re
+    found = re.match(r"\s*v?(\d+(?:\.\d+)*)[.\-_+]?(.*)$", version or "", re.IGNORECASE)
+    if found is None:
+        return (0, version or "")
+    release = [int(part) for part in found.group(1).split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    words = re.findall(r"\d+|[a-z]+", found.group(2).lower())
+    phases = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "c": 3, "rc": 3, "pre": 3,
+              "preview": 3, "post": 5, "r": 5, "rev": 5}
+    phase = phases.get(words[0], 4) if words else 4  # 4: the release itself
+    rest = tuple((1, int(word)) if word.isdigit() else (0, word) for word in words)
+    return (1, tuple(release), phase, rest)
+
+
+def _older(version: str | None, than: str | None) -> bool:
+    """True if version is older than than (a primary that published none
+    is older than any version)."""
+    return _version_key(version) < _version_key(than)
+
+
+def _check_replace(replace: Any) -> Any:
+    if replace not in (False, True, "older") and not callable(replace):
+        raise UsageError("replace must be True, False, 'older' or a callable that takes the "
+                         "running primary's info (a dict) and returns True to replace it; "
+                         "got %r" % (replace,))
+    return replace
+
+
+def _check_instances(instances: Any) -> int:
+    """How many slots Process(instances=...) allows: 0 for one instance
+    (the default: no slots at all, the name's own files)."""
+    if instances is None or instances is False:
+        return 0
+    if instances is True:
+        return _MAX_INSTANCES
+    if not isinstance(instances, int) or not 1 <= instances <= _MAX_INSTANCES:
+        raise UsageError("instances must be a number from 1 to %d, True (any number) or "
+                         "None (one instance), got %r" % (_MAX_INSTANCES, instances))
+    return instances
+
+
+class _Wait:
+    """A bounded wait: a deadline (none when limit is None) and a pause that
+    grows from 1 ms to 50 ms between looks."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.deadline = None if limit is None else time.monotonic() + limit
+        self._delay = 0.001
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+
+    def pause(self) -> None:
+        """Sleep a little, never past the deadline."""
+        left = self.remaining()
+        time.sleep(self._delay if left is None else min(self._delay, left))
+        self._delay = min(self._delay * 2, 0.05)
+
+    def until(self, look: Callable[[], Any], timed_out: Callable[[], Exception]) -> Any:
+        """Call look() until it returns something but None, and return that;
+        raise timed_out() once the deadline has passed."""
+        while True:
+            found = look()
+            if found is not None:
+                return found
+            if self.over():
+                raise timed_out()
+            self.pause()
+
+
 # State file ------------------------------------------------------------------
 # Two files per name in app_dir: NAME.lock (held, never written, truncated or
 # unlinked) and NAME.pid (JSON: pid, address, token, ...), trusted only while
@@ -923,7 +1079,7 @@ def _scope_suffix(scope: Any) -> str:
     if scope == "user":
         return ""
     if scope == "session":
-        session = _session_id()
+        session = _platform.session_id()
         if not session:
             raise StateError("no login session id to scope the primary by: neither "
                              "$XDG_SESSION_ID, an audit session, nor a Windows or macOS "
@@ -986,7 +1142,7 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
     try:
         if create:
             try:
-                os.makedirs(path, exist_ok=True, **_PRIVATE_DIR)
+                os.makedirs(path, exist_ok=True, **_platform.private_dir)
             except FileExistsError:
                 pass  # a file is in the way: said below, as for clients
         st = os.lstat(path)
@@ -1004,7 +1160,7 @@ def _ensure_private_dir(path: str, create: bool = True) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise StateError("cannot use %s as the tcbon directory: it is a file, not a "
                          "directory; pass another app_dir" % path, path)
-    problem = _owner_problem(st)
+    problem = _platform.owner_problem(st)
     if problem and st.st_uid == 0 != os.geteuid():  # a launch as root (sudo) made it: issue 28
         if create and _set_aside(path, st):
             return _ensure_private_dir(path, create)
@@ -1099,121 +1255,6 @@ def _root_locks(dev: int) -> bool | None:
         except OSError:
             continue  # gone meanwhile
     return False
-
-
-class _Lock:
-    """One lock file: its path and, while open, its descriptor. Taken
-    exclusively by a primary (the name's, or its slot's) and by the side
-    locks (a launch replacing the primary, one starting it on demand);
-    shared, for a moment, by a probe, which can never make a launch believe
-    that a primary runs. Opened without truncating, never unlinked
-    (filelock#574); released by closing, as by a process' end (kill -9).
-
-    Attributes:
-        path (str): the lock file.
-        fd (int): its descriptor while open, else -1.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path, self.fd = path, -1
-
-    def open(self) -> _Lock:
-        """Open (creating 0600) without truncating; return self.
-
-        Raises:
-            StateError: it cannot be opened, or is not a regular file of ours.
-        """
-        import errno
-        import stat
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
-        except OSError as exc:
-            advice = ("it is a symbolic link: remove it" if exc.errno == errno.ELOOP
-                      else "pass an app_dir on a local disk you can write to")
-            raise _unusable("cannot open the lock file", self.path, exc, advice) from exc
-        st = os.fstat(self.fd)
-        problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
-        problem = problem or _owner_problem(st)
-        if problem:
-            self.close()
-            raise StateError("refusing to use the lock file %s: it %s" % (self.path, problem),
-                             self.path)
-        return self
-
-    def _try(self, shared: bool = False) -> bool:
-        """_lock(): True if taken, False if another process holds it; a
-        failure that is not contention is a StateError, never "held"."""
-        try:
-            return _lock(self.fd, shared)
-        except OSError as exc:
-            import errno
-            raise StateError("cannot lock %s: %s (%s): its file system does not support "
-                             "locks (NFS mounted with nolock, SMB, some FUSE file systems); "
-                             "pass an app_dir on a local disk" % (
-                                 self.path, _reason(exc),
-                                 errno.errorcode.get(exc.errno or 0, exc.errno)),
-                             self.path) from exc
-
-    def take(self) -> str:
-        """Take it exclusively, without waiting: "ours"; else who holds it:
-        "probed" (probes only, for microseconds: look again) or "held"."""
-        if self._try():
-            return "ours"
-        if self._try(shared=True):
-            _unlock(self.fd, shared=True)
-            return "probed"
-        return "held"
-
-    def wait(self, wait: _Wait, timed_out: Callable[[], Exception]) -> _Lock:
-        """Open and take it, waiting within wait (a side lock); return self.
-
-        Raises:
-            timed_out(): it was still held once wait was over.
-        """
-        self.open()
-        try:
-            wait.until(lambda: self.take() == "ours" or None, timed_out)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def release(self) -> None:
-        """Let go of it (ours) and close it."""
-        try:
-            _unlock(self.fd)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close it: released if ours, unless another descriptor shares it
-        (a forked child's copy closes without releasing the parent's)."""
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    @staticmethod
-    def held(path: str) -> bool:
-        """True while a primary (or a launch, for a side lock) holds it."""
-        import stat
-        lock = _Lock(path)
-        try:
-            lock.fd = os.open(path, os.O_RDONLY | _SAFE)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise StateError("cannot open the lock file %s: %s" % (path, _reason(exc)),
-                             path) from exc
-        try:
-            if not stat.S_ISREG(os.fstat(lock.fd).st_mode):  # a FIFO, opened without waiting
-                raise StateError("refusing to use the lock file %s: it is not a regular "
-                                 "file; remove it" % path, path)  # (issue 27)
-            if lock._try(shared=True):
-                _unlock(lock.fd, shared=True)
-                return False
-            return True
-        finally:
-            lock.close()
 
 
 # Windows refuses to remove or replace a file that another program has open
@@ -1983,7 +2024,7 @@ class IntakeMixIn(_ServerBase):
         # request, which is answered once stopped.
         self.stopping = False
         self.address_family = socket.AF_INET6 if ":" in server_address[0] else socket.AF_INET
-        self.max_pending = _pending_cap(MAX_PENDING)
+        self.max_pending = _platform.pending_cap(MAX_PENDING)
         self._closed = False  # set by close(), which then wakes serve()
         self._pending: dict[socket.socket, _Pending] = {}
         self._buffered = 0  # bytes held by self._pending
@@ -2255,13 +2296,13 @@ class WorkerPoolMixIn(_ServerBase):
             self._workers.connection = request[0]
             # A handler hears signals (as a process it starts would inherit
             # the mask); an idle worker does not (see _start_deaf).
-            previous = _mask_stop_signals(False)
+            previous = _platform.mask_stop_signals(False)
             try:
                 self.finish_request(request, client_address)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - logged; the server goes on
                 self.handle_error(request, client_address)
             finally:
-                _restore_signal_mask(previous)
+                _platform.restore_signal_mask(previous)
                 self.shutdown_request(request)
             with self._idle:
                 self._answered.pop(request[0], None)
@@ -2449,140 +2490,136 @@ def _server_class() -> type[IntakeMixIn]:
         _server_classes.append(type("Server", (IntakeMixIn, WorkerPoolMixIn,
                                                ThreadingHTTPServer), {
             "__module__": __name__, "__doc__": IntakeMixIn.__doc__,
-            "daemon_threads": True, "allow_reuse_address": _REUSE_ADDRESS,
+            "daemon_threads": True, "allow_reuse_address": _platform.reuse_address,
             "request_queue_size": 128}))
     return _server_classes[0]
 
 
-# Client ----------------------------------------------------------------------
-# _Client finds the primary of a name through its state file (trusted only
-# while the lock is held) and makes one HTTP exchange at a time, each within
-# one deadline. Retry policy: a refused connection delivered nothing, so it
-# is retried (the primary may be replacing its address); a connection cut
-# after sending never is: the request may have been handled already.
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
-            timeout, (int, float)) or not timeout >= 0):
-        raise UsageError("timeout must be a number of seconds >= 0, or None to wait "
-                         "without limit; got %r" % (timeout,))
-    return timeout
+# Lock ------------------------------------------------------------------------
+# One class for every lock file: the primary's (the name's own, or a slot's),
+# the side locks (a launch replacing the primary, one starting it on demand),
+# and the probes that only look.
+class _Lock:
+    """One lock file: its path and, while open, its descriptor. Taken
+    exclusively by a primary (the name's, or its slot's) and by the side
+    locks (a launch replacing the primary, one starting it on demand);
+    shared, for a moment, by a probe, which can never make a launch believe
+    that a primary runs. Opened without truncating, never unlinked
+    (filelock#574); released by closing, as by a process' end (kill -9).
+
+    Attributes:
+        path (str): the lock file.
+        fd (int): its descriptor while open, else -1.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path, self.fd = path, -1
+
+    def open(self) -> _Lock:
+        """Open (creating 0600) without truncating; return self.
+
+        Raises:
+            StateError: it cannot be opened, or is not a regular file of ours.
+        """
+        import errno
+        import stat
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
+        except OSError as exc:
+            advice = ("it is a symbolic link: remove it" if exc.errno == errno.ELOOP
+                      else "pass an app_dir on a local disk you can write to")
+            raise _unusable("cannot open the lock file", self.path, exc, advice) from exc
+        st = os.fstat(self.fd)
+        problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
+        problem = problem or _platform.owner_problem(st)
+        if problem:
+            self.close()
+            raise StateError("refusing to use the lock file %s: it %s" % (self.path, problem),
+                             self.path)
+        return self
+
+    def _try(self, shared: bool = False) -> bool:
+        """_platform.lock(): True if taken, False if another process holds it; a
+        failure that is not contention is a StateError, never "held"."""
+        try:
+            return _platform.lock(self.fd, shared)
+        except OSError as exc:
+            import errno
+            raise StateError("cannot lock %s: %s (%s): its file system does not support "
+                             "locks (NFS mounted with nolock, SMB, some FUSE file systems); "
+                             "pass an app_dir on a local disk" % (
+                                 self.path, _reason(exc),
+                                 errno.errorcode.get(exc.errno or 0, exc.errno)),
+                             self.path) from exc
+
+    def take(self) -> str:
+        """Take it exclusively, without waiting: "ours"; else who holds it:
+        "probed" (probes only, for microseconds: look again) or "held"."""
+        if self._try():
+            return "ours"
+        if self._try(shared=True):
+            _platform.unlock(self.fd, shared=True)
+            return "probed"
+        return "held"
+
+    def wait(self, wait: _Wait, timed_out: Callable[[], Exception]) -> _Lock:
+        """Open and take it, waiting within wait (a side lock); return self.
+
+        Raises:
+            timed_out(): it was still held once wait was over.
+        """
+        self.open()
+        try:
+            wait.until(lambda: self.take() == "ours" or None, timed_out)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Let go of it (ours) and close it."""
+        try:
+            _platform.unlock(self.fd)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close it: released if ours, unless another descriptor shares it
+        (a forked child's copy closes without releasing the parent's)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    @staticmethod
+    def held(path: str) -> bool:
+        """True while a primary (or a launch, for a side lock) holds it."""
+        import stat
+        lock = _Lock(path)
+        try:
+            lock.fd = os.open(path, os.O_RDONLY | _SAFE)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StateError("cannot open the lock file %s: %s" % (path, _reason(exc)),
+                             path) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(lock.fd).st_mode):  # a FIFO, opened without waiting
+                raise StateError("refusing to use the lock file %s: it is not a regular "
+                                 "file; remove it" % path, path)  # (issue 27)
+            if lock._try(shared=True):
+                _platform.unlock(lock.fd, shared=True)
+                return False
+            return True
+        finally:
+            lock.close()
 
 
-def _check_version(version: Any) -> str | None:
-    if version is not None and not (isinstance(version, str) and version.strip()):
-        raise UsageError("version must be a non-empty string such as '1.4.2', or None; "
-                         "got %r" % (version,))
-    return version
-
-
-def _check_mutex(mutex: Any) -> str | None:
-    """A mutex name for Windows' installers, or None (issue 23)."""
-    if mutex is None:
-        return None
-    if not isinstance(mutex, str) or not mutex or "\\" in mutex or len(mutex) > 200:
-        raise UsageError("mutex must be a name of 1 to 200 characters without a backslash "
-                         "(tcbon creates both the plain and the Global\\ one), e.g. "
-                         "mutex='MyAppMutex'; got %r" % (mutex,))
-    return mutex
-
-
-def _check_start(command: Any) -> str | list[str]:
-    """A start= command: a non-empty string or list of strings (issue 23)."""
-    if isinstance(command, (list, tuple)) and command and all(
-            isinstance(arg, str) for arg in command):
-        return list(command)
-    if isinstance(command, str) and command.strip():
-        return command
-    raise UsageError("start must be the app's command line: a string (split as a shell "
-                     "would on POSIX) or a list of strings, e.g. ['myapp', '--hidden']; "
-                     "got %r" % (command,))
-
-
-def _shown(command: str | list[str]) -> str:
-    """A command as a person would type it, for messages."""
-    return command if isinstance(command, str) else _command_line(command)
-
-
-def _version_key(version: str | None) -> tuple:
-    """A key that orders versions as people read them: numbers as numbers
-    (1.10 after 1.9, 1.5.0 the same as 1.5), a pre-release (dev, a, b, rc)
-    before its release and a post-release after it; no version, or one
-    that does not start with a number, before any that does."""
-    import re
-    found = re.match(r"\s*v?(\d+(?:\.\d+)*)[.\-_+]?(.*)$", version or "", re.IGNORECASE)
-    if found is None:
-        return (0, version or "")
-    release = [int(part) for part in found.group(1).split(".")]
-    while len(release) > 1 and release[-1] == 0:
-        release.pop()
-    words = re.findall(r"\d+|[a-z]+", found.group(2).lower())
-    phases = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "c": 3, "rc": 3, "pre": 3,
-              "preview": 3, "post": 5, "r": 5, "rev": 5}
-    phase = phases.get(words[0], 4) if words else 4  # 4: the release itself
-    rest = tuple((1, int(word)) if word.isdigit() else (0, word) for word in words)
-    return (1, tuple(release), phase, rest)
-
-
-def _older(version: str | None, than: str | None) -> bool:
-    """True if version is older than than (a primary that published none
-    is older than any version)."""
-    return _version_key(version) < _version_key(than)
-
-
-def _check_replace(replace: Any) -> Any:
-    if replace not in (False, True, "older") and not callable(replace):
-        raise UsageError("replace must be True, False, 'older' or a callable that takes the "
-                         "running primary's info (a dict) and returns True to replace it; "
-                         "got %r" % (replace,))
-    return replace
-
-
-def _check_instances(instances: Any) -> int:
-    """How many slots Process(instances=...) allows: 0 for one instance
-    (the default: no slots at all, the name's own files)."""
-    if instances is None or instances is False:
-        return 0
-    if instances is True:
-        return _MAX_INSTANCES
-    if not isinstance(instances, int) or not 1 <= instances <= _MAX_INSTANCES:
-        raise UsageError("instances must be a number from 1 to %d, True (any number) or "
-                         "None (one instance), got %r" % (_MAX_INSTANCES, instances))
-    return instances
-
-
-class _Wait:
-    """A bounded wait: a deadline (none when limit is None) and a pause that
-    grows from 1 ms to 50 ms between looks."""
-
-    def __init__(self, limit: float | None) -> None:
-        self.limit = limit
-        self.deadline = None if limit is None else time.monotonic() + limit
-        self._delay = 0.001
-
-    def over(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
-
-    def remaining(self) -> float | None:
-        return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
-
-    def pause(self) -> None:
-        """Sleep a little, never past the deadline."""
-        left = self.remaining()
-        time.sleep(self._delay if left is None else min(self._delay, left))
-        self._delay = min(self._delay * 2, 0.05)
-
-    def until(self, look: Callable[[], Any], timed_out: Callable[[], Exception]) -> Any:
-        """Call look() until it returns something but None, and return that;
-        raise timed_out() once the deadline has passed."""
-        while True:
-            found = look()
-            if found is not None:
-                return found
-            if self.over():
-                raise timed_out()
-            self.pause()
-
-
+# Finding and reaching the primary -------------------------------------------
+# _Client is the transport: one HTTP exchange, within one deadline, and what
+# its failures mean (a refused connection delivered nothing and is retried; a
+# cut one may have been handled and never is, unless the primary died with it
+# unread). _Finder answers "which primary, and how do I reach it" for every
+# call, one instance or several.
 class _DeadlineSocket:
     """A connected socket whose every operation ends by one deadline. A
     socket timeout bounds each read alone: a peer that trickles its reply,
@@ -3346,7 +3383,7 @@ class _Finder:
         taken = lock.take()
         if taken == "ours":
             if not replacing and _Lock.held(self.side_file("successor")):
-                _unlock(lock.fd)  # another launch is replacing the primary: the lock is its
+                _platform.unlock(lock.fd)  # another launch is replacing the primary: it's its
                 return None
             return True
         if taken == "probed":
@@ -3408,1179 +3445,15 @@ class _Finder:
             % (self.name, doing, wait.limit or 0.0), self.name, wait.limit or 0.0))
 
 
-# Executors -------------------------------------------------------------------
-# Where event handlers run. Anything with a concurrent.futures-style submit()
-# will do; these two cover UI main loops and asyncio.
+# The primary, and Process ----------------------------------------------------
+# Signals and the process-wide set of primaries; _Primary, the part that exists
+# only while this process is the primary; Process, the front users see.
 def _is_future(value: Any) -> bool:
+    """True for a concurrent.futures-style Future (what executors return)."""
     return (callable(getattr(value, "result", None))
             and callable(getattr(value, "add_done_callback", None)))
 
 
-def _host_module(name: str) -> Any:
-    """A host application's own module (not a dependency of tcbon: it is
-    there only inside that host).
-
-    Raises:
-        Error: not inside that host.
-    """
-    import importlib
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise Error("%s cannot be imported: this is not running inside its host "
-                    "application (%s)" % (name, exc)) from None
-
-
-class MainThreadExecutor:
-    """Run submitted calls on the thread that calls run_pending() (a UI's):
-    the thread that made it, until another calls run_pending(). A call
-    submitted from that very thread runs at once (queued, it would wait
-    for the thread that waits for it).
-
-    Args:
-        wake (callable): called from the submitting thread after each
-            submit, to make the UI thread call run_pending() soon; e.g. emit
-            a queued Qt signal, or ``root.event_generate('<<Wake>>',
-            when='tail')`` in Tk. Not needed by a loop that blocks in
-            ``run_pending(timeout)``, nor under ``run_forever()``.
-    """
-
-    def __init__(self, wake: Callable[[], Any] | None = None) -> None:
-        import collections
-        import concurrent.futures  # noqa: F401 - here, not first on a server thread (issue 20)
-        self.wake = wake
-        self._queue: Any = collections.deque()
-        self._owner = _thread.get_ident()
-        self._ran = False  # run_pending() was ever called
-        # Released when work arrives: a lock, as a signal handler may ring.
-        self._bell = _thread.allocate_lock()
-        self._bell.acquire()
-
-    @classmethod
-    def blender(cls, interval: float = 0.1) -> MainThreadExecutor:
-        """One for Blender, made on its main thread: in the GUI a
-        ``bpy.app.timers`` function runs the calls every interval seconds;
-        with --background, where timers never fire, ``run_forever()`` on the
-        main thread runs them."""
-        timers = _host_module("bpy.app.timers")
-        executor = cls()
-
-        def run_pending() -> float:
-            executor.run_pending()
-            return interval
-        timers.register(run_pending, first_interval=interval, persistent=True)
-        return executor
-
-    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Queue fn(*args, **kwargs) (or, on the executor's own thread, run
-        it now); return a concurrent.futures.Future."""
-        if not self.is_own_thread():
-            return self.submit_later(fn, *args, **kwargs)
-        from concurrent.futures import Future
-        future: Any = Future()
-        self._run(future, fn, args, kwargs)
-        return future
-
-    def submit_later(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Queue fn(*args, **kwargs) for run_pending(), even from the
-        executor's own thread; return a concurrent.futures.Future."""
-        from concurrent.futures import Future
-        future: Any = Future()
-        self._queue.append((future, fn, args, kwargs))
-        try:
-            self._bell.release()
-        except RuntimeError:
-            pass  # rung already
-        if self.wake is not None:
-            self.wake()
-        return future
-
-    def is_own_thread(self) -> bool:
-        """True on the thread that runs the calls (see Process: a call
-        from there to a primary of this process is made directly)."""
-        return _thread.get_ident() == self._owner
-
-    @property
-    def idle(self) -> bool:
-        """True while nothing has ever called run_pending()."""
-        return not self._ran
-
-    def run_pending(self, timeout: float | None = 0) -> int:
-        """Run what was submitted so far, here; return how many ran.
-
-        Args:
-            timeout (float): with nothing to run, first wait up to this long
-                for something (None: until something comes), as a script's
-                loop does: ``while app.is_primary: ex.run_pending(None)``.
-        """
-        self._owner, self._ran = _thread.get_ident(), True
-        if not self._queue and timeout != 0:
-            self._bell.acquire(timeout=-1 if timeout is None else timeout)
-        done = 0
-        while self._queue:
-            done += self._run(*self._queue.popleft())
-        return done
-
-    @staticmethod
-    def _run(future: Any, fn: Callable, args: tuple, kwargs: dict) -> int:
-        if not future.set_running_or_notify_cancel():
-            return 0
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
-            future.set_exception(exc)
-        return 1
-
-
-class HostExecutor:
-    """Run handlers on a host application's main thread (Maya, Nuke,
-    Houdini) through its own functions: one that runs a call there and
-    returns its result, blocking the caller until then, and one that only
-    queues a call there. The handler's exception reaches the sender; a
-    call made on the main thread runs at once. HostExecutor.maya(),
-    .nuke() and .houdini() import nothing of the host before they are
-    called.
-
-    Args:
-        call_with_result (callable): call_with_result(fn, *args, **kwargs)
-            runs fn on the main thread and returns its result.
-        call_later (callable): call_later(fn) queues fn for the main thread;
-            default: call_with_result on a thread of its own.
-    """
-
-    def __init__(self, call_with_result: Callable[..., Any],
-                 call_later: Callable[[Callable[[], Any]], Any] | None = None) -> None:
-        self.call_with_result, self.call_later = call_with_result, call_later
-
-    @classmethod
-    def maya(cls) -> HostExecutor:
-        """maya.utils.executeInMainThreadWithResult and executeDeferred."""
-        utils = _host_module("maya.utils")
-        return cls(utils.executeInMainThreadWithResult, utils.executeDeferred)
-
-    @classmethod
-    def nuke(cls) -> HostExecutor:
-        """nuke.executeInMainThreadWithResult and executeInMainThread."""
-        nuke = _host_module("nuke")
-        return cls(lambda fn, *args, **kwargs: nuke.executeInMainThreadWithResult(
-            fn, args=args, kwargs=kwargs), nuke.executeInMainThread)
-
-    @classmethod
-    def houdini(cls) -> HostExecutor:
-        """hdefereval.executeInMainThreadWithResult and executeDeferred."""
-        hdefereval = _host_module("hdefereval")
-        return cls(hdefereval.executeInMainThreadWithResult, hdefereval.executeDeferred)
-
-    def is_own_thread(self) -> bool:
-        """True on the main thread, where these hosts run their UI."""
-        import threading
-        return threading.current_thread() is threading.main_thread()
-
-    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run fn(*args, **kwargs) on the main thread; return a done Future."""
-        from concurrent.futures import Future
-        future: Any = Future()
-        try:
-            if self.is_own_thread():
-                future.set_result(fn(*args, **kwargs))
-            else:
-                future.set_result(self.call_with_result(fn, *args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
-            future.set_exception(exc)
-        return future
-
-    def submit_later(self, fn: Callable[[], Any]) -> None:
-        """Queue fn for the main thread, without waiting for it."""
-        if self.call_later is not None:
-            self.call_later(fn)
-        else:
-            import threading
-            threading.Thread(target=self.submit, args=(fn,), daemon=True).start()
-
-
-class AsyncioExecutor:
-    """Run submitted calls, and ``async def`` handlers, on an asyncio loop.
-
-    Args:
-        loop (asyncio.AbstractEventLoop): the application's running loop.
-    """
-
-    def __init__(self, loop: Any) -> None:
-        self.loop = loop
-
-    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Schedule fn on the loop (awaiting it if it is a coroutine);
-        return a concurrent.futures.Future."""
-        import asyncio
-        import inspect
-
-        async def call() -> Any:
-            result = fn(*args, **kwargs)
-            return (await result) if inspect.isawaitable(result) else result
-        return asyncio.run_coroutine_threadsafe(call(), self.loop)
-
-
-# Desktop ---------------------------------------------------------------------
-# "Open it again and the running window comes up": the primary raises its own
-# window, with what the launch brought. Desktops refuse a raise they cannot
-# trace to the user: Windows flashes the taskbar unless the launch allowed it
-# (handoff() does), Wayland wants the launch's activation token (Qt reads it
-# from XDG_ACTIVATION_TOKEN in requestActivate(), then clears it), and an X11
-# WM that prevents focus stealing an activation request with the launch's time.
-def bring_to_front(window: Any, event: dict | None = None) -> None:
-    """Restore, raise and focus the primary's window for a later launch.
-
-    Call it on the UI thread (handlers run there with a MainThreadExecutor),
-    from the ``second-instance`` handler, with the event::
-
-        @app.on('second-instance')
-        def opened(event):
-            open_documents(event)
-            tcbon.bring_to_front(root, event)
-
-    A minimised or withdrawn window is shown again; a maximised one stays
-    maximised. The event's ``activation_token`` goes where the toolkit can
-    use it: Qt on Wayland, GTK on Wayland and X11 (the startup id), Tk on
-    X11 (the startup id's time stamp, in the activation request it makes),
-    so that the desktop lets the window take the focus.
-
-    Args:
-        window: a Tk window (``tkinter.Tk`` or ``Toplevel``), a Qt one
-            (a top-level ``QWidget`` or a ``QWindow``; PySide or PyQt) or
-            a GTK one (``Gtk.Window``, PyGObject).
-        event (dict): the second-instance event, or None.
-
-    Raises:
-        TypeError: window is not a Tk, Qt or GTK window.
-        Error: a Qt or GTK window called from a thread other than its own
-            (GTK's: the thread that runs its main loop).
-    """
-    token = (event or {}).get("activation_token")
-    qt_package = next((klass.__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
-                       for klass in type(window).__mro__  # past the app's own subclasses
-                       if klass.__module__.endswith((".QtWidgets", ".QtGui"))), None)
-    if hasattr(window, "focus_force") and hasattr(window, "deiconify"):
-        _raise_tk(window, token)
-    elif hasattr(window, "set_startup_id") and hasattr(window, "present"):
-        _raise_gtk(window, token)
-    elif qt_package and hasattr(window, "raise_"):
-        _raise_qt(window, token, qt_package)
-    else:
-        raise TypeError("bring_to_front() takes a Tk, Qt or GTK window, not %s"
-                        % type(window).__name__)
-
-
-def _off_its_thread(toolkit: str) -> Error:
-    return Error("bring_to_front() was called off the window's thread: %s windows may only "
-                 "be touched on it; pass executor=tcbon.MainThreadExecutor(...) to the "
-                 "Process" % toolkit)
-
-
-def _raise_tk(window: Any, token: str | None) -> None:
-    if window.state() in ("iconic", "withdrawn"):  # not "zoomed": it stays so
-        window.deiconify()
-    window.lift()
-    window.focus_force()  # on Windows too, now that the launch allowed it
-    if window.tk.call("tk", "windowingsystem") == "x11":
-        # A WM that prevents focus stealing (metacity, mutter) ignores lift()
-        # from an app that is not active; it honours an activation request
-        # with the time of the launch.
-        window.update_idletasks()  # Tk's own requests first
-        _x11_activate(window.winfo_screen(), window.winfo_id(), token, wrapped=True)
-
-
-def _x11_activate(screen: str | None, window_id: int, token: str | None,
-                  wrapped: bool = False) -> None:
-    """Ask the window manager to activate a top-level window (an EWMH
-    _NET_ACTIVE_WINDOW request, through libX11) with the time stamp of the
-    launch's startup id, else 0: "now" to the WM. wrapped: window_id is
-    the child of the window the WM manages (Tk's wrapper)."""
-    import ctypes
-    import re
-    try:
-        xlib = ctypes.CDLL("libX11.so.6")
-    except OSError:
-        return
-    ulong, pointer = ctypes.c_ulong, ctypes.c_void_p
-    xlib.XOpenDisplay.restype = pointer
-    xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
-    xlib.XInternAtom.restype = ulong
-    xlib.XInternAtom.argtypes = [pointer, ctypes.c_char_p, ctypes.c_int]
-    xlib.XQueryTree.argtypes = [pointer, ulong, ctypes.POINTER(ulong), ctypes.POINTER(ulong),
-                                ctypes.POINTER(pointer), ctypes.POINTER(ctypes.c_uint)]
-    xlib.XDefaultRootWindow.restype = ulong
-    xlib.XDefaultRootWindow.argtypes = [pointer]
-    xlib.XSendEvent.argtypes = [pointer, ulong, ctypes.c_int, ctypes.c_long, pointer]
-    for name in ("XFree", "XFlush", "XCloseDisplay"):
-        getattr(xlib, name).argtypes = [pointer]
-
-    class ClientMessage(ctypes.Structure):  # XClientMessageEvent, in an XEvent's room
-        _fields_ = [("type", ctypes.c_int), ("serial", ulong), ("send_event", ctypes.c_int),
-                    ("display", pointer), ("window", ulong), ("message_type", ulong),
-                    ("format", ctypes.c_int), ("data", ctypes.c_long * 5),
-                    ("rest", ctypes.c_long * 12)]  # sizeof(XEvent): 24 longs
-
-    display = xlib.XOpenDisplay(screen and screen.encode())  # None: $DISPLAY
-    if not display:
-        return
-    try:
-        if wrapped:
-            root, parent, children, count = ulong(), ulong(), pointer(), ctypes.c_uint()
-            if not xlib.XQueryTree(display, window_id, ctypes.byref(root),
-                                   ctypes.byref(parent), ctypes.byref(children),
-                                   ctypes.byref(count)):
-                return
-            if children:
-                xlib.XFree(children)
-            window_id = parent.value
-        stamp = re.search(r"_TIME([0-9]+)$", token or "")
-        event = ClientMessage(type=33, send_event=1, display=display, window=window_id,
-                              message_type=xlib.XInternAtom(display, b"_NET_ACTIVE_WINDOW", 0),
-                              format=32)
-        event.data[0] = 1  # from an application
-        event.data[1] = int(stamp.group(1)) & 0xFFFFFFFF if stamp else 0
-        xlib.XSendEvent(display, xlib.XDefaultRootWindow(display), 0,
-                        (1 << 19) | (1 << 20), ctypes.byref(event))  # SubstructureNotify|Redirect
-        xlib.XFlush(display)
-    finally:
-        xlib.XCloseDisplay(display)
-
-
-def _raise_gtk(window: Any, token: str | None) -> None:
-    import importlib
-    context = importlib.import_module("gi.repository.GLib").MainContext.default()
-    if not context.acquire():  # another thread runs the main loop
-        raise _off_its_thread("GTK")
-    try:
-        if token:  # X11: the window gets the launch's startup id, whose time
-            window.set_startup_id(token)  # stamp lets the WM raise it; Wayland: the token
-        window.present()  # deiconified, raised, focused
-    finally:
-        context.release()
-
-
-def _raise_qt(window: Any, token: str | None, package: str) -> None:
-    import importlib
-    qt_core = importlib.import_module(package + ".QtCore")
-    qt_gui = importlib.import_module(package + ".QtGui")
-    if qt_core.QThread.currentThread() is not window.thread():
-        raise _off_its_thread("Qt")
-    minimised = getattr(qt_core.Qt, "WindowState", qt_core.Qt).WindowMinimized
-    if hasattr(window, "activateWindow"):  # a QWidget
-        window.setWindowState(window.windowState() & ~minimised)
-        activate = window.activateWindow
-    else:  # a QWindow
-        window.setWindowStates(window.windowStates() & ~minimised)
-        activate = window.requestActivate
-    window.show()
-    window.raise_()
-    platform = qt_gui.QGuiApplication.platformName()
-    if token and platform.startswith("wayland"):
-        os.environ["XDG_ACTIVATION_TOKEN"] = token
-        try:
-            activate()
-        finally:  # spent or unused: no child of ours may inherit it
-            os.environ.pop("XDG_ACTIVATION_TOKEN", None)
-        return
-    activate()  # Windows: the launch has allowed it
-    if platform == "xcb":
-        # Qt's own request carries the time of its last X event; a WM that
-        # prevents focus stealing wants the launch's (see _raise_tk).
-        sync = getattr(qt_gui.QGuiApplication, "sync", None)  # not in older Qt
-        if sync:
-            sync()  # Qt's requests reach the X server before ours
-        _x11_activate(None, int(window.winId()), token)
-
-
-# Links and file types --------------------------------------------------------
-# A link (myapp://...) or a double-clicked file starts the app with it in its
-# argv, and main() hands that launch over like any other (issue 23). Written
-# per user, without admin rights, where each desktop reads them: desktop
-# files, a shared-mime-info package and mimeapps.list under the XDG
-# directories; HKCU\Software\Classes on Windows. The command registered
-# always ends with "--" before the link or path: nothing from a link may
-# become an option (CVE-2018-1000006, where a link injected Chromium flags).
-# Schemes that browsers, the system or other programs own: taking one over
-# would hand every web page, file or script link to the app.
-_TAKEN_SCHEMES = frozenset([
-    "about", "blob", "chrome", "data", "file", "filesystem", "ftp", "ftps", "http", "https",
-    "jar", "javascript", "mailto", "ms-settings", "resource", "sftp", "smb", "ssh", "tel",
-    "urn", "vbscript", "view-source", "ws", "wss"])
-_LOWER = "abcdefghijklmnopqrstuvwxyz"
-_SCHEME_CHARS = frozenset(_LOWER + "0123456789+-.")  # RFC 3986, section 3.1
-_TYPE_CHARS = frozenset(_LOWER + "0123456789_+-.")
-# Desktop Entry spec, "The Exec key": an argument holding one of these is quoted.
-_EXEC_RESERVED = frozenset(" \t\n\"'\\><~|&;$*?#()`")
-
-
-def _check_scheme(scheme: Any) -> str:
-    """The scheme in lower case, as RFC 3986 compares them.
-
-    Raises:
-        ValueError: not a scheme that an app may take for its own.
-    """
-    if not isinstance(scheme, str) or not scheme:
-        raise UsageError("a URL scheme is a name such as 'myapp', got %r" % (scheme,))
-    low = scheme.lower()
-    if low.endswith(":") or "/" in low:
-        raise UsageError("give the scheme without ':' or '://': %r, not %r"
-                         % (low.split(":")[0], scheme))
-    if not (low[0] in _LOWER and set(low) <= _SCHEME_CHARS):
-        raise UsageError("%r is not a URL scheme: it must start with a letter, followed by "
-                         "letters, digits, '+', '-' or '.' (RFC 3986)" % scheme)
-    if len(low) == 1:  # Windows reads C:\path as the scheme "c"
-        raise UsageError("%r is one letter, which Windows takes for a drive: choose a scheme "
-                         "of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
-    if low in _TAKEN_SCHEMES:
-        raise UsageError("%r belongs to browsers and the system, not to one app: choose a "
-                         "scheme of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
-    return low
-
-
-def _check_type(extension: Any) -> str:
-    """The file name extension in lower case (both desktops match them so).
-
-    Raises:
-        ValueError: not an extension such as '.shot'.
-    """
-    if not isinstance(extension, str):
-        raise UsageError("a file type is an extension such as '.shot', got %r" % (extension,))
-    low = extension.lower()
-    if (len(low) < 2 or low[0] != "." or not set(low[1:]) <= _TYPE_CHARS
-            or low.endswith(".") or ".." in low):
-        raise UsageError("%r is not a file name extension: give one such as '.shot' (a dot, "
-                         "then letters, digits, '_', '+', '-' or inner dots)" % extension)
-    return low
-
-
-def _launch_command() -> list[str]:
-    """This launch's own command, to start the app again: a frozen app's
-    executable, python -m MODULE, or python and the script's absolute path.
-    sys.executable as it is: a venv's interpreter resolved through its
-    symlink would be the base Python, without the venv's packages.
-
-    Raises:
-        ValueError: this launch has no command of its own to give.
-    """
-    if not sys.executable:
-        raise UsageError("this interpreter does not know its executable (an embedding host): "
-                         "pass command=[...] to tcbon.register()")
-    if getattr(sys, "frozen", False):  # PyInstaller, cx_Freeze, py2exe
-        return [sys.executable]
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    module = getattr(spec, "name", None) or "__main__"
-    if module != "__main__":  # python -m pkg runs pkg.__main__; python app.pyz has __main__
-        suffix = ".__main__"
-        return [sys.executable, "-m", module[:-len(suffix)] if module.endswith(suffix) else module]
-    script = (_this_argv() or [""])[0]
-    if script in ("", "-", "-c") or not os.path.exists(script):
-        raise UsageError("this launch has no command of its own to register (python -c, "
-                         "an interactive session): pass command=[...] to tcbon.register()")
-    return [sys.executable, os.path.abspath(script)]
-
-
-def _text_problem(value: str) -> str | None:
-    """Why value cannot be written as it is into a desktop file, a MIME
-    package (XML 1.0) or the registry, or None. Every registered string is
-    checked so (issue 27, finding 9: a title with a newline made a MIME
-    package that update-mime-database rejects, and the type silently failed)."""
-    for c in value:
-        if ord(c) < 32 or ord(c) == 127:
-            return "holds a control character"
-        if 0xD800 <= ord(c) <= 0xDFFF or c in "\ufffe\uffff":
-            return "holds %r, which is not text (bytes that were not UTF-8?)" % c
-    return None
-
-
-def _check_command(command: Any) -> list[str]:
-    """The command as a list of arguments (a string: split as a POSIX shell
-    does; Windows takes its own string as it is, see _WindowsLinks).
-
-    Raises:
-        ValueError: empty, not strings, or with characters no desktop file holds.
-    """
-    if isinstance(command, str):
-        import shlex
-        command = shlex.split(command)
-    if not command or not all(isinstance(arg, str) for arg in command):
-        raise UsageError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
-                         "[sys.executable, '/path/to/app.py'], got %r" % (command,))
-    problem = next(filter(None, map(_text_problem, command)), None)
-    if problem:
-        raise UsageError("the command %s, which a desktop file or the registry cannot pass "
-                         "on: %r" % (problem, command))
-    if "=" in command[0]:  # Desktop Entry spec: the program's name or path has none
-        raise UsageError("the program's path %r holds '=', which the Desktop Entry spec "
-                         "forbids there: move it, or start it through a script" % command[0])
-    return list(command)
-
-
-def _exec_argument(arg: str) -> str:
-    """One argument of an Exec key, quoted as the Desktop Entry spec says: in
-    double quotes if it holds a reserved character, and inside them '"', '`',
-    '$' and '\\' take a backslash; '%' doubled (not a field code). The
-    general string escaping follows (_desktop_string)."""
-    arg = arg.replace("%", "%%")
-    if arg and not _EXEC_RESERVED.intersection(arg):
-        return arg
-    return '"%s"' % "".join("\\" + c if c in '"`$\\' else c for c in arg)
-
-
-def _desktop_string(value: str) -> str:
-    """The general escaping of a desktop file's string values, applied after
-    the Exec quoting (so a literal backslash in a quoted argument is four)."""
-    value = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
-    value = value.replace("\r", "\\r")
-    return "\\s" + value[1:] if value.startswith(" ") else value
-
-
-def _exec_line(command: list[str], field_code: str) -> str:
-    """The Exec value: the command, '--', then the field code (%u or %f)."""
-    return _desktop_string(" ".join(_exec_argument(arg) for arg in command)
-                           + " -- " + field_code)
-
-
-def _link_id(name: str) -> str:
-    """What names the files and keys of NAME's registration: its name with
-    only the characters desktop file ids, MIME types and ProgIDs all take,
-    and a hash of the name when some had to go (two names, two ids)."""
-    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
-    if safe != name:
-        import hashlib
-        safe += "_" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return safe
-
-
-def _xdg_home(variable: str, default: str) -> str:
-    """$XDG_DATA_HOME or $XDG_CONFIG_HOME if absolute (the Base Directory
-    spec ignores a relative one), else its default under the home."""
-    value = os.environ.get(variable, "")
-    return value if os.path.isabs(value) else os.path.join(os.path.expanduser("~"), default)
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write a file whole, as _edit_file writes: a desktop that reads it
-    meanwhile, or a kill -9, meets the old content or the new, never half."""
-    _edit_file(path, lambda old: text)
-
-
-def _no_file(old: str | None) -> None:
-    """_edit_file's edit that removes the file."""
-    return None
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-# The files tcbon writes outside its app dir, mimeapps.list above all, are
-# shared with the user's editor, xdg-mime and other tcbon processes: each is
-# changed as careful tools change theirs (issue 27, findings 2-4, 10, 11).
-_EDITS = _thread.allocate_lock()  # this process' threads, one edit at a time
-_EDIT_LOCK_WAIT = 30.0  # seconds another process may hold a file's lock
-
-
-def _edit_file(path: str, edit: Callable[[str | None], str | None]) -> bool:
-    """Change a file: edit gets its text (None: there is none) and returns
-    the new text, or None to remove the file. True if the file changed.
-
-    Under a lock that other threads and processes take too, so no edit is
-    lost (finding 2). The new text goes to a temporary file of a random
-    name made with O_EXCL and O_NOFOLLOW, never through a planted symlink
-    (finding 3); synced, it replaces the file atomically, so that a reader
-    or a kill -9 meets the old text or the new, never half or none
-    (finding 10). Bytes that are not UTF-8 are kept as they were
-    (surrogateescape both ways, finding 4), and so is the mode; a symbolic
-    link (a dotfiles repository) is changed at its target and stays a link
-    (finding 11); removing the file removes the link, not its target.
-    """
-    target = os.path.realpath(path)
-    folder = os.path.dirname(target)
-    with _EDITS:
-        while True:
-            if not os.path.isdir(folder):
-                if edit(None) is None:
-                    return False  # nothing to remove: no folder made for it
-                os.makedirs(folder, exist_ok=True)
-            try:
-                lock = _hold_edit_lock(target)
-                break
-            except FileNotFoundError:  # an unregister removed the folder, empty, meanwhile
-                continue
-        try:
-            _remove_killed_temps(target)
-            old, mode = _read_for_edit(target)
-            new = edit(old)
-            if new == old:
-                return False
-            if new is None:
-                os.remove(path)
-            else:
-                _replace_text(target, new, mode)
-            return True
-        finally:
-            _release_edit_lock(target, lock)
-
-
-def _edit_lock_path(target: str) -> str:
-    folder, base = os.path.split(target)
-    return os.path.join(folder, ".%s.tcbon-lock" % base)
-
-
-def _hold_edit_lock(target: str) -> int:
-    """Hold the lock of target's edits: its descriptor. The lock file
-    (.NAME.tcbon-lock, beside it) is made and removed by whoever holds it:
-    one taken is kept only if it is still the file at that path, so that
-    removing it never lets two hold it at once (filelock#574).
-
-    Raises:
-        Error: its file system has no locks, or another process held it
-            for _EDIT_LOCK_WAIT seconds.
-    """
-    path, wait = _edit_lock_path(target), _Wait(_EDIT_LOCK_WAIT)
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
-        except OSError:
-            if not os.path.islink(path):
-                raise
-            os.remove(path)  # a planted link: never ours (finding 3), and removing never follows
-            continue
-        try:
-            if _lock(fd):
-                held, now = os.fstat(fd), os.lstat(path)
-                if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
-                    return fd
-        except FileNotFoundError:
-            pass  # removed by its last holder meanwhile: make it anew
-        except OSError as exc:
-            os.close(fd)
-            raise Error("cannot lock %s: %s: its file system does not support locks (NFS "
-                        "mounted with nolock, SMB, some FUSE file systems)"
-                        % (path, _reason(exc))) from exc
-        os.close(fd)  # let go of a stale one's lock too
-        if wait.over():
-            raise Error("%s is being changed by another process, which has held %s for %.0f s: "
-                        "try again once it is done" % (target, path, _EDIT_LOCK_WAIT))
-        wait.pause()
-
-
-def _release_edit_lock(target: str, fd: int) -> None:
-    try:
-        os.remove(_edit_lock_path(target))  # while held: nothing of ours is left behind
-    except OSError:
-        pass  # gone already: the next one makes it anew
-    os.close(fd)
-
-
-def _read_for_edit(target: str) -> tuple[str | None, int | None]:
-    """target's text and mode, or (None, None) if it is not there.
-
-    Raises:
-        Error: it is not a regular file (a FIFO would block every reader).
-    """
-    import stat
-    try:
-        fd = os.open(target, os.O_RDONLY | _SAFE | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        return None, None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Error("cannot change %s: it is not a regular file; move it away" % target)
-        return f.read().decode("utf-8", "surrogateescape"), stat.S_IMODE(st.st_mode)
-
-
-def _temp_path(target: str) -> str:
-    """A new temporary file's path for target: beside it, hidden, with a
-    random part that no other process can foresee (finding 3)."""
-    folder, base = os.path.split(target)
-    return os.path.join(folder, ".%s.%s.tcbon-tmp" % (base, os.urandom(6).hex()))
-
-
-def _remove_killed_temps(target: str) -> None:
-    """Under target's edit lock, a temporary file of target's that is there
-    is a killed writer's: it goes (a planted link goes, never its target)."""
-    folder, base = os.path.split(target)
-    for entry in os.listdir(folder):  # .BASE. + 12 hex digits + .tcbon-tmp (_temp_path)
-        if (entry.startswith(".%s." % base) and entry.endswith(".tcbon-tmp")
-                and len(entry) == len(base) + 24):
-            _withdraw_file(os.path.join(folder, entry))
-
-
-def _replace_text(target: str, text: str, mode: int | None) -> None:
-    """Replace target with text through a new temporary file, synced; the
-    file's mode kept (mode None: a new file, as the umask makes it). Under
-    the edit lock."""
-    for _attempt in range(100):
-        tmp = _temp_path(target)
-        try:  # O_EXCL: fails on anything there, a dangling symlink included
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
-                         0o666 if mode is None else 0o600)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise Error("cannot make a temporary file beside %s: every name tried was taken"
-                    % target)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                os.fchmod(f.fileno(), mode)
-            f.write(text.encode("utf-8", "surrogateescape"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.remove(tmp)  # nothing left behind, whatever failed
-        except OSError:
-            pass  # replaced already, or not ours to remove any more
-        raise
-
-
-def _desktop_entry(title: str, command: list[str], field_code: str,
-                   mime_types: list[str]) -> str:
-    """A desktop file that opens what field_code stands for with command;
-    NoDisplay: a handler, not a second menu entry of the app."""
-    return ("[Desktop Entry]\nType=Application\nName=%s\nExec=%s\nMimeType=%s\n"
-            "NoDisplay=true\nTerminal=false\nX-Tcbon-Name=%s\n") % (
-        _desktop_string(title), _exec_line(command, field_code),
-        "".join(mime + ";" for mime in mime_types), _desktop_string(title))
-
-
-def _mime_package(title: str, types: dict[str, str]) -> str:
-    """A shared-mime-info package defining the MIME type of each extension."""
-    from xml.sax.saxutils import escape, quoteattr
-    entries = "".join(
-        '  <mime-type type=%s>\n    <comment>%s</comment>\n    <glob pattern=%s/>\n'
-        '  </mime-type>\n' % (quoteattr(mime), escape("%s file (%s)" % (title, ext)),
-                             quoteattr("*" + ext))
-        for ext, mime in sorted(types.items()))
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n<mime-info xmlns='
-            '"http://www.freedesktop.org/standards/shared-mime-info">\n%s</mime-info>\n'
-            % entries)
-
-
-def _known_mime_type(extension: str, data_dirs: list[str]) -> str | None:
-    """The MIME type the shared-mime-info databases already give *.EXT, if
-    any: the app becomes its default handler instead of defining another."""
-    for directory in data_dirs:
-        text = _read_text(os.path.join(directory, "mime", "globs2")) or ""
-        for line in text.splitlines():
-            fields = line.split(":")
-            if len(fields) >= 3 and fields[2].lower() == "*" + extension:
-                return fields[1]
-    return None
-
-
-def _with_defaults(text: str, defaults: dict[str, str]) -> str:
-    """mimeapps.list's text with each MIME type's default desktop file first
-    in [Default Applications] (the others stay after it, for unregister to
-    bring back); every other line kept as it is."""
-    lines = text.splitlines()
-    header = "[Default Applications]"
-    if header not in (line.strip() for line in lines):
-        lines += ([""] if lines else []) + [header]
-    start = [line.strip() for line in lines].index(header)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
-               len(lines))
-    pending = dict(defaults)
-    for i in range(start + 1, end):
-        key, sep, value = lines[i].partition("=")
-        if sep and key.strip() in pending:
-            desktop = pending.pop(key.strip())
-            rest = [v for v in value.strip().split(";") if v and v != desktop]
-            lines[i] = "%s=%s;" % (key.strip(), ";".join([desktop] + rest))
-    while end > start + 1 and not lines[end - 1].strip():
-        end -= 1  # after the section's last entry, before its blank lines
-    lines[end:end] = ["%s=%s;" % item for item in sorted(pending.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _without_desktops(text: str, desktops: set[str]) -> str:
-    """mimeapps.list's text without these desktop files: taken out of each
-    list, a line dropped once its list is empty; the rest as it was."""
-    kept = []
-    for line in text.splitlines(True):
-        key, sep, value = line.partition("=")
-        listed = value.strip().split(";") if sep and not line.startswith("[") else []
-        if desktops.intersection(listed):
-            rest = [v for v in listed if v and v not in desktops]
-            if not rest:
-                continue
-            line = "%s=%s;\n" % (key, ";".join(rest))
-        kept.append(line)
-    return "".join(kept)
-
-
-# What update-mime-database makes from mime/packages: with no package left,
-# an empty database, which unregister removes with the directories it made.
-_MIME_DATABASE = ("aliases", "generic-icons", "globs", "globs2", "icons", "magic",
-                  "mime.cache", "subclasses", "treemagic", "types", "version", "XMLnamespaces")
-
-
-class _XdgLinks:
-    """Linux and the BSDs: the Desktop Entry, Shared MIME-info and MIME
-    Applications Associations specs, as xdg-mime follows them. Every file is
-    named after the app (_link_id), so unregister finds all it wrote."""
-
-    def __init__(self) -> None:
-        self.data = _xdg_home("XDG_DATA_HOME", os.path.join(".local", "share"))
-        self.config = _xdg_home("XDG_CONFIG_HOME", ".config")
-        self.applications = os.path.join(self.data, "applications")
-        self.mime = os.path.join(self.data, "mime")
-        self.mimeapps = os.path.join(self.config, "mimeapps.list")
-
-    def desktops(self, name: str) -> dict[str, str]:
-        """The desktop file of each field code: %u for links, %f for files."""
-        return {code: "tcbon-%s-%s.desktop" % (_link_id(name), kind)
-                for code, kind in (("%u", "url"), ("%f", "file"))}
-
-    def package(self, name: str) -> str:
-        return os.path.join(self.mime, "packages", "tcbon-%s.xml" % _link_id(name))
-
-    def register(self, name: str, schemes: list[str], types: list[str], command: Any,
-                 title: str) -> list[str]:
-        # Registering again replaces, and never leaves nothing registered (issue
-        # 27, finding 10): the new files first, each replaced whole, then the
-        # defaults, then what the new registration no longer needs.
-        argv, written = _check_command(command), []  # type: list[str], list[str]
-        handled = {"%u": ["x-scheme-handler/" + scheme for scheme in schemes],
-                   "%f": self.mime_types(name, title, types, written)}
-        defaults, ours = {}, self.desktops(name)
-        for code, desktop in ours.items():
-            if handled[code]:
-                path = os.path.join(self.applications, desktop)
-                _write_text(path, _desktop_entry(title, argv, code, handled[code]))
-                written.append(path)
-                defaults.update(dict.fromkeys(handled[code], desktop))
-        _edit_file(self.mimeapps, lambda old: _with_defaults(
-            _without_desktops(old or "", set(ours.values())), defaults))
-        for code, desktop in ours.items():
-            if not handled[code]:
-                _edit_file(os.path.join(self.applications, desktop), _no_file)
-        if self.package(name) not in written and _edit_file(self.package(name), _no_file):
-            self.drop_mime_database()
-            _remove_empty_dirs([os.path.join(self.mime, "packages"), self.mime])
-        return written + [self.mimeapps]
-
-    def mime_types(self, name: str, title: str, types: list[str], written: list[str]) -> list[str]:
-        """The MIME type of each extension: the one the databases know, or
-        a new one, defined in a package of this app's (appended to written)."""
-        system = [d for d in os.environ.get("XDG_DATA_DIRS", "").split(os.pathsep)
-                  if os.path.isabs(d)] or ["/usr/local/share", "/usr/share"]
-        known = {ext: _known_mime_type(ext, [self.data] + system) for ext in types}
-        ours = {ext: "application/x-%s-%s" % (_link_id(name).lower(), ext[1:]) for ext in types}
-        new = {ext: ours[ext] for ext, mime in known.items()  # ours: known from the last time
-               if mime in (None, ours[ext])}
-        if new:
-            _write_text(self.package(name), _mime_package(title, new))
-            written.append(self.package(name))
-            self.update_mime_database()
-        return [known[ext] or new[ext] for ext in types]
-
-    def update_mime_database(self) -> None:
-        """Let file type lookups see the packages (xdg-mime and GLib read
-        the database, not the packages); without the tool, desktops do it
-        when they next run it."""
-        import shutil
-        import subprocess
-        tool = shutil.which("update-mime-database")
-        if tool:
-            subprocess.run([tool, self.mime], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-
-    def unregister(self, name: str) -> list[str]:
-        removed, ours = [], self.desktops(name).values()
-
-        def without_us(text: str | None) -> str | None:
-            rest = None if text is None else _without_desktops(text, set(ours))
-            if rest is None or rest == text or os.path.islink(self.mimeapps) or any(
-                    line.strip() and not line.startswith("[") for line in rest.splitlines()):
-                return rest  # a symlink's target stays, as the user's repository has it
-            return None  # only section headers left: the file said nothing before us
-        for desktop in ours:
-            if _edit_file(os.path.join(self.applications, desktop), _no_file):
-                removed.append(os.path.join(self.applications, desktop))
-        if _edit_file(self.mimeapps, without_us):
-            removed.append(self.mimeapps)
-        if _edit_file(self.package(name), _no_file):
-            removed.append(self.package(name))
-            self.drop_mime_database()
-        _remove_empty_dirs([os.path.join(self.mime, "packages"), self.mime, self.applications])
-        return removed
-
-    def drop_mime_database(self) -> None:
-        """Rebuild the user's MIME database without this app's package; with
-        no package left, remove it (an empty database defines nothing)."""
-        self.update_mime_database()
-        packages = os.path.join(self.mime, "packages")
-        if os.path.isdir(packages) and os.listdir(packages):
-            return
-        for entry in _MIME_DATABASE:
-            _withdraw_file(os.path.join(self.mime, entry))
-        for entry in os.listdir(self.mime) if os.path.isdir(self.mime) else ():
-            _remove_empty_dirs([os.path.join(self.mime, entry)])  # media types' folders
-
-
-def _withdraw_file(path: str) -> bool:
-    """Remove a file if it is there: True if it was."""
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _remove_empty_dirs(paths: list[str]) -> None:
-    for path in paths:
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass  # not empty, or not there: not ours to judge
-
-
-class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
-    r"""Windows: HKCU\Software\Classes, which the shell merges over the
-    machine's classes: a key per URL scheme (with "URL Protocol"), a ProgID
-    for the file types, and each extension's OpenWithProgids. The ProgID
-    also records what was written (TcbonSchemes, TcbonTypes), as the
-    registry cannot be searched by who wrote a key."""
-
-    classes = r"Software\Classes"
-
-    def register(self, name: str, schemes: list[str], types: list[str], command: Any,
-                 title: str) -> list[str]:
-        if not isinstance(command, str):  # a string: a Windows command line already
-            import subprocess
-            command = subprocess.list2cmdline(_check_command(command))
-        elif not command.strip() or any(ord(c) < 32 for c in command):
-            raise UsageError("command is the app's command line, e.g. "
-                             "'\"C:\\Program Files\\MyApp\\myapp.exe\"', got %r" % command)
-        line = command + ' -- "%1"'  # quoted: the shell passes a path with spaces whole
-        # Registering again replaces, and never leaves nothing registered (issue
-        # 27, finding 10): the ProgID records the last registration's schemes and
-        # types with the new ones first (unregister finds all, whatever stops this
-        # one), values are set over the old ones (the registry replaces a value
-        # whole), and what the new one no longer needs goes last. No value is
-        # read, changed and written back, nor shared with another app's: no lock.
-        progid, written = self.progid(name), []  # type: str, list[str]
-        key = "%s\\%s" % (self.classes, progid)
-        last = {kind: self.get(key, kind) or [] for kind in ("TcbonSchemes", "TcbonTypes")}
-        for kind, new in (("TcbonSchemes", schemes), ("TcbonTypes", types)):
-            self.set(key, kind, list(dict.fromkeys(last[kind] + new)), "REG_MULTI_SZ")
-        for scheme in schemes:
-            key = "%s\\%s" % (self.classes, scheme)
-            self.set(key, "", "URL:%s" % title)
-            self.set(key, "URL Protocol", "")
-            self.set(key + r"\shell\open\command", "", line)
-            written.append("HKCU\\" + key)
-        key = "%s\\%s" % (self.classes, progid)
-        self.set(key, "", title)
-        if types:
-            self.set(key + r"\shell\open\command", "", line)
-        for ext in types:
-            self.set("%s\\%s\\OpenWithProgids" % (self.classes, ext), progid, None, "REG_NONE")
-            if self.get("%s\\%s" % (self.classes, ext), "") is None:  # no default yet
-                self.set("%s\\%s" % (self.classes, ext), "", progid)
-            written.append("HKCU\\%s\\%s\\OpenWithProgids\\%s" % (self.classes, ext, progid))
-        for scheme in set(last["TcbonSchemes"]) - set(schemes):
-            self.delete_tree("%s\\%s" % (self.classes, scheme))
-        for ext in set(last["TcbonTypes"]) - set(types):
-            self.forget_type(ext, progid)
-        if not types:
-            self.delete_tree(key + r"\shell")
-        self.set(key, "TcbonSchemes", schemes, "REG_MULTI_SZ")
-        self.set(key, "TcbonTypes", types, "REG_MULTI_SZ")
-        return written + ["HKCU\\" + key]
-
-    def progid(self, name: str) -> str:
-        return "tcbon.%s.1" % _link_id(name)  # Program.Component.Version, as Windows asks
-
-    def unregister(self, name: str) -> list[str]:
-        key = "%s\\%s" % (self.classes, self.progid(name))
-        schemes, types = self.get(key, "TcbonSchemes"), self.get(key, "TcbonTypes")
-        if schemes is None and types is None:
-            return []
-        removed = []
-        for scheme in schemes or []:
-            if self.delete_tree("%s\\%s" % (self.classes, scheme)):
-                removed.append("HKCU\\%s\\%s" % (self.classes, scheme))
-        for ext in types or []:
-            removed += self.forget_type(ext, self.progid(name))
-        self.delete_tree(key)
-        return removed + ["HKCU\\" + key]
-
-    def forget_type(self, ext: str, progid: str) -> list[str]:
-        """Take the ProgID out of an extension's key; the keys that are
-        left empty go (those the app made, then, or emptied)."""
-        import winreg
-        key = "%s\\%s" % (self.classes, ext)
-        removed = []
-        if self.delete_value(key + r"\OpenWithProgids", progid):
-            removed.append("HKCU\\%s\\OpenWithProgids\\%s" % (key, progid))
-        if self.get(key, "") == progid:
-            self.delete_value(key, "")
-        for path in (key + r"\OpenWithProgids", key):
-            try:
-                winreg.DeleteKey(winreg.HKEY_CURRENT_USER, path)  # type: ignore[attr-defined]
-            except OSError:
-                pass  # not empty: another program's values stay
-        return removed
-
-    def set(self, path: str, value_name: str, value: Any, kind: str = "REG_SZ") -> None:
-        import winreg
-        with winreg.CreateKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
-            winreg.SetValueEx(key, value_name, 0, getattr(winreg, kind), value)  # type: ignore
-
-    def get(self, path: str, value_name: str) -> Any:
-        """A value, or None if the key or the value is not there."""
-        import winreg
-        try:
-            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
-                return winreg.QueryValueEx(key, value_name)[0]  # type: ignore[attr-defined]
-        except FileNotFoundError:
-            return None
-
-    def delete_value(self, path: str, value_name: str) -> bool:
-        import winreg
-        try:
-            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path, 0,  # type: ignore
-                                winreg.KEY_SET_VALUE) as key:  # type: ignore[attr-defined]
-                winreg.DeleteValue(key, value_name)  # type: ignore[attr-defined]
-        except FileNotFoundError:
-            return False
-        return True
-
-    def delete_tree(self, path: str) -> bool:
-        """Delete a key with its subkeys (DeleteKey takes leaves only)."""
-        import winreg
-        try:
-            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
-                children = [winreg.EnumKey(key, i)  # type: ignore[attr-defined]
-                            for i in range(winreg.QueryInfoKey(key)[0])]  # type: ignore
-        except FileNotFoundError:
-            return False
-        for child in children:
-            self.delete_tree(path + "\\" + child)
-        winreg.DeleteKey(winreg.HKEY_CURRENT_USER, path)  # type: ignore[attr-defined]
-        return True
-
-
-def _links() -> Any:
-    """This platform's registrar.
-
-    Raises:
-        Error: none that tcbon knows (macOS: the app bundle's Info.plist).
-    """
-    registrars = {"xdg": _XdgLinks, "windows": _WindowsLinks}
-    if _LINKS not in registrars:
-        raise Error("on this system links and file types are declared by the app bundle "
-                    "(macOS: CFBundleURLTypes and CFBundleDocumentTypes in Info.plist), "
-                    "not registered at run time: see docs/desktop.rst")
-    return registrars[_LINKS]()
-
-
-def _check_links(name: str, schemes: Any, types: Any, title: Any) -> tuple:
-    """(schemes, types, title), checked.
-
-    Raises:
-        ValueError: a bad name, scheme or type, or nothing to register.
-    """
-    _check_name(name)
-    if isinstance(schemes, str) or isinstance(types, str):
-        raise UsageError("schemes and types are lists, e.g. schemes=['myapp'], types=['.shot']")
-    schemes = list(dict.fromkeys(_check_scheme(scheme) for scheme in schemes))
-    types = list(dict.fromkeys(_check_type(ext) for ext in types))
-    if not schemes and not types:
-        raise UsageError("nothing to register: give a URL scheme (schemes=['myapp']) or a "
-                         "file type (types=['.shot']), or both")
-    if title is not None and (not isinstance(title, str) or not title.strip()):
-        raise UsageError("title is the app's name as people read it, got %r" % (title,))
-    problem = title and _text_problem(title)
-    if problem:
-        raise UsageError("the title %s, which a desktop file or a MIME package cannot hold: "
-                         "%r" % (problem, title))
-    return schemes, types, title or name
-
-
-def register(name: str, schemes: Iterable[str] = (), types: Iterable[str] = (),
-             command: Any = None, title: str | None = None) -> list[str]:
-    """Make links (``SCHEME:...``) and files of some types start the app,
-    for this user, without admin rights; registering again replaces.
-
-    The launch the desktop starts gets the link or path as its last
-    argument, after ``--`` (so that no link becomes an option), and goes
-    through ``Process.main()`` like any: the running primary's
-    ``second-instance`` handler receives it, or it becomes the primary.
-    Linux: desktop files, a shared-mime-info package for a new extension
-    and the defaults in mimeapps.list; Windows: ``HKCU\\Software\\Classes``.
-    See docs/desktop.rst.
-
-    Args:
-        name (str): the app's name, as given to Process.
-        schemes: URL schemes, e.g. ``['myapp']`` for ``myapp://...`` links.
-        types: file name extensions, e.g. ``['.shot']``.
-        command: the app's command line, a list (a string is split as a
-            POSIX shell does; on Windows, used as it is); default: this
-            launch's own (see Process.register).
-        title (str): the name people read (default: name).
-
-    Returns:
-        What was written: file paths, or registry keys (``HKCU\\...``).
-
-    Raises:
-        UsageError: a bad name, scheme, type, title or command (a control
-            character in one), or nothing to register (also a ValueError).
-        Error: registering is not done at run time here (macOS); a file
-            to change could not be locked, or another process kept it
-            locked for 30 s; a file or key could not be written (the
-            OSError's reason said).
-    """
-    schemes, types, title = _check_links(name, schemes, types, title)
-    command = _launch_command() if command is None else command
-    try:
-        return _links().register(name, schemes, types, command,  # type: ignore[no-any-return]
-                                 title)
-    except OSError as exc:
-        raise _links_failed("register", name, exc) from exc
-
-
-def _links_failed(action: str, name: str, exc: OSError) -> Error:
-    """An OSError of register or unregister as a tcbon.Error, with its reason."""
-    where = exc.filename if exc.filename is not None else "the registry"
-    return Error("cannot %s %r: %s: %s; check that you may write there" % (
-        action, name, where, _reason(exc)))
-
-
-def unregister(name: str) -> list[str]:
-    """Remove what register(name) wrote, and nothing else.
-
-    Args:
-        name (str): the app's name, as given to register.
-
-    Returns:
-        What was removed (empty if nothing was registered).
-
-    Raises:
-        UsageError: a bad name (also a ValueError).
-        Error: registering is not done at run time here (macOS); a file
-            to change could not be locked, or another process kept it
-            locked for 30 s; a file or key could not be removed (the
-            OSError's reason said).
-    """
-    try:
-        return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
-    except OSError as exc:
-        raise _links_failed("unregister", name, exc) from exc
-
-
-# Process ---------------------------------------------------------------------
 def _say(stream: Any, text: str) -> None:
     """Write text to a stream that may be None (pythonw has no console)."""
     if stream is not None and text:
@@ -4648,24 +3521,14 @@ def _cwd() -> str | None:
 def _exit_now(code: int, signum: int | None = None) -> None:
     """End this process at once (no atexit, no traceback), with code, or
     as signum's default action ends it (killed by SIGTERM: what systemd
-    takes for a clean stop). Python lets only the main thread reset a
-    handler, so the C library's signal() does it; failing that, the
-    shell's 128 + signum."""
+    takes for a clean stop); failing that, with the shell's 128 + signum."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001 - gone (pythonw), closed, or a full pipe
             pass
-    if signum is not None and not WINDOWS:
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None)
-            libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-            libc.signal(signum, None)  # SIG_DFL
-            os.kill(os.getpid(), signum)  # taken by a thread that does not block it
-            time.sleep(1.0)
-        except (OSError, AttributeError, ImportError):
-            pass
+    if signum is not None:
+        _platform.die_by_signal(signum)
     os._exit(128 + signum if signum is not None else code)
 
 
@@ -4702,7 +3565,7 @@ def _wake_on_signals(wake: Callable[[], Any]) -> Callable[[], None]:
     could connect to first (CVE-2024-3219)."""
     import signal
     import threading
-    if not _SIGNAL_WAKE or threading.current_thread() is not threading.main_thread():
+    if not _platform.signal_wake or threading.current_thread() is not threading.main_thread():
         return _nothing
     read, write = os.pipe()
     os.set_blocking(write, False)
@@ -4878,7 +3741,7 @@ class _Primary:
             self.server = self._listen()
             if signals:
                 self.waiter = waiter
-                self.handle_signals(_STOP_SIGNALS)
+                self.handle_signals(_platform.stop_signals)
             process.on_start()
             self._publish(self.server)
             atexit.register(self.at_exit)
@@ -4911,7 +3774,7 @@ class _Primary:
         if process.mutex is None:
             return
         try:
-            self._mutex, problem = _hold_mutex(process.mutex)
+            self._mutex, problem = _platform.hold_mutex(process.mutex)
         except OSError as exc:
             raise Error("%r cannot create the named mutex %r: %s; pass another mutex name "
                         "(one no other kind of object uses)" % (
@@ -5008,14 +3871,15 @@ class _Primary:
         run its calls meanwhile (a script's loop: Blender's --background,
         a command-line tool), so that handlers and on_stop run here."""
         executor = self.process.executor
-        if not (isinstance(executor, MainThreadExecutor) and executor.is_own_thread()):
-            while not gate.wait(_WAIT_SLICE):
+        if not (callable(getattr(executor, "run_pending", None))
+                and getattr(executor, "is_own_thread", _nothing)()):
+            while not gate.wait(_platform.wait_slice):
                 pass
             return
         self.serving = executor
         try:
             while not gate.opened:
-                executor.run_pending(_WAIT_SLICE)
+                executor.run_pending(_platform.wait_slice)
         finally:
             self.serving = None
 
@@ -5182,7 +4046,7 @@ class _Primary:
         if _primaries is not None:
             _primaries.discard(self)
         handles, self._mutex = self._mutex, []
-        _release_mutex(handles)  # with the lock: an installer sees both go together
+        _platform.release_mutex(handles)  # with the lock: an installer sees both go together
         try:
             if self.lock is not None:
                 self.lock.release()
@@ -5984,7 +4848,7 @@ class Process:
         _say(sys.stderr, "%s: warning: running without the single-instance guard: %s\n"
              % (self.name, exc))
         stopped, code = _Gate(), EXIT_OK
-        undo = _nothing if run is not None else _handle_signals(_STOP_SIGNALS,
+        undo = _nothing if run is not None else _handle_signals(_platform.stop_signals,
                                                                 lambda _: stopped.open())
         try:
             self.on_start()
@@ -5999,7 +4863,7 @@ class Process:
             if run is not None:
                 run()
             else:
-                while not stopped.wait(_WAIT_SLICE):
+                while not stopped.wait(_platform.wait_slice):
                     pass
         except KeyboardInterrupt:
             self._note(_INFO, "%s interrupted", self.name)
@@ -6108,7 +4972,7 @@ class Process:
         def found(state: dict) -> None:  # a primary takes it: the token is spent here
             for key in keys:
                 os.environ.pop(key, None)
-            _allow_foreground(state["pid"])
+            _platform.allow_foreground(state["pid"])
         return self._request("POST", "event", event, wait, to, where, found=found, ack=True)
 
     def deliver(self, items: Iterable[str], timeout: float | None = _DEFAULT) -> Any:
@@ -6252,7 +5116,7 @@ class Process:
     def _run_until_answering(self, command: str | list[str], wait: _Wait) -> None:
         """Run command detached; wait until a primary publishes its address."""
         try:
-            child = _spawn_detached(command)
+            child = _platform.spawn_detached(command)
         except OSError as exc:
             raise ProcessDoesNotExist("%r is not running, and its start command %s cannot be "
                                       "run: %s; pass a command that exists (a full path, or "
@@ -6466,6 +5330,1179 @@ def instances(name: str, app_dir: str | None = None,
     """
     directory = os.path.abspath(app_dir or default_app_dir(_check_name(name)))
     return _Finder(_check_name(name), directory, _scope_suffix(scope), _MAX_INSTANCES).listing()
+
+
+# =============================================================================
+# Optional parts: executors for UI loops and DCC hosts, desktop windows,
+# links and file types, the command line. Nothing above uses them; an app
+# that needs none of them could do without this half of the file.
+# =============================================================================
+
+# Executors -------------------------------------------------------------------
+# Where event handlers run. Anything with a concurrent.futures-style submit()
+# will do; these cover UI main loops, DCC hosts and asyncio.
+def _host_module(name: str) -> Any:
+    """A host application's own module (not a dependency of tcbon: it is
+    there only inside that host).
+
+    Raises:
+        Error: not inside that host.
+    """
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise Error("%s cannot be imported: this is not running inside its host "
+                    "application (%s)" % (name, exc)) from None
+
+
+class MainThreadExecutor:
+    """Run submitted calls on the thread that calls run_pending() (a UI's):
+    the thread that made it, until another calls run_pending(). A call
+    submitted from that very thread runs at once (queued, it would wait
+    for the thread that waits for it).
+
+    Args:
+        wake (callable): called from the submitting thread after each
+            submit, to make the UI thread call run_pending() soon; e.g. emit
+            a queued Qt signal, or ``root.event_generate('<<Wake>>',
+            when='tail')`` in Tk. Not needed by a loop that blocks in
+            ``run_pending(timeout)``, nor under ``run_forever()``.
+    """
+
+    def __init__(self, wake: Callable[[], Any] | None = None) -> None:
+        import collections
+        import concurrent.futures  # noqa: F401 - here, not first on a server thread (issue 20)
+        self.wake = wake
+        self._queue: Any = collections.deque()
+        self._owner = _thread.get_ident()
+        self._ran = False  # run_pending() was ever called
+        # Released when work arrives: a lock, as a signal handler may ring.
+        self._bell = _thread.allocate_lock()
+        self._bell.acquire()
+
+    @classmethod
+    def blender(cls, interval: float = 0.1) -> MainThreadExecutor:
+        """One for Blender, made on its main thread: in the GUI a
+        ``bpy.app.timers`` function runs the calls every interval seconds;
+        with --background, where timers never fire, ``run_forever()`` on the
+        main thread runs them."""
+        timers = _host_module("bpy.app.timers")
+        executor = cls()
+
+        def run_pending() -> float:
+            executor.run_pending()
+            return interval
+        timers.register(run_pending, first_interval=interval, persistent=True)
+        return executor
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Queue fn(*args, **kwargs) (or, on the executor's own thread, run
+        it now); return a concurrent.futures.Future."""
+        if not self.is_own_thread():
+            return self.submit_later(fn, *args, **kwargs)
+        from concurrent.futures import Future
+        future: Any = Future()
+        self._run(future, fn, args, kwargs)
+        return future
+
+    def submit_later(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Queue fn(*args, **kwargs) for run_pending(), even from the
+        executor's own thread; return a concurrent.futures.Future."""
+        from concurrent.futures import Future
+        future: Any = Future()
+        self._queue.append((future, fn, args, kwargs))
+        try:
+            self._bell.release()
+        except RuntimeError:
+            pass  # rung already
+        if self.wake is not None:
+            self.wake()
+        return future
+
+    def is_own_thread(self) -> bool:
+        """True on the thread that runs the calls (see Process: a call
+        from there to a primary of this process is made directly)."""
+        return _thread.get_ident() == self._owner
+
+    @property
+    def idle(self) -> bool:
+        """True while nothing has ever called run_pending()."""
+        return not self._ran
+
+    def run_pending(self, timeout: float | None = 0) -> int:
+        """Run what was submitted so far, here; return how many ran.
+
+        Args:
+            timeout (float): with nothing to run, first wait up to this long
+                for something (None: until something comes), as a script's
+                loop does: ``while app.is_primary: ex.run_pending(None)``.
+        """
+        self._owner, self._ran = _thread.get_ident(), True
+        if not self._queue and timeout != 0:
+            self._bell.acquire(timeout=-1 if timeout is None else timeout)
+        done = 0
+        while self._queue:
+            done += self._run(*self._queue.popleft())
+        return done
+
+    @staticmethod
+    def _run(future: Any, fn: Callable, args: tuple, kwargs: dict) -> int:
+        if not future.set_running_or_notify_cancel():
+            return 0
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
+            future.set_exception(exc)
+        return 1
+
+
+class HostExecutor:
+    """Run handlers on a host application's main thread (Maya, Nuke,
+    Houdini) through its own functions: one that runs a call there and
+    returns its result, blocking the caller until then, and one that only
+    queues a call there. The handler's exception reaches the sender; a
+    call made on the main thread runs at once. HostExecutor.maya(),
+    .nuke() and .houdini() import nothing of the host before they are
+    called.
+
+    Args:
+        call_with_result (callable): call_with_result(fn, *args, **kwargs)
+            runs fn on the main thread and returns its result.
+        call_later (callable): call_later(fn) queues fn for the main thread;
+            default: call_with_result on a thread of its own.
+    """
+
+    def __init__(self, call_with_result: Callable[..., Any],
+                 call_later: Callable[[Callable[[], Any]], Any] | None = None) -> None:
+        self.call_with_result, self.call_later = call_with_result, call_later
+
+    @classmethod
+    def maya(cls) -> HostExecutor:
+        """maya.utils.executeInMainThreadWithResult and executeDeferred."""
+        utils = _host_module("maya.utils")
+        return cls(utils.executeInMainThreadWithResult, utils.executeDeferred)
+
+    @classmethod
+    def nuke(cls) -> HostExecutor:
+        """nuke.executeInMainThreadWithResult and executeInMainThread."""
+        nuke = _host_module("nuke")
+        return cls(lambda fn, *args, **kwargs: nuke.executeInMainThreadWithResult(
+            fn, args=args, kwargs=kwargs), nuke.executeInMainThread)
+
+    @classmethod
+    def houdini(cls) -> HostExecutor:
+        """hdefereval.executeInMainThreadWithResult and executeDeferred."""
+        hdefereval = _host_module("hdefereval")
+        return cls(hdefereval.executeInMainThreadWithResult, hdefereval.executeDeferred)
+
+    def is_own_thread(self) -> bool:
+        """True on the main thread, where these hosts run their UI."""
+        import threading
+        return threading.current_thread() is threading.main_thread()
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run fn(*args, **kwargs) on the main thread; return a done Future."""
+        from concurrent.futures import Future
+        future: Any = Future()
+        try:
+            if self.is_own_thread():
+                future.set_result(fn(*args, **kwargs))
+            else:
+                future.set_result(self.call_with_result(fn, *args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - the sender gets it, as in concurrent.futures
+            future.set_exception(exc)
+        return future
+
+    def submit_later(self, fn: Callable[[], Any]) -> None:
+        """Queue fn for the main thread, without waiting for it."""
+        if self.call_later is not None:
+            self.call_later(fn)
+        else:
+            import threading
+            threading.Thread(target=self.submit, args=(fn,), daemon=True).start()
+
+
+class AsyncioExecutor:
+    """Run submitted calls, and ``async def`` handlers, on an asyncio loop.
+
+    Args:
+        loop (asyncio.AbstractEventLoop): the application's running loop.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Schedule fn on the loop (awaiting it if it is a coroutine);
+        return a concurrent.futures.Future."""
+        import asyncio
+        import inspect
+
+        async def call() -> Any:
+            result = fn(*args, **kwargs)
+            return (await result) if inspect.isawaitable(result) else result
+        return asyncio.run_coroutine_threadsafe(call(), self.loop)
+
+
+# Desktop ---------------------------------------------------------------------
+# "Open it again and the running window comes up": the primary raises its own
+# window, with what the launch brought. Desktops refuse a raise they cannot
+# trace to the user: Windows flashes the taskbar unless the launch allowed it
+# (handoff() does), Wayland wants the launch's activation token (Qt reads it
+# from XDG_ACTIVATION_TOKEN in requestActivate(), then clears it), and an X11
+# WM that prevents focus stealing an activation request with the launch's time.
+def bring_to_front(window: Any, event: dict | None = None) -> None:
+    """Restore, raise and focus the primary's window for a later launch.
+
+    Call it on the UI thread (handlers run there with a MainThreadExecutor),
+    from the ``second-instance`` handler, with the event::
+
+        @app.on('second-instance')
+        def opened(event):
+            open_documents(event)
+            tcbon.bring_to_front(root, event)
+
+    A minimised or withdrawn window is shown again; a maximised one stays
+    maximised. The event's ``activation_token`` goes where the toolkit can
+    use it: Qt on Wayland, GTK on Wayland and X11 (the startup id), Tk on
+    X11 (the startup id's time stamp, in the activation request it makes),
+    so that the desktop lets the window take the focus.
+
+    Args:
+        window: a Tk window (``tkinter.Tk`` or ``Toplevel``), a Qt one
+            (a top-level ``QWidget`` or a ``QWindow``; PySide or PyQt) or
+            a GTK one (``Gtk.Window``, PyGObject).
+        event (dict): the second-instance event, or None.
+
+    Raises:
+        TypeError: window is not a Tk, Qt or GTK window.
+        Error: a Qt or GTK window called from a thread other than its own
+            (GTK's: the thread that runs its main loop).
+    """
+    token = (event or {}).get("activation_token")
+    qt_package = next((klass.__module__.rpartition(".")[0]  # PySide6, PyQt5, ...
+                       for klass in type(window).__mro__  # past the app's own subclasses
+                       if klass.__module__.endswith((".QtWidgets", ".QtGui"))), None)
+    if hasattr(window, "focus_force") and hasattr(window, "deiconify"):
+        _raise_tk(window, token)
+    elif hasattr(window, "set_startup_id") and hasattr(window, "present"):
+        _raise_gtk(window, token)
+    elif qt_package and hasattr(window, "raise_"):
+        _raise_qt(window, token, qt_package)
+    else:
+        raise TypeError("bring_to_front() takes a Tk, Qt or GTK window, not %s"
+                        % type(window).__name__)
+
+
+def _off_its_thread(toolkit: str) -> Error:
+    return Error("bring_to_front() was called off the window's thread: %s windows may only "
+                 "be touched on it; pass executor=tcbon.MainThreadExecutor(...) to the "
+                 "Process" % toolkit)
+
+
+def _raise_tk(window: Any, token: str | None) -> None:
+    if window.state() in ("iconic", "withdrawn"):  # not "zoomed": it stays so
+        window.deiconify()
+    window.lift()
+    window.focus_force()  # on Windows too, now that the launch allowed it
+    if window.tk.call("tk", "windowingsystem") == "x11":
+        # A WM that prevents focus stealing (metacity, mutter) ignores lift()
+        # from an app that is not active; it honours an activation request
+        # with the time of the launch.
+        window.update_idletasks()  # Tk's own requests first
+        _x11_activate(window.winfo_screen(), window.winfo_id(), token, wrapped=True)
+
+
+def _x11_activate(screen: str | None, window_id: int, token: str | None,
+                  wrapped: bool = False) -> None:
+    """Ask the window manager to activate a top-level window (an EWMH
+    _NET_ACTIVE_WINDOW request, through libX11) with the time stamp of the
+    launch's startup id, else 0: "now" to the WM. wrapped: window_id is
+    the child of the window the WM manages (Tk's wrapper)."""
+    import ctypes
+    import re
+    try:
+        xlib = ctypes.CDLL("libX11.so.6")
+    except OSError:
+        return
+    ulong, pointer = ctypes.c_ulong, ctypes.c_void_p
+    xlib.XOpenDisplay.restype = pointer
+    xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    xlib.XInternAtom.restype = ulong
+    xlib.XInternAtom.argtypes = [pointer, ctypes.c_char_p, ctypes.c_int]
+    xlib.XQueryTree.argtypes = [pointer, ulong, ctypes.POINTER(ulong), ctypes.POINTER(ulong),
+                                ctypes.POINTER(pointer), ctypes.POINTER(ctypes.c_uint)]
+    xlib.XDefaultRootWindow.restype = ulong
+    xlib.XDefaultRootWindow.argtypes = [pointer]
+    xlib.XSendEvent.argtypes = [pointer, ulong, ctypes.c_int, ctypes.c_long, pointer]
+    for name in ("XFree", "XFlush", "XCloseDisplay"):
+        getattr(xlib, name).argtypes = [pointer]
+
+    class ClientMessage(ctypes.Structure):  # XClientMessageEvent, in an XEvent's room
+        _fields_ = [("type", ctypes.c_int), ("serial", ulong), ("send_event", ctypes.c_int),
+                    ("display", pointer), ("window", ulong), ("message_type", ulong),
+                    ("format", ctypes.c_int), ("data", ctypes.c_long * 5),
+                    ("rest", ctypes.c_long * 12)]  # sizeof(XEvent): 24 longs
+
+    display = xlib.XOpenDisplay(screen and screen.encode())  # None: $DISPLAY
+    if not display:
+        return
+    try:
+        if wrapped:
+            root, parent, children, count = ulong(), ulong(), pointer(), ctypes.c_uint()
+            if not xlib.XQueryTree(display, window_id, ctypes.byref(root),
+                                   ctypes.byref(parent), ctypes.byref(children),
+                                   ctypes.byref(count)):
+                return
+            if children:
+                xlib.XFree(children)
+            window_id = parent.value
+        stamp = re.search(r"_TIME([0-9]+)$", token or "")
+        event = ClientMessage(type=33, send_event=1, display=display, window=window_id,
+                              message_type=xlib.XInternAtom(display, b"_NET_ACTIVE_WINDOW", 0),
+                              format=32)
+        event.data[0] = 1  # from an application
+        event.data[1] = int(stamp.group(1)) & 0xFFFFFFFF if stamp else 0
+        xlib.XSendEvent(display, xlib.XDefaultRootWindow(display), 0,
+                        (1 << 19) | (1 << 20), ctypes.byref(event))  # SubstructureNotify|Redirect
+        xlib.XFlush(display)
+    finally:
+        xlib.XCloseDisplay(display)
+
+
+def _raise_gtk(window: Any, token: str | None) -> None:
+    import importlib
+    context = importlib.import_module("gi.repository.GLib").MainContext.default()
+    if not context.acquire():  # another thread runs the main loop
+        raise _off_its_thread("GTK")
+    try:
+        if token:  # X11: the window gets the launch's startup id, whose time
+            window.set_startup_id(token)  # stamp lets the WM raise it; Wayland: the token
+        window.present()  # deiconified, raised, focused
+    finally:
+        context.release()
+
+
+def _raise_qt(window: Any, token: str | None, package: str) -> None:
+    import importlib
+    qt_core = importlib.import_module(package + ".QtCore")
+    qt_gui = importlib.import_module(package + ".QtGui")
+    if qt_core.QThread.currentThread() is not window.thread():
+        raise _off_its_thread("Qt")
+    minimised = getattr(qt_core.Qt, "WindowState", qt_core.Qt).WindowMinimized
+    if hasattr(window, "activateWindow"):  # a QWidget
+        window.setWindowState(window.windowState() & ~minimised)
+        activate = window.activateWindow
+    else:  # a QWindow
+        window.setWindowStates(window.windowStates() & ~minimised)
+        activate = window.requestActivate
+    window.show()
+    window.raise_()
+    platform = qt_gui.QGuiApplication.platformName()
+    if token and platform.startswith("wayland"):
+        os.environ["XDG_ACTIVATION_TOKEN"] = token
+        try:
+            activate()
+        finally:  # spent or unused: no child of ours may inherit it
+            os.environ.pop("XDG_ACTIVATION_TOKEN", None)
+        return
+    activate()  # Windows: the launch has allowed it
+    if platform == "xcb":
+        # Qt's own request carries the time of its last X event; a WM that
+        # prevents focus stealing wants the launch's (see _raise_tk).
+        sync = getattr(qt_gui.QGuiApplication, "sync", None)  # not in older Qt
+        if sync:
+            sync()  # Qt's requests reach the X server before ours
+        _x11_activate(None, int(window.winId()), token)
+
+
+# Links and file types --------------------------------------------------------
+# A link (myapp://...) or a double-clicked file starts the app with it in its
+# argv, and main() hands that launch over like any other (issue 23). Written
+# per user, without admin rights, where each desktop reads them: desktop
+# files, a shared-mime-info package and mimeapps.list under the XDG
+# directories; HKCU\Software\Classes on Windows. The command registered
+# always ends with "--" before the link or path: nothing from a link may
+# become an option (CVE-2018-1000006, where a link injected Chromium flags).
+# Schemes that browsers, the system or other programs own: taking one over
+# would hand every web page, file or script link to the app.
+_TAKEN_SCHEMES = frozenset([
+    "about", "blob", "chrome", "data", "file", "filesystem", "ftp", "ftps", "http", "https",
+    "jar", "javascript", "mailto", "ms-settings", "resource", "sftp", "smb", "ssh", "tel",
+    "urn", "vbscript", "view-source", "ws", "wss"])
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_SCHEME_CHARS = frozenset(_LOWER + "0123456789+-.")  # RFC 3986, section 3.1
+_TYPE_CHARS = frozenset(_LOWER + "0123456789_+-.")
+# Desktop Entry spec, "The Exec key": an argument holding one of these is quoted.
+_EXEC_RESERVED = frozenset(" \t\n\"'\\><~|&;$*?#()`")
+
+
+def _check_scheme(scheme: Any) -> str:
+    """The scheme in lower case, as RFC 3986 compares them.
+
+    Raises:
+        ValueError: not a scheme that an app may take for its own.
+    """
+    if not isinstance(scheme, str) or not scheme:
+        raise UsageError("a URL scheme is a name such as 'myapp', got %r" % (scheme,))
+    low = scheme.lower()
+    if low.endswith(":") or "/" in low:
+        raise UsageError("give the scheme without ':' or '://': %r, not %r"
+                         % (low.split(":")[0], scheme))
+    if not (low[0] in _LOWER and set(low) <= _SCHEME_CHARS):
+        raise UsageError("%r is not a URL scheme: it must start with a letter, followed by "
+                         "letters, digits, '+', '-' or '.' (RFC 3986)" % scheme)
+    if len(low) == 1:  # Windows reads C:\path as the scheme "c"
+        raise UsageError("%r is one letter, which Windows takes for a drive: choose a scheme "
+                         "of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
+    if low in _TAKEN_SCHEMES:
+        raise UsageError("%r belongs to browsers and the system, not to one app: choose a "
+                         "scheme of your own, such as 'myapp' or 'com.example.myapp'" % scheme)
+    return low
+
+
+def _check_type(extension: Any) -> str:
+    """The file name extension in lower case (both desktops match them so).
+
+    Raises:
+        ValueError: not an extension such as '.shot'.
+    """
+    if not isinstance(extension, str):
+        raise UsageError("a file type is an extension such as '.shot', got %r" % (extension,))
+    low = extension.lower()
+    if (len(low) < 2 or low[0] != "." or not set(low[1:]) <= _TYPE_CHARS
+            or low.endswith(".") or ".." in low):
+        raise UsageError("%r is not a file name extension: give one such as '.shot' (a dot, "
+                         "then letters, digits, '_', '+', '-' or inner dots)" % extension)
+    return low
+
+
+def _launch_command() -> list[str]:
+    """This launch's own command, to start the app again: a frozen app's
+    executable, python -m MODULE, or python and the script's absolute path.
+    sys.executable as it is: a venv's interpreter resolved through its
+    symlink would be the base Python, without the venv's packages.
+
+    Raises:
+        ValueError: this launch has no command of its own to give.
+    """
+    if not sys.executable:
+        raise UsageError("this interpreter does not know its executable (an embedding host): "
+                         "pass command=[...] to tcbon.register()")
+    if getattr(sys, "frozen", False):  # PyInstaller, cx_Freeze, py2exe
+        return [sys.executable]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = getattr(spec, "name", None) or "__main__"
+    if module != "__main__":  # python -m pkg runs pkg.__main__; python app.pyz has __main__
+        suffix = ".__main__"
+        return [sys.executable, "-m", module[:-len(suffix)] if module.endswith(suffix) else module]
+    script = (_this_argv() or [""])[0]
+    if script in ("", "-", "-c") or not os.path.exists(script):
+        raise UsageError("this launch has no command of its own to register (python -c, "
+                         "an interactive session): pass command=[...] to tcbon.register()")
+    return [sys.executable, os.path.abspath(script)]
+
+
+def _text_problem(value: str) -> str | None:
+    """Why value cannot be written as it is into a desktop file, a MIME
+    package (XML 1.0) or the registry, or None. Every registered string is
+    checked so (issue 27, finding 9: a title with a newline made a MIME
+    package that update-mime-database rejects, and the type silently failed)."""
+    for c in value:
+        if ord(c) < 32 or ord(c) == 127:
+            return "holds a control character"
+        if 0xD800 <= ord(c) <= 0xDFFF or c in "\ufffe\uffff":
+            return "holds %r, which is not text (bytes that were not UTF-8?)" % c
+    return None
+
+
+def _check_command(command: Any) -> list[str]:
+    """The command as a list of arguments (a string: split as a POSIX shell
+    does; Windows takes its own string as it is, see _WindowsLinks).
+
+    Raises:
+        ValueError: empty, not strings, or with characters no desktop file holds.
+    """
+    if isinstance(command, str):
+        import shlex
+        command = shlex.split(command)
+    if not command or not all(isinstance(arg, str) for arg in command):
+        raise UsageError("command is the app's command line, e.g. ['/usr/bin/myapp'] or "
+                         "[sys.executable, '/path/to/app.py'], got %r" % (command,))
+    problem = next(filter(None, map(_text_problem, command)), None)
+    if problem:
+        raise UsageError("the command %s, which a desktop file or the registry cannot pass "
+                         "on: %r" % (problem, command))
+    if "=" in command[0]:  # Desktop Entry spec: the program's name or path has none
+        raise UsageError("the program's path %r holds '=', which the Desktop Entry spec "
+                         "forbids there: move it, or start it through a script" % command[0])
+    return list(command)
+
+
+def _exec_argument(arg: str) -> str:
+    """One argument of an Exec key, quoted as the Desktop Entry spec says: in
+    double quotes if it holds a reserved character, and inside them '"', '`',
+    '$' and '\\' take a backslash; '%' doubled (not a field code). The
+    general string escaping follows (_desktop_string)."""
+    arg = arg.replace("%", "%%")
+    if arg and not _EXEC_RESERVED.intersection(arg):
+        return arg
+    return '"%s"' % "".join("\\" + c if c in '"`$\\' else c for c in arg)
+
+
+def _desktop_string(value: str) -> str:
+    """The general escaping of a desktop file's string values, applied after
+    the Exec quoting (so a literal backslash in a quoted argument is four)."""
+    value = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    value = value.replace("\r", "\\r")
+    return "\\s" + value[1:] if value.startswith(" ") else value
+
+
+def _exec_line(command: list[str], field_code: str) -> str:
+    """The Exec value: the command, '--', then the field code (%u or %f)."""
+    return _desktop_string(" ".join(_exec_argument(arg) for arg in command)
+                           + " -- " + field_code)
+
+
+def _link_id(name: str) -> str:
+    """What names the files and keys of NAME's registration: its name with
+    only the characters desktop file ids, MIME types and ProgIDs all take,
+    and a hash of the name when some had to go (two names, two ids)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in name)
+    if safe != name:
+        import hashlib
+        safe += "_" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return safe
+
+
+def _xdg_home(variable: str, default: str) -> str:
+    """$XDG_DATA_HOME or $XDG_CONFIG_HOME if absolute (the Base Directory
+    spec ignores a relative one), else its default under the home."""
+    value = os.environ.get(variable, "")
+    return value if os.path.isabs(value) else os.path.join(os.path.expanduser("~"), default)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a file whole, as _edit_file writes: a desktop that reads it
+    meanwhile, or a kill -9, meets the old content or the new, never half."""
+    _edit_file(path, lambda old: text)
+
+
+def _no_file(old: str | None) -> None:
+    """_edit_file's edit that removes the file."""
+    return None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+# The files tcbon writes outside its app dir, mimeapps.list above all, are
+# shared with the user's editor, xdg-mime and other tcbon processes: each is
+# changed as careful tools change theirs (issue 27, findings 2-4, 10, 11).
+_EDITS = _thread.allocate_lock()  # this process' threads, one edit at a time
+_EDIT_LOCK_WAIT = 30.0  # seconds another process may hold a file's lock
+
+
+def _edit_file(path: str, edit: Callable[[str | None], str | None]) -> bool:
+    """Change a file: edit gets its text (None: there is none) and returns
+    the new text, or None to remove the file. True if the file changed.
+
+    Under a lock that other threads and processes take too, so no edit is
+    lost (finding 2). The new text goes to a temporary file of a random
+    name made with O_EXCL and O_NOFOLLOW, never through a planted symlink
+    (finding 3); synced, it replaces the file atomically, so that a reader
+    or a kill -9 meets the old text or the new, never half or none
+    (finding 10). Bytes that are not UTF-8 are kept as they were
+    (surrogateescape both ways, finding 4), and so is the mode; a symbolic
+    link (a dotfiles repository) is changed at its target and stays a link
+    (finding 11); removing the file removes the link, not its target.
+    """
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    with _EDITS:
+        while True:
+            if not os.path.isdir(folder):
+                if edit(None) is None:
+                    return False  # nothing to remove: no folder made for it
+                os.makedirs(folder, exist_ok=True)
+            try:
+                lock = _hold_edit_lock(target)
+                break
+            except FileNotFoundError:  # an unregister removed the folder, empty, meanwhile
+                continue
+        try:
+            _remove_killed_temps(target)
+            old, mode = _read_for_edit(target)
+            new = edit(old)
+            if new == old:
+                return False
+            if new is None:
+                os.remove(path)
+            else:
+                _replace_text(target, new, mode)
+            return True
+        finally:
+            _release_edit_lock(target, lock)
+
+
+def _edit_lock_path(target: str) -> str:
+    folder, base = os.path.split(target)
+    return os.path.join(folder, ".%s.tcbon-lock" % base)
+
+
+def _hold_edit_lock(target: str) -> int:
+    """Hold the lock of target's edits: its descriptor. The lock file
+    (.NAME.tcbon-lock, beside it) is made and removed by whoever holds it:
+    one taken is kept only if it is still the file at that path, so that
+    removing it never lets two hold it at once (filelock#574).
+
+    Raises:
+        Error: its file system has no locks, or another process held it
+            for _EDIT_LOCK_WAIT seconds.
+    """
+    path, wait = _edit_lock_path(target), _Wait(_EDIT_LOCK_WAIT)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _SAFE, 0o600)
+        except OSError:
+            if not os.path.islink(path):
+                raise
+            os.remove(path)  # a planted link: never ours (finding 3), and removing never follows
+            continue
+        try:
+            if _platform.lock(fd):
+                held, now = os.fstat(fd), os.lstat(path)
+                if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                    return fd
+        except FileNotFoundError:
+            pass  # removed by its last holder meanwhile: make it anew
+        except OSError as exc:
+            os.close(fd)
+            raise Error("cannot lock %s: %s: its file system does not support locks (NFS "
+                        "mounted with nolock, SMB, some FUSE file systems)"
+                        % (path, _reason(exc))) from exc
+        os.close(fd)  # let go of a stale one's lock too
+        if wait.over():
+            raise Error("%s is being changed by another process, which has held %s for %.0f s: "
+                        "try again once it is done" % (target, path, _EDIT_LOCK_WAIT))
+        wait.pause()
+
+
+def _release_edit_lock(target: str, fd: int) -> None:
+    try:
+        os.remove(_edit_lock_path(target))  # while held: nothing of ours is left behind
+    except OSError:
+        pass  # gone already: the next one makes it anew
+    os.close(fd)
+
+
+def _read_for_edit(target: str) -> tuple[str | None, int | None]:
+    """target's text and mode, or (None, None) if it is not there.
+
+    Raises:
+        Error: it is not a regular file (a FIFO would block every reader).
+    """
+    import stat
+    try:
+        fd = os.open(target, os.O_RDONLY | _SAFE | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None, None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Error("cannot change %s: it is not a regular file; move it away" % target)
+        return f.read().decode("utf-8", "surrogateescape"), stat.S_IMODE(st.st_mode)
+
+
+def _temp_path(target: str) -> str:
+    """A new temporary file's path for target: beside it, hidden, with a
+    random part that no other process can foresee (finding 3)."""
+    folder, base = os.path.split(target)
+    return os.path.join(folder, ".%s.%s.tcbon-tmp" % (base, os.urandom(6).hex()))
+
+
+def _remove_killed_temps(target: str) -> None:
+    """Under target's edit lock, a temporary file of target's that is there
+    is a killed writer's: it goes (a planted link goes, never its target)."""
+    folder, base = os.path.split(target)
+    for entry in os.listdir(folder):  # .BASE. + 12 hex digits + .tcbon-tmp (_temp_path)
+        if (entry.startswith(".%s." % base) and entry.endswith(".tcbon-tmp")
+                and len(entry) == len(base) + 24):
+            _withdraw_file(os.path.join(folder, entry))
+
+
+def _replace_text(target: str, text: str, mode: int | None) -> None:
+    """Replace target with text through a new temporary file, synced; the
+    file's mode kept (mode None: a new file, as the umask makes it). Under
+    the edit lock."""
+    for _attempt in range(100):
+        tmp = _temp_path(target)
+        try:  # O_EXCL: fails on anything there, a dangling symlink included
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE,
+                         0o666 if mode is None else 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise Error("cannot make a temporary file beside %s: every name tried was taken"
+                    % target)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            f.write(text.encode("utf-8", "surrogateescape"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.remove(tmp)  # nothing left behind, whatever failed
+        except OSError:
+            pass  # replaced already, or not ours to remove any more
+        raise
+
+
+def _desktop_entry(title: str, command: list[str], field_code: str,
+                   mime_types: list[str]) -> str:
+    """A desktop file that opens what field_code stands for with command;
+    NoDisplay: a handler, not a second menu entry of the app."""
+    return ("[Desktop Entry]\nType=Application\nName=%s\nExec=%s\nMimeType=%s\n"
+            "NoDisplay=true\nTerminal=false\nX-Tcbon-Name=%s\n") % (
+        _desktop_string(title), _exec_line(command, field_code),
+        "".join(mime + ";" for mime in mime_types), _desktop_string(title))
+
+
+def _mime_package(title: str, types: dict[str, str]) -> str:
+    """A shared-mime-info package defining the MIME type of each extension."""
+    from xml.sax.saxutils import escape, quoteattr
+    entries = "".join(
+        '  <mime-type type=%s>\n    <comment>%s</comment>\n    <glob pattern=%s/>\n'
+        '  </mime-type>\n' % (quoteattr(mime), escape("%s file (%s)" % (title, ext)),
+                             quoteattr("*" + ext))
+        for ext, mime in sorted(types.items()))
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<mime-info xmlns='
+            '"http://www.freedesktop.org/standards/shared-mime-info">\n%s</mime-info>\n'
+            % entries)
+
+
+def _known_mime_type(extension: str, data_dirs: list[str]) -> str | None:
+    """The MIME type the shared-mime-info databases already give *.EXT, if
+    any: the app becomes its default handler instead of defining another."""
+    for directory in data_dirs:
+        text = _read_text(os.path.join(directory, "mime", "globs2")) or ""
+        for line in text.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[2].lower() == "*" + extension:
+                return fields[1]
+    return None
+
+
+def _with_defaults(text: str, defaults: dict[str, str]) -> str:
+    """mimeapps.list's text with each MIME type's default desktop file first
+    in [Default Applications] (the others stay after it, for unregister to
+    bring back); every other line kept as it is."""
+    lines = text.splitlines()
+    header = "[Default Applications]"
+    if header not in (line.strip() for line in lines):
+        lines += ([""] if lines else []) + [header]
+    start = [line.strip() for line in lines].index(header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
+               len(lines))
+    pending = dict(defaults)
+    for i in range(start + 1, end):
+        key, sep, value = lines[i].partition("=")
+        if sep and key.strip() in pending:
+            desktop = pending.pop(key.strip())
+            rest = [v for v in value.strip().split(";") if v and v != desktop]
+            lines[i] = "%s=%s;" % (key.strip(), ";".join([desktop] + rest))
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # after the section's last entry, before its blank lines
+    lines[end:end] = ["%s=%s;" % item for item in sorted(pending.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _without_desktops(text: str, desktops: set[str]) -> str:
+    """mimeapps.list's text without these desktop files: taken out of each
+    list, a line dropped once its list is empty; the rest as it was."""
+    kept = []
+    for line in text.splitlines(True):
+        key, sep, value = line.partition("=")
+        listed = value.strip().split(";") if sep and not line.startswith("[") else []
+        if desktops.intersection(listed):
+            rest = [v for v in listed if v and v not in desktops]
+            if not rest:
+                continue
+            line = "%s=%s;\n" % (key, ";".join(rest))
+        kept.append(line)
+    return "".join(kept)
+
+
+# What update-mime-database makes from mime/packages: with no package left,
+# an empty database, which unregister removes with the directories it made.
+_MIME_DATABASE = ("aliases", "generic-icons", "globs", "globs2", "icons", "magic",
+                  "mime.cache", "subclasses", "treemagic", "types", "version", "XMLnamespaces")
+
+
+class _XdgLinks:
+    """Linux and the BSDs: the Desktop Entry, Shared MIME-info and MIME
+    Applications Associations specs, as xdg-mime follows them. Every file is
+    named after the app (_link_id), so unregister finds all it wrote."""
+
+    def __init__(self) -> None:
+        self.data = _xdg_home("XDG_DATA_HOME", os.path.join(".local", "share"))
+        self.config = _xdg_home("XDG_CONFIG_HOME", ".config")
+        self.applications = os.path.join(self.data, "applications")
+        self.mime = os.path.join(self.data, "mime")
+        self.mimeapps = os.path.join(self.config, "mimeapps.list")
+
+    def desktops(self, name: str) -> dict[str, str]:
+        """The desktop file of each field code: %u for links, %f for files."""
+        return {code: "tcbon-%s-%s.desktop" % (_link_id(name), kind)
+                for code, kind in (("%u", "url"), ("%f", "file"))}
+
+    def package(self, name: str) -> str:
+        return os.path.join(self.mime, "packages", "tcbon-%s.xml" % _link_id(name))
+
+    def register(self, name: str, schemes: list[str], types: list[str], command: Any,
+                 title: str) -> list[str]:
+        # Registering again replaces, and never leaves nothing registered (issue
+        # 27, finding 10): the new files first, each replaced whole, then the
+        # defaults, then what the new registration no longer needs.
+        argv, written = _check_command(command), []  # type: list[str], list[str]
+        handled = {"%u": ["x-scheme-handler/" + scheme for scheme in schemes],
+                   "%f": self.mime_types(name, title, types, written)}
+        defaults, ours = {}, self.desktops(name)
+        for code, desktop in ours.items():
+            if handled[code]:
+                path = os.path.join(self.applications, desktop)
+                _write_text(path, _desktop_entry(title, argv, code, handled[code]))
+                written.append(path)
+                defaults.update(dict.fromkeys(handled[code], desktop))
+        _edit_file(self.mimeapps, lambda old: _with_defaults(
+            _without_desktops(old or "", set(ours.values())), defaults))
+        for code, desktop in ours.items():
+            if not handled[code]:
+                _edit_file(os.path.join(self.applications, desktop), _no_file)
+        if self.package(name) not in written and _edit_file(self.package(name), _no_file):
+            self.drop_mime_database()
+            _remove_empty_dirs([os.path.join(self.mime, "packages"), self.mime])
+        return written + [self.mimeapps]
+
+    def mime_types(self, name: str, title: str, types: list[str], written: list[str]) -> list[str]:
+        """The MIME type of each extension: the one the databases know, or
+        a new one, defined in a package of this app's (appended to written)."""
+        system = [d for d in os.environ.get("XDG_DATA_DIRS", "").split(os.pathsep)
+                  if os.path.isabs(d)] or ["/usr/local/share", "/usr/share"]
+        known = {ext: _known_mime_type(ext, [self.data] + system) for ext in types}
+        ours = {ext: "application/x-%s-%s" % (_link_id(name).lower(), ext[1:]) for ext in types}
+        new = {ext: ours[ext] for ext, mime in known.items()  # ours: known from the last time
+               if mime in (None, ours[ext])}
+        if new:
+            _write_text(self.package(name), _mime_package(title, new))
+            written.append(self.package(name))
+            self.update_mime_database()
+        return [known[ext] or new[ext] for ext in types]
+
+    def update_mime_database(self) -> None:
+        """Let file type lookups see the packages (xdg-mime and GLib read
+        the database, not the packages); without the tool, desktops do it
+        when they next run it."""
+        import shutil
+        import subprocess
+        tool = shutil.which("update-mime-database")
+        if tool:
+            subprocess.run([tool, self.mime], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+    def unregister(self, name: str) -> list[str]:
+        removed, ours = [], self.desktops(name).values()
+
+        def without_us(text: str | None) -> str | None:
+            rest = None if text is None else _without_desktops(text, set(ours))
+            if rest is None or rest == text or os.path.islink(self.mimeapps) or any(
+                    line.strip() and not line.startswith("[") for line in rest.splitlines()):
+                return rest  # a symlink's target stays, as the user's repository has it
+            return None  # only section headers left: the file said nothing before us
+        for desktop in ours:
+            if _edit_file(os.path.join(self.applications, desktop), _no_file):
+                removed.append(os.path.join(self.applications, desktop))
+        if _edit_file(self.mimeapps, without_us):
+            removed.append(self.mimeapps)
+        if _edit_file(self.package(name), _no_file):
+            removed.append(self.package(name))
+            self.drop_mime_database()
+        _remove_empty_dirs([os.path.join(self.mime, "packages"), self.mime, self.applications])
+        return removed
+
+    def drop_mime_database(self) -> None:
+        """Rebuild the user's MIME database without this app's package; with
+        no package left, remove it (an empty database defines nothing)."""
+        self.update_mime_database()
+        packages = os.path.join(self.mime, "packages")
+        if os.path.isdir(packages) and os.listdir(packages):
+            return
+        for entry in _MIME_DATABASE:
+            _withdraw_file(os.path.join(self.mime, entry))
+        for entry in os.listdir(self.mime) if os.path.isdir(self.mime) else ():
+            _remove_empty_dirs([os.path.join(self.mime, entry)])  # media types' folders
+
+
+def _withdraw_file(path: str) -> bool:
+    """Remove a file if it is there: True if it was."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove_empty_dirs(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # not empty, or not there: not ours to judge
+
+
+class _WindowsLinks:  # pragma: no cover - run by the rig (.ci/windows)
+    r"""Windows: HKCU\Software\Classes, which the shell merges over the
+    machine's classes: a key per URL scheme (with "URL Protocol"), a ProgID
+    for the file types, and each extension's OpenWithProgids. The ProgID
+    also records what was written (TcbonSchemes, TcbonTypes), as the
+    registry cannot be searched by who wrote a key."""
+
+    classes = r"Software\Classes"
+
+    def register(self, name: str, schemes: list[str], types: list[str], command: Any,
+                 title: str) -> list[str]:
+        if not isinstance(command, str):  # a string: a Windows command line already
+            import subprocess
+            command = subprocess.list2cmdline(_check_command(command))
+        elif not command.strip() or any(ord(c) < 32 for c in command):
+            raise UsageError("command is the app's command line, e.g. "
+                             "'\"C:\\Program Files\\MyApp\\myapp.exe\"', got %r" % command)
+        line = command + ' -- "%1"'  # quoted: the shell passes a path with spaces whole
+        # Registering again replaces, and never leaves nothing registered (issue
+        # 27, finding 10): the ProgID records the last registration's schemes and
+        # types with the new ones first (unregister finds all, whatever stops this
+        # one), values are set over the old ones (the registry replaces a value
+        # whole), and what the new one no longer needs goes last. No value is
+        # read, changed and written back, nor shared with another app's: no lock.
+        progid, written = self.progid(name), []  # type: str, list[str]
+        key = "%s\\%s" % (self.classes, progid)
+        last = {kind: self.get(key, kind) or [] for kind in ("TcbonSchemes", "TcbonTypes")}
+        for kind, new in (("TcbonSchemes", schemes), ("TcbonTypes", types)):
+            self.set(key, kind, list(dict.fromkeys(last[kind] + new)), "REG_MULTI_SZ")
+        for scheme in schemes:
+            key = "%s\\%s" % (self.classes, scheme)
+            self.set(key, "", "URL:%s" % title)
+            self.set(key, "URL Protocol", "")
+            self.set(key + r"\shell\open\command", "", line)
+            written.append("HKCU\\" + key)
+        key = "%s\\%s" % (self.classes, progid)
+        self.set(key, "", title)
+        if types:
+            self.set(key + r"\shell\open\command", "", line)
+        for ext in types:
+            self.set("%s\\%s\\OpenWithProgids" % (self.classes, ext), progid, None, "REG_NONE")
+            if self.get("%s\\%s" % (self.classes, ext), "") is None:  # no default yet
+                self.set("%s\\%s" % (self.classes, ext), "", progid)
+            written.append("HKCU\\%s\\%s\\OpenWithProgids\\%s" % (self.classes, ext, progid))
+        for scheme in set(last["TcbonSchemes"]) - set(schemes):
+            self.delete_tree("%s\\%s" % (self.classes, scheme))
+        for ext in set(last["TcbonTypes"]) - set(types):
+            self.forget_type(ext, progid)
+        if not types:
+            self.delete_tree(key + r"\shell")
+        self.set(key, "TcbonSchemes", schemes, "REG_MULTI_SZ")
+        self.set(key, "TcbonTypes", types, "REG_MULTI_SZ")
+        return written + ["HKCU\\" + key]
+
+    def progid(self, name: str) -> str:
+        return "tcbon.%s.1" % _link_id(name)  # Program.Component.Version, as Windows asks
+
+    def unregister(self, name: str) -> list[str]:
+        key = "%s\\%s" % (self.classes, self.progid(name))
+        schemes, types = self.get(key, "TcbonSchemes"), self.get(key, "TcbonTypes")
+        if schemes is None and types is None:
+            return []
+        removed = []
+        for scheme in schemes or []:
+            if self.delete_tree("%s\\%s" % (self.classes, scheme)):
+                removed.append("HKCU\\%s\\%s" % (self.classes, scheme))
+        for ext in types or []:
+            removed += self.forget_type(ext, self.progid(name))
+        self.delete_tree(key)
+        return removed + ["HKCU\\" + key]
+
+    def forget_type(self, ext: str, progid: str) -> list[str]:
+        """Take the ProgID out of an extension's key; the keys that are
+        left empty go (those the app made, then, or emptied)."""
+        import winreg
+        key = "%s\\%s" % (self.classes, ext)
+        removed = []
+        if self.delete_value(key + r"\OpenWithProgids", progid):
+            removed.append("HKCU\\%s\\OpenWithProgids\\%s" % (key, progid))
+        if self.get(key, "") == progid:
+            self.delete_value(key, "")
+        for path in (key + r"\OpenWithProgids", key):
+            try:
+                winreg.DeleteKey(winreg.HKEY_CURRENT_USER, path)  # type: ignore[attr-defined]
+            except OSError:
+                pass  # not empty: another program's values stay
+        return removed
+
+    def set(self, path: str, value_name: str, value: Any, kind: str = "REG_SZ") -> None:
+        import winreg
+        with winreg.CreateKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
+            winreg.SetValueEx(key, value_name, 0, getattr(winreg, kind), value)  # type: ignore
+
+    def get(self, path: str, value_name: str) -> Any:
+        """A value, or None if the key or the value is not there."""
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
+                return winreg.QueryValueEx(key, value_name)[0]  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            return None
+
+    def delete_value(self, path: str, value_name: str) -> bool:
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path, 0,  # type: ignore
+                                winreg.KEY_SET_VALUE) as key:  # type: ignore[attr-defined]
+                winreg.DeleteValue(key, value_name)  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_tree(self, path: str) -> bool:
+        """Delete a key with its subkeys (DeleteKey takes leaves only)."""
+        import winreg
+        try:
+            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, path) as key:  # type: ignore
+                children = [winreg.EnumKey(key, i)  # type: ignore[attr-defined]
+                            for i in range(winreg.QueryInfoKey(key)[0])]  # type: ignore
+        except FileNotFoundError:
+            return False
+        for child in children:
+            self.delete_tree(path + "\\" + child)
+        winreg.DeleteKey(winreg.HKEY_CURRENT_USER, path)  # type: ignore[attr-defined]
+        return True
+
+
+def _links() -> Any:
+    """This platform's registrar.
+
+    Raises:
+        Error: none that tcbon knows (macOS: the app bundle's Info.plist).
+    """
+    registrars = {"xdg": _XdgLinks, "windows": _WindowsLinks}
+    if _platform.links not in registrars:
+        raise Error("on this system links and file types are declared by the app bundle "
+                    "(macOS: CFBundleURLTypes and CFBundleDocumentTypes in Info.plist), "
+                    "not registered at run time: see docs/desktop.rst")
+    return registrars[_platform.links]()
+
+
+def _check_links(name: str, schemes: Any, types: Any, title: Any) -> tuple:
+    """(schemes, types, title), checked.
+
+    Raises:
+        ValueError: a bad name, scheme or type, or nothing to register.
+    """
+    _check_name(name)
+    if isinstance(schemes, str) or isinstance(types, str):
+        raise UsageError("schemes and types are lists, e.g. schemes=['myapp'], types=['.shot']")
+    schemes = list(dict.fromkeys(_check_scheme(scheme) for scheme in schemes))
+    types = list(dict.fromkeys(_check_type(ext) for ext in types))
+    if not schemes and not types:
+        raise UsageError("nothing to register: give a URL scheme (schemes=['myapp']) or a "
+                         "file type (types=['.shot']), or both")
+    if title is not None and (not isinstance(title, str) or not title.strip()):
+        raise UsageError("title is the app's name as people read it, got %r" % (title,))
+    problem = title and _text_problem(title)
+    if problem:
+        raise UsageError("the title %s, which a desktop file or a MIME package cannot hold: "
+                         "%r" % (problem, title))
+    return schemes, types, title or name
+
+
+def register(name: str, schemes: Iterable[str] = (), types: Iterable[str] = (),
+             command: Any = None, title: str | None = None) -> list[str]:
+    """Make links (``SCHEME:...``) and files of some types start the app,
+    for this user, without admin rights; registering again replaces.
+
+    The launch the desktop starts gets the link or path as its last
+    argument, after ``--`` (so that no link becomes an option), and goes
+    through ``Process.main()`` like any: the running primary's
+    ``second-instance`` handler receives it, or it becomes the primary.
+    Linux: desktop files, a shared-mime-info package for a new extension
+    and the defaults in mimeapps.list; Windows: ``HKCU\\Software\\Classes``.
+    See docs/desktop.rst.
+
+    Args:
+        name (str): the app's name, as given to Process.
+        schemes: URL schemes, e.g. ``['myapp']`` for ``myapp://...`` links.
+        types: file name extensions, e.g. ``['.shot']``.
+        command: the app's command line, a list (a string is split as a
+            POSIX shell does; on Windows, used as it is); default: this
+            launch's own (see Process.register).
+        title (str): the name people read (default: name).
+
+    Returns:
+        What was written: file paths, or registry keys (``HKCU\\...``).
+
+    Raises:
+        UsageError: a bad name, scheme, type, title or command (a control
+            character in one), or nothing to register (also a ValueError).
+        Error: registering is not done at run time here (macOS); a file
+            to change could not be locked, or another process kept it
+            locked for 30 s; a file or key could not be written (the
+            OSError's reason said).
+    """
+    schemes, types, title = _check_links(name, schemes, types, title)
+    command = _launch_command() if command is None else command
+    try:
+        return _links().register(name, schemes, types, command,  # type: ignore[no-any-return]
+                                 title)
+    except OSError as exc:
+        raise _links_failed("register", name, exc) from exc
+
+
+def _links_failed(action: str, name: str, exc: OSError) -> Error:
+    """An OSError of register or unregister as a tcbon.Error, with its reason."""
+    where = exc.filename if exc.filename is not None else "the registry"
+    return Error("cannot %s %r: %s: %s; check that you may write there" % (
+        action, name, where, _reason(exc)))
+
+
+def unregister(name: str) -> list[str]:
+    """Remove what register(name) wrote, and nothing else.
+
+    Args:
+        name (str): the app's name, as given to register.
+
+    Returns:
+        What was removed (empty if nothing was registered).
+
+    Raises:
+        UsageError: a bad name (also a ValueError).
+        Error: registering is not done at run time here (macOS); a file
+            to change could not be locked, or another process kept it
+            locked for 30 s; a file or key could not be removed (the
+            OSError's reason said).
+    """
+    try:
+        return _links().unregister(_check_name(name))  # type: ignore[no-any-return]
+    except OSError as exc:
+        raise _links_failed("unregister", name, exc) from exc
 
 
 # Command line ----------------------------------------------------------------

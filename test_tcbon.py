@@ -1882,7 +1882,7 @@ def test_windows_machine_id_is_the_registrys_and_a_probe_takes_no_lock(name, app
         with pytest.raises(tcbon.ProcessExists):
             tcbon.Process(name, app_dir=app_dir).start()
     assert not tcbon.Process(name, app_dir=app_dir).running
-    session = tcbon._session_id()
+    session = tcbon._platform.session_id()
     assert session.isdigit()  # Remote Desktop and fast user switching: one each
     scoped = tcbon.Process(name, app_dir=app_dir, scope="session")
     assert scoped.pid_file.endswith(".session-%s.pid" % session)
@@ -3295,7 +3295,7 @@ def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
     server = threading.Thread(target=trickle, daemon=True)
     server.start()
     lock = tcbon._Lock(tcbon.Process(name, app_dir=app_dir).lock_file).open().fd
-    assert tcbon._lock(lock)  # as a primary holds it
+    assert tcbon._platform.lock(lock)  # as a primary holds it
     try:
         tcbon._write_state(tcbon.Process(name, app_dir=app_dir).pid_file, {
             "tcbon": 1, "pid": os.getpid(), "token": "t" * 48,
@@ -3308,7 +3308,7 @@ def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
         stop.set()
         alive = client.is_alive()
     finally:
-        tcbon._unlock(lock)
+        tcbon._platform.unlock(lock)
         os.close(lock)
     listener.close()
     server.join(5)
@@ -3352,7 +3352,7 @@ def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir
             impostor.bind((host, int(port)))
             impostor.listen(1)
             lock = tcbon._Lock(tcbon.Process(name, app_dir=app_dir).lock_file).open().fd
-            assert tcbon._lock(lock)  # as the next primary holds it, before it withdraws
+            assert tcbon._platform.lock(lock)  # as the next primary holds it, before it withdraws
         finally:
             go.set()
             sender.join(30)
@@ -3369,7 +3369,7 @@ def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir
                     received += chunk
         finally:
             impostor.close()
-            tcbon._unlock(lock)
+            tcbon._platform.unlock(lock)
             os.close(lock)
     assert received == b""  # not the token, not the launch's data
     assert token.encode() not in received
@@ -3400,7 +3400,7 @@ def test_a_reply_without_the_primarys_proof_is_refused(name, app_dir, primary):
     server.start()
     other = tcbon.Process(name + "-other", app_dir=app_dir)
     lock = tcbon._Lock(other.lock_file).open().fd
-    assert tcbon._lock(lock)  # as a primary holds it
+    assert tcbon._platform.lock(lock)  # as a primary holds it
     try:
         tcbon._write_state(other.pid_file, {
             "tcbon": 1, "pid": os.getpid(), "token": "t" * 48, "proof": 1,
@@ -3408,7 +3408,7 @@ def test_a_reply_without_the_primarys_proof_is_refused(name, app_dir, primary):
         with pytest.raises(tcbon.Error, match="without proof that it knows the primary's"):
             other.get("/", timeout=5)
     finally:
-        tcbon._unlock(lock)
+        tcbon._platform.unlock(lock)
         os.close(lock)
         server.join(5)
         impostor.close()
@@ -4505,14 +4505,14 @@ def test_kill_9_then_the_next_launch_takes_over_at_once(name, app_dir, tmp_path)
     # here as it holds it in between, the dead one is neither shown nor asked.
     lock = tcbon._Lock(client.lock_file).open().fd
     try:
-        assert tcbon._lock(lock)
+        assert tcbon._platform.lock(lock)
         assert client.running and client.instances() == []
         with pytest.raises(tcbon.Timeout, match="published no address"):
             client.send("event", {"name": "ping"}, timeout=0.5)
         code, out, err = cli(tmp_path, name, "--app-dir", app_dir, "--json", "--timeout", "0.5")
         assert code == 4 and "starting up" in err and str(child.pid) not in out + err, err
     finally:
-        tcbon._unlock(lock)
+        tcbon._platform.unlock(lock)
         os.close(lock)
     proc = tcbon.Process(name, app_dir=app_dir, timeout=0)  # at once: nothing to wait for
     with proc:
@@ -6146,13 +6146,13 @@ def test_a_killed_instance_is_gone_from_the_list_at_once(name, app_dir, tmp_path
             slot = tcbon._Lock(os.path.join(app_dir, "%s@%s.%d.lock" % (
                 name, tcbon._machine(), victim["id"]))).open().fd
             try:
-                assert tcbon._lock(slot)
+                assert tcbon._platform.lock(slot)
                 assert [e["meta"]["project"] for e in tcbon.instances(name, app_dir)] == [
                     "b", "c"]
                 with pytest.raises(tcbon.Timeout):  # starting up: never the dead address
                     client.send("event", {"name": "who"}, to=victim["id"], timeout=0.5)
             finally:
-                tcbon._unlock(slot)
+                tcbon._platform.unlock(slot)
                 os.close(slot)
             with several(name, app_dir, tmp_path, "d"):  # takes the freed slot
                 again = listed(name, app_dir, 3)
@@ -6282,10 +6282,10 @@ def lock_held(client):
     the file the last one left."""
     lock = tcbon._Lock(client.lock_file).open().fd
     try:
-        assert tcbon._lock(lock)
+        assert tcbon._platform.lock(lock)
         yield
     finally:
-        tcbon._unlock(lock)
+        tcbon._platform.unlock(lock)
         os.close(lock)
 
 
@@ -8037,14 +8037,14 @@ def test_readme_app_opens_what_a_registered_link_or_file_passes(tmp_path):
     (work / "app.py").write_text(saved[0][3])
     for file_name in ("notes.txt", "--todo.txt"):
         (work / file_name).write_text("x")
-    env, app_dir = child_env(tmp_path), os.path.join(str(tmp_path / "xdg"), "my_app")
+    env, app_dir = child_env(tmp_path), os.path.join(str(tmp_path / "xdg"), "tcbon-example-app")
     with launched(["app.py", "--", str(work / "notes.txt")], env, cwd=str(work)) as first:
-        wait_primary("my_app", app_dir)
+        wait_primary("tcbon-example-app", app_dir)
         code, out, err = ran(["app.py", "--", str(work / "--todo.txt")], env, cwd=str(work))
         assert (code, out) == (0, "2 document(s) open\n"), err
         code, out, err = ran(["app.py", "--", "gone.txt"], env, cwd=str(work))
         assert (code, err) == (2, "no such file: %s\n" % (work / "gone.txt")), out
-        tcbon.Process("my_app", app_dir=app_dir).stop()
+        tcbon.Process("tcbon-example-app", app_dir=app_dir).stop()
         code, out, err = finish(first)
         assert (code, out) == (0, "1 document(s) open\n"), err
 
