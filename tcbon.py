@@ -996,6 +996,26 @@ def _check_replace(replace: Any) -> Any:
     return replace
 
 
+def _check_target(instances: int, name: str, to: Any, where: dict | None) -> bool:
+    """True if a call names a target (to=, where=); only an app of several
+    instances has them.
+
+    Raises:
+        UsageError: a target for an app of one instance, or a bad one.
+    """
+    if to is None and where is None:
+        return False
+    if not instances:
+        raise UsageError("to= and where= choose among several instances, but %r allows "
+                         "one: pass Process(..., instances=N or True)" % name)
+    if where is not None and not isinstance(where, dict):
+        raise UsageError("where must be a dict of metadata values, got %r" % (where,))
+    if not (to is None or to == "all" or callable(to) or _instance_id(to) is not None):
+        raise UsageError("to must be an instance id, 'all' or a callable that chooses "
+                         "among the instances, got %r" % (to,))
+    return True
+
+
 def _check_instances(instances: Any) -> int:
     """How many slots Process(instances=...) allows: 0 for one instance
     (the default: no slots at all, the name's own files)."""
@@ -3355,6 +3375,55 @@ class _Finder:
             raise failed[0]
         return [result for result in results if isinstance(result, int)]
 
+    def start_app(self, command: str | list[str], wait: _Wait) -> None:
+        """start=: unless a primary answers, run command detached, and return
+        once one has published its address (issue 23). Launches that race
+        take the starter lock in turn, beside the primary's (as the successor
+        lock): the first starts the app, the others find it answering.
+
+        Raises:
+            ProcessDoesNotExist: the command cannot be run, or exited before
+                an app answered.
+            Timeout: none answered within wait.
+        """
+        _ensure_private_dir(self.app_dir)
+        starter = self.side_lock("starter", wait, "starting it")
+        try:
+            if not self.answering():  # the launch before us may have started it
+                self._run_until_answering(command, wait)
+        finally:
+            starter.release()
+
+    def _run_until_answering(self, command: str | list[str], wait: _Wait) -> None:
+        """Run command detached; wait until a primary publishes its address."""
+        name, shown = self.name, _shown(command)
+        try:
+            child = _platform.spawn_detached(command)
+        except OSError as exc:
+            raise ProcessDoesNotExist("%r is not running, and its start command %s cannot be "
+                                      "run: %s; pass a command that exists (a full path, or "
+                                      "one on PATH)" % (name, shown, _reason(exc)),
+                                      name, self.app_dir) from exc
+
+        def answering() -> bool | None:
+            if self.answering():
+                return True
+            if child.poll() is not None and not self.running():  # none, none starting
+                raise ProcessDoesNotExist(
+                    "%r is not running: its start command %s exited with code %s before the "
+                    "app answered; run that command in a terminal to see why (it must run the "
+                    "app itself, not start it in the background and exit)" % (
+                        name, shown, child.returncode), name, self.app_dir)
+            return None
+        try:
+            wait.until(answering, lambda: Timeout(
+                "%r did not answer within %.1f s of being started with %s; it starts slowly "
+                "or hangs: retry with a longer timeout" % (name, wait.limit or 0.0, shown),
+                name, wait.limit or 0.0))
+        finally:
+            if child.returncode is None:  # it runs on: reaped whenever it exits, no zombie
+                _thread.start_new_thread(child.wait, ())
+
     # Becoming one -----------------------------------------------------------------
     def take(self, wait: _Wait, replacing: bool = False) -> tuple[int | None, _Lock]:
         """Take a slot: the name's own, or with limit the first free one;
@@ -3712,7 +3781,8 @@ class _Primary:
         self.loop_quit: Callable[[], Any] | None = None
         self.waiter = False  # a thread waits in run_forever()/main() to stop us
         self.serving: Any = None  # the executor whose calls that thread runs
-        self.drain: float | None = process.drain_limit()  # for requests in progress
+        # for requests in progress, unless a stop says
+        self.drain: float | None = DEFAULT_TIMEOUT if process.timeout is None else process.timeout
         self._undo: list[Callable[[], None]] = []
         self._stopper: int | None = None  # the thread running the stop sequence
         self._in_on_stop: int | None = None  # the same, while in on_stop()
@@ -4051,9 +4121,15 @@ class _Primary:
             if self.lock is not None:
                 self.lock.release()
         finally:
-            self.process._primary_ended(self)
+            self._detach()
             self.done.open()
             self._ring()
+
+    def _detach(self) -> None:
+        """The Process' primary part no more (its lock released, or a
+        forked child's copy forgotten)."""
+        if self.process._primary is self:
+            self.process._primary = None
 
     def at_exit(self) -> None:
         if not self.done.opened:
@@ -4067,7 +4143,7 @@ class _Primary:
         if self.lock is not None:
             self.lock.close()  # the child's copy only: the parent keeps it
         _primaries.discard(self)
-        self.process._primary_ended(self)
+        self._detach()
         self.process._inherited = True  # its stop() must not stop the parent
         self.process._lifecycle = _thread.RLock()  # another thread may have held it
 
@@ -4232,77 +4308,420 @@ class _LazyLog:
         return getattr(self._process.log, name)
 
 
+def _serving(process: Process) -> _Primary:
+    """The primary part that answers a Process' routes; while there is none
+    (the app driven in-process through wsgi, a request after a stop), an
+    inert one: its events run at once, and it refuses to stop."""
+    return process._primary or _Primary(process, None, ("", ""))
+
+
+class _Becoming:
+    """Becoming the primary of a Process: take the name's lock (or a free
+    slot), or, with replace, stop the primary that runs and take its place,
+    with the successor lock held (its on_handover() state handed over);
+    then start the primary part."""
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+
+    def become(self, wait: _Wait, replace: Any = False, signals: bool = False,
+               waiter: bool = False) -> None:
+        process = self.process
+        replace = _check_replace(replace)
+        if replace == "older" and process.version is None:
+            raise UsageError("replace='older' compares versions: pass Process(..., "
+                             "version='1.4.2') too")
+        if not process.is_primary:
+            process.handed_over = None
+        if not replace:
+            return self.take_over(wait, signals, waiter)
+        own = self.own_instance()
+        if own is not None:  # a tool reloaded in its host: its own instance goes
+            if not self.replaces(replace, own.state):
+                raise self.kept(own.state, "this process already runs instance %s of "
+                                 "%r" % (own.slot, process.name))
+            process.handed_over = self.stop_for_successor(own.state, wait)
+            return self.take_over(wait, signals, waiter)
+        if process.instances_allowed:
+            return self.take_over(wait, signals, waiter)
+        return self.replace_it(wait, replace, signals, waiter)
+
+    def replace_it(self, wait: _Wait, replace: Any, signals: bool, waiter: bool) -> None:
+        """Take the name's own slot from the primary that holds it, if
+        replace says so. While a launch holds the successor lock, other
+        launches and clients leave the primary's lock to it (_Finder), so
+        that the state handed over reaches the one that asked for it; one
+        that waits here looks again at who runs once the launch before it
+        is done."""
+        process = self.process
+        try:
+            return self.take_over(wait, signals, waiter)
+        except ProcessExists as exc:  # to be replaced, perhaps: with the successor lock held
+            seen = (exc.pid, exc.address)
+        process._succession = process._finder.side_lock("successor", wait, "replacing the primary")
+        try:
+            try:
+                return self.take_over(wait, signals, waiter)
+            except ProcessExists as exc:
+                state = _live_state(process._finder.files()[1])
+                if state is None or (state["pid"], state["address"]) != (exc.pid, exc.address):
+                    raise
+                if seen != (exc.pid, exc.address) and replace != "older":
+                    raise  # another launch replaced it first: that one stays
+                if not self.replaces(replace, state):
+                    raise self.kept(state, str(exc)) from None
+            process.handed_over = self.stop_for_successor(state, wait)
+            return self.take_over(wait, signals, waiter)  # once: one that took over stays
+        finally:
+            succession, process._succession = process._succession, None
+            if succession is not None:
+                succession.release()
+
+    def replaces(self, replace: Any, state: dict) -> bool:
+        """Whether start(replace=...) replaces the primary that published state."""
+        process = self.process
+        if replace == "older":
+            return _older(state.get("app_version"), process.version)
+        if callable(replace):
+            return bool(replace(_public(state)))
+        return True
+
+    def kept(self, state: dict, what: str) -> ProcessExists:
+        """ProcessExists for a primary that replace= keeps."""
+        process = self.process
+        theirs = state.get("app_version")
+        why = ("it runs version %s, not older than %s" % (theirs, process.version)
+               if theirs is not None else "replace= chose to keep it")
+        return ProcessExists("%s; %s" % (what, why), process.name, state["pid"], state["address"])
+
+    def own_instance(self) -> _Primary | None:
+        """The primary of this name that this process runs through another
+        Process object (a tool reloaded in its host)."""
+        process = self.process
+        for primary in list(_primaries or ()):
+            if (primary.process is not process and primary.state
+                    and primary.process._finder.stem == process._finder.stem):
+                return primary
+        return None
+
+    def stop_for_successor(self, state: dict, wait: _Wait) -> Any:
+        """Stop the primary that published state, asking for its
+        on_handover() state; return that state. One of this process whose
+        handlers run on this thread is stopped here: over HTTP, it would
+        wait for this very thread."""
+        process = self.process
+        local = process._finder.local(state)
+        if local is not None:
+            if not local.asked.opened:
+                local.handing_over = True
+            local.stop()
+            return local.handed
+        return process._finder.stop(state, wait, handover=True)
+
+    def take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
+        """Take the lock (or a slot) and start the primary part, unless the
+        Process is the primary already."""
+        global _primaries
+        process = self.process
+        if _primaries is None:
+            import weakref
+            _primaries = weakref.WeakSet()
+            if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+                os.register_at_fork(after_in_child=_forget_primaries_after_fork)
+        with process._lifecycle:
+            if process._primary is not None:
+                return
+            _ensure_private_dir(process.app_dir)
+            slot, lock = process._finder.take(wait, replacing=process._succession is not None)
+            primary = process._primary = _Primary(process, lock, process._finder.files(slot), slot)
+            primary.start(signals, waiter)  # on failure, it lets go of everything
+            process._inherited = False
+            process.wsgi_thread = primary.thread
+
+
+def _launch_event(process: Process, argv: list[str] | None, cwd: str | None, data: Any,
+                  stdin: str | None, primary: bool = False) -> dict:
+    """The second-instance event of a launch: this one's, or (primary) the
+    primary's own, which keeps its activation token for its window."""
+    import fnmatch
+    env = {key: value for key, value in os.environ.items()
+           if any(fnmatch.fnmatchcase(key, pattern) for pattern in process.forward_env)}
+    return {"name": SECOND_INSTANCE, "argv": _this_argv() if argv is None else list(argv),
+            "cwd": _cwd() if cwd is None else cwd, "data": data, "env": env,
+            "activation_token": None, "stdin": stdin, "primary": primary}
+
+
+def _handoff(process: Process, argv: list[str] | None, cwd: str | None, data: Any,
+             stdin: str | None, wait: _Wait, to: Any = None, where: dict | None = None) -> Any:
+    """The second-instance event of this launch to the primary (see
+    Process.handoff), within wait."""
+    keys = ("XDG_ACTIVATION_TOKEN", "DESKTOP_STARTUP_ID")
+    event = _launch_event(process, argv, cwd, data, stdin)
+    event["activation_token"] = next((os.environ[k] for k in keys if os.environ.get(k)), None)
+
+    def found(state: dict) -> None:  # a primary takes it: the token is spent here
+        for key in keys:
+            os.environ.pop(key, None)
+        _platform.allow_foreground(state["pid"])
+    return process._request("POST", "event", event, wait, to, where, found=found, ack=True)
+
+
+
+class _Launch:
+    """One launch through Process.main(): it hands its argv over to the
+    primary (or to the instance choose() names), or becomes the primary and
+    serves until stopped, reporting a failure on stderr as an exit code.
+
+    Attributes:
+        process (Process): whose settings, hooks and handlers it uses.
+        own_argv (list): the first launch's argv for its handler, or None.
+    """
+
+    def __init__(self, process: Process, own_argv: list[str] | None = None,
+                 run: Callable[[], Any] | None = None, quit: Callable[[], Any] | None = None,
+                 unguarded: bool = False) -> None:
+        self.process, self.own_argv = process, own_argv
+        self.loop, self.quit, self.unguarded = run, quit, unguarded
+
+    def run(self, argv: list[str], wait: _Wait, forward_stdin: bool, replace: Any) -> int:
+        """Hand over to the primary, or become it and serve: the exit code."""
+        process = self.process
+        while True:
+            if wait.over():  # each round keeps to the launch's deadline (issue 30)
+                return self.report(Timeout(
+                    "%r: the launch found no primary to take it, nor became one, within "
+                    "%.1f s; retry with a longer timeout" % (process.name, wait.limit or 0.0),
+                    process.name, wait.limit or 0.0))
+            try:
+                own = replace and _Becoming(process).own_instance()
+                if process.instances_allowed and not own:
+                    chosen = self.chosen(argv)  # several: a new one, or where choose() says
+                    if chosen is not None:
+                        return self.hand_over(argv, forward_stdin, wait, chosen)
+                try:
+                    _Becoming(process).become(wait, replace, signals=True,
+                                              waiter=self.loop is None)
+                except ProcessExists as exc:
+                    if self.elsewhere_in_this_process():  # a notebook's second run: say it
+                        return self.report(exc)
+                    return self.hand_over(argv, forward_stdin, wait)
+            except ProcessDoesNotExist:
+                continue  # it went away meanwhile: choose again, or take its place
+            except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
+                return self.refused(exc)
+            return self.serve()
+
+    def hand_over(self, argv: list[str], forward_stdin: bool, wait: _Wait,
+                  to: Any = None) -> int:
+        """A later launch: argv to the primary (to: the instance chosen)."""
+        stdin = _piped_stdin() if forward_stdin else None
+        return _relay(_handoff(self.process, argv, None, None, stdin, wait, to))
+
+    def elsewhere_in_this_process(self) -> bool:
+        """This process is the primary through another object, and this is
+        not a relaunch on the thread of its handlers (a DCC shelf button,
+        which hands over directly): a notebook cell run again, whose new
+        handlers would silently go unused (issue 29). main() says what
+        start() says instead."""
+        process = self.process
+        mine = [primary for primary in list(_primaries or ()) if primary.process is not process
+                and primary.process._finder.stem == process._finder.stem]
+        return bool(mine) and not any(primary.serves_this_thread() for primary in mine)
+
+    def chosen(self, argv: list[str]) -> int | None:
+        """The id of the instance choose() sends this launch to, or None
+        for a new instance.
+
+        Raises:
+            UsageError: choose() returned something else.
+            Error: choose() returned an id no instance has (issue 30).
+        """
+        process = self.process
+        entries = process.instances()
+        if not entries:
+            return None
+        chosen = process.choose(_launch_event(process, argv, None, None, None), entries)
+        if isinstance(chosen, dict):
+            chosen = chosen.get("id")
+        if chosen is None:
+            return None
+        if _instance_id(chosen) is None:
+            raise UsageError("choose() must return one of the instances, its id, or None "
+                             "for a new one; it returned %r" % (chosen,))
+        if _instance_id(chosen) not in [entry.get("id") for entry in entries]:
+            raise Error("choose() returned instance %s of %r, which is not running (those "
+                        "running: %s); return one of the instances it is given, its id, or "
+                        "None for a new one" % (chosen, process.name, ", ".join(
+                            str(entry.get("id")) for entry in entries)))
+        return _instance_id(chosen)
+
+    def serve(self) -> int:
+        """Run the app's main loop, or wait for a stop request; then stop.
+        Ctrl-C's handler is in place before run(): the first stops (or,
+        without an executor to run the stop, interrupts run() once), later
+        ones only hurry the stop (a frozen app's bootloader forwards one
+        more: pyinstaller#2483)."""
+        process, run = self.process, self.loop
+        primary = process._primary
+        if primary is None:  # stopped during on_start, from another thread
+            return EXIT_OK
+        try:
+            primary.handle_signals(("SIGINT",), interrupt=run is not None
+                                   and process.executor is None)
+            if self.own_argv is not None:
+                self.open_own_launch(primary)
+            if run is not None:
+                primary.loop_quit = self.quit or _loop_quit(run)
+                primary.in_run = True  # a stop from now on ends run() (issue 28)
+                if not primary.done.opened:  # not if stopped already: nothing would end it
+                    run()
+            else:
+                primary.wait(primary.asked)
+        except KeyboardInterrupt:
+            process._note(_INFO, "%s interrupted", process.name)
+        finally:
+            primary.loop_over.open()
+            try:
+                primary.stop()
+            finally:
+                primary.end_wait()
+        return primary.exit_code
+
+    def open_own_launch(self, primary: _Primary) -> None:
+        """The first launch's argv, through the door of every later one:
+        the second-instance handler, on the executor's thread (now, if
+        that is this one; else once its loop runs)."""
+        process = self.process
+        handler = process.event_handlers.get(SECOND_INSTANCE)
+        if handler is None or self.own_argv is None:
+            return
+        call = primary.handler(handler, _launch_event(process, self.own_argv, None, None, None,
+                                                      True))
+        executor = process.executor
+        if executor is None or getattr(executor, "is_own_thread", _nothing)():
+            try:
+                result = call()
+            except _Stopping:
+                return None  # stopped during on_start: nothing to open
+            except Exception:  # noqa: BLE001 - logged, as a later launch's would be
+                return process._note(_ERROR, "%s: the handler of the first launch failed",
+                                     process.name, exc_info=True)
+            return primary.took_own_launch(result)
+        future = _submit_later(executor, call)
+        if _is_future(future):
+            future.add_done_callback(primary.took_own_launch)
+
+    @staticmethod
+    def not_a_launch(process: Process, worker: str) -> int:
+        """main() in a multiprocessing worker: never a launch (it would wait
+        for the primary that waits for it). Said at once; a frozen app's
+        worker then does its work (freeze_support() runs it and exits),
+        so that its pool neither hangs nor starts worker after worker."""
+        code = _Launch(process).report(Error(
+            "this process is a multiprocessing worker, not a launch (%s): call "
+            "multiprocessing.freeze_support() first thing under "
+            "if __name__ == '__main__':, before main()" % worker))
+        if getattr(sys, "frozen", False):
+            import multiprocessing
+            multiprocessing.freeze_support()  # returns only if it is no worker after all
+        return code
+
+    def refused(self, exc: Exception) -> int:
+        """It cannot become the primary: report why, or, unguarded, run
+        alone where the guard cannot work."""
+        if self.unguarded and isinstance(exc, (StateError, _CannotListen)):
+            return self.run_alone(exc)
+        return self.report(exc)
+
+    def run_alone(self, exc: Exception) -> int:
+        """main(unguarded=True) where the guard cannot work (issue 28): said
+        once on stderr, then the app runs as if it were the only one. No
+        lock, no server: a later launch cannot reach it and runs alone too.
+        With run(), signals are left as Python has them."""
+        process, run = self.process, self.loop
+        _say(sys.stderr, "%s: warning: running without the single-instance guard: %s\n"
+             % (process.name, exc))
+        stopped, code = _Gate(), EXIT_OK
+        undo = _nothing if run is not None else _handle_signals(_platform.stop_signals,
+                                                                lambda _: stopped.open())
+        try:
+            process.on_start()
+            handler = process.event_handlers.get(SECOND_INSTANCE)
+            if self.own_argv is not None and handler is not None:
+                event = _launch_event(process, self.own_argv, None, None, None, True)
+                executor = process.executor
+                if executor is None or getattr(executor, "is_own_thread", _nothing)():
+                    code = _relay(handler(event))
+                else:
+                    _submit_later(executor, lambda: handler(event))
+            if run is not None:
+                run()
+            else:
+                while not stopped.wait(_platform.wait_slice):
+                    pass
+        except KeyboardInterrupt:
+            process._note(_INFO, "%s interrupted", process.name)
+        finally:
+            undo()
+            process.on_stop()
+        return code
+
+    def report(self, exc: Exception) -> int:
+        _say(sys.stderr, "%s: %s\n" % (self.process.name, exc))
+        return _exit_code(exc)
+
+
 class Process:
     """Allows only one instance of an application to run at a time.
 
     The first ``start()`` for a name takes an OS lock and serves a small WSGI
-    app on loopback; it publishes its pid, address and a secret token in
-    ``pid_file``. Other Process objects with the same name (in any process of
-    the same user) get ProcessExists from start() and can talk to the primary
-    with get(), send() and stop(). Events are dicts with at least a "name".
-
-    One object, two roles: while it is the primary it has a primary part
-    (_Primary: the lock, the server, the published state, the stop
-    sequence), gone once it stops; as a client (get, send, handoff, stop,
-    info) it always talks to whoever is the primary now, which may be
-    itself, another object or another process. Nothing a client call
-    learns changes the object itself.
+    app on loopback, publishing its pid, address and a secret token in
+    ``pid_file``. Other Process objects of the name (in any process of the
+    user) get ProcessExists from start() and talk to the primary with get(),
+    send(), handoff() and stop(): always to whoever is the primary now. The
+    object is a front: while it is the primary, its primary part (_Primary)
+    holds the lock, the server and the stop sequence; finding and reaching a
+    primary is _Finder's. docs/api.rst is the reference.
 
     Attributes:
         log (logging.Logger): the Process' logger.
         wsgi (App): the Flask-like WSGI app; add routes with ``wsgi.route``.
         wsgi_thread (threading.Thread): the thread serving wsgi, once started.
         event_handlers (dict): event name -> handler(event) -> dict or None.
-        name, app_dir, timeout, mutex: as given.
+        handed_over: in on_start() of a primary that replaced another, what
+            the other's on_handover() returned (JSON); None otherwise.
+        name, app_dir, timeout, mutex, version, executor: as given.
 
     Args:
-        name (str): name of the application (a file name: no '/', '..', NUL).
+        name (str): the application's name (a file name: no '/', '..', NUL).
         address (str or int): loopback 'host:port' (or a port of 127.0.0.1)
             to serve on; default: any free port of 127.0.0.1.
-        app_dir (str): directory for the lock and state files; default:
-            the per-user data directory (see default_app_dir).
+        app_dir (str): directory of the lock and state files; default: the
+            per-user data directory (see default_app_dir).
         debug (bool): log at DEBUG level (to stderr if logging is not set up).
-        timeout (float): default limit, in seconds, for each call (every
-            phase of it: finding a primary in its start-up, its handler, a
-            stop) and for the wait for requests in progress when this
-            primary stops; None waits without limit.
-        executor: where event handlers run: any object with a
-            concurrent.futures-style ``submit(fn, *args)``, e.g. a
-            MainThreadExecutor for a Tk or Qt app or an AsyncioExecutor.
-            Default: the server's worker thread.
-        forward_env (list): names or glob patterns of the environment
-            variables a later launch hands over (``event['env']``); none by
-            default: forwarding everything leaks secrets (vscode#327454).
-        scope: of whom there can be only one primary: 'user' (per user and
-            machine, the default), 'session' (per login session: Remote
-            Desktop, a second graphical login), or 'installation' (per
-            installed copy: side-by-side versions, AppImages); or the
-            absolute path of an installation.
-        instances (int or bool): allow several instances at once: at most
-            this many, or (True) any number. Each holds a lock of its own, a
-            slot, and publishes its state and metadata (see describe());
-            tcbon.instances() lists them, and get, send, handoff, stop and
-            main() choose among them (see send and choose). Every Process of
-            a name must agree on it. Default: one instance (None).
-        version (str): this app's version, published as ``app_version``
-            (info(), tcbon.instances()); ``start(replace='older')`` and
-            ``main(replace='older')`` replace a primary whose version is
-            older, and reuse an equal or newer one.
-        mutex (str): Windows: while this object is the primary, it holds a
-            named mutex of this name, in the session's namespace and in
-            ``Global\\`` (if allowed), for installers that look for one
-            (Inno Setup's ``AppMutex``); closed with the lock. Elsewhere it
-            does nothing. Default: none.
-
-    Attributes:
-        handed_over: in on_start() of a primary that replaced another
-            (start or main with ``replace``), what the other's
-            on_handover() returned (JSON); None otherwise.
+        timeout (float): default limit, in seconds, of each call (every phase
+            of it) and of a stop's wait for requests in progress; None: none.
+        executor: where event handlers run: anything with a concurrent.futures
+            ``submit(fn)``, e.g. a MainThreadExecutor for a Tk or Qt app, an
+            AsyncioExecutor. Default: worker threads, concurrently.
+        forward_env (list): names or glob patterns of the variables a later
+            launch hands over (``event['env']``); none by default: forwarding
+            everything leaks secrets (vscode#327454).
+        scope: of whom there is one primary: 'user' (the default), 'session'
+            (per login session), 'installation' (per installed copy), or an
+            installation's absolute path.
+        instances (int or bool): allow at most this many instances at once
+            (True: any number), each in a slot of its own, listed, described
+            and chosen (see send, choose); every Process of a name must agree.
+        version (str): this app's version (``app_version``), for
+            ``replace='older'``.
+        mutex (str): Windows: a named mutex held while primary, for
+            installers (Inno Setup's ``AppMutex``); elsewhere nothing.
 
     Raises:
-        ValueError: for a name that cannot be a file name, a non-loopback
-            address, a negative timeout, an unknown scope, a bad instances,
-            version or mutex.
+        UsageError: a name that cannot be a file name, a non-loopback address,
+            a negative timeout, an unknown scope, a bad instances, version or
+            mutex (also a ValueError).
         StateError: scope='session' where no login session id is found.
     """
 
@@ -4338,9 +4757,9 @@ class Process:
         if debug or type(self).setup_logger is not Process.setup_logger:
             self.log  # noqa: B018 - set up now: the app asked for logging
         self.wsgi = App(_LazyLog(self))
-        self.wsgi.add_route("/", lambda: self._serving().route_index())
-        self.wsgi.add_route("/event", lambda: self._serving().route_event(), ["POST"])
-        self.wsgi.add_route("/stop", lambda: self._serving().route_stop(), ["POST"])
+        self.wsgi.add_route("/", lambda: _serving(self).route_index())
+        self.wsgi.add_route("/event", lambda: _serving(self).route_event(), ["POST"])
+        self.wsgi.add_route("/stop", lambda: _serving(self).route_stop(), ["POST"])
         self.setup_wsgi(self.wsgi)
 
     def __repr__(self) -> str:
@@ -4450,153 +4869,30 @@ class Process:
         (with instances: any instance)."""
         return self.is_primary or self._finder.running()
 
-    def drain_limit(self) -> float:
-        """How long a stop waits for requests in progress, unless told."""
-        return DEFAULT_TIMEOUT if self.timeout is None else self.timeout
-
-    # Becoming the primary -----------------------------------------------------
     def start(self, timeout: float | None = _DEFAULT, replace: Any = False) -> None:
         """Become the primary: take the lock, serve wsgi, publish the address.
 
-        If the lock is held but the holder has not published its address yet
-        (starting up) or has withdrawn it (stopping), waits for one or the
-        other, at most ``timeout`` seconds.
-
-        With ``replace``, stops the running primary and takes its place
-        (like GApplication's --replace): True replaces any; 'older' only one
-        whose version (Process(version=...)) is older than this one's, and
-        a callable one for which it returns True, given the primary's info.
-        The primary that is replaced hands its on_handover() state over
-        (see handed_over), and launches that arrive meanwhile wait for this
-        one, none lost; if another launch replaces it first, that one stays
-        (ProcessExists). With instances, it replaces this process' own
-        instance of the name (a tool reloaded in its host), if it runs one.
+        If the lock is held by a primary starting up or stopping, waits for
+        it, at most ``timeout`` seconds. With ``replace``, stops the running
+        primary and takes its place (like GApplication's --replace), its
+        on_handover() state handed over (handed_over): True replaces any,
+        'older' one whose version is older than this one's, a callable one
+        for which it returns True given its info. With instances, it replaces
+        this process' own instance (a tool reloaded in its host).
 
         Raises:
-            ProcessExists: another instance is the primary (it has the pid
-                and address), or this process is already (it says so); with
-                replace, one that is not to be replaced.
+            ProcessExists: another is the primary (its pid and address), or
+                this process is already (it says so), or one replace keeps.
             Timeout: the lock stayed held with no address for too long.
             StateError: app_dir or its files cannot be used safely.
             Error: the server cannot listen on the address given.
-            ValueError: a bad replace, or 'older' without a version.
+            UsageError: a bad replace, or 'older' without a version.
         """
         try:
-            self._become_primary(_Wait(self._limit(timeout)), replace)
+            _Becoming(self).become(_Wait(self._limit(timeout)), replace)
         except ProcessExists as exc:  # the usual answer: a traceback of this call alone
             raise exc.with_traceback(None) from None
 
-    def _become_primary(self, wait: _Wait, replace: Any = False, signals: bool = False,
-                        waiter: bool = False) -> None:
-        replace = _check_replace(replace)
-        if replace == "older" and self.version is None:
-            raise UsageError("replace='older' compares versions: pass Process(..., "
-                             "version='1.4.2') too")
-        if not self.is_primary:
-            self.handed_over = None
-        if not replace:
-            return self._take_over(wait, signals, waiter)
-        own = self._own_instance()
-        if own is not None:  # a tool reloaded in its host: its own instance goes
-            if not self._replaces(replace, own.state):
-                raise self._kept(own.state, "this process already runs instance %s of "
-                                 "%r" % (own.slot, self.name))
-            self.handed_over = self._stop_for_successor(own.state, wait)
-            return self._take_over(wait, signals, waiter)
-        if self.instances_allowed:
-            return self._take_over(wait, signals, waiter)
-        return self._replace(wait, replace, signals, waiter)
-
-    def _replace(self, wait: _Wait, replace: Any, signals: bool, waiter: bool) -> None:
-        """Take the name's own slot from the primary that holds it, if
-        replace says so. While a launch holds the successor lock, other
-        launches and clients leave the primary's lock to it (_Finder), so
-        that the state handed over reaches the one that asked for it; one
-        that waits here looks again at who runs once the launch before it
-        is done."""
-        try:
-            return self._take_over(wait, signals, waiter)
-        except ProcessExists as exc:  # to be replaced, perhaps: with the successor lock held
-            seen = (exc.pid, exc.address)
-        self._succession = self._finder.side_lock("successor", wait, "replacing the primary")
-        try:
-            try:
-                return self._take_over(wait, signals, waiter)
-            except ProcessExists as exc:
-                state = _live_state(self._finder.files()[1])
-                if state is None or (state["pid"], state["address"]) != (exc.pid, exc.address):
-                    raise
-                if seen != (exc.pid, exc.address) and replace != "older":
-                    raise  # another launch replaced it first: that one stays
-                if not self._replaces(replace, state):
-                    raise self._kept(state, str(exc)) from None
-            self.handed_over = self._stop_for_successor(state, wait)
-            return self._take_over(wait, signals, waiter)  # once: one that took over stays
-        finally:
-            succession, self._succession = self._succession, None
-            if succession is not None:
-                succession.release()
-
-    def _replaces(self, replace: Any, state: dict) -> bool:
-        """Whether start(replace=...) replaces the primary that published state."""
-        if replace == "older":
-            return _older(state.get("app_version"), self.version)
-        if callable(replace):
-            return bool(replace(_public(state)))
-        return True
-
-    def _kept(self, state: dict, what: str) -> ProcessExists:
-        """ProcessExists for a primary that replace= keeps."""
-        theirs = state.get("app_version")
-        why = ("it runs version %s, not older than %s" % (theirs, self.version)
-               if theirs is not None else "replace= chose to keep it")
-        return ProcessExists("%s; %s" % (what, why), self.name, state["pid"], state["address"])
-
-    def _own_instance(self) -> _Primary | None:
-        """The primary of this name that this process runs through another
-        Process object (a tool reloaded in its host)."""
-        for primary in list(_primaries or ()):
-            if (primary.process is not self and primary.state
-                    and primary.process._finder.stem == self._finder.stem):
-                return primary
-        return None
-
-    def _stop_for_successor(self, state: dict, wait: _Wait) -> Any:
-        """Stop the primary that published state, asking for its
-        on_handover() state; return that state. One of this process whose
-        handlers run on this thread is stopped here: over HTTP, it would
-        wait for this very thread."""
-        local = self._finder.local(state)
-        if local is not None:
-            if not local.asked.opened:
-                local.handing_over = True
-            local.stop()
-            return local.handed
-        return self._finder.stop(state, wait, handover=True)
-
-    def _take_over(self, wait: _Wait, signals: bool, waiter: bool) -> None:
-        global _primaries
-        if _primaries is None:
-            import weakref
-            _primaries = weakref.WeakSet()
-            if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
-                os.register_at_fork(after_in_child=_forget_primaries_after_fork)
-        with self._lifecycle:
-            if self._primary is not None:
-                return
-            _ensure_private_dir(self.app_dir)
-            slot, lock = self._finder.take(wait, replacing=self._succession is not None)
-            primary = self._primary = _Primary(self, lock, self._finder.files(slot), slot)
-            primary.start(signals, waiter)  # on failure, it lets go of everything
-            self._inherited = False
-            self.wsgi_thread = primary.thread
-
-    def _primary_ended(self, primary: _Primary) -> None:
-        """The primary part's last word, once its lock is released."""
-        if self._primary is primary:
-            self._primary = None
-
-    # Serving until stopped ------------------------------------------------------
     def run_forever(self) -> None:
         """Start, then serve until stopped: by stop() (from here, another
         thread or another process), Ctrl-C or SIGTERM. Returns once stopped.
@@ -4605,10 +4901,10 @@ class Process:
             ProcessExists: another instance is the primary.
         """
         try:
-            self._become_primary(_Wait(self.timeout), signals=True, waiter=True)
+            _Becoming(self).become(_Wait(self.timeout), signals=True, waiter=True)
         except ProcessExists as exc:  # the usual answer: a traceback of this call alone
             raise exc.with_traceback(None) from None
-        self._serve_until_stopped(None)
+        _Launch(self).serve()
 
     def main(self, argv: list[str] | None = None, run: Callable[[], Any] | None = None,
              timeout: float | None = _DEFAULT, forward_stdin: bool = False,
@@ -4616,304 +4912,83 @@ class Process:
              quit: Callable[[], Any] | None = None, unguarded: bool = False) -> int:
         """The one call a single-instance app needs: ``sys.exit(app.main())``.
 
-        The first launch becomes the primary: it calls ``run()`` (your main
-        loop, e.g. ``root.mainloop``) or, without one, serves until stopped,
-        then stops and returns 0. A later launch hands ``argv`` over to the
-        primary (see handoff), writes the reply's ``stdout`` and ``stderr`` to
-        its own streams and returns the reply's ``exit_code`` (0 if absent).
-        A launch while the primary shuts down waits and becomes the next one.
-
-        Every launch goes through one door: the first one's own ``argv``
-        reaches the ``second-instance`` handler too, before ``run()``, on
-        the executor's thread, with ``event['primary']`` True (and no
-        ``stdin``); its reply's ``stdout`` and ``stderr`` are written here,
-        and its ``exit_code`` is what main() returns once the primary stops.
-
-        SIGTERM (and Ctrl-C) stop the primary cleanly, also while ``run()``
-        idles in a Tk, Qt or GTK main loop, if the Process has an executor
-        (its wake-up runs the handler at once); a later one hurries the stop.
-        Every stop (remote, a signal, stop()) ends the app too: once
-        on_stop ran and the lock is released, a ``run()`` that has not
-        returned is ended with ``quit`` (on the executor's thread), and if
-        it still runs 2 s later, the process ends: with main()'s exit code,
-        or, after a signal, as that signal ends a process.
+        The first launch becomes the primary: its own ``argv`` goes to the
+        ``second-instance`` handler (``event['primary']`` True), then it
+        calls ``run()`` (your main loop) or serves until stopped, and stops.
+        A later launch hands ``argv`` over (see handoff), writes the reply's
+        ``stdout`` and ``stderr`` and returns its ``exit_code``; one during a
+        stop becomes the next primary. SIGTERM and Ctrl-C stop the primary,
+        also in an idle Tk, Qt or GTK loop (with an executor); every stop
+        ends ``run()`` (``quit``), or the process 2 s later. The lifecycle
+        contract in docs/api.rst says all of it.
 
         Args:
             argv (list): what to hand over; default ``sys.argv``.
             run (callable): the primary's main loop; stop() follows its return.
-            timeout (float): limit for the whole launch, every phase of it;
-                None waits until handled. Default: the Process' timeout, or
-                the environment's TCBON_TIMEOUT (seconds, or "none"), so that
-                an app's user can wait longer. A launch whose handler has not
-                started by then never runs (it says so: exit code 4); one whose
-                handler started but has not answered runs once, and says so
-                (``Busy``: exit code 8).
-            forward_stdin (bool): a later launch whose stdin is not a terminal
-                (``cmd | app -``) hands the text over as ``event['stdin']``.
+            timeout (float): for the whole launch; default the Process', or
+                the environment's TCBON_TIMEOUT (seconds, or "none"). A
+                handler not started by then never runs (exit 4); one started
+                but not answered runs once (``Busy``, exit 8).
+            forward_stdin (bool): a later launch's piped stdin goes over as
+                ``event['stdin']`` (``cmd | app -``).
             own_launch (bool): False keeps the first launch's argv from the
-                handler (for an app that opens it in on_start itself).
-            replace: as start()'s: 'older' makes a newer version replace the
-                running one (its on_handover() state handed over, launches
-                meanwhile waiting for this one), and hand over to one that
-                is as new or newer.
-            quit (callable): what ends run()'s loop. Default: the quit of
-                the object whose method run is (``root.mainloop`` ->
-                ``root.quit``, Qt's ``app.exec`` -> ``app.quit``, GLib's
-                ``MainLoop.run``), or ``Gtk.main_quit`` for ``Gtk.main``.
-            unguarded (bool): where the guard cannot work (the app_dir is
-                read-only, full or not yours, its file system has no locks,
-                loopback is blocked), say why once on stderr and run the app
-                as if it were the only one: on_start, the handler with the
-                own launch, run() (without one: until SIGTERM or Ctrl-C),
-                on_stop; no lock, no server. Without it, main() says why and
-                returns 5 (6 for a blocked loopback).
+                handler (an app that opens it in on_start itself).
+            replace: as start()'s ('older': a newer version replaces the
+                running one, its on_handover() state handed over).
+            quit (callable): what ends run()'s loop; default the quit of
+                run's object (``root.quit``, ``app.quit``), ``Gtk.main_quit``.
+            unguarded (bool): where the guard cannot work (a read-only, full
+                or foreign app_dir, no locks, loopback blocked), say why once
+                and run the app alone (no lock, no server); else exit 5 (6).
 
         Returns:
-            The exit code for this launch: the primary's, or, for an error
-            reported on stderr, the code python -m tcbon gives it (EXIT_*):
-            3 refused, 4 not taken in time (nothing runs), 5 state directory
-            unusable, 6 any other failure, 8 taken but not answered in time
-            (it runs once); 130 (EXIT_INTERRUPTED) for a launch that Ctrl-C
-            interrupted before it served or had its answer, said in one
-            line, no traceback.
+            The launch's exit code: the primary's, or for an error said on
+            stderr python -m tcbon's (EXIT_*): 3 refused, 4 not taken in
+            time, 5 state directory unusable, 6 any other failure, 8 taken
+            but not answered in time, 130 interrupted by Ctrl-C.
         """
         worker = _worker_sign()
         if worker is not None:
-            return self._not_a_launch(worker)
+            return _Launch.not_a_launch(self, worker)
         argv = _this_argv() if argv is None else list(argv)
+        launch = _Launch(self, argv if own_launch else None, run, quit, unguarded)
         try:
             limit = self._limit(_env_timeout() if timeout is _DEFAULT else timeout)
-        except ValueError as exc:
-            return self._report(exc)
-        try:
-            return self._launch(argv, run, limit, forward_stdin, own_launch, replace, quit,
-                                unguarded)
+            return launch.run(argv, _Wait(limit), forward_stdin, replace)
+        except UsageError as exc:  # TCBON_TIMEOUT
+            return launch.report(exc)
         except KeyboardInterrupt:  # a later launch's (the primary handles its own)
             _say(sys.stderr, "%s: interrupted (Ctrl-C)\n" % self.name)
             return EXIT_INTERRUPTED
-
-    def _launch(self, argv: list[str], run: Callable[[], Any] | None, limit: float | None,
-                forward_stdin: bool, own_launch: bool, replace: Any,
-                quit: Callable[[], Any] | None, unguarded: bool) -> int:
-        """main(): hand over to the primary, or become it and serve."""
-        wait = _Wait(limit)
-        while True:
-            if wait.over():  # each round keeps to the launch's deadline (issue 30)
-                return self._report(Timeout(
-                    "%r: the launch found no primary to take it, nor became one, within "
-                    "%.1f s; retry with a longer timeout" % (self.name, wait.limit or 0.0),
-                    self.name, wait.limit or 0.0))
-            try:
-                if self.instances_allowed and not (replace and self._own_instance()):
-                    chosen = self._chosen(argv)  # several: a new one, or where choose() says
-                    if chosen is not None:
-                        return self._hand_over(argv, forward_stdin, wait, chosen)
-                try:
-                    self._become_primary(wait, replace, signals=True, waiter=run is None)
-                except ProcessExists as exc:
-                    if self._elsewhere_in_this_process():  # a notebook's second run: say it
-                        return self._report(exc)
-                    return self._hand_over(argv, forward_stdin, wait)
-            except ProcessDoesNotExist:
-                continue  # it went away meanwhile: choose again, or take its place
-            except (ValueError, Error) as exc:  # ValueError: bad input, nothing sent
-                return self._refused(exc, unguarded, run, argv if own_launch else None)
-            return self._serve_until_stopped(run, argv if own_launch else None, quit)
-
-    def _hand_over(self, argv: list[str], forward_stdin: bool, wait: _Wait,
-                   to: Any = None) -> int:
-        """A later launch: argv to the primary (to: the instance chosen)."""
-        stdin = _piped_stdin() if forward_stdin else None
-        return _relay(self._handoff(argv, None, None, stdin, wait, to))
-
-    def _elsewhere_in_this_process(self) -> bool:
-        """main() found this process the primary through another object,
-        and not as a relaunch on the thread of its handlers (a DCC shelf
-        button, which hands over directly): a notebook cell run again, whose
-        new handlers would silently go unused (issue 29). main() says what
-        start() says instead."""
-        mine = [primary for primary in list(_primaries or ()) if primary.process is not self
-                and primary.process._finder.stem == self._finder.stem]
-        return bool(mine) and not any(primary.serves_this_thread() for primary in mine)
-
-    def _chosen(self, argv: list[str]) -> int | None:
-        """The id of the instance choose() sends this launch to, or None
-        for a new instance.
-
-        Raises:
-            ValueError: choose() returned something else.
-            Error: choose() returned an id no instance has (issue 30).
-        """
-        entries = self.instances()
-        if not entries:
-            return None
-        chosen = self.choose(self._launch_event(argv, None, None, None), entries)
-        if isinstance(chosen, dict):
-            chosen = chosen.get("id")
-        if chosen is None:
-            return None
-        if _instance_id(chosen) is None:
-            raise UsageError("choose() must return one of the instances, its id, or None "
-                             "for a new one; it returned %r" % (chosen,))
-        if _instance_id(chosen) not in [entry.get("id") for entry in entries]:
-            raise Error("choose() returned instance %s of %r, which is not running (those "
-                        "running: %s); return one of the instances it is given, its id, or "
-                        "None for a new one" % (chosen, self.name, ", ".join(
-                            str(entry.get("id")) for entry in entries)))
-        return _instance_id(chosen)
-
-    def _serve_until_stopped(self, run: Callable[[], Any] | None,
-                             own_argv: list[str] | None = None,
-                             quit: Callable[[], Any] | None = None) -> int:
-        """Run the app's main loop, or wait for a stop request; then stop.
-        Ctrl-C's handler is in place before run(): the first stops (or,
-        without an executor to run the stop, interrupts run() once), later
-        ones only hurry the stop (a frozen app's bootloader forwards one
-        more: pyinstaller#2483)."""
-        primary = self._primary
-        if primary is None:  # stopped during on_start, from another thread
-            return EXIT_OK
-        try:
-            primary.handle_signals(("SIGINT",), interrupt=run is not None
-                                   and self.executor is None)
-            if own_argv is not None:
-                self._open_own_launch(primary, own_argv)
-            if run is not None:
-                primary.loop_quit = quit or _loop_quit(run)
-                primary.in_run = True  # a stop from now on ends run() (issue 28)
-                if not primary.done.opened:  # not if stopped already: nothing would end it
-                    run()
-            else:
-                primary.wait(primary.asked)
-        except KeyboardInterrupt:
-            self._note(_INFO, "%s interrupted", self.name)
-        finally:
-            primary.loop_over.open()
-            try:
-                primary.stop()
-            finally:
-                primary.end_wait()
-        return primary.exit_code
-
-    def _open_own_launch(self, primary: _Primary, argv: list[str]) -> None:
-        """The first launch's argv, through the door of every later one:
-        the second-instance handler, on the executor's thread (now, if
-        that is this one; else once its loop runs)."""
-        handler = self.event_handlers.get(SECOND_INSTANCE)
-        if handler is None:
-            return
-        call = primary.handler(handler, self._launch_event(argv, None, None, None, True))
-        executor = self.executor
-        if executor is None or getattr(executor, "is_own_thread", _nothing)():
-            try:
-                result = call()
-            except _Stopping:
-                return None  # stopped during on_start: nothing to open
-            except Exception:  # noqa: BLE001 - logged, as a later launch's would be
-                return self._note(_ERROR, "%s: the handler of the first launch failed",
-                                  self.name, exc_info=True)
-            return primary.took_own_launch(result)
-        future = _submit_later(executor, call)
-        if _is_future(future):
-            future.add_done_callback(primary.took_own_launch)
-
-    def _not_a_launch(self, worker: str) -> int:
-        """main() in a multiprocessing worker: never a launch (it would wait
-        for the primary that waits for it). Said at once; a frozen app's
-        worker then does its work (freeze_support() runs it and exits),
-        so that its pool neither hangs nor starts worker after worker."""
-        code = self._report(Error(
-            "this process is a multiprocessing worker, not a launch (%s): call "
-            "multiprocessing.freeze_support() first thing under "
-            "if __name__ == '__main__':, before main()" % worker))
-        if getattr(sys, "frozen", False):
-            import multiprocessing
-            multiprocessing.freeze_support()  # returns only if it is no worker after all
-        return code
-
-    def _refused(self, exc: Exception, unguarded: bool, run: Callable[[], Any] | None,
-                 own_argv: list[str] | None) -> int:
-        """main() cannot become the primary: report why, or, unguarded, run
-        alone where the guard cannot work."""
-        if unguarded and isinstance(exc, (StateError, _CannotListen)):
-            return self._run_alone(exc, run, own_argv)
-        return self._report(exc)
-
-    def _run_alone(self, exc: Exception, run: Callable[[], Any] | None,
-                   own_argv: list[str] | None) -> int:
-        """main(unguarded=True) where the guard cannot work (issue 28): said
-        once on stderr, then the app runs as if it were the only one. No
-        lock, no server: a later launch cannot reach it and runs alone too.
-        With run(), signals are left as Python has them."""
-        _say(sys.stderr, "%s: warning: running without the single-instance guard: %s\n"
-             % (self.name, exc))
-        stopped, code = _Gate(), EXIT_OK
-        undo = _nothing if run is not None else _handle_signals(_platform.stop_signals,
-                                                                lambda _: stopped.open())
-        try:
-            self.on_start()
-            handler = self.event_handlers.get(SECOND_INSTANCE)
-            if own_argv is not None and handler is not None:
-                event = self._launch_event(own_argv, None, None, None, True)
-                executor = self.executor
-                if executor is None or getattr(executor, "is_own_thread", _nothing)():
-                    code = _relay(handler(event))
-                else:
-                    _submit_later(executor, lambda: handler(event))
-            if run is not None:
-                run()
-            else:
-                while not stopped.wait(_platform.wait_slice):
-                    pass
-        except KeyboardInterrupt:
-            self._note(_INFO, "%s interrupted", self.name)
-        finally:
-            undo()
-            self.on_stop()
-        return code
-
-    def _report(self, exc: Exception) -> int:
-        _say(sys.stderr, "%s: %s\n" % (self.name, exc))
-        return _exit_code(exc)
 
     # Stopping ---------------------------------------------------------------
     def stop(self, timeout: float | None = _DEFAULT, to: Any = None,
              where: dict | None = None, kill_after: float | None = None) -> list[int] | None:
         """Stop whoever is the primary now, and return once it has stopped.
 
-        On the primary: withdraws the state file, runs on_stop once, stops
-        the server (waiting up to timeout for requests in progress; those
-        still running then get an error reply) and releases the lock;
-        called again meanwhile, it waits for that. Called from a handler
-        (a route or an event handler) of this process' primary, it only
-        asks: the reply goes out first, the stop follows at once.
-        Elsewhere: asks the primary to stop and returns once it has
-        released its lock, even if another launch is the primary by then.
-        In a child forked from the primary, the object the child inherited
-        does nothing: the parent is the primary, and the child's clean-up
-        (a ``with`` block, a ``finally``) must not stop it.
+        On the primary: withdraws its address, runs on_stop once, stops the
+        server (up to timeout for requests in progress, which then get an
+        error reply) and releases the lock; from one of its handlers it only
+        asks (the reply goes out first). Elsewhere: asks the primary to stop
+        and returns once it released its lock. A forked child's copy of the
+        primary object does nothing. With instances, an instance's object
+        stops itself; any other stops the most recently active one, the one
+        ``to`` or ``where`` choose, or (``to='all'``) every one.
 
-        With instances, a running instance's object stops itself, unless
-        told to stop others (``to``, ``where``: see send); any other object
-        stops the most recently active instance, or the chosen one, or
-        (``to='all'``) every one, and returns once they have stopped.
-
-        With ``kill_after`` (seconds), a primary of another process that has
-        not stopped that long after being asked (hung, or stopped with
-        SIGSTOP) is ended: the process that holds its lock, verified in the
-        OS's lock table (Linux; never by pid alone, which may have been
-        reused), is killed, and stop() returns once its lock is free.
+        With ``kill_after`` (seconds), a primary that has not stopped that
+        long after being asked (hung, SIGSTOPped) is ended: the process that
+        holds its lock, verified in the OS's lock table (Linux), never by
+        pid alone; stop() returns once it is gone.
 
         Returns:
-            With kill_after: the pids it ended (empty if every primary
-            stopped when asked); else None.
+            With kill_after: the pids it ended (empty if all stopped when
+            asked); else None.
 
         Raises:
-            ProcessDoesNotExist: nothing runs under this name (or nothing
-                the rule accepts).
+            ProcessDoesNotExist: nothing runs (or nothing the rule accepts).
             Timeout: the primary did not stop in time.
-            Error: kill_after, and the holder cannot be verified here
-                (macOS, Windows, another pid namespace): nothing was ended.
+            Error: kill_after, and the holder cannot be verified here (macOS,
+                Windows, another pid namespace): nothing was ended.
         """
         limit = self._limit(timeout)
         primary = self._primary
@@ -4921,7 +4996,7 @@ class Process:
             return None if kill_after is None else []
         if kill_after is not None:
             _check_timeout(kill_after)
-        if self._targeted(to, where) or primary is None:
+        if _check_target(self.instances_allowed, self.name, to, where) or primary is None:
             ended = self._finder.stop_chosen(_Wait(limit), to, where, kill_after)
             return None if kill_after is None else ended
         if _in_a_handler():
@@ -4939,41 +5014,23 @@ class Process:
 
         The event is ``{'name': 'second-instance', 'argv': argv, 'cwd': cwd,
         'data': data, 'env': {...}, 'activation_token': ..., 'stdin': ...}``:
-        argv as a JSON list, exactly (spaces, '|', empty strings and unicode
-        survive), with this launch's working dir; ``env``, the variables
-        forward_env names; ``activation_token``, the launch's
-        ``XDG_ACTIVATION_TOKEN`` (Wayland) or else ``DESKTOP_STARTUP_ID``
-        (X11), or None, for the primary to raise its window with. Both are
-        removed from this process' environment: its children must not reuse
-        a spent token. On Windows the primary is allowed to take the focus.
+        argv as a JSON list, exactly; ``cwd`` None if this launch's folder
+        was deleted; ``env``, the variables forward_env names; the launch's
+        activation token (``XDG_ACTIVATION_TOKEN`` or ``DESKTOP_STARTUP_ID``,
+        removed from this environment once a primary takes it), for the
+        primary to raise its window with (on Windows it may take the focus).
 
         Args:
-            argv (list): default ``sys.argv``.
-            cwd (str): default ``os.getcwd()``, or None if this launch's
-                working directory was deleted.
-            data: anything JSON-serializable.
-            timeout (float): for the whole hand-off; None waits until the
-                primary has handled it.
-            stdin (str): text for the primary (see main's forward_stdin).
+            argv (list): default ``sys.argv``; cwd (str): default the
+                working directory; data: anything JSON; stdin (str): text
+                for the primary (see main's forward_stdin).
+            timeout (float): for the whole hand-off (see main()).
             to, where: with instances, which one gets it (see send).
 
         Raises:
-            ProcessDoesNotExist, Timeout, RequestError, Error: as send().
+            ProcessDoesNotExist, Timeout, Busy, RequestError, Error: as send().
         """
-        return self._handoff(argv, cwd, data, stdin, _Wait(self._limit(timeout)), to, where)
-
-    def _handoff(self, argv: list[str] | None, cwd: str | None, data: Any,
-                 stdin: str | None, wait: _Wait, to: Any = None,
-                 where: dict | None = None) -> Any:
-        keys = ("XDG_ACTIVATION_TOKEN", "DESKTOP_STARTUP_ID")
-        event = self._launch_event(argv, cwd, data, stdin)
-        event["activation_token"] = next((os.environ[k] for k in keys if os.environ.get(k)), None)
-
-        def found(state: dict) -> None:  # a primary takes it: the token is spent here
-            for key in keys:
-                os.environ.pop(key, None)
-            _platform.allow_foreground(state["pid"])
-        return self._request("POST", "event", event, wait, to, where, found=found, ack=True)
+        return _handoff(self, argv, cwd, data, stdin, _Wait(self._limit(timeout)), to, where)
 
     def deliver(self, items: Iterable[str], timeout: float | None = _DEFAULT) -> Any:
         """Hand documents or links that reached this app by another way than
@@ -4992,17 +5049,6 @@ class Process:
         """
         argv = _this_argv()[:1] or [self.name]
         return self.handoff(argv=argv + ["--"] + [str(item) for item in items], timeout=timeout)
-
-    def _launch_event(self, argv: list[str] | None, cwd: str | None, data: Any,
-                      stdin: str | None, primary: bool = False) -> dict:
-        """The second-instance event of a launch: this one's, or (primary)
-        the primary's own, which keeps its activation token for its window."""
-        import fnmatch
-        env = {key: value for key, value in os.environ.items()
-               if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.forward_env)}
-        return {"name": SECOND_INSTANCE, "argv": _this_argv() if argv is None else list(argv),
-                "cwd": _cwd() if cwd is None else cwd, "data": data, "env": env,
-                "activation_token": None, "stdin": stdin, "primary": primary}
 
     def wait_for_exit(self, timeout: float | None = _DEFAULT) -> None:
         """Block until no primary of this name runs, without asking it to
@@ -5037,22 +5083,14 @@ class Process:
         """Send a POST request with a JSON payload to the specified route.
 
         With ``instances``, ``to`` and ``where`` choose the instance: by
-        default the most recently active (see touch()); ``where={'project':
-        'x'}`` the most recently active of those whose metadata (see
-        describe()) has these values; ``to=ID`` the instance with that id;
-        ``to=callable`` the one that ``callable(instances)`` returns (an
-        entry of the list, an id, or None for none); ``to='all'`` every one
-        (of those ``where`` accepts), at once: then the result is a dict
-        ``{id: reply}``, where a failed instance's reply is the tcbon.Error
-        it raised. An instance that is stopping passes the request on to
-        the next one the rule chooses.
-
-        With ``start`` (the app's command: a list of arguments, or a string,
-        split as a shell would on POSIX and passed as a command line on
-        Windows), a call that finds no primary starts that command, detached
-        (it outlives this call), and sends once the app answers, all within
-        ``timeout``. Launches that race to start it take turns: one starts it,
-        the others find it running.
+        default the most recently active (touch()); ``where={'project': 'x'}``
+        the most recent whose metadata (describe()) has these values; ``to=ID``
+        that one; ``to=callable`` the one ``callable(instances)`` returns;
+        ``to='all'`` every one, at once: then the result is ``{id: reply}``,
+        a failed one's reply being its tcbon.Error. With ``start`` (the app's
+        command, a list or a string), a call that finds no primary answering
+        starts it, detached, and sends once it answers, within ``timeout``;
+        racing launches start it once.
 
         Examples:
             >>> import tcbon
@@ -5063,11 +5101,10 @@ class Process:
             The decoded JSON reply, e.g. ``{'success': True, ...}``.
 
         Raises:
-            ProcessDoesNotExist: none runs (or none that the rule accepts).
+            ProcessDoesNotExist: none runs (or none the rule accepts), or the
+                start command cannot be run or exits before the app answers.
             Timeout, RequestError (a 4xx/5xx answer), Error.
-            ProcessDoesNotExist: also when the start command cannot be run,
-                or exits before the app answers.
-            ValueError: to or where without instances, or of the wrong kind;
+            UsageError: to or where without instances, or of the wrong kind;
                 a start that is not a command.
         """
         payload = {} if payload is None else payload
@@ -5086,7 +5123,7 @@ class Process:
         """The one path of get, send, handoff: the finder's call, and with
         start, the app started whenever no primary will answer, a stop in
         progress included (issue 30), then the call made again."""
-        self._targeted(to, where)
+        _check_target(self.instances_allowed, self.name, to, where)
         command = None if start is None else _check_start(start)
         while True:
             try:
@@ -5096,52 +5133,10 @@ class Process:
             except ProcessDoesNotExist:
                 if command is None:
                     raise
-            self._start_on_demand(command, wait)
+            self._finder.start_app(command, wait)
             command = None  # once: a second "none runs" is the answer
 
     # Starting on demand ----------------------------------------------------------
-    def _start_on_demand(self, command: str | list[str], wait: _Wait) -> None:
-        """start=: unless a primary answers, run command detached, and return
-        once one has published its address (issue 23). Launches that race
-        take the starter lock in turn, beside the primary's (as the successor
-        lock): the first starts the app, the others find it answering."""
-        _ensure_private_dir(self.app_dir)
-        starter = self._finder.side_lock("starter", wait, "starting it")
-        try:
-            if not self._finder.answering():  # the launch before us may have started it
-                self._run_until_answering(command, wait)
-        finally:
-            starter.release()
-
-    def _run_until_answering(self, command: str | list[str], wait: _Wait) -> None:
-        """Run command detached; wait until a primary publishes its address."""
-        try:
-            child = _platform.spawn_detached(command)
-        except OSError as exc:
-            raise ProcessDoesNotExist("%r is not running, and its start command %s cannot be "
-                                      "run: %s; pass a command that exists (a full path, or "
-                                      "one on PATH)" % (self.name, _shown(command), _reason(exc)),
-                                      self.name, self.app_dir) from exc
-
-        def answering() -> bool | None:
-            if self._finder.answering():
-                return True
-            if child.poll() is not None and not self._finder.running():  # none, none starting
-                raise ProcessDoesNotExist(
-                    "%r is not running: its start command %s exited with code %s before the "
-                    "app answered; run that command in a terminal to see why (it must run the "
-                    "app itself, not start it in the background and exit)" % (
-                        self.name, _shown(command), child.returncode), self.name, self.app_dir)
-            return None
-        try:
-            wait.until(answering, lambda: Timeout(
-                "%r did not answer within %.1f s of being started with %s; it starts slowly "
-                "or hangs: retry with a longer timeout" % (
-                    self.name, wait.limit or 0.0, _shown(command)), self.name, wait.limit or 0.0))
-        finally:
-            if child.returncode is None:  # it runs on: reaped whenever it exits, no zombie
-                _thread.start_new_thread(child.wait, ())
-
     # Several instances ---------------------------------------------------------
     def describe(self, **fields: Any) -> None:
         """Publish metadata about this instance, for choosers and listings
@@ -5189,24 +5184,18 @@ class Process:
     def register(self, schemes: Iterable[str] = (), types: Iterable[str] = (),
                  title: str | None = None) -> list[str]:
         """Make links and files of some types start this app with this
-        launch's own command (tcbon.register with command=None): a frozen
-        app's executable; ``python -m MODULE``; python and the script's
-        absolute path; the interpreter as run (a venv's, not the Python
-        it links to). Call it from the installed app, e.g. on a first run
-        or from a menu.
-
-        Args:
-            schemes, types, title: as tcbon.register's.
+        launch's own command (a frozen app's executable; ``python -m
+        MODULE``; the interpreter as run and the script's absolute path):
+        tcbon.register with command=None. Call it from the installed app.
 
         Returns:
             What was written: file paths, or registry keys.
 
         Raises:
-            UsageError: a bad scheme, type or title; nothing to register;
-                no command of its own (python -c: call tcbon.register with
-                command=[...]). Also a ValueError.
-            Error: registering is not done at run time here (macOS), or
-                a file or key could not be written.
+            UsageError: a bad scheme, type or title; nothing to register; no
+                command of its own (python -c: call tcbon.register).
+            Error: not done at run time here (macOS), or a file or key
+                could not be written.
         """
         return register(self.name, schemes, types, None, title)
 
@@ -5232,30 +5221,6 @@ class Process:
         instance, until ``instances`` run; then launches go to the most
         recently active one."""
         return None
-
-    def _targeted(self, to: Any, where: dict | None) -> bool:
-        """True if a call names a target; which only several instances have.
-
-        Raises:
-            ValueError: a target for a Process of one instance, or a bad one.
-        """
-        if to is None and where is None:
-            return False
-        if not self.instances_allowed:
-            raise UsageError("to= and where= choose among several instances, but %r allows "
-                             "one: pass Process(..., instances=N or True)" % self.name)
-        if where is not None and not isinstance(where, dict):
-            raise UsageError("where must be a dict of metadata values, got %r" % (where,))
-        if not (to is None or to == "all" or callable(to) or _instance_id(to) is not None):
-            raise UsageError("to must be an instance id, 'all' or a callable that chooses "
-                             "among the instances, got %r" % (to,))
-        return True
-
-    def _serving(self) -> _Primary:
-        """The primary part that answers a route; while there is none (the
-        app driven in-process through wsgi, a request after a stop), an
-        inert one: its events run at once, and it refuses to stop."""
-        return self._primary or _Primary(self, None, ("", ""))
 
     def _limit(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is _DEFAULT else _check_timeout(timeout)

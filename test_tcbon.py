@@ -2046,32 +2046,31 @@ class OtherUser:
     def __init__(self, uid, gid, python, lib, home):
         self.uid, self.gid, self.python, self.lib, self.home = uid, gid, python, lib, home
 
-    def run(self, code, *args):
-        def become():
-            os.setgroups([])
-            os.setgid(self.gid)
-            os.setuid(self.uid)
+    def become(self):
+        """In the child, before it runs: this user, with no other group."""
+        os.setgroups([])
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+
+    def popen(self, code, args, **kwargs):
         env = {"PATH": "/usr/bin:/bin", "HOME": self.home, "PYTHONPATH": self.lib,
                "XDG_DATA_HOME": os.path.join(self.home, "data")}
-        done = subprocess.run([self.python, "-c", code] + [str(a) for a in args], env=env,
-                              cwd=self.home, preexec_fn=become, capture_output=True,
-                              text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return subprocess.Popen([self.python, "-c", code] + [str(a) for a in args], env=env,
+                                cwd=self.home, preexec_fn=self.become, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+    def run(self, code, *args):
+        proc = self.popen(code, args, stdin=subprocess.DEVNULL)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            end(proc)
+        assert proc.returncode == 0, err
+        return out
 
     def launched(self, code, *args):
         """A child as this user in the background (see launched())."""
-        def become():
-            os.setgroups([])
-            os.setgid(self.gid)
-            os.setuid(self.uid)
-        env = {"PATH": "/usr/bin:/bin", "HOME": self.home, "PYTHONPATH": self.lib,
-               "XDG_DATA_HOME": os.path.join(self.home, "data")}
-        proc = subprocess.Popen([self.python, "-c", code] + [str(a) for a in args], env=env,
-                                cwd=self.home, preexec_fn=become, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        return _ended(proc)
+        return _ended(self.popen(code, args, stdin=subprocess.PIPE))
 
 
 @pytest.fixture(scope="session")
@@ -5433,10 +5432,8 @@ def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
     # children; the README's promises are its invariants.
     import functools
     import select
-    from hypothesis import HealthCheck, Phase, settings
     from hypothesis import strategies as st
-    from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
-                                     run_state_machine_as_test)
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
     limit, margin = 2.0, 1.5  # every call's timeout; how far past it a call may return
     documented = (tcbon.ProcessExists, tcbon.ProcessDoesNotExist, tcbon.Timeout)
     threads_before = set(threading.enumerate())
@@ -5633,10 +5630,19 @@ def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
                 for child in self.children:
                     end(child)
 
-    run_state_machine_as_test(Lifecycle, settings=settings(
-        max_examples=15, stateful_step_count=20, deadline=None, database=None,
+    run_model(Lifecycle, examples=15, steps=20)
+
+
+def run_model(machine, examples, steps):
+    """Run a state machine of real processes: no shrinking (each step is
+    real, and a replay may not fail the same way), no example database."""
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis.stateful import run_state_machine_as_test
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
         suppress_health_check=list(HealthCheck),
-        phases=[Phase.explicit, Phase.reuse, Phase.generate]))  # each step is real: no shrinking
+        phases=[Phase.explicit, Phase.reuse, Phase.generate]))
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="kill -9, SIGSTOP and SIGCONT to children are POSIX's")
@@ -5649,10 +5655,8 @@ def test_instances_and_upgrades_keep_the_lifecycle_contract_in_any_order(tmp_pat
     # invariants: the listing is exactly the live instances (no ghost, none
     # missing), a call goes where its rule says or raises a documented error
     # within its timeout, and an upgrade ends with the newest version.
-    from hypothesis import HealthCheck, Phase, settings
     from hypothesis import strategies as st
-    from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
-                                     run_state_machine_as_test)
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
     limit, margin = 2.0, 3.0  # every call's timeout; how far past it a call may return
     documented = (tcbon.ProcessExists, tcbon.ProcessDoesNotExist, tcbon.Timeout)
     script = tmp_path / "model_app.py"
@@ -5885,10 +5889,7 @@ def test_instances_and_upgrades_keep_the_lifecycle_contract_in_any_order(tmp_pat
                     end(child)
 
     for machine in (Instances, Upgrades):
-        run_state_machine_as_test(machine, settings=settings(
-            max_examples=6, stateful_step_count=15, deadline=None, database=None,
-            suppress_health_check=list(HealthCheck),
-            phases=[Phase.explicit, Phase.reuse, Phase.generate]))  # real steps: no shrinking
+        run_model(machine, examples=6, steps=15)
 
 
 def test_every_launch_goes_through_one_door_the_first_ones_own_too(name, app_dir,
