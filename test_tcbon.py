@@ -1078,12 +1078,13 @@ sys.exit(app.main(replace=os.environ.get("REPLACE") or False))
 """
 
 
-# argv NAME APP_DIR LOG MARK SECONDS: main() of an app whose handlers run one at a
+# argv NAME APP_DIR LOG MARK HOLD: main() of an app whose handlers run one at a
 # time (an executor of one thread, as a UI loop runs them); its launch handler
-# appends "START MARK" to LOG, takes SECONDS, then appends "DONE MARK" (issue 29).
+# appends "START MARK" to LOG, then with HOLD "hold" waits until LOG.MARK exists
+# (60 s at most), then appends "DONE MARK" (issue 29).
 # The launch's timeout comes from TCBON_TIMEOUT, as an app's user would set it.
 BUSY_APP = r"""
-import concurrent.futures, sys, time, tcbon
+import concurrent.futures, os, sys, time, tcbon
 name, app_dir, log = sys.argv[1:4]
 app = tcbon.Process(name, app_dir=app_dir, executor=concurrent.futures.ThreadPoolExecutor(1))
 
@@ -1095,9 +1096,11 @@ def note(line):
 
 @app.on("second-instance")
 def launched(event):
-    mark, seconds = event["argv"][4], float(event["argv"][5])
+    mark, hold = event["argv"][4], event["argv"][5] == "hold"
     note("START " + mark)
-    time.sleep(seconds)
+    deadline = time.monotonic() + 60
+    while hold and not os.path.exists(log + "." + mark) and time.monotonic() < deadline:
+        time.sleep(0.01)
     note("DONE " + mark)
     return {"stdout": "handled %s\n" % mark}
 
@@ -6970,24 +6973,29 @@ def test_a_launch_not_taken_in_time_never_runs_and_one_taken_runs_once(name, app
     # Issue 29: the launch's deadline travels with it; delivered and handled differ.
     log = str(tmp_path / "log")
 
-    def busy_app(mark, seconds, timeout=None):
+    def busy_app(mark, hold, timeout=None):
         env = child_env(tmp_path) if timeout is None else child_env(tmp_path,
                                                                    TCBON_TIMEOUT=timeout)
-        return ["-c", BUSY_APP, name, app_dir, log, mark, seconds], env
-    args, env = busy_app("first", 0)
+        return ["-c", BUSY_APP, name, app_dir, log, mark, hold], env
+
+    def release(mark):
+        open(log + "." + mark, "w").close()
+    args, env = busy_app("first", "go")
     with launched(args, env) as first:
         wait_for(lambda: "first" in logged(log, "DONE"), 30, "the first launch's own")
-        args, env = busy_app("busy", 3, 30)
+        args, env = busy_app("busy", "hold", 60)
         with launched(args, env) as busy:
             wait_for(lambda: "busy" in logged(log, "START"), 30, "the busy handler to start")
-            code, out, err = ran(*busy_app("late", 0, 1))
+            code, out, err = ran(*busy_app("late", "go", 1))  # its handler cannot start
             assert code == tcbon.EXIT_TIMEOUT and "nor start its handler" in err, (code, err)
+            release("busy")
             assert finish(busy)[:2] == (0, "handled busy\n")
-        code, out, err = ran(*busy_app("after", 0, 30))  # one thread: "late" would be first
+        code, out, err = ran(*busy_app("after", "go", 30))  # one thread: "late" would be first
         assert (code, out) == (0, "handled after\n"), err
         assert "late" not in logged(log, "START")  # not taken in time: it never runs
-        code, out, err = ran(*busy_app("slow", 2, 0.5))
+        code, out, err = ran(*busy_app("slow", "hold", 3))  # taken, held past its timeout
         assert code == tcbon.EXIT_BUSY and "its handler started" in err, (code, err)
+        release("slow")
         wait_for(lambda: "slow" in logged(log, "DONE"), 30, "the taken launch's handler")
         assert logged(log, "START").count("slow") == 1  # taken: it ran, once
         tcbon.Process(name, app_dir=app_dir).stop(timeout=30)

@@ -17,7 +17,8 @@ shift
 export WINEPREFIX=${WINEPREFIX:-$STATE/prefix} WINEDEBUG=${WINEDEBUG:--all}
 work=$STATE/work/cp${v/./}-$$
 rm -rf "$work" && mkdir -p "$work"
-cp -r "$SRC/tcbon.py" "$SRC/test_tcbon.py" "$SRC/setup.cfg" "$SRC/README.rst" "$SRC/examples" "$work/"
+cp -r "$SRC/tcbon.py" "$SRC/test_tcbon.py" "$SRC/setup.cfg" "$SRC/README.rst" "$SRC/CHANGES.rst" \
+    "$SRC/examples" "$work/"
 cp "$RIG/rig_watchdog.py" "$work/"
 cd "$work" || exit 2
 # Temporary files go to the copy too (Wine sets TEMP from its own registry).
