@@ -51,19 +51,16 @@ __all__ = [
     "Error",
     "HTTPError",
     "HostExecutor",
-    "IntakeMixIn",
     "MainThreadExecutor",
     "Process",
     "ProcessDoesNotExist",
     "ProcessExists",
     "RequestError",
-    "RequestHandler",
     "Response",
     "StateError",
     "Timeout",
     "Unreachable",
     "UsageError",
-    "WorkerPoolMixIn",
     "abort",
     "bring_to_front",
     "default_app_dir",
@@ -1804,7 +1801,7 @@ def _make_response(value: Any) -> Response:
 # http.server.ThreadingHTTPServer with two mix-ins, combined as socketserver
 # combines its own (ThreadingTCPServer = ThreadingMixIn + TCPServer):
 #
-#   IntakeMixIn.serve()         the one loop: a selector; no wake-ups while idle
+#   _IntakeMixIn.serve()         the one loop: a selector; no wake-ups while idle
 #     _accept()                 one connection per wake-up; at the caps, or out
 #                               of descriptors, the oldest pending one goes
 #     _receive()                buffers the head, then _read_head() parses it
@@ -1812,8 +1809,8 @@ def _make_response(value: Any) -> Response:
 #       _refuse()               a refused head: a JSON error, the rest of the
 #                               request read and discarded, never kept
 #       _dispatch()             a request that passed, with its whole body
-#     WorkerPoolMixIn.process_request()   the spare worker, or a new thread
-#       finish_request()        RequestHandler: WSGI app, one write
+#     _WorkerPoolMixIn.process_request()   the spare worker, or a new thread
+#       finish_request()        _RequestHandler: WSGI app, one write
 #       shutdown_request()
 #
 # Idle or slow connections cost a socket, not a thread (slowloris), and an
@@ -2012,7 +2009,7 @@ class _Pending:
         self.refused = False  # answered: what it still sends is discarded
 
 
-class IntakeMixIn(_ServerBase):
+class _IntakeMixIn(_ServerBase):
     """Mix-in for a socketserver.TCPServer: one selector loop reads each
     request whole, within limits, before a worker thread sees it.
 
@@ -2029,7 +2026,7 @@ class IntakeMixIn(_ServerBase):
         note (callable): note(level, message, *args, exc_info=False) logs.
     """
 
-    reserve_worker: Callable[[], bool]  # from WorkerPoolMixIn
+    reserve_worker: Callable[[], bool]  # from _WorkerPoolMixIn
     drain: Callable[[float | None], None]
     claim_reply: Callable[[Any], bool]
     answer_stop_requests: Callable[[float], None]
@@ -2052,7 +2049,7 @@ class IntakeMixIn(_ServerBase):
         self._quiet_until: dict[str, float] = {}
         # Never a new object per read: PyPy's GC lets discarded ones pile up.
         self._discard = bytearray(65536)
-        super().__init__(server_address, RequestHandler)  # type: ignore[call-arg]
+        super().__init__(server_address, _RequestHandler)  # type: ignore[call-arg]
         host, port = self.socket.getsockname()[:2]
         names = {_format_address(host, port), "localhost:%d" % port}
         self.hosts = frozenset(names | ({host, "localhost"} if port == 80 else set()))
@@ -2262,7 +2259,7 @@ class IntakeMixIn(_ServerBase):
         self.drain(drain)
 
 
-class WorkerPoolMixIn(_ServerBase):
+class _WorkerPoolMixIn(_ServerBase):
     """Mix-in for a socketserver.TCPServer: a request runs on the one spare
     worker thread, or on a new thread; at most MAX_WORKERS at once. The
     spare waits without a timeout: an idle server makes no wake-ups, and
@@ -2273,7 +2270,7 @@ class WorkerPoolMixIn(_ServerBase):
     (their handlers' late replies are dropped), so that no client is left
     with a reset that it could not tell from "never handled"."""
 
-    note: Callable[..., None]  # from IntakeMixIn
+    note: Callable[..., None]  # from _IntakeMixIn
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         import queue
@@ -2396,16 +2393,16 @@ class WorkerPoolMixIn(_ServerBase):
                 self._idle.wait(max(0.0, deadline - time.monotonic()))
 
 
-class RequestHandler(_HandlerBase):
+class _RequestHandler(_HandlerBase):
     """Answers one request that the intake read whole and let through:
     runs the WSGI app and writes the reply in one piece. socketserver's
     request-handler contract: made with (request, client_address, server),
     it handles the request at once; request is (socket, _Head, body)."""
 
-    server: IntakeMixIn
+    server: _IntakeMixIn
 
     def __init__(self, request: _Request, client_address: Any,  # type: ignore[override]
-                 server: IntakeMixIn) -> None:
+                 server: _IntakeMixIn) -> None:
         self.connection, self.head, self.body = request
         self.client_address, self.server = client_address, server
         self.proof = _proof_for(self.head, server.token)
@@ -2483,7 +2480,7 @@ class RequestHandler(_HandlerBase):
 _server_classes: list[type] = []
 
 
-def _server_class() -> type[IntakeMixIn]:
+def _server_class() -> type[_IntakeMixIn]:
     """ThreadingHTTPServer with the intake and the worker pool mixed in,
     combined on first use: ``import tcbon`` does not load http.server.
 
@@ -2507,9 +2504,13 @@ def _server_class() -> type[IntakeMixIn]:
             # What a warning or a failed handler imports, too: only where the
             # race is (their 1.5 MiB stay out of a primary that never logs).
             import concurrent.futures  # noqa: F401 - imports logging
-        _server_classes.append(type("Server", (IntakeMixIn, WorkerPoolMixIn,
+        # class Server(_IntakeMixIn, _WorkerPoolMixIn, ThreadingHTTPServer),
+        # made here rather than by a class statement at import: that would
+        # load http.server, socket and email with tcbon (about 10 ms that a
+        # second instance and a client never need; issue 26's import figure).
+        _server_classes.append(type("Server", (_IntakeMixIn, _WorkerPoolMixIn,
                                                ThreadingHTTPServer), {
-            "__module__": __name__, "__doc__": IntakeMixIn.__doc__,
+            "__module__": __name__, "__doc__": _IntakeMixIn.__doc__,
             "daemon_threads": True, "allow_reuse_address": _platform.reuse_address,
             "request_queue_size": 128}))
     return _server_classes[0]
@@ -3769,7 +3770,7 @@ class _Primary:
         self.lock_file, self.pid_file = files
         self.state: dict = {}
         self._publishing = _thread.allocate_lock()  # republish() against the withdrawal
-        self.server: IntakeMixIn | None = None
+        self.server: _IntakeMixIn | None = None
         self.thread: Any = None
         self.started, self.asked, self.done = _Gate(), _Gate(), _Gate()
         self._starter = _thread.get_ident()
@@ -3823,7 +3824,7 @@ class _Primary:
         process._note(_INFO, "%s serving at %s (pid %d)", process.name, self.state["address"],
                       self.state["pid"])
 
-    def _listen(self) -> IntakeMixIn:
+    def _listen(self) -> _IntakeMixIn:
         process = self.process
         try:  # the token: 24 random bytes, as hex (secrets would cost 10 ms)
             return _server_class()(process._bind, process.wsgi, os.urandom(24).hex(),
@@ -3871,7 +3872,7 @@ class _Primary:
                 self.end_wait()
                 self._release()
 
-    def _publish(self, server: IntakeMixIn) -> None:
+    def _publish(self, server: _IntakeMixIn) -> None:
         import socket
         import threading
         process = self.process
@@ -4101,7 +4102,7 @@ class _Primary:
             self.process._note(_WARNING, "%s: left %s behind, empty: another program keeps "
                                "it open", self.process.name, path)
 
-    def _close(self, server: IntakeMixIn) -> None:
+    def _close(self, server: _IntakeMixIn) -> None:
         import threading
         server.hurried = server.hurried or self.hurried
         server.close(drain=self.drain)
@@ -5336,15 +5337,14 @@ class MainThreadExecutor:
     """
 
     def __init__(self, wake: Callable[[], Any] | None = None) -> None:
-        import collections
         import concurrent.futures  # noqa: F401 - here, not first on a server thread (issue 20)
+        import queue
         self.wake = wake
-        self._queue: Any = collections.deque()
+        # SimpleQueue: its put() is reentrant, and a signal handler may submit
+        # (a stop); get() waits for work without a lock of our own.
+        self._queue: Any = queue.SimpleQueue()
         self._owner = _thread.get_ident()
         self._ran = False  # run_pending() was ever called
-        # Released when work arrives: a lock, as a signal handler may ring.
-        self._bell = _thread.allocate_lock()
-        self._bell.acquire()
 
     @classmethod
     def blender(cls, interval: float = 0.1) -> MainThreadExecutor:
@@ -5376,11 +5376,7 @@ class MainThreadExecutor:
         executor's own thread; return a concurrent.futures.Future."""
         from concurrent.futures import Future
         future: Any = Future()
-        self._queue.append((future, fn, args, kwargs))
-        try:
-            self._bell.release()
-        except RuntimeError:
-            pass  # rung already
+        self._queue.put((future, fn, args, kwargs))
         if self.wake is not None:
             self.wake()
         return future
@@ -5403,13 +5399,16 @@ class MainThreadExecutor:
                 for something (None: until something comes), as a script's
                 loop does: ``while app.is_primary: ex.run_pending(None)``.
         """
+        import queue
         self._owner, self._ran = _thread.get_ident(), True
-        if not self._queue and timeout != 0:
-            self._bell.acquire(timeout=-1 if timeout is None else timeout)
         done = 0
-        while self._queue:
-            done += self._run(*self._queue.popleft())
-        return done
+        try:
+            item = self._queue.get(timeout != 0, timeout or None)  # timeout 0: at once
+            while True:
+                done += self._run(*item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return done
 
     @staticmethod
     def _run(future: Any, fn: Callable, args: tuple, kwargs: dict) -> int:
