@@ -7773,6 +7773,13 @@ def test_blender_tool_serves_from_blenders_main_thread(tmp_path, scenes, mode, r
     background = [mode] if mode == "--background" else []
     with blender_running(tmp_path, "blender.out", *background, scenes[0], "--python",
                          example("blender_tool.py"), display=display) as blender:
+        # Running means answering (issue 29): wait returns once Blender's
+        # timer has run the tool's executor, not when the tool took its slot.
+        code, out, err = cli(tmp_path, "blender_tool", "wait", "--timeout", "120",
+                             "--app-dir", app_dir, timeout=180)
+        assert code == 0, err
+        with open(os.path.join(app_dir, "blender_tool@%s.1.pid" % tcbon._machine())) as f:
+            assert json.load(f).get("ready") is True
         [entry] = blender_tool_listed(tmp_path, app_dir, 1)
         assert (entry["meta"], entry["app_version"]) == ({"scene": "shot_010.blend"}, "1.1")
         # What the example's docstring shows, as it shows it.
