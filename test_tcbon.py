@@ -4406,14 +4406,15 @@ def test_an_object_that_was_the_primary_stops_whoever_runs_now(name, app_dir, tm
 @pytest.mark.parametrize("call", ["info", "send"])
 def test_the_primary_object_as_a_client_during_its_own_stop(name, app_dir, call, limit):
     # Finding 6: Unreachable "(pid None) ... address None", from its own state.
-    # Its on_stop takes 4 s: a shorter call may time out, a longer one finds
-    # that nothing runs; none says "unreachable" or outlives its timeout (a
-    # 1 s call that waited for the stop would take 4 s, twice its bound).
+    # Its on_stop takes 4 s, or until the call is over: a shorter call may
+    # time out, a longer one finds that nothing runs; none says "unreachable"
+    # or outlives its timeout (a 1 s call that waited for the stop would take
+    # 4 s, twice its bound).
     class Slow(tcbon.Process):
         def on_stop(self):
             entered.set()
-            time.sleep(4)
-    entered = threading.Event()
+            called.wait(4)
+    entered, called = threading.Event(), threading.Event()
     proc = Slow(name, app_dir=app_dir, timeout=limit)
     proc.on("ping")(lambda event: {"pong": True})
     proc.start()
@@ -4431,6 +4432,7 @@ def test_the_primary_object_as_a_client_during_its_own_stop(name, app_dir, call,
                 proc.send("event", {"name": "ping"})
         assert time.monotonic() - started < limit + 1
     finally:
+        called.set()
         stopper.join(20)
     assert not proc.is_primary and not proc.running
 
