@@ -17,8 +17,10 @@ shift
 export WINEPREFIX=${WINEPREFIX:-$STATE/prefix} WINEDEBUG=${WINEDEBUG:--all}
 work=$STATE/work/cp${v/./}-$$
 rm -rf "$work" && mkdir -p "$work"
-cp -r "$SRC/tcbon.py" "$SRC/test_tcbon.py" "$SRC/setup.cfg" "$SRC/README.rst" "$SRC/CHANGES.rst" \
-    "$SRC/examples" "$work/"
+# The pages too: tests read them (the version is said in one place only).
+cp -r "$SRC/tcbon.py" "$SRC/test_tcbon.py" "$SRC/setup.cfg" "$SRC/pyproject.toml" "$SRC/tox.ini" \
+    "$SRC/README.rst" "$SRC/CHANGES.rst" "$SRC/CONTRIBUTING.rst" "$SRC/docs" "$SRC/examples" \
+    "$work/"
 cp "$RIG/rig_watchdog.py" "$work/"
 cd "$work" || exit 2
 # Temporary files go to the copy too (Wine sets TEMP from its own registry).
