@@ -7030,6 +7030,47 @@ def test_a_primary_answers_once_its_executor_runs_not_before(name, app_dir, tmp_
         assert finish(child)[0] == 0
 
 
+def released_tcbon(tmp_path, commit="7cf5182"):
+    """A folder holding tcbon.py as it was at commit (0.4.0, before one
+    finder did it all), from the checkout's git history."""
+    folder = tmp_path / ("tcbon-" + commit)
+    folder.mkdir()
+    try:
+        done = subprocess.run(["git", "-C", HERE, "show", "%s:tcbon.py" % commit],
+                              capture_output=True, timeout=60)
+    except OSError:
+        done = None
+    if done is None or done.returncode != 0:
+        pytest.skip("needs git and the checkout's history (a clone, not a copy)")
+    (folder / "tcbon.py").write_bytes(done.stdout)
+    return str(folder)
+
+
+@pytest.mark.parametrize("primary_is", ["released", "this"])
+def test_a_released_primary_and_this_client_find_each_other_both_ways(name, app_dir, tmp_path,
+                                                                       primary_is):
+    # Issue 26: the files did not change, so an upgrade finds what runs.
+    old = released_tcbon(tmp_path)
+    env = child_env(tmp_path)
+    if primary_is == "released":
+        env["PYTHONPATH"] = old + os.pathsep + env["PYTHONPATH"]
+    here = str(tmp_path)  # not the checkout: python -c puts the working folder first
+    with launched(["-c", LAUNCH, name, app_dir], env, cwd=here) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        info = wait_primary(name, app_dir)
+        assert info["version"] == ("0.4.0" if primary_is == "released" else tcbon.__version__)
+        client_env = dict(env, PYTHONPATH=(child_env(tmp_path)["PYTHONPATH"]
+                                           if primary_is == "released" else
+                                           old + os.pathsep + env["PYTHONPATH"]))
+        code, out, err = ran(["-c", LAUNCH, name, app_dir], client_env, cwd=here)
+        assert code == 0 and out.splitlines()[0] == "EXISTS %d" % child.pid, err
+        assert json.loads(out.splitlines()[1].split(" ", 1)[1])["pid"] == child.pid
+        code, out, err = ran(["-m", "tcbon", name, "stop", "--app-dir", app_dir], client_env,
+                             cwd=here)
+        assert code == 0, err
+        assert finish(child)[0] == 0
+
+
 def test_wait_for_exit_and_wait_exit_see_instances(name, app_dir, tmp_path):
     with several(name, app_dir, tmp_path, "alpha") as child:
         listed(name, app_dir, 1)
