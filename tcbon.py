@@ -5337,14 +5337,18 @@ class MainThreadExecutor:
     """
 
     def __init__(self, wake: Callable[[], Any] | None = None) -> None:
+        import collections
         import concurrent.futures  # noqa: F401 - here, not first on a server thread (issue 20)
-        import queue
         self.wake = wake
-        # SimpleQueue: its put() is reentrant, and a signal handler may submit
-        # (a stop); get() waits for work without a lock of our own.
-        self._queue: Any = queue.SimpleQueue()
+        # Not queue.SimpleQueue: a signal handler may submit (a stop) while
+        # this thread waits in run_pending(), and PyPy's SimpleQueue is Python
+        # on a Condition, whose lock that very wait holds. A deque's append
+        # and a raw lock's release are safe there everywhere.
+        self._queue: Any = collections.deque()
         self._owner = _thread.get_ident()
         self._ran = False  # run_pending() was ever called
+        self._bell = _thread.allocate_lock()  # released when work arrives
+        self._bell.acquire()
 
     @classmethod
     def blender(cls, interval: float = 0.1) -> MainThreadExecutor:
@@ -5376,7 +5380,11 @@ class MainThreadExecutor:
         executor's own thread; return a concurrent.futures.Future."""
         from concurrent.futures import Future
         future: Any = Future()
-        self._queue.put((future, fn, args, kwargs))
+        self._queue.append((future, fn, args, kwargs))
+        try:
+            self._bell.release()
+        except RuntimeError:
+            pass  # rung already
         if self.wake is not None:
             self.wake()
         return future
@@ -5399,16 +5407,13 @@ class MainThreadExecutor:
                 for something (None: until something comes), as a script's
                 loop does: ``while app.is_primary: ex.run_pending(None)``.
         """
-        import queue
         self._owner, self._ran = _thread.get_ident(), True
+        if not self._queue and timeout != 0:
+            self._bell.acquire(timeout=-1 if timeout is None else timeout)
         done = 0
-        try:
-            item = self._queue.get(timeout != 0, timeout or None)  # timeout 0: at once
-            while True:
-                done += self._run(*item)
-                item = self._queue.get_nowait()
-        except queue.Empty:
-            return done
+        while self._queue:
+            done += self._run(*self._queue.popleft())
+        return done
 
     @staticmethod
     def _run(future: Any, fn: Callable, args: tuple, kwargs: dict) -> int:
