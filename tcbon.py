@@ -1845,7 +1845,7 @@ def _proof(token: str, nonce: str) -> str:
     """What a primary answers a nonce with: HMAC-SHA256 keyed by its token
     (issue 27, finding 8). Only a process that read the token proves it."""
     import hmac
-    return hmac.new(token.encode("ascii"), nonce.encode("latin-1"), "sha256").hexdigest()
+    return hmac.digest(token.encode("ascii"), nonce.encode("latin-1"), "sha256").hex()
 
 
 def _seconds(text: str | None) -> float | None:
@@ -3215,8 +3215,11 @@ class _Finder:
         def check() -> bool:
             data = _read_bytes(pid_file + _SHADOW)  # as _read_state reads it
             data = _read_bytes(pid_file) if data is None else data
-            return bool(data) and token in (data or b"") and _Lock.held(lock_file) and not (
-                same_space and _platform.pid_gone(pid, started))
+            if not data or token not in data:
+                return False  # withdrawn: a stop closes its listener after that
+            if same_space:  # it runs with its state published: it holds its lock and listens
+                return not _platform.pid_gone(pid, started)
+            return _Lock.held(lock_file)
         return check
 
     # Reaching it ----------------------------------------------------------------
