@@ -3262,6 +3262,9 @@ class _Finder:
                 if refused.over():
                     raise self.client.unreachable(state, self.app_dir)
                 refused.pause()
+            elif isinstance(result, str) and (method, path) == ("POST", "/stop"):
+                self.wait_gone(state, wait)  # a stop is for that one: never the next
+                return None
             elif isinstance(result, str):  # stopping, or gone: on to the next primary
                 passed.add(state["token"])
             else:
@@ -3295,6 +3298,16 @@ class _Finder:
         if not isinstance(result, str):
             reply = self.client.answer(result[0], result[1], "POST /stop")
             return reply.get("handover") if isinstance(reply, dict) else None
+        self.wait_gone(state, wait)
+        return None
+
+    def wait_gone(self, state: dict, wait: _Wait) -> None:
+        """Wait until the primary that published state has stopped (its
+        lock free, or its slot another's).
+
+        Raises:
+            Timeout: it still runs once wait is over.
+        """
         lock_file, pid_file = self.files(state.get("id"))
 
         def gone() -> bool | None:  # its lock free, or its slot another's
@@ -3305,7 +3318,6 @@ class _Finder:
             "asked %r (pid %s) to stop, but it still runs after %.1f s; end pid %s if it "
             "never stops" % (self.name, state.get("pid"), wait.limit or 0.0, state.get("pid")),
             self.name, wait.limit or 0.0))
-        return None
 
     def stop_or_end(self, state: dict, wait: _Wait, kill_after: float | None) -> int | None:
         """stop(state), and if that primary has not stopped within
