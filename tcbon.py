@@ -4238,8 +4238,8 @@ class _Primary:
             result = call() if process.executor is None else process.executor.submit(call)
             # A Future (or a handler that takes long) holds the reply until
             # it is handled, or the sender's deadline: then it gave up.
-            while _is_future(result):
-                result = self._result(result, name)
+            while _is_future(result):  # up to the sender's time (no limit if it gave none)
+                result = result.result(request.environ.get("tcbon.timeout"))
             if hasattr(result, "__await__"):
                 getattr(result, "close", lambda: None)()
                 raise TypeError("async def handlers need Process(executor="
@@ -4262,12 +4262,6 @@ class _Primary:
         elif result is not None:
             reply["result"] = result
         return reply
-
-    def _result(self, future: Any, name: str) -> Any:
-        """A handler's Future's result, within the sender's time (no limit
-        for a sender that gave none). An executor that nothing runs is
-        told to callers before this: its primary never answers (ready)."""
-        return future.result(request.environ.get("tcbon.timeout"))
 
     def route_stop(self) -> dict:
         """Stop; answer once stopped (the lock released), so that the
