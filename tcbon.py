@@ -297,8 +297,12 @@ class _Platform:
             Ctrl-C is seen (None: one wait without timeout).
         stop_signals (tuple): names of the signals that ask a primary to stop.
         signal_wake (bool): signal.set_wakeup_fd takes a pipe's descriptor.
-        links (str): where links and file types are registered: "xdg"
-            (desktop files), "windows" (the registry), "" (nowhere we know).
+        links (type or None): the class that registers links and file types
+            here (_XdgLinks, _WindowsLinks), set where the optional parts
+            define them; None where the app declares its own (macOS: its
+            bundle's Info.plist).
+        desktop_files (bool): links and file types are desktop files (the
+            freedesktop.org specs).
     """
 
     private_dir: dict[str, int] = {}
@@ -306,7 +310,8 @@ class _Platform:
     wait_slice: float | None = None
     stop_signals: tuple[str, ...] = ("SIGTERM",)
     signal_wake = True
-    links = ""
+    links: type | None = None
+    desktop_files = False
 
     def lock(self, fd: int, shared: bool = False) -> bool:
         """Take fd's lock without waiting: True if taken, False if another
@@ -406,7 +411,7 @@ class _UnixPlatform(_Platform):
     private_dir = {"mode": 0o700}
     reuse_address = True  # restart on a fixed port despite TIME_WAIT
     # macOS reads them from the app bundle's Info.plist (docs/desktop.rst)
-    links = "" if sys.platform == "darwin" else "xdg"
+    desktop_files = sys.platform != "darwin"
 
     def mask_stop_signals(self, block: bool) -> Any:
         import signal
@@ -611,7 +616,6 @@ class _WindowsPlatform(_Platform):  # pragma: no cover - run by the rig (.ci/win
     # Console close, Ctrl-Break and logoff arrive as SIGBREAK; SIGTERM never does.
     stop_signals = ("SIGTERM", "SIGBREAK")
     signal_wake = False  # set_wakeup_fd wants a socket here: see _wake_on_signals
-    links = "windows"
 
     def lock(self, fd: int, shared: bool = False) -> bool:
         # msvcrt has no shared lock, and a probe that took the exclusive one
@@ -1106,9 +1110,8 @@ def _scope_suffix(scope: Any) -> str:
     if not isinstance(path, (str, os.PathLike)) or not os.path.isabs(path):
         raise UsageError("scope must be 'user', 'session', 'installation' or the absolute "
                          "path of an installation, got %r" % (scope,))
-    import hashlib
     key = os.path.normcase(os.path.realpath(path)).encode("utf-8", "surrogateescape")
-    return ".install-" + hashlib.sha256(key).hexdigest()[:12]
+    return ".install-" + _sha256()(key).hexdigest()[:12]
 
 
 def _installation() -> str:
@@ -1336,21 +1339,30 @@ def _replace_or_overwrite(tmp: str, path: str, data: bytes) -> None:
 
 def _read_state(path: str) -> dict | None:
     """Return the published state, or None if missing, partial or foreign.
-    Its shadow (see _SHADOW) is read instead of it while one exists."""
-    import json
+    Its shadow (see _SHADOW) is read instead of it while one exists. The
+    file is read every time; parsed only when its bytes changed (parsing
+    was the largest part of a call's own work)."""
     data = _read_bytes(path + _SHADOW)
     if data is None:
         data = _read_bytes(path)
+    last = _parsed.get(path)
+    if last is not None and last[0] == data:
+        return None if last[1] is None else dict(last[1])
+    import json
     try:
         state = json.loads(data or b"null")
     except (ValueError, RecursionError):
-        return None
+        state = None
     ok = (isinstance(state, dict)
           and isinstance(state.get("pid"), int)
           and isinstance(state.get("address"), str)
           and isinstance(state.get("token"), str)
           and isinstance(state.get("tcbon"), int))
-    return state if ok else None
+    _parsed[path] = (data, state if ok else None)
+    return dict(state) if ok else None
+
+
+_parsed: dict[str, tuple[bytes | None, dict | None]] = {}  # path: its last bytes, parsed
 
 
 def _live_state(path: str) -> dict | None:
@@ -1843,9 +1855,39 @@ except ImportError:  # pragma: no cover - other implementations
 
 def _proof(token: str, nonce: str) -> str:
     """What a primary answers a nonce with: HMAC-SHA256 keyed by its token
-    (issue 27, finding 8). Only a process that read the token proves it."""
-    import hmac
-    return hmac.digest(token.encode("ascii"), nonce.encode("latin-1"), "sha256").hex()
+    (RFC 2104; issue 27, finding 8), in hex. Only a process that read the
+    token proves it. The key's two padded hash states are made once per
+    token; each proof copies them (a tenth of hmac.digest's work)."""
+    pads = _keyed.get(token)
+    if pads is None:
+        sha256 = _sha256()
+        key = token.encode("ascii")
+        key = (sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        pads = (sha256(bytes(byte ^ 0x36 for byte in key)),
+                sha256(bytes(byte ^ 0x5C for byte in key)))
+        if len(_keyed) >= 64:  # the primaries this process reached: a few
+            _keyed.clear()
+        _keyed[token] = pads
+    inner, outer = pads[0].copy(), pads[1].copy()
+    inner.update(nonce.encode("latin-1"))
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+_keyed: dict[str, tuple[Any, Any]] = {}  # token: its HMAC's inner and outer hash states
+
+
+def _sha256() -> Callable[..., Any]:
+    """SHA-256 as the interpreter builds it in (_sha256; _sha2 from 3.12):
+    hashlib would load OpenSSL, a MiB more in every primary."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]
+        except ImportError:  # pragma: no cover - a build without it
+            from hashlib import sha256
+    return sha256  # type: ignore[no-any-return]
 
 
 def _seconds(text: str | None) -> float | None:
@@ -2490,7 +2532,6 @@ def _server_class() -> type[_IntakeMixIn]:
     thread-safe, and a module two threads import at once can be seen half
     made ("module 'json' has no attribute 'dumps'", issue 20)."""
     if not _server_classes:
-        import encodings.idna  # noqa: F401 - getaddrinfo() imports it on first use
         import errno  # noqa: F401 - for the threads, as said above
         import http  # noqa: F401
         import io  # noqa: F401
@@ -2501,18 +2542,25 @@ def _server_class() -> type[_IntakeMixIn]:
         import zipimport
         from http.server import ThreadingHTTPServer
         if isinstance(getattr(json, "__loader__", None), zipimport.zipimporter):
-            # What a warning or a failed handler imports, too: only where the
-            # race is (their 1.5 MiB stay out of a primary that never logs).
+            # What a warning or a failed handler imports, too, and a handler's
+            # call to another app (getaddrinfo() looks up the idna codec): only
+            # where the race is (their 2 MiB stay out of a primary that never
+            # logs or calls).
             import concurrent.futures  # noqa: F401 - imports logging
-        # class Server(_IntakeMixIn, _WorkerPoolMixIn, ThreadingHTTPServer),
-        # made here rather than by a class statement at import: that would
-        # load http.server, socket and email with tcbon (about 10 ms that a
-        # second instance and a client never need; issue 26's import figure).
-        _server_classes.append(type("Server", (_IntakeMixIn, _WorkerPoolMixIn,
-                                               ThreadingHTTPServer), {
-            "__module__": __name__, "__doc__": _IntakeMixIn.__doc__,
-            "daemon_threads": True, "allow_reuse_address": _platform.reuse_address,
-            "request_queue_size": 128}))
+            import encodings.idna  # noqa: F401
+
+        # Defined here, on first use, not at import: its base would load
+        # http.server, socket and email with tcbon (about 10 ms that a second
+        # instance and a client never need; issue 26's import figure).
+        class Server(_IntakeMixIn, _WorkerPoolMixIn, ThreadingHTTPServer):
+            """The primary's server: ThreadingHTTPServer, with the intake
+            (one thread reads each request head, under its guards) and the
+            worker pool (reused threads run the handlers) mixed in."""
+            daemon_threads = True
+            allow_reuse_address = _platform.reuse_address
+            request_queue_size = 128  # socketserver's 5 drops the SYNs of a burst
+
+        _server_classes.append(Server)
     return _server_classes[0]
 
 
@@ -2653,11 +2701,11 @@ class _DeadlineSocket:
         self._start = b""  # the reply's first bytes, until an interim one is known
 
     def _arm(self) -> None:
-        import socket
         if self._deadline is None:
             return
         left = self._deadline - time.monotonic()
         if left <= 0:
+            import socket
             raise socket.timeout("timed out")
         self._sock.settimeout(left)
 
@@ -2737,7 +2785,7 @@ def _opener() -> Any:
                 # For the calls, as said above; encodings.idna: getaddrinfo() looks
                 # up this codec, so imports it, on first use.
                 import encodings.idna  # noqa: F401
-                import hmac  # noqa: F401
+                _sha256()
                 import http.client  # noqa: F401
                 import json  # noqa: F401
                 import socket  # noqa: F401
@@ -3040,6 +3088,10 @@ class _Finder:
         self.stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope_suffix))
         self.client = _Client(name)
         self._trusted = False
+        # The token of the primary the last call reached: the next call to
+        # it skips the lock and liveness look, as still() makes both once
+        # connected; any failure clears it (a killed one: ProcessDoesNotExist).
+        self.reached: str | None = None
 
     # Files ----------------------------------------------------------------------
     def files(self, slot: int | None = None) -> tuple[str, str]:
@@ -3140,6 +3192,10 @@ class _Finder:
             raise self.none_runs(to, where)
         if not self.limit and to is None and not where:  # the name's own first: no listing
             lock_file, pid_file = self.files()
+            state = _read_state(pid_file)
+            if (state is not None and state["token"] == self.reached
+                    and state["token"] not in passed and self.answers(state)):
+                return state  # the one that answered last: still() checks it once connected
             if _Lock.held(lock_file):
                 state = _live_state(pid_file)
                 ok = state is not None and state.get("id") is None and self.answers(state)
@@ -3255,6 +3311,7 @@ class _Finder:
             local = self.local(state)
             if local is not None:
                 return local.call_directly(method, path, body, wait.remaining())
+            self.reached = None
             result = self.client.exchange(state, method, path, body, wait, self.ended,
                                           self.still(state), ack)
             if result == "refused":
@@ -3268,6 +3325,7 @@ class _Finder:
             elif isinstance(result, str):  # stopping, or gone: on to the next primary
                 passed.add(state["token"])
             else:
+                self.reached = state["token"]
                 return self.client.answer(result[0], result[1], "%s %s" % (method, path),
                                           wait.limit)
 
@@ -6381,12 +6439,18 @@ def _links() -> Any:
     Raises:
         Error: none that tcbon knows (macOS: the app bundle's Info.plist).
     """
-    registrars = {"xdg": _XdgLinks, "windows": _WindowsLinks}
-    if _platform.links not in registrars:
+    if _platform.links is None:
         raise Error("on this system links and file types are declared by the app bundle "
                     "(macOS: CFBundleURLTypes and CFBundleDocumentTypes in Info.plist), "
                     "not registered at run time: see docs/desktop.rst")
-    return registrars[_platform.links]()
+    return _platform.links()
+
+
+# Each platform's registrar, plugged in here: the platform classes above
+# know nothing of this optional part.
+_WindowsPlatform.links = _WindowsLinks
+if _UnixPlatform.desktop_files:
+    _UnixPlatform.links = _XdgLinks
 
 
 def _check_links(name: str, schemes: Any, types: Any, title: Any) -> tuple:

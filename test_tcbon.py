@@ -3317,12 +3317,17 @@ def test_a_client_timeout_bounds_the_whole_call(name, app_dir):
     assert not alive and len(errors) == 1, "the call outlived its timeout"
 
 
-def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir, tmp_path):
+@pytest.mark.parametrize("reached_it_before", [False, True])
+def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir, tmp_path,
+                                                                   reached_it_before):
     # Issue 27, finding 8: between reading a state and connecting, the
     # primary dies and another process binds its port. The client's thread
     # is held just before it connects (a trace function on socket's
-    # create_connection) while that happens for real.
+    # create_connection) while that happens for real. A client whose last
+    # call reached that primary skips the lock and liveness look before it
+    # connects (the fast path): its check once connected must hold alone.
     reached, go, outcome = threading.Event(), threading.Event(), []
+    client = tcbon.Process(name, app_dir=app_dir)
 
     def tracer(frame, event, arg):
         if (event == "call" and frame.f_code.co_name == "create_connection"
@@ -3331,9 +3336,11 @@ def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir
             go.wait(30)
 
     def send():
+        if reached_it_before:
+            client.send("event", {"name": "ping"}, timeout=10)
         sys.settrace(tracer)
         try:
-            outcome.append(tcbon.Process(name, app_dir=app_dir).send(
+            outcome.append(client.send(
                 "event", {"name": "ping", "data": "the launch's secret argv"}, timeout=2))
         except tcbon.Error as exc:
             outcome.append(exc)
@@ -3376,6 +3383,45 @@ def test_a_request_never_goes_to_whoever_took_a_dead_primarys_port(name, app_dir
     assert received == b""  # not the token, not the launch's data
     assert token.encode() not in received
     assert len(outcome) == 1 and isinstance(outcome[0], tcbon.Timeout), outcome
+
+
+def test_a_client_whose_last_call_reached_a_killed_primary_is_told_none_runs(
+        name, app_dir, tmp_path):
+    # The fast path skips the lock probe before connecting to the primary the
+    # last call reached; a refused connection must send the next look down
+    # the whole path: ProcessDoesNotExist at once, not Unreachable after the
+    # call's 30 s of retries.
+    client = tcbon.Process(name, app_dir=app_dir)
+    with launch(name, app_dir, tmp_path) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        assert client.send("event", {"name": "ping", "data": 1}, timeout=10)["echo"] == 1
+        hard_kill(child)
+        with pytest.raises(tcbon.ProcessDoesNotExist):
+            client.send("event", {"name": "ping"}, timeout=30)
+
+
+@pytest.mark.parametrize("size", [1, 48, 64, 65, 200])
+def test_the_proof_is_hmac_sha256_of_the_nonce_keyed_by_the_token(size):
+    import hmac
+    token = "".join(chr(33 + (i * 7) % 90) for i in range(size))  # printable ASCII
+    for nonce in ("n" * 32, os.urandom(16).hex(), ""):  # the key's pads are used again
+        assert tcbon._proof(token, nonce) == hmac.digest(
+            token.encode("ascii"), nonce.encode("latin-1"), "sha256").hex()
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc/PID/maps, Linux's")
+def test_a_primary_that_proves_its_replies_loads_no_openssl_hash_module(name, app_dir,
+                                                                        tmp_path):
+    # hashlib's _hashlib (OpenSSL's EVP) is most of a MiB in every primary
+    # (issue 26); the proofs use the interpreter's built-in SHA-256.
+    with launch(name, app_dir, tmp_path) as child:
+        assert child.stdout.readline().startswith("PRIMARY")
+        assert tcbon.Process(name, app_dir=app_dir).send("event", {"name": "ping"},
+                                                         timeout=10)
+        with open("/proc/%d/maps" % child.pid) as f:
+            maps = f.read()
+    assert "_sha256" in maps or "_sha2" in maps or "libpython" in maps  # read the right one
+    assert "_hashlib" not in maps
 
 
 def test_a_reply_without_the_primarys_proof_is_refused(name, app_dir, primary):
