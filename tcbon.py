@@ -43,7 +43,7 @@ call, Process (a few lines, delegating); an OS difference, the platform classes.
 """
 from __future__ import annotations
 
-__version__ = "0.5.0"
+__version__ = "0.5.1"
 __all__ = [
     "App",
     "AsyncioExecutor",
