@@ -19,7 +19,10 @@ shown = {}                                         # what this instance shows
 
 
 def project_of(event):
-    return event['argv'][1] if len(event['argv']) > 1 else 'default'
+    args = event['argv'][1:]
+    if args[:1] == ['--']:          # what follows is data, never options (as register() starts it)
+        args = args[1:]
+    return args[0] if args else 'default'
 
 
 def choose(event, instances):
