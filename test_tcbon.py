@@ -4148,7 +4148,7 @@ def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(loop, tmp_p
 @pytest.mark.skipif(not POSIX, reason="SIGTERM to child primaries: Windows delivers none")
 def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
     # Issue 19's model: three Process objects here, children/launch.py
-    # primaries in children; the README's promises are its invariants.
+    # primaries in child processes; the README's promises are its invariants.
     import functools
     import select
     from hypothesis import strategies as st
@@ -5413,7 +5413,8 @@ def test_cli_ctrl_c_says_one_line_and_exits_130(name, app_dir, tmp_path):
 # Start on demand (issue 23) ---------------------------------------------------------------
 def on_demand(tmp_path, name, app_dir, monkeypatch):
     """The children/on_demand.py app's command (a copy of it), as a list and
-    as a command line, and its record file. The app that this process starts imports this tcbon."""
+    as a command line, and its record file. The app that this process starts
+    imports this tcbon."""
     monkeypatch.setenv("PYTHONPATH", child_env(tmp_path)["PYTHONPATH"])
     script, record = tmp_path / "on_demand.py", str(tmp_path / "record.txt")
     shutil.copy(program("on_demand"), str(script))
