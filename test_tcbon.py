@@ -30,1251 +30,15 @@ LOCALAPPDATA = os.environ.get("LOCALAPPDATA", "")  # the real one: tests use the
 LINUX = sys.platform.startswith("linux")  # gate /proc on this: under Wine, Z:\\proc exists
 
 
-# Child scripts ----------------------------------------------------------------------------
-# Each runs in a real interpreter (python -c SCRIPT ...); the comment above
-# each is its contract.
-
-# The start barrier of the scripts below: with GO_FILE set, a script waits
-# (30 s at most) until that file exists, so that launches start at one moment.
-BARRIER = """
-go = os.environ.get("GO_FILE")
-if go:
-    deadline = time.monotonic() + 30
-    while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.001)
-"""
-
-# argv NAME APP_DIR: an app with a 'ping' handler. As the primary, run_forever()
-# (prints PRIMARY pid, then ON_STOP, RETURNED); as a later launch, one 'ping' (prints
-# EXISTS pid, REPLY json). Env: GO_FILE (start barrier), ON_START_DELAY, ON_STOP_DELAY,
-# HANDLER_DELAY, TIMEOUT, NOFILE (open-file limit), APP_FILES (files the app keeps open),
-# SCOPE (the Process' scope), MUTEX (the Process' mutex).
-LAUNCH = r"""
-import faulthandler, json, os, signal, sys, time
-import tcbon
-
-if hasattr(signal, "SIGUSR1"):  # finish() asks a child that hangs for its stacks
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-name, app_dir = sys.argv[1], sys.argv[2]
-""" + BARRIER + r"""
-
-if os.environ.get("NOFILE"):  # an open-file limit such as macOS's default, 256
-    import resource
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (int(os.environ["NOFILE"]), hard))
-
-class App(tcbon.Process):
-    def on_start(self):
-        self.files = [open(os.devnull) for _ in range(int(os.environ.get("APP_FILES", 0)))]
-        print("PRIMARY", os.getpid(), flush=True)
-        time.sleep(float(os.environ.get("ON_START_DELAY", 0)))
-
-    def on_stop(self):
-        print("ON_STOP", flush=True)
-        time.sleep(float(os.environ.get("ON_STOP_DELAY", 0)))
-
-app = App(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)),
-          scope=os.environ.get("SCOPE", "user"), mutex=os.environ.get("MUTEX"))
-
-@app.on("ping")
-def ping(event):
-    if os.environ.get("HANDLER_DELAY"):
-        print("HANDLING", flush=True)
-        time.sleep(float(os.environ["HANDLER_DELAY"]))
-    return {"pid": os.getpid(), "echo": event.get("data")}
-
-try:
-    app.run_forever()
-    print("RETURNED", flush=True)
-except tcbon.ProcessExists as exc:
-    print("EXISTS", exc.pid, flush=True)
-    print("REPLY", json.dumps(app.send("event", {"name": "ping", "data": os.getpid()})),
-          flush=True)
-"""
-
-
-# argv NAME APP_DIR: sys.exit(app.main()), printing PRIMARY pid if it becomes the
-# primary. Env: GO_FILE (start barrier), TIMEOUT.
-MAIN = r"""
-import os, sys, time, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-""" + BARRIER + r"""
-app = tcbon.Process(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 10)))
-app.on_start = lambda: print("PRIMARY", os.getpid(), flush=True)
-sys.exit(app.main())
-"""
-
-
-# imports tcbon: no signal handler changes; prints which heavy modules it loaded.
-IMPORT_ONLY = """
-import signal, sys
-catchable = [s for s in signal.Signals  # Windows lists its console events there too
-             if s.name not in ("SIGKILL", "SIGSTOP", "CTRL_C_EVENT", "CTRL_BREAK_EVENT")]
-before = {s: signal.getsignal(s) for s in catchable}
-import tcbon
-assert {s: signal.getsignal(s) for s in catchable} == before
-heavy = {"http.server", "urllib.request", "logging", "argparse", "json", "socket"}
-print(sorted(heavy & set(sys.modules)))
-"""
-
-
-# argv NAME APP_DIR: a primary, then 8 threads whose first calls to it start at
-# once, while its own threads serve them; prints each thread's result and
-# which loader imported json (zipimporter: the standard library was a zip).
-FIRST_CALLS_AT_ONCE = """
-import sys, threading, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-app = tcbon.Process(name, app_dir=app_dir, timeout=30)
-app.register_event_handler("echo", lambda event: {"got": event.get("data")})
-app.start()
-results = [None] * 8
-go = threading.Barrier(8)
-
-def call(i):
-    go.wait()
-    try:
-        results[i] = tcbon.Process(name, app_dir=app_dir, timeout=30).send(
-            "event", {"name": "echo", "data": i})["got"]
-    except Exception as exc:
-        results[i] = repr(exc)
-
-threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join(60)
-app.stop()
-print(results, type(sys.modules["json"].__loader__).__name__)
-"""
-
-
-# argv NAME APP_DIR LOG ...: sys.exit(app.main()); the primary's second-instance
-# handler appends [argv[4:], whether its sys.stdout is None] to LOG, then answers
-# some stdout (for a launch that has nowhere to write it) and exit code 3 to a launch
-# with arguments (0 to the first launch's own, which main() hands it too).
-PYTHONW_APP = """
-import json, sys, tcbon
-name, app_dir, log = sys.argv[1:4]
-app = tcbon.Process(name, app_dir=app_dir, timeout=30)
-
-@app.on("second-instance")
-def second(event):
-    with open(log, "a") as f:
-        f.write(json.dumps([event["argv"][4:], sys.stdout is None]) + "\\n")
-    return {"exit_code": 3 if event["argv"][4:] else 0, "stdout": "handled\\n"}
-
-sys.exit(app.main())
-"""
-
-
-# argv NAME APP_DIR: a host without sys.argv and with a foreign sys.executable
-# starts a primary and hands over; prints 'ok'.
-EMBEDDED = """
-import sys
-name, app_dir = sys.argv[1], sys.argv[2]
-del sys.argv  # Maya, Blender: no argv; sys.executable is the host program
-sys.executable = "/opt/host/bin/maya"
-import tcbon
-seen = []
-p = tcbon.Process(name, app_dir=app_dir)
-p.on("second-instance")(lambda event: seen.append(event["argv"]))
-p.start()
-try:
-    client = tcbon.Process(name, app_dir=app_dir)
-    assert client.info()["argv"] == []
-    assert client.handoff() == {"success": True}
-    sys.argv = []
-    assert client.handoff() == {"success": True}
-    assert seen == [[], []], seen
-finally:
-    p.stop()
-print("ok")
-"""
-
-
-# argv NAME APP_DIR: run_forever(), and SIGBREAK raised in this process once it
-# serves (what console close, Ctrl-Break and logoff deliver on Windows); prints
-# what happened.
-SIGBREAK_STOPS = """
-import signal, sys, threading, time, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-
-started = threading.Event()
-
-class App(tcbon.Process):
-    def on_start(self):  # stop signals are handled from here on
-        started.set()
-
-    def on_stop(self):
-        print("on_stop ran", flush=True)
-app = App(name, app_dir=app_dir)
-
-def console_closed():
-    if started.wait(20):
-        signal.raise_signal(signal.SIGBREAK)
-threading.Thread(target=console_closed).start()
-app.run_forever()
-print("returned", app.running, signal.getsignal(signal.SIGBREAK) is signal.default_int_handler
-      or signal.getsignal(signal.SIGBREAK) == signal.SIG_DFL)
-"""
-
-
-# argv NAME APP_DIR: run_forever() on a thread, stopped from a client; prints 'ok'.
-OFF_MAIN_THREAD = """
-import signal, sys, threading, time
-import tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-handler = signal.getsignal(signal.SIGTERM)
-p = tcbon.Process(name, app_dir=app_dir)
-thread = threading.Thread(target=p.run_forever)
-thread.start()
-client = tcbon.Process(name, app_dir=app_dir, timeout=20)
-deadline = time.monotonic() + 20
-while not client.running and time.monotonic() < deadline:
-    time.sleep(0.005)
-assert client.info()["pid"] == p.pid
-assert signal.getsignal(signal.SIGTERM) is handler  # none installed off the main thread
-client.stop()
-thread.join(20)
-assert not thread.is_alive() and not client.running
-print("ok")
-"""
-
-
-# argv NAME APP_DIR: the app's own SIGTERM handler survives run_forever() and
-# main(), including a failing on_start; prints 'ok'.
-SIGTERM_HANDLER_PUT_BACK = """
-import os, signal, sys, threading
-import tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-called = []
-mine = lambda *_: called.append(1)
-signal.signal(signal.SIGTERM, mine)
-p = tcbon.Process(name, app_dir=app_dir)
-
-def failing_start():
-    raise RuntimeError("no config")
-p.on_start = failing_start
-try:
-    p.run_forever()
-except RuntimeError:
-    pass
-assert signal.getsignal(signal.SIGTERM) is mine and not p.running
-
-p.on_start = lambda: os.kill(os.getpid(), signal.SIGTERM)  # stop at once
-p.run_forever()
-assert signal.getsignal(signal.SIGTERM) is mine and not p.running
-assert called == [], "the app's own handler ran while tcbon's was in place"
-
-stopped = threading.Event()  # main() with the app's own loop: the same
-p.on_stop = stopped.set
-assert p.main([], run=lambda: stopped.wait(20)) == 0
-assert stopped.is_set() and signal.getsignal(signal.SIGTERM) is mine and not p.running
-assert called == []
-os.kill(os.getpid(), signal.SIGTERM)
-assert called == [1]
-print("ok")
-"""
-
-
-# argv NAME APP_DIR ID N: sends N 'count' events, checks each reply, prints 'done N'.
-COUNT_CLIENT = """
-import sys, tcbon
-name, app_dir, cid, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-client = tcbon.Process(name, app_dir=app_dir, timeout=60)
-for seq in range(n):
-    reply = client.send("event", {"name": "count", "id": cid, "seq": seq})
-    assert reply == {"success": True, "id": cid, "seq": seq}, reply
-print("done", n)
-"""
-
-
-# argv HOST PORT COUNT: prints 'ready', waits for a line on stdin, then opens COUNT
-# connections that send one byte and reset; prints 'flooding' after 40.
-FLOOD = """
-import socket, struct, sys
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-reset = struct.pack("ii", 1, 0)  # SO_LINGER 0: close with RST, leave no TIME_WAIT
-print("ready", flush=True)
-sys.stdin.readline()
-for i in range(count):
-    with socket.create_connection((host, port), timeout=60) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
-        sock.sendall(b"x")
-    if i == 40:  # well within the listen backlog: no waiting for a SYN retry
-        print("flooding", flush=True)
-"""
-
-
-# argv APP_DIR STATE_FILE ADDRESS, as another user: tries to list and read the state,
-# then to send without the token; prints what was allowed and the two statuses.
-PEEK = """
-import http.client, json, os, sys
-app_dir, state_file, address = sys.argv[1], sys.argv[2], sys.argv[3]
-for what, action in (("listdir", lambda: os.listdir(app_dir)),
-                     ("read", lambda: open(state_file).read())):
-    try:
-        action()
-        print(what, "allowed")
-    except PermissionError:
-        print(what, "denied")
-host, port = address.rsplit(":", 1)
-for token in ("", "guess"):
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    conn.request("POST", "/event", body=b'{"name": "echo"}',
-                 headers={"Content-Type": "application/json", "X-Tcbon-Token": token})
-    print(conn.getresponse().status)
-"""
-
-
-# argv NAME OUR_APP_DIR, as another user: its own primary of NAME works; ours is
-# refused as owned by someone else; prints what it saw.
-THEIRS = """
-import os, sys, tcbon
-name = sys.argv[1]
-p = tcbon.Process(name)
-p.start()
-try:
-    print(p.is_primary, tcbon.Process(name).info()["pid"] == os.getpid())
-finally:
-    p.stop()
-try:
-    tcbon.Process(name, app_dir=sys.argv[2]).send("event", {"name": "echo"})
-except tcbon.StateError as exc:
-    print("StateError", exc.path == sys.argv[2], "owned by uid 0" in str(exc))
-"""
-
-
-# argv NAME APP_DIR, as another user: an instance of NAME (instances=3) in APP_DIR,
-# made readable by all, that answers every launch and event; prints READY, then
-# serves until its stdin closes (issue 27, finding 1).
-THEIR_INSTANCE = """
-import os, sys, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-app = tcbon.Process(name, app_dir=app_dir, instances=3)
-app.on("second-instance")(lambda event: {"stdout": "theirs\\n", "exit_code": 0})
-app.on("echo")(lambda event: {"theirs": True})
-app.start()
-os.chmod(app_dir, 0o755)
-for each in os.listdir(app_dir):
-    os.chmod(os.path.join(app_dir, each), 0o644)
-print("READY", flush=True)
-sys.stdin.read()
-app.stop()
-"""
-
-
-# argv APP_DIR...: start() in each; prints whether the StateError names the path.
-READ_ONLY = """
-import sys, tcbon
-for app_dir in sys.argv[1:]:
-    try:
-        tcbon.Process("x", app_dir=app_dir).start()
-        print("started")
-    except tcbon.StateError as exc:  # names the directory, or the file it could not create
-        print(exc.path.startswith(app_dir), exc.path in str(exc))
-"""
-
-
-# argv NAME USER_HOME, as root with a user's HOME and XDG_DATA_HOME (sudo -E): a
-# primary of the default app_dir started and stopped (prints its app_dir), then
-# main() with an app_dir in the user's home (prints its exit code).
-ELEVATED = """
-import os, sys, tcbon
-name, home = sys.argv[1], sys.argv[2]
-with tcbon.Process(name) as app:
-    print(app.app_dir, flush=True)
-print(tcbon.Process(name, app_dir=os.path.join(home, "mine")).main(run=lambda: None))
-"""
-
-# argv NAME, as a user whose state folder a past root launch made: main() (its run()
-# prints RAN); then prints main()'s code and, for each entry of the folder's parent,
-# its name (".root-*" as " aside") and whether it is the user's.
-TAKEN_BY_ROOT = """
-import os, sys, tcbon
-name = sys.argv[1]
-share = os.path.join(os.environ["HOME"], ".local", "share")
-code = tcbon.Process(name).main(run=lambda: print("RAN", flush=True))
-print(code, sorted((entry.split(".root-")[0] + (" aside" if ".root-" in entry else ""),
-                    os.stat(os.path.join(share, entry)).st_uid == os.getuid())
-                   for entry in os.listdir(share)))
-"""
-
-# sh -c TAKEN_BY_ROOT_SETUP HOME NAME UID GID PYTHON LIB HOLD, as root: a tmpfs of its
-# own (no other lock on that file system) mounted on HOME in this mount namespace,
-# the user's, with the folder HOME/.local/share/NAME root's as a past `sudo -E app`
-# left it; with HOLD=1, a root primary of it still runs. Then TAKEN_BY_ROOT as the
-# user; exits with its status.
-TAKEN_BY_ROOT_SETUP = r"""
-H=$0 NAME=$1 U=$2 G=$3 PY=$4 LIB=$5 HOLD=$6
-D="$H/.local/share/$NAME"
-mount -t tmpfs -o mode=0755 tcbon-home "$H" && mkdir -p "$D" && chmod 700 "$D" &&
-    chown "$U:$G" "$H" "$H/.local" "$H/.local/share" || exit 90
-holder=
-trap '[ -z "$holder" ] || kill "$holder"' EXIT
-if [ "$HOLD" = 1 ]; then
-    PYTHONPATH="$LIB" "$PY" -c 'import sys, time, tcbon
-tcbon.Process(sys.argv[1], app_dir=sys.argv[2]).start()
-open(sys.argv[2] + "/held", "w").close()
-time.sleep(600)' "$NAME" "$D" & holder=$!
-    i=0
-    until [ -e "$D/held" ]; do i=$((i+1)); [ $i -lt 3000 ] || exit 91; sleep 0.01; done
-fi
-setpriv --reuid="$U" --regid="$G" --clear-groups env -i HOME="$H" PATH=/usr/bin:/bin \
-    PYTHONPATH="$LIB" "$PY" -c "$TAKEN_BY_ROOT" "$NAME"
-"""
-
-
-# argv NAME APP_DIR: a primary forks; the child exits (atexit runs), or stops
-# its copy first; the parent must still be the one primary. Prints 'ok'.
-FORK = """
-import os, sys, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-app = tcbon.Process(name, app_dir=app_dir)
-app.start()
-for how in ("exit", "stop", "with"):
-    pid = os.fork()
-    if pid == 0:
-        if how == "stop":
-            app.stop()
-        elif how == "with":  # the child is not the primary: the parent is
-            try:
-                with app:
-                    sys.exit(3)
-            except tcbon.ProcessExists as exc:
-                assert exc.pid == os.getppid()
-        sys.exit(0)
-    assert os.waitpid(pid, 0)[1] == 0
-    assert app.is_primary and app.running and os.path.exists(app.pid_file)
-    assert tcbon.Process(name, app_dir=app_dir).info()["pid"] == os.getpid()
-    try:
-        tcbon.Process(name, app_dir=app_dir).start()
-        raise SystemExit("a second primary started beside the first after %s" % how)
-    except tcbon.ProcessExists:
-        pass
-app.stop()
-print("ok")
-"""
-
-# argv NAME APP_DIR ERRNO: the file system refuses locks with that errno
-# (simulated at the platform seam, fcntl.flock); prints what tcbon said.
-NO_LOCKS = """
-import errno, fcntl, os, sys, tcbon
-name, app_dir, code = sys.argv[1], sys.argv[2], getattr(errno, sys.argv[3])
-
-def flock(fd, operation):
-    raise OSError(code, os.strerror(code))
-fcntl.flock = flock
-for call in ("start", "send"):
-    try:
-        getattr(tcbon.Process(name, app_dir=app_dir), call)(*(("event",) if call == "send" else ()))
-        print(call, "no error")
-    except tcbon.StateError as exc:
-        print(call, exc.path.endswith(".lock"), errno.errorcode[code] in str(exc),
-              "local disk" in str(exc))
-print("cli", tcbon.main([name, "--app-dir", app_dir]))
-"""
-
-
-# The frozen app: main() with a handler that relays an exit code and stdout.
-FROZEN_APP = """
-import sys
-import tcbon
-
-app = tcbon.Process("frozen_app", timeout=20)
-
-
-@app.on("second-instance")
-def second(event):
-    if event["primary"]:  # its own launch: nothing to say
-        return None
-    return {"exit_code": 3, "stdout": "handled %s\\n" % " ".join(event["argv"][1:])}
-
-
-sys.exit(app.main())
-"""
-
-
-# argv NAME APP_DIR REFUSE: Windows' sharing violations (WinError 32), simulated
-# where the OS says them: os.remove and os.replace refuse with PermissionError,
-# REFUSE = "briefly" (3 times each), "remove" (always), "held" (both, always, once
-# the file exists, as while a reader holds it) or "sealed" (as "held", and writing
-# the .pid file too, as while a reader that shares no writing holds it).
-# Starts, stops and starts again; prints what happened.
-SHARING = """
-import errno, os, sys, tcbon
-name, app_dir, refuse = sys.argv[1:4]
-refused = {}
-
-def refusing(real):
-    def call(*args):
-        key = real.__name__
-        refused[key] = refused.get(key, 0) + 1
-        held = refuse in ("held", "sealed") and os.path.exists(args[-1])
-        if refuse == key or held or (refuse == "briefly" and refused[key] <= 3):
-            raise PermissionError(errno.EACCES, "The process cannot access the file because "
-                                  "it is being used by another process")
-        return real(*args)
-    return call
-os.remove, os.replace = refusing(os.remove), refusing(os.replace)
-real_open = os.open
-
-def sealed_open(path, flags, *args):
-    writing = flags & (os.O_WRONLY | os.O_RDWR)
-    if refuse == "sealed" and writing and path.endswith(".pid") and os.path.exists(path):
-        raise PermissionError(errno.EACCES, "The process cannot access the file because it "
-                              "is being used by another process")
-    return real_open(path, flags, *args)
-os.open = sealed_open
-
-class App(tcbon.Process):
-    def on_stop(self):
-        print("on_stop ran")
-
-for attempt in (1, 2):
-    app = App(name, app_dir=app_dir)
-    try:
-        app.start()
-    except tcbon.StateError as exc:
-        print("start:", exc.path == app.pid_file, "keeps it open" in str(exc), app.running)
-        break
-    client = tcbon.Process(name, app_dir=app_dir)
-    print("serving", client.info()["pid"] == os.getpid())
-    app.stop()
-    print("stopped", app.running, tcbon._read_state(app.pid_file))
-"""
-
-
-# argv NAME APP_DIR: a DCC host's UI thread: a tool's primary whose handlers
-# run there (MainThreadExecutor), then the tool launched again from the same
-# thread, as a shelf button clicked twice does; prints what happened.
-SAME_PROCESS = """
-import sys, threading, time, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-executor = tcbon.MainThreadExecutor()
-tool = tcbon.Process(name, app_dir=app_dir, executor=executor)
-tool.on_stop = lambda: print("on_stop on the UI thread",
-                             threading.current_thread() is threading.main_thread())
-
-@tool.on("second-instance")
-def again(event):
-    on_ui = threading.current_thread() is threading.main_thread()
-    text = "again %s on the UI thread %s\\n" % (event["argv"][1:], on_ui)
-    return {"exit_code": 5, "stdout": text}
-tool.start()
-for timeout in (10, None):  # over HTTP it would wait for itself: Timeout (6), or forever
-    code = tcbon.Process(name, app_dir=app_dir).main(["tool", "x"], timeout=timeout)
-    print("main", code)
-successor = tcbon.Process(name, app_dir=app_dir, executor=executor)
-successor.start(replace=True, timeout=10)
-print("replaced", successor.is_primary, tool.is_primary)
-successor.stop()
-"""
-
-
-# argv NAME APP_DIR HOST: a host application's main thread, as Maya, Nuke or
-# Houdini runs it, with that host's documented main-thread functions standing
-# in for the host (simulated: never tcbon); prints what the handlers saw.
-HOST_LOOP = """
-import queue, sys, threading, types, tcbon
-name, app_dir, host = sys.argv[1:4]
-calls = queue.Queue()  # what the host's main thread runs next
-
-def with_result(fn, *args, **kwargs):  # blocks the caller until the main thread ran it
-    if threading.current_thread() is threading.main_thread():
-        return fn(*args, **kwargs)
-    done = queue.Queue()
-
-    def run():
-        try:
-            done.put((True, fn(*args, **kwargs)))
-        except Exception as exc:
-            done.put((False, exc))
-    calls.put(run)
-    ok, value = done.get()
-    if not ok:
-        raise value
-    return value
-
-def later(fn, *args, **kwargs):
-    calls.put(lambda: fn(*args, **kwargs))
-module = {"maya": "maya.utils", "nuke": "nuke", "houdini": "hdefereval"}[host]
-fake = sys.modules[module] = types.ModuleType(module)
-if host == "nuke":
-    fake.executeInMainThreadWithResult = lambda call, args=(), kwargs={}: with_result(
-        call, *args, **kwargs)
-    fake.executeInMainThread = lambda call, args=(), kwargs={}: later(call, *args, **kwargs)
-else:
-    fake.executeInMainThreadWithResult, fake.executeDeferred = with_result, later
-if host == "maya":
-    sys.modules["maya"] = types.ModuleType("maya")
-    sys.modules["maya"].utils = fake
-main = threading.main_thread()
-app = tcbon.Process(name, app_dir=app_dir, executor=getattr(tcbon.HostExecutor, host)())
-app.on_stop = lambda: print("on_stop on main", threading.current_thread() is main)
-app.on("where")(lambda event: {"main": threading.current_thread() is main})
-
-def boom(event):
-    raise ValueError("the host says no")
-app.on("boom")(boom)
-app.start()
-seen = []
-
-def client():
-    other = tcbon.Process(name, app_dir=app_dir, timeout=20)
-    seen.append(other.send("event", {"name": "where"})["main"])
-    try:
-        other.send("event", {"name": "boom"})
-    except tcbon.RequestError as exc:
-        seen.append("ValueError: the host says no" in str(exc))
-    other.stop()
-worker = threading.Thread(target=client)
-worker.start()
-while worker.is_alive() or not calls.empty():  # the host's main loop
-    try:
-        calls.get(timeout=0.05)()
-    except queue.Empty:
-        pass
-print(seen, app.running)
-"""
-
-# argv NAME APP_DIR: a script's loop (Blender --background, a command-line
-# tool): run_forever() with a MainThreadExecutor of the main thread runs the
-# handlers there until a stop; prints what happened.
-SCRIPT_LOOP = """
-import sys, threading, time, tcbon
-name, app_dir = sys.argv[1:3]
-main = threading.main_thread()
-app = tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor())
-app.on("where")(lambda event: {"main": threading.current_thread() is main})
-app.on_stop = lambda: print("on_stop on main", threading.current_thread() is main, flush=True)
-
-def client():
-    other = tcbon.Process(name, app_dir=app_dir, timeout=20)
-    deadline = time.monotonic() + 20
-    while not other.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    print("handler on main", other.send("event", {"name": "where"})["main"], flush=True)
-    other.stop()
-threading.Thread(target=client).start()
-app.run_forever()
-print("returned", app.running)
-"""
-
-
-# argv NAME APP_DIR: a later launch: main() with forward_stdin and a forward_env
-# of SHOT_* and PROJECT; prints its exit code, then what a child it starts
-# afterwards sees of the activation tokens.
-HANDOVER = """
-import subprocess, sys, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-app = tcbon.Process(name, app_dir=app_dir, forward_env=["SHOT_*", "PROJECT"])
-code = app.main(["app", "-"], forward_stdin=True)
-child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get("
-                        "'XDG_ACTIVATION_TOKEN'), os.environ.get('DESKTOP_STARTUP_ID'))"],
-                       capture_output=True, text=True)
-print("exit", code, "child sees", child.stdout.strip())
-"""
-
-
-# The part of the two below that raises `window` with bring_to_front(): from
-# the calling thread (raise_it) or from a new one; `said` has what each said.
-RAISE_IT = """
-said = []
-def raise_it():
-    try:
-        tcbon.bring_to_front(window, {"activation_token": "tok-1"})
-        said.append("raised")
-    except tcbon.Error as exc:
-        said.append(str(exc))
-def raise_it_from_another_thread():
-    thread = threading.Thread(target=raise_it)
-    thread.start()
-    thread.join()
-"""
-
-# A Qt (PySide6, offscreen) window raised by bring_to_front() from another
-# thread, then from its own; prints what each call said.
-QT_OFF_THREAD = """
-import threading, tcbon
-from PySide6 import QtWidgets
-qapp = QtWidgets.QApplication([])
-
-class Window(QtWidgets.QMainWindow):  # an app's own, as usual
-    pass
-window = Window()
-window.show()
-""" + RAISE_IT + """
-raise_it_from_another_thread()
-window.showMinimized()
-raise_it()
-print(said, window.isMinimized())
-"""
-
-# A GTK 3 window raised by bring_to_front() from another thread while the
-# main loop runs, then from the loop's own thread; prints what each call said.
-GTK_OFF_THREAD = """
-import threading, tcbon
-import gi
-gi.require_version("Gtk", "3.0")
-from gi.repository import GLib, Gtk
-window = Gtk.Window(title="tcbon: off its thread")
-window.show_all()
-""" + RAISE_IT + """
-def from_both():
-    raise_it_from_another_thread()
-    raise_it()
-    Gtk.main_quit()
-GLib.idle_add(from_both)
-Gtk.main()
-print(said)
-"""
-
-# A full-screen GTK 3 window, "tcbon: cover", with a text field to type in.
-GTK_COVER = """
-import gi
-gi.require_version("Gtk", "3.0")
-from gi.repository import Gtk
-window = Gtk.Window(title="tcbon: cover")
-window.move(0, 0)
-window.set_default_size(1024, 768)
-window.add(Gtk.Entry())
-window.connect("destroy", Gtk.main_quit)
-window.show_all()
-Gtk.main()
-"""
-
-# argv NAME APP_DIR: a GTK 3 app with one window, "tcbon: a GTK window"; a later
-# launch's hand-off brings it to the front (bring_to_front) and prints "raised".
-GTK_APP = """
-import sys, tcbon
-import gi
-gi.require_version("Gtk", "3.0")
-from gi.repository import GLib, Gtk
-name, app_dir = sys.argv[1], sys.argv[2]
-
-def run_pending():
-    executor.run_pending()
-    return False  # once per wake-up
-executor = tcbon.MainThreadExecutor(wake=lambda: GLib.idle_add(run_pending))
-app = tcbon.Process(name, app_dir=app_dir, executor=executor)
-window = None
-
-@app.on("second-instance")
-def again(event):
-    tcbon.bring_to_front(window, event)
-    return {"exit_code": 0, "stdout": "raised\\n"}
-
-def on_start():
-    global window
-    window = Gtk.Window(title="tcbon: a GTK window")
-    window.set_default_size(400, 300)
-    window.show_all()
-app.on_start = on_start
-app.on_stop = Gtk.main_quit
-sys.exit(app.main(run=Gtk.main))
-"""
-
-# Issue 19's findings: a script's loop with a MainThreadExecutor of its main
-# thread, argv NAME APP_DIR HOW STOP. HOW: "run_forever" or "main" (without run).
-# STOP: "thread" (app.stop() from another thread once it answers) or "handler"
-# (a 'quit' event, handled on the main thread, calls app.stop()). Prints PRIMARY
-# pid from on_start, then RETURNED, the seconds since app.stop() was called, and
-# main()'s exit code (0 for run_forever()).
-EXECUTOR_STOP = r"""
-import os, sys, threading, time, tcbon
-name, app_dir, how, stop = sys.argv[1:5]
-app = tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor())
-app.on_start = lambda: print("PRIMARY", os.getpid(), flush=True)
-asked = []
-
-def stop_now():
-    asked.append(time.monotonic())
-    app.stop()
-
-@app.on("quit")
-def quit_(event):
-    stop_now()
-    return {"on_main": threading.current_thread() is threading.main_thread()}
-
-def once_it_answers():
-    client = tcbon.Process(name, app_dir=app_dir)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            client.info(timeout=1)
-            break
-        except tcbon.Error:
-            time.sleep(0.01)
-    stop_now()
-if stop == "thread":
-    threading.Thread(target=once_it_answers, daemon=True).start()
-code = app.main([]) if how == "main" else app.run_forever() or 0
-print("RETURNED %.3f %d" % (time.monotonic() - asked[0], code), flush=True)
-"""
-
-
-# argv NAME APP_DIR DONE_FILE: a user launching the app again and again, fast:
-# Process.main() of a new object each time (one that becomes the primary serves
-# until stopped), until DONE_FILE exists. Prints FAILED, the exit code and what the
-# launch said, for each launch that did not return 0, then "launches N".
-RELAUNCHER = r"""
-import io, os, sys, tcbon
-name, app_dir, done = sys.argv[1:4]
-launches = 0
-while not os.path.exists(done):
-    said, sys.stderr = sys.stderr, io.StringIO()
-    try:
-        code = tcbon.Process(name, app_dir=app_dir, timeout=10).main(["app", str(launches)])
-    finally:
-        said, sys.stderr = sys.stderr.getvalue(), said
-    launches += 1
-    if code != 0:
-        print("FAILED", code, said.strip().replace("\n", " | "), flush=True)
-print("launches", launches, flush=True)
-"""
-
-
-# argv NAME APP_DIR: after the GO_FILE barrier, start(replace=True, timeout=10) of
-# a new object; prints PRIMARY and the seconds it took, EXISTS and the seconds, or
-# ERROR and what was raised. The primary serves until stopped by anyone (at most
-# 60 s), then prints STOPPED.
-REPLACER = r"""
-import os, sys, time, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-""" + BARRIER + r"""
-app = tcbon.Process(name, app_dir=app_dir, timeout=10)
-started = time.monotonic()
-try:
-    app.start(replace=True)
-except tcbon.ProcessExists:
-    print("EXISTS %.3f" % (time.monotonic() - started), flush=True)
-    sys.exit(0)
-except Exception as exc:
-    print("ERROR %.3f %s: %s" % (time.monotonic() - started, type(exc).__name__, exc), flush=True)
-    sys.exit(0)
-print("PRIMARY %.3f" % (time.monotonic() - started), flush=True)
-deadline = time.monotonic() + 60
-while app.is_primary and time.monotonic() < deadline:
-    time.sleep(0.01)
-if app.is_primary:  # not stopped by anyone within the minute
-    app.stop()
-print("STOPPED", flush=True)
-"""
-
-
-# argv NAME APP_DIR: run_forever() of a primary whose on_start takes ON_START_DELAY
-# seconds (it prints PRIMARY pid first) and whose 'second-instance' handler takes
-# HANDLER_DELAY seconds.
-SLOW_HANDOFF = r"""
-import os, sys, time, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-app = tcbon.Process(name, app_dir=app_dir)
-
-def on_start():
-    print("PRIMARY", os.getpid(), flush=True)
-    time.sleep(float(os.environ["ON_START_DELAY"]))
-app.on_start = on_start
-app.on("second-instance")(lambda event: time.sleep(float(os.environ["HANDLER_DELAY"])))
-app.run_forever()
-"""
-
-# The frozen app of the double Ctrl-C test: main() with its own loop, in Python
-# (a KeyboardInterrupt can end it), which on_stop ends too.
-FROZEN_LOOP_APP = """
-import sys
-import threading
-import tcbon
-
-app = tcbon.Process("frozen_loop", timeout=20)
-stopped = threading.Event()
-app.on_stop = stopped.set
-sys.exit(app.main(run=stopped.wait))
-"""
-
-# argv NAME APP_DIR ARGS...: main() whose second-instance handler prints each
-# event it gets (OPENED primary argv stdin token, and the startup id left in its
-# own environment), the first launch's own included; it answers 3 to itself.
-ONE_DOOR = r"""
-import json, os, sys, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-app = tcbon.Process(name, app_dir=app_dir, timeout=20)
-
-
-@app.on("second-instance")
-def opened(event):
-    print("OPENED", json.dumps([event["primary"], event["argv"][3:], event["stdin"],
-                                event["activation_token"],
-                                os.environ.get("DESKTOP_STARTUP_ID")]), flush=True)
-    return {"exit_code": 3 if event["primary"] else 0,
-            "stdout": "said to %s\n" % ("me" if event["primary"] else "you")}
-
-
-sys.exit(app.main())
-"""
-
-# argv NAME APP_DIR UNGUARDED [ERRNO]: main(run=..., unguarded=UNGUARDED == "1");
-# with ERRNO, the file system refuses locks with it (at fcntl.flock). Prints
-# ON_START, OPENED primary (the handler, which answers exit code 3), RAN (run()),
-# ON_STOP; exits with what main() returned.
-UNGUARDED = """
-import errno, fcntl, os, sys, tcbon
-name, app_dir, unguarded = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-if len(sys.argv) > 4:
-    code = getattr(errno, sys.argv[4])
-
-    def flock(fd, operation):
-        raise OSError(code, os.strerror(code))
-    fcntl.flock = flock
-app = tcbon.Process(name, app_dir=app_dir)
-app.on_start = lambda: print("ON_START", flush=True)
-app.on_stop = lambda: print("ON_STOP", flush=True)
-app.on("second-instance")(lambda event: print("OPENED", event["primary"], flush=True)
-                          or {"exit_code": 3})
-sys.exit(app.main(run=lambda: print("RAN", flush=True), unguarded=unguarded))
-"""
-
-# argv NAME APP_DIR: main() after the GO_FILE barrier (the test deletes the
-# working directory meanwhile); the second-instance handler prints CWD and the
-# event's cwd as JSON, for the first launch's own event too.
-PRINT_CWD = r"""
-import json, os, sys, time, tcbon
-name, app_dir = sys.argv[1], sys.argv[2]
-""" + BARRIER + r"""
-app = tcbon.Process(name, app_dir=app_dir, timeout=20)
-app.on("second-instance")(lambda event: print("CWD", json.dumps(event["cwd"]), flush=True))
-sys.exit(app.main())
-"""
-
-# A frozen app with a spawn pool in on_start, and multiprocessing.freeze_support()
-# in the right place (before main(), with FREEZE_FIRST=1) or in the wrong one (in
-# on_start, after main() took the lock: every worker then starts as a launch).
-MP_APP = """
-import multiprocessing
-import os
-import sys
-
-import tcbon
-
-
-def square(x):
-    return x * x
-
-
-if os.environ.get("FREEZE_FIRST"):
-    multiprocessing.freeze_support()
-app = tcbon.Process("mp_app", timeout=20)
-
-
-def on_start():
-    multiprocessing.freeze_support()
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        print("squares", pool.map(square, range(4)), flush=True)
-    app.stop()  # carried out once started
-
-
-app.on_start = on_start
-sys.exit(app.main())
-"""
-
-
-# Issue 22: an app of several instances, argv NAME APP_DIR LIMIT MARK. LIMIT: how
-# many may run ("any": no limit). main() becomes a new instance, or (every slot
-# held) hands MARK over to the most recently active one; an instance publishes
-# each MARK it was given ('marks', its own first, which is also its 'project')
-# and answers 'who' with its id and pid. With CHOOSE set, a launch whose MARK an
-# instance has as its project goes there. Env: GO_FILE (start barrier).
-SEVERAL = r"""
-import os, sys, threading, time, tcbon
-name, app_dir, limit, mark = sys.argv[1:5]
-""" + BARRIER + r"""
-app = tcbon.Process(name, app_dir=app_dir, timeout=30,
-                    instances=True if limit == "any" else int(limit))
-marks, marking = [], threading.Lock()  # handlers run on worker threads, at once
-if os.environ.get("CHOOSE"):
-    app.choose = lambda event, instances: next(
-        (i for i in instances if i["meta"].get("project") == event["argv"][4]), None)
-if os.environ.get("CHOOSE_ID"):  # an id that may be no instance's
-    app.choose = lambda event, instances: int(os.environ["CHOOSE_ID"])
-
-
-@app.on("second-instance")
-def opened(event):
-    with marking:
-        marks.append(event["argv"][4])
-        app.describe(marks=list(marks), project=marks[0])
-    return {"stdout": "%s %s\n" % (event["argv"][4], app.instance_id)}
-
-
-@app.on("who")
-def who(event):
-    return {"id": app.instance_id, "pid": os.getpid(), "project": marks[0]}
-
-
-sys.exit(app.main())
-"""
-
-
-# argv NAME APP_DIR VERSION MARK: main() of an app of that version (replacing an
-# older one if REPLACE=older) that keeps the MARK of each launch it handled and
-# hands them on (on_handover, which prints HANDOVER and takes HANDOVER_DELAY s).
-VERSIONED = r"""
-import json, os, sys, threading, time, tcbon
-name, app_dir, version, mark = sys.argv[1:5]
-""" + BARRIER + r"""
-opened, lock = [], threading.Lock()
-
-
-class App(tcbon.Process):
-    def on_start(self):
-        opened.extend((self.handed_over or {}).get("opened", []))
-        print("PRIMARY", version, json.dumps(self.handed_over), flush=True)
-
-    def on_handover(self):
-        print("HANDOVER", flush=True)
-        time.sleep(float(os.environ.get("HANDOVER_DELAY", 0)))
-        with lock:
-            return {"opened": list(opened), "from": version}
-
-
-app = App(name, app_dir=app_dir, timeout=30, version=version)
-
-
-@app.on("second-instance")
-def second(event):
-    with lock:
-        opened.append(event["argv"][4])
-    return {"stdout": "%s handled by %s\n" % (event["argv"][4], version)}
-
-
-@app.on("opened")
-def listing(event):
-    with lock:
-        return {"opened": list(opened), "version": version, "pid": os.getpid()}
-
-
-code = app.main(replace=os.environ.get("REPLACE") or False)
-print("EXIT", code, flush=True)
-sys.exit(code)
-"""
-
-
-# argv NAME APP_DIR VERSION MARK [N], the app of issue 30's model: main() of that
-# version (replacing an older one if REPLACE=older; N or INSTANCES=N: at most N
-# instances), with MARK as its project; 'who' answers its pid, instance id,
-# version and project. Env: GO_FILE (start barrier), TIMEOUT.
-MODEL_APP = r"""
-import os, sys, time, tcbon
-name, app_dir, version, mark = sys.argv[1:5]
-""" + BARRIER + r"""
-limit = sys.argv[5] if len(sys.argv) > 5 else os.environ.get("INSTANCES")
-app = tcbon.Process(name, app_dir=app_dir, timeout=float(os.environ.get("TIMEOUT", 5)),
-                    instances=int(limit or 0) or None, version=version)
-app.describe(project=mark)
-app.on("who")(lambda event: {"pid": os.getpid(), "id": app.instance_id, "version": version,
-                             "project": mark})
-app.on("second-instance")(lambda event: None)
-sys.exit(app.main(replace=os.environ.get("REPLACE") or False))
-"""
-
-
-# argv NAME APP_DIR LOG MARK HOLD: main() of an app whose handlers run one at a
-# time (an executor of one thread, as a UI loop runs them); its launch handler
-# appends "START MARK" to LOG, then with HOLD "hold" waits until LOG.MARK exists
-# (60 s at most), then appends "DONE MARK" (issue 29).
-# The launch's timeout comes from TCBON_TIMEOUT, as an app's user would set it.
-BUSY_APP = r"""
-import concurrent.futures, os, sys, time, tcbon
-name, app_dir, log = sys.argv[1:4]
-app = tcbon.Process(name, app_dir=app_dir, executor=concurrent.futures.ThreadPoolExecutor(1))
-
-
-def note(line):
-    with open(log, "a") as f:
-        f.write(line + "\n")
-
-
-@app.on("second-instance")
-def launched(event):
-    mark, hold = event["argv"][4], event["argv"][5] == "hold"
-    note("START " + mark)
-    deadline = time.monotonic() + 60
-    while hold and not os.path.exists(log + "." + mark) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    note("DONE " + mark)
-    return {"stdout": "handled %s\n" % mark}
-
-
-sys.exit(app.main())
-"""
-
-
-# argv NAME APP_DIR GO: a primary whose handlers run on its main thread (a
-# MainThreadExecutor), whose loop starts only once GO exists, as a GUI's timer
-# starts late (issue 29); prints STARTED once start() returned.
-LATE_LOOP = r"""
-import os, sys, time, tcbon
-name, app_dir, go = sys.argv[1:4]
-app = tcbon.Process(name, app_dir=app_dir, executor=tcbon.MainThreadExecutor())
-app.on("ping")(lambda event: {"pid": os.getpid()})
-app.start()
-print("STARTED", flush=True)
-deadline = time.monotonic() + 60
-while not os.path.exists(go) and time.monotonic() < deadline:
-    time.sleep(0.01)
-app.run_forever()  # runs the executor's calls on this thread until stopped
-"""
-
-
-# argv NAME APP_DIR VERSION FOLDER ROUNDS: for each round R, once FOLDER/go.R
-# exists, start(replace='older') of a new object of that version (prints "R
-# PRIMARY" or "R EXISTS", or "R ERROR ..."); once FOLDER/end.R exists, stops it if
-# it is still the primary and prints "R DONE".
-RACER = r"""
-import os, sys, time, tcbon
-name, app_dir, version, folder, rounds = sys.argv[1:6]
-
-
-def await_file(path):
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            sys.exit("no %s within 60 s" % path)
-        time.sleep(0.001)
-
-
-for r in range(int(rounds)):
-    await_file(os.path.join(folder, "go.%d" % r))
-    app = tcbon.Process(name, app_dir=app_dir, version=version, timeout=30)
-    try:
-        app.start(replace="older")
-        print(r, "PRIMARY", flush=True)
-    except tcbon.ProcessExists:
-        print(r, "EXISTS", flush=True)
-    except tcbon.Error as exc:
-        print(r, "ERROR", exc, flush=True)
-    await_file(os.path.join(folder, "end.%d" % r))
-    if app.is_primary:
-        app.stop()
-    print(r, "DONE", flush=True)
-"""
-
-
-# argv EXAMPLE APP_DIR PATH...: the UI example's app, whose toolkit then gets
-# the documents as macOS delivers them to a running app: Tk calls the Tcl
-# command ::tk::mac::OpenDocument, Qt's Cocoa plugin sends a QFileOpenEvent;
-# then a click on its Dock icon (issue 28): Tk calls ::tk::mac::ReopenApplication,
-# Qt changes the application's state to active. Prints DELIVERED, then REOPENED
-# and what the handler said to that launch with no files.
-APPLE_EVENTS = r"""
-import importlib.util, sys
-example, app_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
-spec = importlib.util.spec_from_file_location("example", example)
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-app = module.FileList(app_dir=app_dir)
-
-
-def finder_opens():
-    if hasattr(app, "root"):
-        app.root.tk.call("::tk::mac::OpenDocument", *paths)
-        said = app.root.tk.call("::tk::mac::ReopenApplication")  # a Dock click
-    else:
-        from PySide6 import QtCore, QtGui
-        for path in paths:
-            QtCore.QCoreApplication.sendEvent(app.qapp, QtGui.QFileOpenEvent(path))
-        # What Qt's Cocoa plugin calls on a Dock click: connected on macOS only.
-        said = app.reopened(QtCore.Qt.ApplicationState.ApplicationActive)
-    print("DELIVERED", flush=True)
-    print("REOPENED", said.strip(), flush=True)
-
-
-def run():
-    if hasattr(app, "root"):
-        app.root.after(100, finder_opens)
-        app.root.mainloop()
-    else:
-        from PySide6 import QtCore
-        QtCore.QTimer.singleShot(100, finder_opens)
-        app.qapp.exec()
-
-
-sys.exit(app.main(argv=[example], run=run))
-"""
-
-
-# Issue 23: the app that start= and --start run. argv NAME APP_DIR RECORD: appends
-# STARTED pid to RECORD when run (each run, primary or not), then main(); as the
-# primary, answers 'hit' by appending HIT n to RECORD and replying its pid and n.
-# A later launch of it hands over (exit 0). Env: EXIT_AT_ONCE=code exits at once,
-# INSTANCES=1 makes it an app of several instances.
-ON_DEMAND = r"""
-import os, sys, threading, tcbon
-name, app_dir, record = sys.argv[1:4]
-if os.environ.get("EXIT_AT_ONCE"):
-    sys.exit(int(os.environ["EXIT_AT_ONCE"]))
-writing = threading.Lock()
-
-
-def note(line):
-    with writing, open(record, "a") as f:
-        f.write(line + "\n")
-
-
-note("STARTED %d" % os.getpid())
-app = tcbon.Process(name, app_dir=app_dir, timeout=30,
-                    instances=True if os.environ.get("INSTANCES") else None)
-
-
-@app.on("hit")
-def hit(event):
-    note("HIT %s" % event["n"])
-    return {"pid": os.getpid(), "n": event["n"]}
-
-
-sys.exit(app.main())
-"""
-
-
-# argv NAME...: for each, OpenMutexW(SYNCHRONIZE) from this process: prints "open"
-# or the Windows error code, one line each (Windows only).
-OPEN_MUTEX = r"""
-import ctypes, sys
-from ctypes import wintypes
-kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-kernel32.OpenMutexW.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.LPCWSTR]
-kernel32.OpenMutexW.restype = wintypes.HANDLE
-kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
-for name in sys.argv[1:]:
-    handle = kernel32.OpenMutexW(0x00100000, False, name)  # SYNCHRONIZE
-    print("open" if handle else ctypes.get_last_error(), flush=True)
-    if handle:
-        kernel32.CloseHandle(handle)
-"""
-
-# argv NAME APP_DIR GATE: the primary of the Ctrl-C tests (issue 29), run_forever().
-# Prints STARTING in on_start, HANDLING argv[1:] in its second-instance handler and
-# SLOW in its 'slow' handler; each of those then waits until the file GATE exists
-# (60 s at most); on_start only with HOLD_START=1.
-INTERRUPTED = r"""
-import json, os, sys, time, tcbon
-name, app_dir, gate = sys.argv[1:4]
-app = tcbon.Process(name, app_dir=app_dir, timeout=60)
-
-def gated(what):
-    print(what, flush=True)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-def on_start():
-    if os.environ.get("HOLD_START"):
-        gated("STARTING")
-app.on_start = on_start
-app.on("second-instance")(lambda event: gated("HANDLING " + json.dumps(event["argv"][1:])))
-app.on("slow")(lambda event: gated("SLOW"))
-app.run_forever()
-"""
+# Child programs ---------------------------------------------------------------------------
+# The programs the tests run in real interpreters are files of their own,
+# children/NAME.py, run as python children/NAME.py ARGS... (their folder comes
+# first on sys.path, then PYTHONPATH: this tcbon); the docstring at the top of
+# each is its contract. ruff, mypy and vermin check them as they check tcbon.py.
+
+def program(name):
+    """The path of the child program children/NAME.py."""
+    return os.path.join(HERE, "children", name + ".py")
 
 
 # Helpers and fixtures ---------------------------------------------------------------------
@@ -1412,7 +176,7 @@ def hard_kill(proc):
 def finish(proc, timeout=30):
     """Wait for a child to exit by itself; return (code, stdout, stderr).
     One still running after timeout fails the test with what it wrote and
-    (a LAUNCH child, on POSIX) the stacks of its threads."""
+    (a children/launch.py child, on POSIX) the stacks of its threads."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -1428,7 +192,7 @@ def finish(proc, timeout=30):
 
 
 def launch(name, app_dir, tmp_path, **env):
-    return launched(["-c", LAUNCH, name, app_dir], child_env(tmp_path, **env))
+    return launched([program("launch"), name, app_dir], child_env(tmp_path, **env))
 
 
 def wait_primary(name, app_dir, timeout=20.0):
@@ -1473,9 +237,9 @@ TRICKY = ["with space", "ü ñ 日本 🎉", "a|b", "", "--flag", "--x=1", "-", 
           "back\\slash", "new\nline", "$HOME", "*", "-- not a flag"]
 
 
-def run_python(code, tmp_path, *args):
-    """Run a child script that must succeed; return its stdout."""
-    status, out, err = ran(["-c", code] + list(args), child_env(tmp_path))
+def run_python(args, tmp_path):
+    """Run a child interpreter (python ARGS) that must succeed; return its stdout."""
+    status, out, err = ran(args, child_env(tmp_path))
     assert status == 0, err
     return out
 
@@ -1567,12 +331,12 @@ NO_SIGNALS = ("POSIX signals: Windows delivers no SIGTERM and sends Ctrl-C and C
 
 @contextlib.contextmanager
 def child_primary(name, app_dir, tmp_path, **env):
-    """A LAUNCH primary whose stderr goes to a file (a flood must not fill a
+    """A children/launch.py primary whose stderr goes to a file (a flood must not fill a
     pipe); yields (process, address, stderr path); stops it with SIGTERM and
     checks that it exits 0 with no traceback."""
     err_path = str(tmp_path / ("%s.stderr" % name))
-    with open(err_path, "w") as err, \
-            launched(["-c", LAUNCH, name, app_dir], child_env(tmp_path, **env), stderr=err) as proc:
+    with open(err_path, "w") as err, launched([program("launch"), name, app_dir],
+                                             child_env(tmp_path, **env), stderr=err) as proc:
         address = wait_primary(name, app_dir)["address"]
         yield proc, address, err_path
         proc.terminate()
@@ -1629,8 +393,7 @@ def test_help_shows_what_a_default_timeout_means():
 
 def test_import_is_silent_cheap_and_touches_no_signal_handler(tmp_path):
     # -I -S: no site-packages, so a stray third-party import cannot hide.
-    code = "import sys; sys.path.insert(0, %r)\n" % HERE + IMPORT_ONLY
-    assert ran(["-I", "-S", "-c", code], None) == (0, "[]\n", "")
+    assert ran(["-I", "-S", program("import_only"), HERE], None) == (0, "[]\n", "")
 
 
 @pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="Python 3.10+ lists it")
@@ -1879,9 +642,8 @@ def test_windows_machine_id_is_the_registrys_and_a_probe_takes_no_lock(name, app
         assert os.path.getsize(primary.lock_file) == 1  # the byte a probe reads
         # Another process' probe reads the locked byte and takes nothing:
         # the launch after it still finds the primary.
-        assert run_python("import sys, tcbon; print(tcbon.Process(sys.argv[1], app_dir=sys.argv[2])"
-                          ".running)",
-                          tmp_path, name, app_dir) == "True\n"
+        assert run_python(["-c", "import sys, tcbon; print(tcbon.Process(sys.argv[1], "
+                           "app_dir=sys.argv[2]).running)", name, app_dir], tmp_path) == "True\n"
         with pytest.raises(tcbon.ProcessExists):
             tcbon.Process(name, app_dir=app_dir).start()
     assert not tcbon.Process(name, app_dir=app_dir).running
@@ -2055,15 +817,21 @@ class OtherUser:
         os.setgid(self.gid)
         os.setuid(self.uid)
 
-    def popen(self, code, args, **kwargs):
+    def program(self, name):
+        """children/NAME.py as this user can read it: the copy in its lib."""
+        return os.path.join(self.lib, "children", name + ".py")
+
+    def popen(self, args, **kwargs):
+        """python ARGS as this user, in its home, with its lib on PYTHONPATH."""
         env = {"PATH": "/usr/bin:/bin", "HOME": self.home, "PYTHONPATH": self.lib,
                "XDG_DATA_HOME": os.path.join(self.home, "data")}
-        return subprocess.Popen([self.python, "-c", code] + [str(a) for a in args], env=env,
+        return subprocess.Popen([self.python] + [str(a) for a in args], env=env,
                                 cwd=self.home, preexec_fn=self.become, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
-    def run(self, code, *args):
-        proc = self.popen(code, args, stdin=subprocess.DEVNULL)
+    def run(self, *args):
+        """python ARGS as this user, which must succeed: its stdout."""
+        proc = self.popen(args, stdin=subprocess.DEVNULL)
         try:
             out, err = proc.communicate(timeout=60)
         finally:
@@ -2071,9 +839,9 @@ class OtherUser:
         assert proc.returncode == 0, err
         return out
 
-    def launched(self, code, *args):
-        """A child as this user in the background (see launched())."""
-        return _ended(self.popen(code, args, stdin=subprocess.PIPE))
+    def launched(self, *args):
+        """python ARGS as this user in the background (see launched())."""
+        return _ended(self.popen(args, stdin=subprocess.PIPE))
 
 
 @pytest.fixture(scope="session")
@@ -2102,8 +870,12 @@ def other_user(tmp_path_factory):
     home = tempfile.mkdtemp(prefix="tcbon-home-")
     try:
         shutil.copy(os.path.join(HERE, "tcbon.py"), lib)
-        os.chmod(lib, 0o755)
-        os.chmod(os.path.join(lib, "tcbon.py"), 0o644)
+        children = shutil.copytree(os.path.join(HERE, "children"), os.path.join(lib, "children"),
+                                   ignore=shutil.ignore_patterns("__pycache__"))
+        for folder, files in ((lib, ["tcbon.py"]), (children, os.listdir(children))):
+            os.chmod(folder, 0o755)
+            for file in files:
+                os.chmod(os.path.join(folder, file), 0o644)
         os.chown(home, user.pw_uid, user.pw_gid)
         os.chmod(home, 0o700)
         # This interpreter may live where the other user cannot go (/root).
@@ -2112,7 +884,7 @@ def other_user(tmp_path_factory):
         for candidate in candidates:
             probe = OtherUser(user.pw_uid, user.pw_gid, candidate, lib, home)
             try:
-                if os.path.exists(candidate) and probe.run("import tcbon; print(1)") == "1\n":
+                if os.path.exists(candidate) and probe.run("-c", "import tcbon; print(1)") == "1\n":
                     python = candidate
                     break
             except (AssertionError, OSError, subprocess.SubprocessError):
@@ -2142,10 +914,10 @@ def test_another_user_cannot_read_the_token_or_talk_to_the_primary(other_user, s
                                                                    name):
     app_dir = os.path.join(shared_parent, "app")
     with tcbon.Process(name, app_dir=app_dir) as primary:
-        out = other_user.run(PEEK, app_dir, primary.pid_file, primary.address)
+        out = other_user.run(other_user.program("peek"), app_dir, primary.pid_file, primary.address)
         assert out.split("\n")[:4] == ["listdir denied", "read denied", "401", "401"]
         os.chmod(app_dir, 0o755)  # even with the directory opened up, the file stays 0600
-        out = other_user.run(PEEK, app_dir, primary.pid_file, primary.address)
+        out = other_user.run(other_user.program("peek"), app_dir, primary.pid_file, primary.address)
         assert out.split("\n")[:2] == ["listdir allowed", "read denied"]
 
 
@@ -2153,7 +925,8 @@ def test_another_users_instance_of_the_same_name_does_not_interfere(other_user, 
                                                                     shared_parent):
     ours = os.path.join(shared_parent, "ours")
     with tcbon.Process(name, app_dir=ours) as primary:
-        assert other_user.run(THEIRS, name, ours) == "True True\nStateError True True\n"
+        assert other_user.run(other_user.program("theirs"), name, ours) == (
+            "True True\nStateError True True\n")
         assert tcbon.Process(name, app_dir=ours).info()["pid"] == primary.pid
 
 
@@ -2177,7 +950,7 @@ def test_every_path_refuses_another_users_instances(other_user, shared_parent, n
     theirs = os.path.join(shared_parent, "project")  # theirs, in a folder all may enter
     os.mkdir(theirs, 0o700)
     os.chown(theirs, other_user.uid, other_user.gid)
-    with other_user.launched(THEIR_INSTANCE, name, theirs) as child:
+    with other_user.launched(other_user.program("their_instance"), name, theirs) as child:
         assert child.stdout.readline() == "READY\n", child.stderr.read()
         owned = "owned by uid %d" % other_user.uid
         ours = tcbon.Process(name, app_dir=theirs, instances=3)
@@ -2192,7 +965,7 @@ def test_every_path_refuses_another_users_instances(other_user, shared_parent, n
             code, out, err = cli(tmp_path, name, *args, "--app-dir", theirs)
             assert (code, out) == (tcbon.EXIT_STATE, ""), (args, out, err)
             assert owned in err
-        code, out, err = ran(["-c", SEVERAL, name, theirs, "3", "mine"],
+        code, out, err = ran([program("several"), name, theirs, "3", "mine"],
                              child_env(tmp_path, CHOOSE_ID=1))
         assert (code, out) == (tcbon.EXIT_STATE, "") and owned in err
         child.communicate(timeout=30)  # closes its stdin: it stops
@@ -2205,7 +978,8 @@ def test_unwritable_directories_give_a_clear_error_naming_the_path(other_user, s
     os.chown(read_only, other_user.uid, other_user.gid)
     os.chmod(read_only, 0o500)  # theirs, but read-only
     missing = os.path.join(shared_parent, "sub")  # in a directory they cannot write
-    assert other_user.run(READ_ONLY, read_only, missing) == "True True\nTrue True\n"
+    assert other_user.run(other_user.program("read_only"), read_only, missing) == (
+        "True True\nTrue True\n")
 
 
 def test_a_reader_holding_the_state_file_never_blocks_the_next_primary(name, app_dir):
@@ -2283,7 +1057,7 @@ def test_a_reader_that_shares_no_writing_never_blocks_the_next_primary(name, app
 def test_sharing_violations_never_skip_on_stop_or_keep_the_lock(name, app_dir, tmp_path,
                                                                 refuse, expected):
     # No Windows here: its refusals are simulated at os.remove and os.replace.
-    assert run_python(SHARING, tmp_path, name, app_dir, refuse) == expected
+    assert run_python([program("sharing"), name, app_dir, refuse], tmp_path) == expected
 
 
 def unblocked(call, fifo, bound=20.0):
@@ -2356,7 +1130,7 @@ def test_root_with_a_users_home_never_writes_state_there(other_user, name, tmp_p
     made = [p for p in (os.path.dirname(own), os.path.dirname(os.path.dirname(own)))
             if not os.path.exists(p)]  # removed after, if this test made them
     try:
-        status, out, err = ran(["-c", ELEVATED, name, home], env)
+        status, out, err = ran([program("elevated"), name, home], env)
         assert (status, out) == (0, "%s\n5\n" % own), err
         assert "refusing to create %s" % os.path.join(home, "mine") in err
         assert "run as that user (not with sudo)" in err
@@ -2378,11 +1152,11 @@ def test_a_state_folder_root_took_is_set_aside_or_named_with_the_fix(other_user,
         require("namespaces", "needs Linux with unshare, setpriv and mount (util-linux)")
     home = os.path.join(shared_parent, "home")
     os.mkdir(home)
-    env = dict(os.environ, TAKEN_BY_ROOT=TAKEN_BY_ROOT)
+    setup = os.path.join(HERE, "children", "taken_by_root_setup.sh")
     done = subprocess.run(
-        ["unshare", "-m", "sh", "-c", TAKEN_BY_ROOT_SETUP, home, name, str(other_user.uid),
-         str(other_user.gid), other_user.python, other_user.lib, str(int(root_primary))],
-        env=env, capture_output=True, text=True, timeout=60)
+        ["unshare", "-m", "sh", setup, home, name, str(other_user.uid), str(other_user.gid),
+         other_user.python, other_user.lib, str(int(root_primary))],
+        capture_output=True, text=True, timeout=60)
     folder = os.path.join(home, ".local", "share", name)
     if root_primary:  # it may still use it: left alone, and the fix named
         assert done.returncode == 0 and done.stdout == "5 [(%r, False)]\n" % name, done.stderr
@@ -2757,7 +1531,7 @@ def test_connections_reset_before_accept_never_take_the_listener_away(name, app_
     # returned. The primary is a child: a hung one is ended, never waited for.
     with launch(name, app_dir, tmp_path) as proc:
         host, port = wait_primary(name, app_dir)["address"].rsplit(":", 1)
-        with launched(["-c", FLOOD, host, port, "300"], child_env(tmp_path),
+        with launched([program("flood"), host, port, "300"], child_env(tmp_path),
                       stdin=subprocess.PIPE) as flood:
             assert flood.stdout.readline() == "ready\n", flood.stderr.read()
             flood.stdin.write("go\n")
@@ -2813,7 +1587,8 @@ def test_16_clients_x_1000_events_each_handled_exactly_once(name, app_dir, tmp_p
         threads, fds = threading.active_count(), open_fds()
         with contextlib.ExitStack() as stack:
             procs = [stack.enter_context(launched(
-                ["-c", COUNT_CLIENT, name, app_dir, "c%d" % i, str(events)], child_env(tmp_path)))
+                [program("count_client"), name, app_dir, "c%d" % i, str(events)],
+                child_env(tmp_path)))
                 for i in range(clients)]
             for proc in procs:
                 code, out, err = finish(proc, timeout=600)
@@ -2958,7 +1733,7 @@ def test_a_queue_of_new_connections_does_not_starve_a_request_in_progress(
             sum(range(1000))
     app = threading.Thread(target=busy_app, daemon=True)
     with contextlib.ExitStack() as stack:
-        flood = stack.enter_context(launched(["-c", FLOOD, host, port, "300"],
+        flood = stack.enter_context(launched([program("flood"), host, port, "300"],
                                              child_env(tmp_path), stdin=subprocess.PIPE))
         assert flood.stdout.readline() == "ready\n", flood.stderr.read()
         sock = stack.enter_context(socket.create_connection((host, int(port)), timeout=30))
@@ -3201,7 +1976,7 @@ def test_first_calls_from_many_threads_at_once_with_a_zipped_standard_library(
     env = child_env(tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([os.environ["TCBON_STDLIB_ZIP"], env["PYTHONPATH"]])
     for _ in range(3):  # each child imports afresh; the race does not always show
-        assert ran(["-c", FIRST_CALLS_AT_ONCE, name, app_dir], env) == (
+        assert ran([program("first_calls_at_once"), name, app_dir], env) == (
             0, "%s zipimporter\n" % list(range(8)), "")
 
 
@@ -3530,7 +2305,7 @@ def test_main_thread_executor_runs_handlers_and_on_stop_on_the_ui_thread(name, a
 
 def test_a_relaunch_on_the_ui_thread_of_the_same_process_runs_there_at_once(name, app_dir,
                                                                            tmp_path):
-    out = run_python(SAME_PROCESS, tmp_path, name, app_dir).splitlines()
+    out = run_python([program("same_process"), name, app_dir], tmp_path).splitlines()
     assert out == ["again ['x'] on the UI thread True", "main 5"] * 2 + [
         "on_stop on the UI thread True", "replaced True False"]
 
@@ -3538,7 +2313,7 @@ def test_a_relaunch_on_the_ui_thread_of_the_same_process_runs_there_at_once(name
 @pytest.mark.parametrize("host", ["maya", "nuke", "houdini"])
 def test_host_executors_run_handlers_and_on_stop_on_the_hosts_main_thread(name, app_dir,
                                                                           tmp_path, host):
-    assert run_python(HOST_LOOP, tmp_path, name, app_dir, host) == (
+    assert run_python([program("host_loop"), name, app_dir, host], tmp_path) == (
         "on_stop on main True\n[True, True] False\n")
 
 
@@ -3548,7 +2323,7 @@ def test_host_executors_import_nothing_outside_their_host():
 
 
 def test_run_forever_runs_a_main_thread_executor_of_its_own_thread(name, app_dir, tmp_path):
-    assert run_python(SCRIPT_LOOP, tmp_path, name, app_dir) == (
+    assert run_python([program("script_loop"), name, app_dir], tmp_path) == (
         "handler on main True\non_stop on main True\nreturned False\n")
 
 
@@ -3615,7 +2390,7 @@ def test_bring_to_front_refuses_a_qt_window_off_its_thread(tmp_path):
         import PySide6  # noqa: F401
     except ImportError:
         require("PySide6")
-    status, out, err = ran(["-c", QT_OFF_THREAD],
+    status, out, err = ran([program("qt_off_thread")],
                            child_env(tmp_path, QT_QPA_PLATFORM="offscreen"))
     said, minimised = out.rsplit(" ", 1)
     assert (status, minimised) == (0, "False\n"), err  # on its thread: restored
@@ -3624,7 +2399,7 @@ def test_bring_to_front_refuses_a_qt_window_off_its_thread(tmp_path):
                         "to the Process", "raised"])
 
 def test_bring_to_front_refuses_a_gtk_window_off_its_main_loop_thread(tmp_path, display):
-    status, out, err = ran(["-c", GTK_OFF_THREAD],
+    status, out, err = ran([program("gtk_off_thread")],
                            child_env(tmp_path, DISPLAY=display, NO_AT_BRIDGE="1"),
                            python=gtk_python())
     assert status == 0, err
@@ -3633,22 +2408,6 @@ def test_bring_to_front_refuses_a_gtk_window_off_its_main_loop_thread(tmp_path, 
                        "to the Process", "raised"]) + "\n"
 
 # Links and file types ---------------------------------------------------------------------
-# argv NAME APP_DIR LOG -- LINK: the app that a registered link or file starts. Every
-# launch goes through app.main(); the second-instance handler (the primary's own launch
-# included) appends {"argv": what followed LOG, "primary", "pid"} to LOG.
-LINK_APP = r"""
-import json, os, sys, tcbon
-name, app_dir, log = sys.argv[1:4]
-app = tcbon.Process(name, app_dir=app_dir, timeout=30)
-
-@app.on("second-instance")
-def opened(event):
-    with open(log, "a") as f:
-        f.write(json.dumps({"argv": event["argv"][4:], "primary": bool(event.get("primary")),
-                            "pid": os.getpid()}) + "\n")
-
-sys.exit(app.main())
-"""
 
 
 def exec_argv(exec_value):
@@ -3723,28 +2482,17 @@ def test_register_refuses_nothing_to_do_and_bad_commands(name):
         tcbon.register("a/b", schemes=["myapp"], command=["/bin/true"])
 
 
-# argv HOW: prints the command this launch would register (HOW: frozen fakes
-# sys.frozen; run as a script, as python -m, or with python -c).
-COMMAND_OF = r"""
-import json, sys, tcbon
-if sys.argv[1:] == ["frozen"]:
-    sys.frozen = True
-try:
-    print(json.dumps(tcbon._launch_command()))
-except ValueError as exc:
-    print(json.dumps(str(exc)))
-"""
 
 
 def test_each_kind_of_launch_registers_its_own_command(tmp_path):
     assert tcbon.__file__ == os.path.join(HERE, "tcbon.py")
     env = child_env(tmp_path)
     script = tmp_path / "my_app.py"
-    script.write_text(COMMAND_OF)
+    shutil.copy(program("command_of"), str(script))
     package = tmp_path / "mypkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "__main__.py").write_text(COMMAND_OF)
+    shutil.copy(program("command_of"), str(package / "__main__.py"))
     venv = tmp_path / "venv"  # a venv's interpreter: the symlink, never what it points to
     venv_python = str(venv / "bin" / "python") if POSIX else sys.executable
     if POSIX:
@@ -3760,7 +2508,8 @@ def test_each_kind_of_launch_registers_its_own_command(tmp_path):
         assert (code, json.loads(out)) == (0, expected), err
     code, out, err = ran(["-m", "mypkg"], env, cwd=str(tmp_path))
     assert (code, json.loads(out)) == (0, [sys.executable, "-m", "mypkg"]), err
-    code, out, err = ran(["-c", COMMAND_OF], env)
+    with open(program("command_of")) as f:
+        code, out, err = ran(["-c", f.read()], env)
     assert "has no command of its own" in json.loads(out) and "command=[...]" in out, err
 
 
@@ -3780,11 +2529,6 @@ def test_mimeapps_list_edits_keep_every_other_line():
             == "[Default Applications]\na/b=t.desktop;\n")
 
 
-# A script that registers itself: Process.register() with its own command.
-SELF_REGISTER = r"""
-import sys, tcbon
-print(tcbon.Process(sys.argv[1]).register(schemes=["myapp"], types=[".txt"]))
-"""
 
 
 @pytest.mark.skipif(not LINUX, reason="desktop files are the XDG desktops'")
@@ -3799,7 +2543,7 @@ def test_cli_register_errors_and_a_script_that_registers_itself(tmp_path, name):
     code, out, err = cli(tmp_path, name, "unregister")
     assert (code, out) == (0, "%s was not registered: nothing to remove\n" % name), err
     script = tmp_path / "my_app.py"
-    script.write_text(SELF_REGISTER)
+    shutil.copy(program("self_register"), str(script))
     code, out, err = ran([str(script), name], child_env(tmp_path))
     assert code == 0, err
     applications = tmp_path / "xdg" / "applications"
@@ -3873,7 +2617,7 @@ def test_xdg_open_starts_the_registered_app_then_reaches_the_primary(tmp_path, n
     (tmp_path / "data" / "applications" / "other.desktop").write_text("[Desktop Entry]\n")
     before = tree(tmp_path / "data", tmp_path / "config")
     script, log = tmp_path / "link_app.py", tmp_path / "opened.log"
-    script.write_text(LINK_APP)
+    shutil.copy(program("link_app"), str(script))
     command = " ".join([sys.executable, str(script), name, app_dir, str(log)])
     code, out, err = ran(["-m", "tcbon", name, "register", "--scheme", "myapp", "--type", ".shot",
                           "--command", command], env)
@@ -3947,7 +2691,7 @@ def test_register_writes_the_user_classes_and_unregister_removes_them(tmp_path, 
     tag = uuid.uuid4().hex[:8]  # the registry outlives tmp_path: names of this run only
     scheme, ext, classes = "tcbon-test-" + tag, ".tcbon" + tag, "Software\\Classes\\"
     script, log = tmp_path / "link_app.py", tmp_path / "opened.log"
-    script.write_text(LINK_APP)
+    shutil.copy(program("link_app"), str(script))
     command = [sys.executable, str(script), name, app_dir, str(log)]
     line = subprocess.list2cmdline(command) + ' -- "%1"'
     progid = "tcbon.%s.1" % name
@@ -3973,7 +2717,7 @@ def test_register_writes_the_user_classes_and_unregister_removes_them(tmp_path, 
 def test_start_opens_a_registered_link_in_the_app(tmp_path, name, app_dir):
     scheme = "tcbon-test-" + uuid.uuid4().hex[:8]
     script, log = tmp_path / "link_app.py", tmp_path / "opened.log"
-    script.write_text(LINK_APP)
+    shutil.copy(program("link_app"), str(script))
     tcbon.register(name, schemes=[scheme], command=[sys.executable, str(script), name, app_dir,
                                                     str(log)])
     try:
@@ -4012,17 +2756,6 @@ def started_by_start(link, log, name, app_dir, tmp_path):
 MIMEAPPS_OF_THE_USER = ("# my own defaults: keep them\n[Default Applications]\n"
                         "text/plain=vim.desktop;\n")
 
-# argv NAME SCHEME: registers NAME for SCHEME once told to on stdin, then
-# unregisters it once told to again (a barrier: every child at once).
-REGISTER_WHEN_TOLD = r"""
-import sys, tcbon
-print("ready", flush=True)
-sys.stdin.readline()
-tcbon.register(sys.argv[1], schemes=[sys.argv[2]], command=["/bin/true"])
-print("registered", flush=True)
-sys.stdin.readline()
-tcbon.unregister(sys.argv[1])
-"""
 
 
 def mimeapps_defaults(path):
@@ -4058,7 +2791,7 @@ def test_20_processes_registering_at_once_keep_every_default(tmp_path, name):
     env = child_env(tmp_path)
     with contextlib.ExitStack() as stack:
         children = [stack.enter_context(launched(
-            ["-c", REGISTER_WHEN_TOLD, n, "race%d" % i], env, stdin=subprocess.PIPE))
+            [program("register_when_told"), n, "race%d" % i], env, stdin=subprocess.PIPE))
             for i, n in enumerate(names)]
         for said in ("ready\n", "registered\n"):
             for child in children:
@@ -4195,33 +2928,6 @@ def test_register_refuses_control_characters_in_every_string(title, tmp_path, na
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "config").exists()
 
 
-# argv NAME STEP LABEL SCHEME EXT: registers NAME again (schemes SCHEME and
-# SCHEME-LABEL, file type EXT; LABEL in the command and the title: every file
-# or value changes), killed (SIGKILL; TerminateProcess on Windows) just before
-# the STEP-th change others can see (a file synced, replaced or removed, a
-# folder made or removed; a registry key or value set or deleted): step 0 runs
-# to the end and prints how many it made.
-KILLED_AT_STEP = r"""
-import os, signal, sys, tcbon
-name, step, label, scheme, ext = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
-CHANGES = {"posix": {"replace", "rename", "remove", "unlink", "rmdir", "mkdir", "symlink",
-                     "fsync"},
-           "winreg": {"CreateKey", "SetValueEx", "DeleteKey", "DeleteValue"}}
-seen = [0]
-
-def profile(frame, event, arg):
-    if (event == "c_call" and getattr(arg, "__name__", "")
-            in CHANGES.get(getattr(arg, "__module__", ""), ())):
-        seen[0] += 1
-        if seen[0] == step:
-            os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
-
-sys.setprofile(profile)
-tcbon.register(name, schemes=[scheme, scheme + "-" + label], types=[ext],
-               command=["/bin/echo", label], title="Killed " + label)
-sys.setprofile(None)
-print(seen[0])
-"""
 KILLED = signal.SIGTERM if WINDOWS else -signal.SIGKILL  # os.kill: TerminateProcess(sig)
 
 
@@ -4251,7 +2957,7 @@ def test_kill_9_at_every_step_of_a_re_register_leaves_a_registration(tmp_path, n
         require("xdg-utils", "apt-get install xdg-utils")
     env, tools = xdg_env(tmp_path, PATH=str(tmp_path)), xdg_env(tmp_path)
     for label in ("first", "second"):  # registered, then again: a re-register's steps
-        code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", label, "killed", ".tcbonkill"],
+        code, out, err = ran([program("killed_at_step"), name, "0", label, "killed", ".tcbonkill"],
                              env)
         assert code == 0, err
     expected = ([("tcbon-%s-url.desktop" % name, True), ("tcbon-%s-file.desktop" % name, True)],
@@ -4260,13 +2966,13 @@ def test_kill_9_at_every_step_of_a_re_register_leaves_a_registration(tmp_path, n
     steps, killed = int(out), 0
     assert steps >= 12, steps  # four files synced and replaced, each under its lock
     for step in range(1, steps + 3):
-        code, out, err = ran(["-c", KILLED_AT_STEP, name, str(step), "s%d" % step, "killed",
+        code, out, err = ran([program("killed_at_step"), name, str(step), "s%d" % step, "killed",
                               ".tcbonkill"], env)
         assert code in (0, KILLED), err
         killed += code == KILLED
         assert registration_left(tmp_path, name, tools) == expected, "killed at step %d" % step
     assert killed >= steps
-    code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", "last", "killed", ".tcbonkill"],
+    code, out, err = ran([program("killed_at_step"), name, "0", "last", "killed", ".tcbonkill"],
                          env)  # and what the killed ones left goes
     assert code == 0, err
     for folder in (tmp_path / "config", tmp_path / "data" / "applications",
@@ -4292,13 +2998,13 @@ def test_killed_at_every_step_of_a_re_register_the_user_classes_keep_one(tmp_pat
     labels = ["first", "second"]
     try:
         for label in labels:  # registered, then again: a re-register's steps
-            code, out, err = ran(["-c", KILLED_AT_STEP, name, "0", label, scheme, ext], env)
+            code, out, err = ran([program("killed_at_step"), name, "0", label, scheme, ext], env)
             assert code == 0 and registration_left(), err
         steps, killed = int(out), 0
         assert steps >= 10, steps
         for step in range(1, steps + 3):
             labels.append("s%d" % step)
-            code, out, err = ran(["-c", KILLED_AT_STEP, name, str(step), labels[-1], scheme,
+            code, out, err = ran([program("killed_at_step"), name, str(step), labels[-1], scheme,
                                   ext], env)
             assert code in (0, KILLED), err
             killed += code == KILLED
@@ -4597,28 +3303,28 @@ def test_handoff_forwards_argv_and_cwd_exactly_and_relays_the_reply(name, app_di
     cwd.mkdir()
     with tcbon.Process(name, app_dir=app_dir) as primary:
         primary.on(tcbon.SECOND_INSTANCE)(handler)
-        args = ["-c", MAIN, name, app_dir] + TRICKY + [b"raw-\xff"]
+        args = [program("main"), name, app_dir] + TRICKY + [b"raw-\xff"]
         status, out, err = ran(args, child_env(tmp_path), cwd=str(cwd), text=False)
     assert status == 7, err
     assert (out, err) == ("out ü\n".encode(), b"err\n")
     assert len(seen) == 1
     event = seen[0]
-    assert event["argv"] == ["-c", name, app_dir] + TRICKY + ["raw-\udcff"]
+    assert event["argv"] == [program("main"), name, app_dir] + TRICKY + ["raw-\udcff"]
     assert event["cwd"] == str(cwd) and event["data"] is None
     assert event["name"] == tcbon.SECOND_INSTANCE
 
 
 def test_handoff_without_a_handler_succeeds_and_main_returns_0(name, app_dir, tmp_path):
     with tcbon.Process(name, app_dir=app_dir):
-        assert ran(["-c", MAIN, name, app_dir, "file.txt"], child_env(tmp_path)) == (0, "", "")
+        assert ran([program("main"), name, app_dir, "file.txt"], child_env(tmp_path)) == (0, "", "")
 
 
 def test_handoff_api_and_info_report_argv(name, app_dir, tmp_path):
-    with launched(["-c", MAIN, name, app_dir, "--first", "x y"], child_env(tmp_path)) as child:
+    with launched([program("main"), name, app_dir, "--first", "x y"], child_env(tmp_path)) as child:
         assert child.stdout.readline().startswith("PRIMARY")
         client = tcbon.Process(name, app_dir=app_dir)
         info = client.info()
-        assert info["argv"] == ["-c", name, app_dir, "--first", "x y"]
+        assert info["argv"] == [program("main"), name, app_dir, "--first", "x y"]
         assert info["pid"] == child.pid and info["version"] == tcbon.__version__
         assert client.handoff(["a"], cwd="/", data={"k": [1]}) == {"success": True}
         client.stop()
@@ -4646,7 +3352,7 @@ def test_a_stopped_primary_gives_a_timeout_never_a_second_primary(name, app_dir,
         child.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
-            status, out, err = ran(["-c", MAIN, name, app_dir], child_env(tmp_path, TIMEOUT=1))
+            status, out, err = ran([program("main"), name, app_dir], child_env(tmp_path, TIMEOUT=1))
             assert status == 4 and "did not answer" in err
             assert "PRIMARY" not in out
             assert time.monotonic() - started < 20
@@ -4669,7 +3375,7 @@ def test_a_launch_during_shutdown_becomes_primary_50_of_50(name, app_dir, tmp_pa
         entered = first.entered
         first.start()
         go = tmp_path / ("go%d" % attempt)
-        with launched(["-c", MAIN, name, app_dir], child_env(tmp_path, GO_FILE=go)) as child:
+        with launched([program("main"), name, app_dir], child_env(tmp_path, GO_FILE=go)) as child:
             stopper = threading.Thread(target=first.stop)
             if attempt % 2:
                 go.touch()  # the launch races the whole shutdown
@@ -4701,7 +3407,7 @@ def test_pythonw_as_the_primary_and_as_a_later_launch(name, app_dir, tmp_path):
     log = str(tmp_path / "log.txt")
 
     def start(*args):
-        return subprocess.Popen([pythonw, "-c", PYTHONW_APP, name, app_dir, log] + list(args),
+        return subprocess.Popen([pythonw, program("pythonw_app"), name, app_dir, log] + list(args),
                                 env=child_env(tmp_path), close_fds=True,
                                 creationflags=subprocess.DETACHED_PROCESS
                                 | subprocess.CREATE_NEW_PROCESS_GROUP)
@@ -4722,23 +3428,23 @@ def test_pythonw_as_the_primary_and_as_a_later_launch(name, app_dir, tmp_path):
 
 
 def test_an_embedded_host_without_argv_or_a_python_executable(name, app_dir, tmp_path):
-    assert run_python(EMBEDDED, tmp_path, name, app_dir) == "ok\n"
+    assert run_python([program("embedded"), name, app_dir], tmp_path) == "ok\n"
 
 
 def test_start_and_run_forever_work_from_a_non_main_thread(name, app_dir, tmp_path):
-    assert run_python(OFF_MAIN_THREAD, tmp_path, name, app_dir) == "ok\n"
+    assert run_python([program("off_main_thread"), name, app_dir], tmp_path) == "ok\n"
 
 
 @pytest.mark.skipif(not WINDOWS or sys.version_info < (3, 8), reason="Windows' SIGBREAK "
                     "(raised in the process: Wine cannot deliver Ctrl-Break; 3.8+)")
 def test_sigbreak_stops_run_forever_cleanly_as_sigterm_does(name, app_dir, tmp_path):
-    assert run_python(SIGBREAK_STOPS, tmp_path, name, app_dir) == (
+    assert run_python([program("sigbreak_stops"), name, app_dir], tmp_path) == (
         "on_stop ran\nreturned False True\n")
 
 
 @pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 def test_run_forever_and_main_put_the_apps_sigterm_handler_back(name, app_dir, tmp_path):
-    assert run_python(SIGTERM_HANDLER_PUT_BACK, tmp_path, name, app_dir) == "ok\n"
+    assert run_python([program("sigterm_handler_put_back"), name, app_dir], tmp_path) == "ok\n"
 
 
 @pytest.mark.slow
@@ -4778,7 +3484,7 @@ def test_kill_9_at_any_point_lets_the_next_launch_take_over_at_once(name, app_di
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: Windows cannot fork")
 def test_a_forked_child_never_unlocks_or_withdraws_the_parents_primary(name, app_dir, tmp_path):
-    assert run_python(FORK, tmp_path, name, app_dir) == "ok\n"
+    assert run_python([program("fork"), name, app_dir], tmp_path) == "ok\n"
 
 
 @pytest.mark.skipif(not POSIX, reason="injects NFS's errors at fcntl.flock, which Windows has not")
@@ -4786,7 +3492,7 @@ def test_a_forked_child_never_unlocks_or_withdraws_the_parents_primary(name, app
 def test_a_file_system_without_locks_is_a_state_error_never_held(name, app_dir, tmp_path, code):
     # No lock-less file system can be mounted here, so the errno that NFS
     # (nolock), SMB or FUSE give is injected at the platform seam, fcntl.flock.
-    out = run_python(NO_LOCKS, tmp_path, name, app_dir, code)
+    out = run_python([program("no_locks"), name, app_dir, code], tmp_path)
     assert out == "start True True True\nsend True True True\ncli 5\n"
 
 
@@ -4900,7 +3606,7 @@ def probe_pid(tmp_path, name, app_dir, via=()):
 def test_a_primary_in_another_network_namespace_is_unreachable_not_hung(name, app_dir,
                                                                         tmp_path):
     with elsewhere(tmp_path, machine=False) as there, \
-            launched(["-c", LAUNCH, name, app_dir], child_env(tmp_path), via=there) as child:
+            launched([program("launch"), name, app_dir], child_env(tmp_path), via=there) as child:
         assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
         client = tcbon.Process(name, app_dir=app_dir, timeout=1)
         wait_for(lambda: tcbon._read_state(client.pid_file), what="its state")
@@ -4909,7 +3615,7 @@ def test_a_primary_in_another_network_namespace_is_unreachable_not_hung(name, ap
         assert (info.value.pid, info.value.name) == (child.pid, name)
         assert "another network namespace" in str(info.value)
         assert cli(tmp_path, name, "--app-dir", app_dir, "--timeout", "1")[0] == 7
-        status, out, err = ran(["-c", MAIN, name, app_dir], child_env(tmp_path, TIMEOUT=1))
+        status, out, err = ran([program("main"), name, app_dir], child_env(tmp_path, TIMEOUT=1))
         assert (status, "PRIMARY" in out) == (7, False), err  # never a second primary
 
 
@@ -4926,11 +3632,11 @@ def test_scope_session_gives_each_login_session_its_own_primary(name, app_dir, t
                               "--json"], session(number))
         return json.loads(out).get("pid") if code in (0, 1) else err
 
-    with launched(["-c", LAUNCH, name, app_dir], session("7")) as first:
+    with launched([program("launch"), name, app_dir], session("7")) as first:
         assert first.stdout.readline().startswith("PRIMARY")
-        status, out, err = ran(["-c", LAUNCH, name, app_dir], session("7"))
+        status, out, err = ran([program("launch"), name, app_dir], session("7"))
         assert out.startswith("EXISTS %d\n" % first.pid), err  # the same session hands over
-        with launched(["-c", LAUNCH, name, app_dir], session("8")) as second:
+        with launched([program("launch"), name, app_dir], session("8")) as second:
             assert second.stdout.readline().startswith("PRIMARY")  # its own
             assert (probe("7"), probe("8"), probe("9")) == (first.pid, second.pid, None)
             assert cli(tmp_path, name, "--app-dir", app_dir)[0] == 1  # none per user
@@ -4959,14 +3665,16 @@ def test_scope_session_without_a_session_id_says_what_to_do(tmp_path):
 
 def test_scope_installation_follows_the_appimage_not_its_mount_point(name, app_dir, tmp_path):
     # An AppImage runs from a new mount point every time, /tmp/.mount_XXXX:
-    # two copies of the same script stand for two runs of one AppImage, or
-    # for two installed versions when no $APPIMAGE says otherwise.
+    # two copies of the same app (launch.py and the barrier.py it imports)
+    # stand for two runs of one AppImage, or for two installed versions when
+    # no $APPIMAGE says otherwise.
     mounts = []
     for number in (1, 2):
         mount = tmp_path / (".mount_%d" % number)
         mount.mkdir()
-        (mount / "app.py").write_text(LAUNCH)
-        mounts.append(str(mount / "app.py"))
+        for part in ("launch", "barrier"):
+            shutil.copy(program(part), str(mount))
+        mounts.append(str(mount / "launch.py"))
 
     def run(mount, **env):
         return ran([mounts[mount], name, app_dir], child_env(tmp_path, SCOPE="installation", **env))
@@ -5012,11 +3720,11 @@ def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, 
     app_dir = str(tmp_path / "home" / name)  # one directory, seen by both machines
     env = child_env(tmp_path)
     with elsewhere(tmp_path, machine=True) as b, contextlib.ExitStack() as stack:
-        a_primary = stack.enter_context(launched(["-c", MAIN, name, app_dir], env))
+        a_primary = stack.enter_context(launched([program("main"), name, app_dir], env))
         assert a_primary.stdout.readline() == "PRIMARY %d\n" % a_primary.pid
         # Machine B: launches race; exactly one becomes its primary.
         go = tmp_path / "go"
-        b_launches = [stack.enter_context(launched(["-c", MAIN, name, app_dir],
+        b_launches = [stack.enter_context(launched([program("main"), name, app_dir],
                                                    child_env(tmp_path, GO_FILE=go), via=b))
                       for _ in range(6)]
         go.touch()
@@ -5031,7 +3739,7 @@ def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, 
         assert probe_pid(tmp_path, name, app_dir) == a_primary.pid
         assert probe_pid(tmp_path, name, app_dir, via=b) == b_primary.pid
         for via in ((), b):
-            assert ran(["-c", MAIN, name, app_dir], env, via=via) == (0, "", "")
+            assert ran([program("main"), name, app_dir], env, via=via) == (0, "", "")
         info = json.loads(ran(["-m", "tcbon", name, "get", "--app-dir", app_dir, "--json"],
                               env, via=b)[1])
         assert info["host"] == "machine-b"
@@ -5042,18 +3750,21 @@ def test_two_machines_sharing_a_home_directory_each_run_their_own_primary(name, 
 
 @pytest.fixture(scope="session")
 def frozen(tmp_path_factory):
-    """FROZEN_APP built by the real PyInstaller: {'onefile': path, 'onedir': path}."""
-    return {mode: pyinstaller(tmp_path_factory.mktemp("frozen"), "frozen_app", FROZEN_APP, mode)
+    """children/frozen_app.py built by the real PyInstaller: {'onefile': path,
+    'onedir': path}."""
+    return {mode: pyinstaller(tmp_path_factory.mktemp("frozen"), "frozen_app", "frozen_app",
+                              mode)
             for mode in ("onefile", "onedir")}
 
 
-def pyinstaller(work, name, source, mode="onefile"):
-    """source, as name.py, built in work by the real PyInstaller: its executable."""
+def pyinstaller(work, name, script, mode="onefile"):
+    """children/SCRIPT.py, as name.py, built in work by the real PyInstaller:
+    its executable."""
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
         require("PyInstaller", "pip install pyinstaller")
-    (work / (name + ".py")).write_text(source)
+    shutil.copy(program(script), str(work / (name + ".py")))
     status, out, err = ran(["-m", "PyInstaller", "--" + mode, "--noconfirm", "--log-level",
                             "WARN", "--paths", HERE, "--distpath", work / "dist", "--workpath",
                             work / "build", "--specpath", work, work / (name + ".py")], None,
@@ -5120,7 +3831,7 @@ def test_a_launch_hands_over_its_token_chosen_env_and_piped_text(primary, name, 
     text = "line 1\nü 日本 🎉\n\n" * 3
 
     def launch_with(stdin, **env):  # UTF-8 both ways: Windows' pipes default to cp1252
-        return subprocess.run([sys.executable, "-c", HANDOVER, name, app_dir], input=stdin,
+        return subprocess.run([sys.executable, program("handover"), name, app_dir], input=stdin,
                               env=child_env(tmp_path, PYTHONIOENCODING="utf-8", **env),
                               capture_output=True, encoding="utf-8", timeout=60)
     done = launch_with(text, XDG_ACTIVATION_TOKEN="tok-1", DESKTOP_STARTUP_ID="id-2",
@@ -5174,7 +3885,7 @@ def test_cli_wait_exit_blocks_until_no_primary_runs(name, app_dir, tmp_path):
 def test_a_stop_from_another_thread_ends_a_main_thread_executors_loop(name, app_dir,
                                                                       tmp_path, how):
     # Finding 1: Blender --background's pattern; nothing woke run_pending().
-    with launched(["-c", EXECUTOR_STOP, name, app_dir, how, "thread"],
+    with launched([program("executor_stop"), name, app_dir, how, "thread"],
                   child_env(tmp_path)) as child:
         wait_for(lambda: child.poll() is not None, 15,
                  "%s() to return after app.stop() from another thread" % how)
@@ -5189,7 +3900,7 @@ def test_a_stop_from_another_thread_ends_a_main_thread_executors_loop(name, app_
 def test_a_handler_on_the_ui_thread_that_stops_the_app_replies_first(name, app_dir, tmp_path,
                                                                      how):
     # Finding 2: the stop waited for requests in progress, this one included.
-    with launched(["-c", EXECUTOR_STOP, name, app_dir, how, "handler"],
+    with launched([program("executor_stop"), name, app_dir, how, "handler"],
                   child_env(tmp_path)) as child:
         wait_primary(name, app_dir)
         client = tcbon.Process(name, app_dir=app_dir, timeout=4)
@@ -5213,7 +3924,7 @@ def test_no_launch_is_lost_while_primaries_stop_one_after_another(name, app_dir,
         except tcbon.Error:
             return None
     with contextlib.ExitStack() as stack:
-        launchers = [stack.enter_context(launched(["-c", RELAUNCHER, name, app_dir, done],
+        launchers = [stack.enter_context(launched([program("relauncher"), name, app_dir, done],
                                                   child_env(tmp_path))) for _ in range(6)]
         stops = 0
         while stops < 10:
@@ -5248,7 +3959,7 @@ def test_two_concurrent_replacements_leave_one_primary_and_no_error(name, app_di
         go = tmp_path / ("go%d" % round_)
         with launch(name, app_dir, tmp_path) as first, contextlib.ExitStack() as stack:
             wait_primary(name, app_dir)
-            replacers = [stack.enter_context(launched(["-c", REPLACER, name, app_dir],
+            replacers = [stack.enter_context(launched([program("replacer"), name, app_dir],
                                                       child_env(tmp_path, GO_FILE=go)))
                          for _ in range(2)]
             go.touch()
@@ -5367,7 +4078,7 @@ def test_the_primary_object_as_a_client_during_its_own_stop(name, app_dir, call,
 
 def test_handoff_keeps_one_deadline_through_start_up_and_handling(name, app_dir, tmp_path):
     # Finding 7: 0.9 s to find the address, then a new 1 s for the reply.
-    with launched(["-c", SLOW_HANDOFF, name, app_dir],
+    with launched([program("slow_handoff"), name, app_dir],
                   child_env(tmp_path, ON_START_DELAY=0.9, HANDLER_DELAY=0.9)) as child:
         assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
         started = time.monotonic()
@@ -5444,8 +4155,8 @@ def test_an_idle_ui_example_exits_within_2_s_of_sigterm(toolkit, tmp_path, reque
 
 @pytest.fixture(scope="session")
 def frozen_loop(tmp_path_factory):
-    """FROZEN_LOOP_APP built --onefile by the real PyInstaller: its path."""
-    return pyinstaller(tmp_path_factory.mktemp("frozen_loop"), "frozen_loop", FROZEN_LOOP_APP)
+    """children/frozen_loop_app.py built --onefile by the real PyInstaller: its path."""
+    return pyinstaller(tmp_path_factory.mktemp("frozen_loop"), "frozen_loop", "frozen_loop_app")
 
 
 @pytest.mark.slow
@@ -5483,8 +4194,8 @@ def test_a_frozen_onefile_app_takes_a_double_ctrl_c_cleanly_20_of_20(loop, tmp_p
 @pytest.mark.slow
 @pytest.mark.skipif(not POSIX, reason="SIGTERM to child primaries: Windows delivers none")
 def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
-    # Issue 19's model: three Process objects here, LAUNCH primaries in
-    # children; the README's promises are its invariants.
+    # Issue 19's model: three Process objects here, children/launch.py
+    # primaries in child processes; the README's promises are its invariants.
     import functools
     import select
     from hypothesis import strategies as st
@@ -5629,9 +4340,10 @@ def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
             env = child_env(tmp_path, TIMEOUT=limit, ON_STOP_DELAY=0.3 if slow else 0)
             path = "%s.%d.err" % (self.app_dir, len(self.children))
             with open(path, "w") as err:
-                child = subprocess.Popen([sys.executable, "-c", LAUNCH, self.name, self.app_dir],
-                                         env=env, text=True, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=err)
+                child = subprocess.Popen([sys.executable, program("launch"), self.name,
+                                          self.app_dir], env=env, text=True,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=err)
             self.children.append(child)
             self.errors[child] = path
             assert select.select([child.stdout], [], [], 20)[0], "the child said nothing"
@@ -5714,8 +4426,7 @@ def test_instances_and_upgrades_keep_the_lifecycle_contract_in_any_order(tmp_pat
     from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
     limit, margin = 2.0, 3.0  # every call's timeout; how far past it a call may return
     documented = (tcbon.ProcessExists, tcbon.ProcessDoesNotExist, tcbon.Timeout)
-    script = tmp_path / "model_app.py"
-    script.write_text(MODEL_APP)
+    script = program("model_app")
 
     def timed(action):
         """(result, exception) of a call that kept to its timeout and raised
@@ -5950,13 +4661,13 @@ def test_instances_and_upgrades_keep_the_lifecycle_contract_in_any_order(tmp_pat
 def test_every_launch_goes_through_one_door_the_first_ones_own_too(name, app_dir,
                                                                     tmp_path):
     env = child_env(tmp_path, DESKTOP_STARTUP_ID="first_TIME42")
-    with launched(["-c", ONE_DOOR, name, app_dir, "first.txt"], env) as first:
+    with launched([program("one_door"), name, app_dir, "first.txt"], env) as first:
         # Its own argv, marked primary, no stdin; its startup id stays its own.
         assert first.stdout.readline() == (
             'OPENED [true, ["first.txt"], null, null, "first_TIME42"]\n')
         assert first.stdout.readline() == "said to me\n"
         wait_primary(name, app_dir)
-        status, out, err = ran(["-c", ONE_DOOR, name, app_dir, "second.txt"],
+        status, out, err = ran([program("one_door"), name, app_dir, "second.txt"],
                                child_env(tmp_path))
         assert (status, out) == (0, "said to you\n"), err
         assert first.stdout.readline() == 'OPENED [false, ["second.txt"], null, null, ' \
@@ -5967,8 +4678,8 @@ def test_every_launch_goes_through_one_door_the_first_ones_own_too(name, app_dir
 
 @pytest.fixture(scope="session")
 def frozen_mp(tmp_path_factory):
-    """MP_APP built by the real PyInstaller, --onefile: its path."""
-    return pyinstaller(tmp_path_factory.mktemp("frozen_mp"), "mp_app", MP_APP)
+    """children/mp_app.py built by the real PyInstaller, --onefile: its path."""
+    return pyinstaller(tmp_path_factory.mktemp("frozen_mp"), "mp_app", "mp_app")
 
 
 @pytest.mark.slow
@@ -5995,7 +4706,7 @@ def test_a_frozen_apps_multiprocessing_workers_are_never_launches(frozen_mp, pla
 # Issue 22: several instances, each a held lock of its own, and a chooser. Real
 # processes and real locks; every rule of send/stop, the broadcast and the CLI.
 def several(name, app_dir, tmp_path, mark, limit="any", **env):
-    return launched(["-c", SEVERAL, name, app_dir, limit, mark], child_env(tmp_path, **env))
+    return launched([program("several"), name, app_dir, limit, mark], child_env(tmp_path, **env))
 
 
 def listed(name, app_dir, count):
@@ -6043,7 +4754,8 @@ def test_instances_racing_launches_get_distinct_slots_and_none_is_lost(name, app
 
 
 def versioned(name, app_dir, tmp_path, version, mark, **env):
-    return launched(["-c", VERSIONED, name, app_dir, version, mark], child_env(tmp_path, **env))
+    return launched([program("versioned"), name, app_dir, version, mark],
+                    child_env(tmp_path, **env))
 
 
 def test_a_newer_version_replaces_an_older_one_with_its_state_and_no_launch_lost(
@@ -6055,7 +4767,7 @@ def test_a_newer_version_replaces_an_older_one_with_its_state_and_no_launch_lost
         assert old.stdout.readline() == "PRIMARY 1.9 null\n"
         assert old.stdout.readline() == "first handled by 1.9\n"  # its own launch
         for i in range(3):
-            assert ran(["-c", VERSIONED, name, app_dir, "1.9", "before%d" % i],
+            assert ran([program("versioned"), name, app_dir, "1.9", "before%d" % i],
                        child_env(tmp_path))[:2] == (0, "before%d handled by 1.9\nEXIT 0\n" % i)
         new = stack.enter_context(versioned(name, app_dir, tmp_path, "1.10", "new",
                                             REPLACE="older"))
@@ -6072,7 +4784,7 @@ def test_a_newer_version_replaces_an_older_one_with_its_state_and_no_launch_lost
             assert (code, out) == (0, "race%02d handled by 1.10\nEXIT 0\n" % i), err
         # As new as the launch, or newer: reused, not replaced.
         for version in ("1.10", "1.9", "1.10rc1"):
-            code, out, err = ran(["-c", VERSIONED, name, app_dir, version, "v" + version],
+            code, out, err = ran([program("versioned"), name, app_dir, version, "v" + version],
                                  child_env(tmp_path, REPLACE="older"))
             assert (code, out) == (0, "v%s handled by 1.10\nEXIT 0\n" % version), err
         client = tcbon.Process(name, app_dir=app_dir)
@@ -6117,7 +4829,7 @@ def test_racing_upgrades_end_with_the_newest_version_every_time(name, app_dir, t
     folder.mkdir()
     with contextlib.ExitStack() as stack:
         racers = [stack.enter_context(launched(
-            ["-c", RACER, name, app_dir, version, folder, rounds], child_env(tmp_path)))
+            [program("racer"), name, app_dir, version, folder, rounds], child_env(tmp_path)))
             for version in versions]
         client = tcbon.Process(name, app_dir=app_dir, timeout=30)
         for r in range(rounds):
@@ -6282,7 +4994,7 @@ def test_instances_main_asks_choose_where_a_launch_goes(name, app_dir, tmp_path)
         found = listed(name, app_dir, 2)
         ids = {e["meta"]["project"]: e["id"] for e in found}
         # alpha's project: to that instance, not a new one (choose says so)
-        code, out, err = ran(["-c", SEVERAL, name, app_dir, "any", "alpha"],
+        code, out, err = ran([program("several"), name, app_dir, "any", "alpha"],
                              child_env(tmp_path, CHOOSE=1))
         assert (code, out) == (0, "alpha %d\n" % ids["alpha"]), err
         assert len(tcbon.instances(name, app_dir)) == 2
@@ -6415,7 +5127,7 @@ def test_a_launch_from_a_deleted_directory_hands_over_cwd_none(name, app_dir, tm
     def from_a_deleted_folder(stack, label):
         gone, go = tmp_path / label, tmp_path / (label + ".go")
         gone.mkdir()
-        child = stack.enter_context(launched(["-c", PRINT_CWD, name, app_dir],
+        child = stack.enter_context(launched([program("print_cwd"), name, app_dir],
                                              child_env(tmp_path, GO_FILE=go, PYTHONPATH=HERE),
                                              cwd=str(gone)))  # (no "" in PYTHONPATH:
         # Python itself could not start where "" names no folder)
@@ -6460,7 +5172,7 @@ def test_main_unguarded_runs_the_app_alone_in_a_read_only_folder(name, tmp_path,
     # else the launch says why and what to do.
     folder, via, cause = read_only_folder(tmp_path)
     app_dir = os.path.join(folder, "state")
-    status, out, err = ran(["-c", UNGUARDED, name, app_dir, int(unguarded)],
+    status, out, err = ran([program("unguarded"), name, app_dir, int(unguarded)],
                            child_env(tmp_path), via=via)
     if unguarded:
         assert (status, out) == (3, "ON_START\nOPENED True\nRAN\nON_STOP\n"), err
@@ -6478,10 +5190,10 @@ def test_main_unguarded_runs_the_app_alone_on_a_file_system_without_locks(name, 
                                                                          tmp_path):
     # As test_a_file_system_without_locks_is_a_state_error_never_held: the
     # errno of NFS without locks, injected at the platform seam.
-    status, out, err = ran(["-c", UNGUARDED, name, app_dir, 1, "ENOLCK"], child_env(tmp_path))
+    status, out, err = ran([program("unguarded"), name, app_dir, 1, "ENOLCK"], child_env(tmp_path))
     assert (status, out) == (3, "ON_START\nOPENED True\nRAN\nON_STOP\n"), err
     assert len(err.splitlines()) == 1 and "does not support locks" in err, err
-    status, out, err = ran(["-c", UNGUARDED, name, app_dir, 0, "ENOLCK"], child_env(tmp_path))
+    status, out, err = ran([program("unguarded"), name, app_dir, 0, "ENOLCK"], child_env(tmp_path))
     assert (status, out) == (5, "") and "does not support locks" in err, err
 
 
@@ -6503,7 +5215,7 @@ def test_main_run_again_in_the_same_process_says_what_start_says(name, app_dir, 
 
 @contextlib.contextmanager
 def gated_primary(name, app_dir, tmp_path, **env):
-    """An INTERRUPTED primary, its stdout in a file: yields (read its
+    """A children/interrupted.py primary, its stdout in a file: yields (read its
     output, open the gate); opens the gate and ends it on the way out."""
     gate, out_path = tmp_path / "gate", str(tmp_path / ("%s.out" % name))
 
@@ -6511,7 +5223,7 @@ def gated_primary(name, app_dir, tmp_path, **env):
         with open(out_path) as f:
             return f.read()
     with open(out_path, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, name, app_dir, str(gate)],
+        proc = subprocess.Popen([sys.executable, program("interrupted"), name, app_dir, str(gate)],
                                 env=child_env(tmp_path, **env), stdin=subprocess.DEVNULL,
                                 stdout=out)
     try:
@@ -6538,7 +5250,7 @@ def test_ctrl_c_on_a_launch_during_its_hand_off_says_one_line_and_exits_130(name
     # Issue 29: it printed urllib's 40-line traceback and died by SIGINT (-2).
     with gated_primary(name, app_dir, tmp_path) as (said, release):
         wait_primary(name, app_dir)
-        code, out, err = interrupted(["-c", MAIN, name, app_dir], tmp_path,
+        code, out, err = interrupted([program("main"), name, app_dir], tmp_path,
                                      lambda pid: "HANDLING" in said(), TIMEOUT=60)
         assert (code, out, err) == (130, "", "%s: interrupted (Ctrl-C)\n" % name)
         release()
@@ -6557,7 +5269,7 @@ def test_ctrl_c_on_a_launch_before_delivery_delivers_nothing(name, app_dir, tmp_
             with contextlib.suppress(OSError):
                 return any(os.readlink(os.path.join(fds, fd)) == lock_file
                            for fd in os.listdir(fds))
-        code, out, err = interrupted(["-c", MAIN, name, app_dir, "interrupted"], tmp_path,
+        code, out, err = interrupted([program("main"), name, app_dir, "interrupted"], tmp_path,
                                      waiting, TIMEOUT=60)
         assert (code, out, err) == (130, "", "%s: interrupted (Ctrl-C)\n" % name)
         release()
@@ -6747,17 +5459,18 @@ def test_cli_ctrl_c_says_one_line_and_exits_130(name, app_dir, tmp_path):
 
 # Start on demand (issue 23) ---------------------------------------------------------------
 def on_demand(tmp_path, name, app_dir, monkeypatch):
-    """The ON_DEMAND app's command, as a list and as a command line, and
-    its record file. The app that this process starts imports this tcbon."""
+    """The children/on_demand.py app's command (a copy of it), as a list and
+    as a command line, and its record file. The app that this process starts
+    imports this tcbon."""
     monkeypatch.setenv("PYTHONPATH", child_env(tmp_path)["PYTHONPATH"])
     script, record = tmp_path / "on_demand.py", str(tmp_path / "record.txt")
-    script.write_text(ON_DEMAND)
+    shutil.copy(program("on_demand"), str(script))
     argv = [sys.executable, str(script), name, app_dir, record]
     return argv, " ".join('"%s"' % arg for arg in argv), record
 
 
 def recorded(record, kind):
-    """The lines of the ON_DEMAND record that start with kind."""
+    """The lines of the on_demand.py record that start with kind."""
     if not os.path.exists(record):
         return []
     with open(record) as f:
@@ -6860,7 +5573,7 @@ def test_start_commands_that_fail_say_why(name, app_dir, tmp_path, monkeypatch):
 # chooser naming no instance.
 
 def exited(proc):
-    """True once a VERSIONED child has ended, cleanly."""
+    """True once a children/versioned.py child has ended, cleanly."""
     code, out, err = finish(proc)
     assert (code, out.splitlines()[-1]) == (0, "EXIT 0"), err
     return True
@@ -6997,7 +5710,7 @@ def test_stop_kill_after_ends_a_hung_primary_and_no_launch_is_lost(name, app_dir
         client = tcbon.Process(name, app_dir=app_dir)
         with pytest.raises(tcbon.Timeout, match="still runs"):
             client.stop(timeout=0.5)  # asked alone, it cannot stop
-        with launched(["-c", MAIN, name, app_dir], child_env(tmp_path, TIMEOUT=60)) as later:
+        with launched([program("main"), name, app_dir], child_env(tmp_path, TIMEOUT=60)) as later:
             code, out, err = cli(tmp_path, name, "stop", "--kill-after", "1",
                                  "--app-dir", app_dir)
             assert (code, out) == (0, "%s stopped (it did not stop within 1.0 s when asked: "
@@ -7024,7 +5737,7 @@ def test_stop_kill_after_never_ends_a_process_it_cannot_verify(name, app_dir, tm
 
 
 def logged(path, kind):
-    """The marks of BUSY_APP's log lines of kind (START or DONE)."""
+    """The marks of busy_app.py's log lines of kind (START or DONE)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -7039,7 +5752,7 @@ def test_a_launch_not_taken_in_time_never_runs_and_one_taken_runs_once(name, app
     def busy_app(mark, hold, timeout=None):
         env = child_env(tmp_path) if timeout is None else child_env(tmp_path,
                                                                    TCBON_TIMEOUT=timeout)
-        return ["-c", BUSY_APP, name, app_dir, log, mark, hold], env
+        return [program("busy_app"), name, app_dir, log, mark, hold], env
 
     def release(mark):
         open(log + "." + mark, "w").close()
@@ -7068,7 +5781,7 @@ def test_a_launch_not_taken_in_time_never_runs_and_one_taken_runs_once(name, app
 def test_a_primary_answers_once_its_executor_runs_not_before(name, app_dir, tmp_path):
     # Issue 29: "running" means answering.
     go = str(tmp_path / "go")
-    with launched(["-c", LATE_LOOP, name, app_dir, go], child_env(tmp_path)) as child:
+    with launched([program("late_loop"), name, app_dir, go], child_env(tmp_path)) as child:
         assert child.stdout.readline() == "STARTED\n"
         client = tcbon.Process(name, app_dir=app_dir)
         assert client.running  # its lock is held: no second primary can start
@@ -7111,15 +5824,15 @@ def test_a_released_primary_and_this_client_find_each_other_both_ways(name, app_
     env = child_env(tmp_path)
     if primary_is == "released":
         env["PYTHONPATH"] = old + os.pathsep + env["PYTHONPATH"]
-    here = str(tmp_path)  # not the checkout: python -c puts the working folder first
-    with launched(["-c", LAUNCH, name, app_dir], env, cwd=here) as child:
+    here = str(tmp_path)  # not the checkout: python -m puts the working folder first
+    with launched([program("launch"), name, app_dir], env, cwd=here) as child:
         assert child.stdout.readline().startswith("PRIMARY")
         info = wait_primary(name, app_dir)
         assert info["version"] == ("0.4.0" if primary_is == "released" else tcbon.__version__)
         client_env = dict(env, PYTHONPATH=(child_env(tmp_path)["PYTHONPATH"]
                                            if primary_is == "released" else
                                            old + os.pathsep + env["PYTHONPATH"]))
-        code, out, err = ran(["-c", LAUNCH, name, app_dir], client_env, cwd=here)
+        code, out, err = ran([program("launch"), name, app_dir], client_env, cwd=here)
         assert code == 0 and out.splitlines()[0] == "EXISTS %d" % child.pid, err
         assert json.loads(out.splitlines()[1].split(" ", 1)[1])["pid"] == child.pid
         code, out, err = ran(["-m", "tcbon", name, "stop", "--app-dir", app_dir], client_env,
@@ -7191,7 +5904,7 @@ def test_cli_send_start_with_an_app_of_instances_delivers_once(name, app_dir, tm
 def test_main_reports_a_chooser_that_names_no_instance(name, app_dir, tmp_path):
     with several(name, app_dir, tmp_path, "alpha") as child:
         listed(name, app_dir, 1)
-        code, out, err = ran(["-c", SEVERAL, name, app_dir, "any", "beta"],
+        code, out, err = ran([program("several"), name, app_dir, "any", "beta"],
                              child_env(tmp_path, CHOOSE_ID=99), timeout=60)
         assert code == tcbon.EXIT_ERROR, err
         assert "choose() returned instance 99" in err and "those running: 1" in err
@@ -7216,7 +5929,7 @@ def test_mutex_is_checked_and_accepted_everywhere(name, app_dir):
 
 def mutex_seen(tmp_path, *names):
     """OpenMutexW of each name from another process: 'open' or the error code."""
-    code, out, err = ran(["-c", OPEN_MUTEX] + list(names), child_env(tmp_path))
+    code, out, err = ran([program("open_mutex")] + list(names), child_env(tmp_path))
     assert code == 0, err
     return out.split()
 
@@ -7383,7 +6096,7 @@ def test_ui_example_opens_documents_that_macos_sends_as_apple_events(toolkit, tm
     documents = [str(tmp_path / n) for n in ("shot 010.txt", "--not-an-option.txt")]
     for path in documents:
         open(path, "w").close()
-    with launched(["-c", APPLE_EVENTS, example(toolkit + "_app.py"), app_dir] + documents,
+    with launched([program("apple_events"), example(toolkit + "_app.py"), app_dir] + documents,
                   env) as app:
         assert app.stdout.readline() == "DELIVERED\n"
         assert app.stdout.readline() == "REOPENED opened 0 file(s) in the running window\n"
@@ -7475,7 +6188,7 @@ class Desktop:
         """A full-screen GTK window on top of the others, active, in which
         the user has just typed: its id. A WM that prevents focus stealing
         weighs later activation requests against that key press."""
-        cover = subprocess.Popen([gtk_python(), "-c", GTK_COVER], env=self.env,
+        cover = subprocess.Popen([gtk_python(), program("gtk_cover")], env=self.env,
                                  stdin=subprocess.DEVNULL)
         try:
             covering = wait_for(lambda: self.x("xdotool", "search", "--onlyvisible", "--name",
@@ -7652,13 +6365,13 @@ def test_a_gtk_window_gets_the_launch_startup_id_and_comes_to_the_front(tmp_path
                                                                         name, app_dir):
     python = gtk_python()
     env = child_env(tmp_path, DISPLAY=desktop.display, NO_AT_BRIDGE="1")
-    with launched(["-c", GTK_APP, name, app_dir], env, python=python) as first, \
+    with launched([program("gtk_app"), name, app_dir], env, python=python) as first, \
             desktop.screenshot_on_failure():
         window = desktop.window("tcbon: a GTK window")
         desktop.iconify(window)
         with desktop.covered():
             launch = dict(env, DESKTOP_STARTUP_ID="launcher-42_TIME4242")  # as a launcher sets it
-            status, out, err = ran(["-c", GTK_APP, name, app_dir], launch, python=python)
+            status, out, err = ran([program("gtk_app"), name, app_dir], launch, python=python)
             assert (status, out) == (0, "raised\n"), err
             desktop.wait_in_front(window)
             # GTK put the startup id on the window, and its time stamp is the
@@ -8231,15 +6944,14 @@ def test_every_stop_ends_a_gtk_main_loop_that_has_no_on_stop(stop, name, app_dir
     if not POSIX:
         require("PyGObject")
     python = gtk_python()
-    env = child_env(tmp_path, DISPLAY=display, NO_AT_BRIDGE="1")
-    code = GTK_APP.replace("app.on_stop = Gtk.main_quit\n", "")
-    assert "on_stop" not in code
-    with launched(["-c", code, name, app_dir], env, python=python) as child:
+    env = child_env(tmp_path, DISPLAY=display, NO_AT_BRIDGE="1", NO_ON_STOP=1)
+    with launched([program("gtk_app"), name, app_dir], env, python=python) as child:
         assert wait_primary(name, app_dir, 60)["pid"] == child.pid
         if stop == "remote":
             assert cli(tmp_path, name, "--app-dir", app_dir, "stop")[0] == 0
         else:
             child.send_signal(signal.SIGTERM)
         status, out, err = finish(child)
+    assert out.startswith("NO ON_STOP\n"), out  # the app set no on_stop of its own
     assert (status, "Traceback" in err, "ending the process" in err) == (0, False, False), err
     assert not tcbon.Process(name, app_dir=app_dir).running

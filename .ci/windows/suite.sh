@@ -20,7 +20,7 @@ rm -rf "$work" && mkdir -p "$work"
 # The pages too: tests read them (the version is said in one place only).
 cp -r "$SRC/tcbon.py" "$SRC/test_tcbon.py" "$SRC/setup.cfg" "$SRC/pyproject.toml" "$SRC/tox.ini" \
     "$SRC/README.rst" "$SRC/CHANGES.rst" "$SRC/CONTRIBUTING.rst" "$SRC/docs" "$SRC/examples" \
-    "$work/"
+    "$SRC/children" "$work/"
 cp "$RIG/rig_watchdog.py" "$work/"
 cd "$work" || exit 2
 # Temporary files go to the copy too (Wine sets TEMP from its own registry).
