@@ -28,7 +28,13 @@ mkdir -p tmp
 export PYTHONDONTWRITEBYTECODE=1
 timeout --kill-after=30 "${RIG_SUITE_LIMIT:-2400}" \
     "$RIG/run.sh" "$v" -m pytest -p rig_watchdog test_tcbon.py -p no:cacheprovider \
-    --basetemp "$(winepath -w "$work/tmp" 2>/dev/null)" "$@" </dev/null
-status=$?
-cd / && rm -rf "$work"
+    --basetemp "$(winepath -w "$work/tmp" 2>/dev/null)" "$@" </dev/null 2>&1 | tee "$work.out"
+status=${PIPESTATUS[0]}
+# An interpreter that aborts under Wine (a Win32 call Wine lacks) can exit 0:
+# without pytest's closing summary ("N passed ... in Ns"), the run failed.
+if [ "$status" = 0 ] && ! grep -Eq ' in [0-9.]+s( \([0-9:]+\))?( =+)?[[:space:]]*$' "$work.out"; then
+    echo "suite.sh: pytest printed no summary (its interpreter ended early): a failure"
+    status=3
+fi
+cd / && rm -rf "$work" "$work.out"
 exit $status
