@@ -3088,10 +3088,13 @@ class _Finder:
         self.stem = os.path.join(app_dir, "%s@%s%s" % (name, _machine(), scope_suffix))
         self.client = _Client(name)
         self._trusted = False
-        # The token of the primary the last call reached: the next call to
-        # it skips the lock and liveness look, as still() makes both once
-        # connected; any failure clears it (a killed one: ProcessDoesNotExist).
-        self.reached: str | None = None
+        # The state of the primary the last call reached (one instance): the
+        # next call but a stop goes to it without looking at the files first,
+        # as still() looks once connected (its state still published, its
+        # process running); any failure clears it, and the next look takes
+        # the whole path (a killed primary: ProcessDoesNotExist at once; a
+        # new one: its state).
+        self.reached: dict | None = None
 
     # Files ----------------------------------------------------------------------
     def files(self, slot: int | None = None) -> tuple[str, str]:
@@ -3192,10 +3195,6 @@ class _Finder:
             raise self.none_runs(to, where)
         if not self.limit and to is None and not where:  # the name's own first: no listing
             lock_file, pid_file = self.files()
-            state = _read_state(pid_file)
-            if (state is not None and state["token"] == self.reached
-                    and state["token"] not in passed and self.answers(state)):
-                return state  # the one that answered last: still() checks it once connected
             if _Lock.held(lock_file):
                 state = _live_state(pid_file)
                 ok = state is not None and state.get("id") is None and self.answers(state)
@@ -3304,28 +3303,36 @@ class _Finder:
         path = "/" + route.lstrip("/")
         passed: set[str] = set()  # the tokens of primaries that said they are stopping
         refused: _Wait | None = None  # even an unbounded call stops reconnecting
+        stop = (method, path) == ("POST", "/stop")
         while True:
-            state = self.locate(wait, to, where, passed)
+            last, self.reached = self.reached, None
+            if (last is None or self.limit or to is not None or where or stop
+                    or last["token"] in passed):
+                last = None
+                state = self.locate(wait, to, where, passed)
+            else:  # the one the last call reached: still() checks it once connected
+                state = last
             if found is not None:
                 found(state)
             local = self.local(state)
             if local is not None:
                 return local.call_directly(method, path, body, wait.remaining())
-            self.reached = None
             result = self.client.exchange(state, method, path, body, wait, self.ended,
                                           self.still(state), ack)
+            if state is last and result in ("refused", "gone"):
+                continue  # nothing was sent, and it may have ended: the whole look now
             if result == "refused":
                 refused = refused or (wait if wait.limit is not None else _Wait(DEFAULT_TIMEOUT))
                 if refused.over():
                     raise self.client.unreachable(state, self.app_dir)
                 refused.pause()
-            elif isinstance(result, str) and (method, path) == ("POST", "/stop"):
+            elif isinstance(result, str) and stop:
                 self.wait_gone(state, wait)  # a stop is for that one: never the next
                 return None
             elif isinstance(result, str):  # stopping, or gone: on to the next primary
                 passed.add(state["token"])
             else:
-                self.reached = state["token"]
+                self.reached = state
                 return self.client.answer(result[0], result[1], "%s %s" % (method, path),
                                           wait.limit)
 
