@@ -518,9 +518,8 @@ class _UnixPlatform(_Platform):
     def pending_cap(self, wanted: int) -> int:
         """Fewer under a low open-file limit (macOS's default is 256),
         leaving room for the workers and the app's own files."""
-        import resource
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if soft == resource.RLIM_INFINITY:
+        soft = os.sysconf("SC_OPEN_MAX")  # RLIMIT_NOFILE's soft limit; -1: none
+        if soft < 0:
             return wanted
         return max(8, min(wanted, (soft - MAX_WORKERS) // 2))
 
@@ -2315,12 +2314,15 @@ class _WorkerPoolMixIn(_ServerBase):
     note: Callable[..., None]  # from _IntakeMixIn
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import queue
         import threading
+        try:  # the C queue alone: the queue module brings heapq and more (0.1 MiB)
+            from _queue import SimpleQueue
+        except ImportError:  # pragma: no cover - PyPy: in Python, in queue
+            from queue import SimpleQueue
         self.busy = self.spare = 0  # requests in progress; idle workers
         self.closing = False
         self.hurried = False  # set (also from a signal handler) to end drain() now
-        self._queue: queue.SimpleQueue[tuple[_Request | None, Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[_Request | None, Any]] = SimpleQueue()
         self._idle = threading.Condition()
         self._workers = threading.local()
         self._answered: dict[Any, bool] = {}  # connection of a request in progress -> replied
