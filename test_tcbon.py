@@ -2196,8 +2196,12 @@ def test_a_primary_that_proves_its_replies_loads_no_openssl_hash_module(name, ap
                                                          timeout=10)
         with open("/proc/%d/maps" % child.pid) as f:
             maps = f.read()
-    assert "_sha256" in maps or "_sha2" in maps or "libpython" in maps  # read the right one
-    assert "_hashlib" not in maps
+    assert "[stack]" in maps  # a process' maps were read
+    # Nothing beyond what a bare http.server loads: 3.7's random imports hashlib.
+    floor = subprocess.run([sys.executable, "-c", "import sys, http.server, json, threading; "
+                            "print('_hashlib' in sys.modules)"], capture_output=True, text=True,
+                           check=True).stdout.strip() == "True"
+    assert ("_hashlib" in maps) == floor
 
 
 def test_a_reply_without_the_primarys_proof_is_refused(name, app_dir, primary):
