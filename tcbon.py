@@ -1855,38 +1855,41 @@ except ImportError:  # pragma: no cover - other implementations
 def _proof(token: str, nonce: str) -> str:
     """What a primary answers a nonce with: HMAC-SHA256 keyed by its token
     (RFC 2104; issue 27, finding 8), in hex. Only a process that read the
-    token proves it. The key's two padded hash states are made once per
-    token; each proof copies them (a tenth of hmac.digest's work)."""
+    token proves it. The key's two padded blocks are made once per token;
+    bytes, never hash states to copy: PyPy's SHA-256 is Python, and its
+    copies share their state (the proofs of two threads at once broke)."""
     pads = _keyed.get(token)
     if pads is None:
-        sha256 = _sha256()
         key = token.encode("ascii")
-        key = (sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
-        pads = (sha256(bytes(byte ^ 0x36 for byte in key)),
-                sha256(bytes(byte ^ 0x5C for byte in key)))
+        key = (_sha256()(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        pads = (bytes(byte ^ 0x36 for byte in key), bytes(byte ^ 0x5C for byte in key))
         if len(_keyed) >= 64:  # the primaries this process reached: a few
             _keyed.clear()
         _keyed[token] = pads
-    inner, outer = pads[0].copy(), pads[1].copy()
-    inner.update(nonce.encode("latin-1"))
-    outer.update(inner.digest())
-    return outer.hexdigest()
+    sha256 = _sha256()
+    inner = sha256(pads[0] + nonce.encode("latin-1")).digest()
+    return sha256(pads[1] + inner).hexdigest()  # type: ignore[no-any-return]
 
 
-_keyed: dict[str, tuple[Any, Any]] = {}  # token: its HMAC's inner and outer hash states
+_keyed: dict[str, tuple[bytes, bytes]] = {}  # token: its HMAC's inner and outer key blocks
 
 
 def _sha256() -> Callable[..., Any]:
     """SHA-256 as the interpreter builds it in (_sha256; _sha2 from 3.12):
     hashlib would load OpenSSL, a MiB more in every primary."""
-    try:
-        from _sha256 import sha256  # type: ignore[import-not-found]
-    except ImportError:
+    if not _sha256s:
         try:
-            from _sha2 import sha256  # type: ignore[import-not-found]
-        except ImportError:  # pragma: no cover - a build without it
-            from hashlib import sha256
-    return sha256  # type: ignore[no-any-return]
+            from _sha256 import sha256  # type: ignore[import-not-found]
+        except ImportError:
+            try:
+                from _sha2 import sha256  # type: ignore[import-not-found]
+            except ImportError:  # pragma: no cover - a build without it
+                from hashlib import sha256
+        _sha256s.append(sha256)
+    return _sha256s[0]  # type: ignore[no-any-return]
+
+
+_sha256s: list = []
 
 
 def _seconds(text: str | None) -> float | None:
