@@ -3702,10 +3702,15 @@ def _handle_signals(names: tuple[str, ...],
             signum = getattr(signal, name, None)
             if signum is not None and signal.getsignal(signum) is not None:
                 previous[signum] = signal.signal(signum, lambda number, _: handler(number))
+    # A process inherits the signal mask of the thread that started it (a
+    # launcher's thread that blocks them, one of another primary's deaf
+    # threads): blocked, the signal would never reach a handler.
+    mask = _platform.mask_stop_signals(False) if previous else None
 
     def undo() -> None:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        _platform.restore_signal_mask(mask)
     return undo
 
 

@@ -1,9 +1,11 @@
 """Tests for tcbon: real interpreters, real sockets, real files, real locks."""
 import contextlib
+import glob
 import http.client
 import io
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -189,6 +191,17 @@ def finish(proc, timeout=30):
         raise AssertionError("pid %d still ran after %s s; it wrote:\n%s\n%s" % (
             proc.pid, timeout, out, err[-6000:])) from None
     return proc.returncode, out, err
+
+
+def signal_masks(pid):
+    """Each thread's pending and blocked signals (Linux's /proc), for a
+    report on a child that did not end."""
+    found = []
+    for task in sorted(glob.glob("/proc/%d/task/*/status" % pid)):
+        with contextlib.suppress(OSError), open(task) as status:
+            found.append(" ".join(line.strip() for line in status if line.startswith(
+                ("Name:", "SigPnd:", "ShdPnd:", "SigBlk:"))))
+    return found
 
 
 def launch(name, app_dir, tmp_path, **env):
@@ -3197,6 +3210,25 @@ def test_signals_make_run_forever_return_cleanly(name, app_dir, tmp_path, signum
         assert not os.path.exists(tcbon.Process(name, app_dir=app_dir).pid_file)
 
 
+BLOCKING_STOP_SIGNALS = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, "
+                         "{signal.SIGINT, signal.SIGTERM}); os.execv(sys.argv[1], sys.argv[1:])")
+
+
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
+def test_sigterm_stops_a_primary_started_with_the_stop_signals_blocked(name, app_dir, tmp_path):
+    # A process inherits its starter's signal mask, through exec too: a
+    # launcher's thread that blocks SIGTERM (a deaf thread of another tcbon
+    # primary, say) starts an app that never hears it, unless tcbon, as it
+    # makes SIGTERM stop the primary, also unblocks it.
+    with launched([program("launch"), name, app_dir], child_env(tmp_path),
+                  via=(sys.executable, "-c", BLOCKING_STOP_SIGNALS)) as child:
+        assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
+        child.send_signal(signal.SIGTERM)
+        code, out, err = finish(child, timeout=10)
+        assert code == 0, err
+        assert out.splitlines() == ["ON_STOP", "RETURNED"]
+
+
 @pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 def test_sigterm_during_start_up_stops_the_primary_once_it_has_started(name, app_dir,
                                                                        tmp_path):
@@ -4391,9 +4423,13 @@ def test_the_readmes_lifecycle_promises_hold_in_any_order(tmp_path):
             try:
                 wait_for(lambda: child.poll() is not None, 10, "the child to exit after " + how)
             except AssertionError:
+                child.send_signal(signal.SIGUSR1)  # children/launch.py: its threads' stacks
+                with contextlib.suppress(AssertionError):
+                    wait_for(lambda: "File " in pathlib.Path(self.errors[child]).read_text(), 5)
                 with open(self.errors[child]) as err:
-                    raise AssertionError("%s did not end it; its stderr: %s" % (
-                        how, err.read()[-1000:])) from None
+                    raise AssertionError("%s did not end it; its threads' signals: %s; its "
+                                         "stderr: %s" % (how, signal_masks(child.pid),
+                                                         err.read()[-6000:])) from None
             assert child.returncode == (0 if how == "SIGTERM" else -signal.SIGKILL)
 
         @invariant()
