@@ -200,7 +200,7 @@ def signal_masks(pid):
     for task in sorted(glob.glob("/proc/%d/task/*/status" % pid)):
         with contextlib.suppress(OSError), open(task) as status:
             found.append(" ".join(line.strip() for line in status if line.startswith(
-                ("Name:", "SigPnd:", "ShdPnd:", "SigBlk:"))))
+                ("Name:", "State:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigCgt:"))))
     return found
 
 
