@@ -3758,14 +3758,83 @@ def _wake_on_signals(wake: Callable[[], Any]) -> Callable[[], None]:
     _start_deaf(threading.Thread(target=watch, name="tcbon-signals", daemon=True))
 
     def undo() -> None:
-        if signal.set_wakeup_fd(before, warn_on_full_buffer=False) != write:
-            signal.set_wakeup_fd(write, warn_on_full_buffer=False)  # someone chained to us
+        current = signal.set_wakeup_fd(before, warn_on_full_buffer=False)
+        if current != write:  # someone chained to us: theirs stays, and ours stays open
+            signal.set_wakeup_fd(current, warn_on_full_buffer=False)
             return
         try:
             os.write(write, b"\0")
         finally:
             os.close(write)
     return undo
+
+
+class _SignalBell:
+    """What the main thread waits on while it waits for a stop without an
+    executor: a pipe that signal.set_wakeup_fd() writes each signal's
+    number to, and _Primary._ring() a zero. A lock or sleep that a signal
+    arrives just before (after Python last looked for one) is not
+    interrupted by it, and the handler would wait for the next signal (a
+    SIGTERM that never stopped the primary, 1 in thousands under load); a
+    byte in the pipe ends the wait whenever the signal came. Made only on
+    the main thread (Python's rule for set_wakeup_fd); a descriptor set
+    before (asyncio's) still gets every signal's byte."""
+
+    def __init__(self, read: int, write: int, before: int) -> None:
+        self.read, self.write, self.before = read, write, before
+
+    @classmethod
+    def made(cls) -> _SignalBell | None:
+        """A bell, or None where it cannot be had (Windows, where the
+        wait is sliced instead; not the main thread; no descriptors left)."""
+        import signal
+        import threading
+        if not _platform.signal_wake or threading.current_thread() is not threading.main_thread():
+            return None
+        try:
+            read, write = os.pipe()
+        except OSError:
+            return None
+        try:
+            os.set_blocking(read, False)
+            os.set_blocking(write, False)
+            return cls(read, write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+        except (ValueError, OSError, TypeError):  # pragma: no cover - an embedding host's choice
+            os.close(read)
+            os.close(write)
+            return None
+
+    def submit_later(self, fn: Callable[[], Any]) -> None:
+        """Wake run_pending() (the executor's call that _ring() makes)."""
+        try:
+            os.write(self.write, b"\0")
+        except OSError:
+            pass  # full: it wakes anyway
+
+    def run_pending(self, timeout: float | None) -> None:
+        """Wait until a signal or a ring, then return to Python code, where
+        a signal's handler runs."""
+        import select
+        select.select([self.read], [], [], timeout)
+        try:
+            data = os.read(self.read, 64)
+        except OSError:  # nothing after all (EAGAIN)
+            return
+        signals = data.replace(b"\0", b"")
+        if signals and self.before != -1:
+            try:
+                os.write(self.before, signals)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        import signal
+        current = signal.set_wakeup_fd(self.before, warn_on_full_buffer=False)
+        if current != self.write:  # set by another since, who may pass bytes on to ours:
+            signal.set_wakeup_fd(current, warn_on_full_buffer=False)  # theirs stays, and
+            return  # ours stays open (a closed number could name another file later)
+        os.close(self.read)
+        os.close(self.write)
 
 
 class _Gate:
@@ -4031,18 +4100,22 @@ class _Primary:
         """Wait until gate opens; with a MainThreadExecutor of this thread,
         run its calls meanwhile (a script's loop: Blender's --background,
         a command-line tool), so that handlers and on_stop run here."""
-        executor = self.process.executor
+        executor: Any = self.process.executor
         if not (callable(getattr(executor, "run_pending", None))
                 and getattr(executor, "is_own_thread", _nothing)()):
-            while not gate.wait(_platform.wait_slice):
-                pass
-            return
+            executor = _SignalBell.made()
+            if executor is None:
+                while not gate.wait(_platform.wait_slice):
+                    pass
+                return
         self.serving = executor
         try:
             while not gate.opened:
                 executor.run_pending(_platform.wait_slice)
         finally:
             self.serving = None
+            if isinstance(executor, _SignalBell):
+                executor.close()
 
     def end_wait(self) -> None:
         """Put the signal handlers back. After a stop that a signal asked

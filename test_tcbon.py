@@ -204,6 +204,20 @@ def signal_masks(pid):
     return found
 
 
+def sleeping(pid):
+    """True once the main thread of pid sleeps in the kernel (Linux's /proc:
+    poll, select or nanosleep, not a lock's futex); True where /proc does
+    not say."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open("/proc/%d/wchan" % pid) as f:
+            where = f.read()
+    except OSError:
+        return True
+    return state == "S" and "futex" not in where  # "0": a kernel that hides it
+
+
 def launch(name, app_dir, tmp_path, **env):
     return launched([program("launch"), name, app_dir], child_env(tmp_path, **env))
 
@@ -3230,6 +3244,31 @@ def test_sigterm_stops_a_primary_started_with_the_stop_signals_blocked(name, app
 
 
 @pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
+def test_sigterm_that_another_thread_takes_stops_the_primary(app_dir, tmp_path, name):
+    # The kernel hands a process' signal to a thread that does not block it
+    # (the app's own), or to the main thread just before it blocks, after
+    # Python last looked for one: either way no system call of the main
+    # thread is interrupted, and a wait without a timeout went on forever
+    # (CI: 1 SIGTERM in thousands never stopped its primary).
+    with launched([program("sigterm_in_own_thread"), name, app_dir],
+                  child_env(tmp_path)) as child:
+        assert child.stdout.readline() == "PRIMARY %d\n" % child.pid
+        code, out, err = finish(child, timeout=20)
+        assert code == 0, err
+        assert out == "RETURNED\n"
+
+
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
+def test_waiting_for_a_stop_keeps_the_programs_own_signal_wakeup_descriptor(app_dir, tmp_path,
+                                                                          name):
+    # tcbon waits on a wake-up descriptor of its own: one the program set
+    # before (asyncio's) still gets every signal, and is set again after.
+    code, out, err = ran([program("wakeup_chain"), name, app_dir], child_env(tmp_path))
+    assert code == 0, err
+    assert out == "REACHED %s\nRESTORED True\n" % sorted([int(signal.SIGUSR2), int(signal.SIGTERM)])
+
+
+@pytest.mark.skipif(not POSIX, reason=NO_SIGNALS)
 def test_sigterm_during_start_up_stops_the_primary_once_it_has_started(name, app_dir,
                                                                        tmp_path):
     # A service manager or a logout may stop an app that is still starting;
@@ -3611,6 +3650,10 @@ def test_a_second_stop_signal_hurries_the_stop_cleanly(name, app_dir, tmp_path, 
             assert "waiting up to" in child.stderr.readline()
         else:
             assert child.stdout.readline() == "ON_STOP\n"
+            # In on_stop's sleep: a signal a few microseconds before it starts
+            # (after the interpreter last looked for one) interrupts nothing, in
+            # any Python program, and PyPy's window is wider.
+            wait_for(lambda: sleeping(child.pid), 10, "on_stop to sleep")
         started = time.monotonic()
         child.send_signal(getattr(signal, second))
         code, out, err = finish(child)
