@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import barrier
 import tcbon
 
 name, app_dir = sys.argv[1], sys.argv[2]
@@ -16,14 +17,7 @@ app = tcbon.Process(name, app_dir=app_dir, timeout=5)
 
 
 def take_sigterm_here():
-    client = tcbon.Process(name, app_dir=app_dir, timeout=5)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            client.info()
-            break
-        except tcbon.Error:
-            time.sleep(0.01)
+    barrier.wait_until_answered(name, app_dir)
     time.sleep(1.0)  # the main thread waits for the stop by now
     signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
 

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import barrier
 import tcbon
 
 name, app_dir = sys.argv[1], sys.argv[2]
@@ -22,14 +23,7 @@ app = tcbon.Process(name, app_dir=app_dir, timeout=5)
 
 
 def signal_it():
-    client = tcbon.Process(name, app_dir=app_dir, timeout=5)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            client.info()
-            break
-        except tcbon.Error:
-            time.sleep(0.01)
+    barrier.wait_until_answered(name, app_dir)
     os.kill(os.getpid(), signal.SIGUSR2)
     time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGTERM)
